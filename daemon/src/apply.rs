@@ -1,0 +1,266 @@
+//! The apply loop's operations: each request, validated and applied atomically by the one
+//! writer. Readers never see a half-applied request: every change becomes visible through one
+//! Release store into an index slot (or a backward-shift delete under the seqlock).
+
+#![deny(unsafe_code)]
+
+use std::sync::atomic::Ordering;
+
+use crate::heap::{CleanStats, Heap};
+use crate::layout::*;
+use crate::ring::{Reply, Req, Ring};
+use crate::segment::{NewRec, Segment};
+use crate::shm;
+use crate::value;
+
+/// The daemon's writable store: the segment plus the heap's in-memory state.
+pub struct Store {
+    pub seg: Segment,
+    pub heap: Heap,
+    sweep_cursor: u64,
+}
+
+/// Largest TTL accepted (about 100 years), so that expiry arithmetic never overflows.
+const MAX_TTL_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
+
+impl Store {
+    pub fn new(seg: Segment) -> Store {
+        let heap = Heap::load(&seg);
+        Store { seg, heap, sweep_cursor: 0 }
+    }
+
+    /// Apply one request and produce its reply. Never panics on bad input.
+    pub fn apply(&mut self, ring: &Ring, req: &Req<'_>) -> Reply {
+        self.seg.hdr().c_requests.fetch_add(1, Ordering::Relaxed);
+        if req.key.len() > MAX_KEY_LEN {
+            return Reply::status(status::BAD_REQUEST);
+        }
+        let mut st = CleanStats::default();
+        let reply = match req.op {
+            op::SET | op::ADD => self.set(ring, req, &mut st),
+            op::DELETE => self.delete(req.key),
+            op::INCR => self.incr(ring, req, &mut st),
+            op::TOUCH => self.touch(ring, req, &mut st),
+            op::CLEAR => {
+                self.clear();
+                Reply::ok(0)
+            }
+            op::NOOP => Reply::ok(0),
+            _ => Reply::status(status::BAD_REQUEST),
+        };
+        self.account(&st);
+        let h = self.seg.hdr();
+        if reply.status == status::SEGMENT_FULL {
+            h.c_full.fetch_add(1, Ordering::Relaxed);
+        }
+        if !matches!(reply.status, status::OK | status::NOT_DONE) {
+            h.c_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        reply
+    }
+
+    fn account(&self, st: &CleanStats) {
+        let h = self.seg.hdr();
+        if st.evicted > 0 {
+            h.c_evictions.fetch_add(st.evicted, Ordering::Relaxed);
+        }
+        if st.expired > 0 {
+            h.c_expirations.fetch_add(st.expired, Ordering::Relaxed);
+        }
+        if st.relocated > 0 {
+            h.c_relocations.fetch_add(st.relocated, Ordering::Relaxed);
+        }
+    }
+
+    fn expiry(ttl_ms: u64, now: u64) -> u64 {
+        if ttl_ms == 0 {
+            0
+        } else {
+            now + ttl_ms.min(MAX_TTL_MS)
+        }
+    }
+
+    /// Write a new record for `key` and publish it, replacing any current one.
+    fn put(
+        &mut self,
+        ring: &Ring,
+        key: &[u8],
+        hash: u64,
+        value: &[u8],
+        expires_ms: u64,
+        st: &mut CleanStats,
+    ) -> Reply {
+        let size = record_size(key.len() as u64, value.len() as u64);
+        // Room in the index first: evicting from the tail after the new record is written
+        // could reach it before it is published.
+        if self.seg.find_for_write(key, hash).1.is_none() {
+            if self.heap.make_index_room(&self.seg, ring, st).is_err() {
+                return Reply::status(status::SEGMENT_FULL); // counted in stats (full_errors)
+            }
+        }
+        let off = match self.heap.alloc(&self.seg, ring, size, st) {
+            Ok(off) => off,
+            Err(_) => return Reply::status(status::SEGMENT_FULL), // counted in stats
+        };
+        let h = self.seg.hdr();
+        let version = h.version.fetch_add(1, Ordering::Relaxed);
+        self.seg.write_record(off, &NewRec { key, value, hash, version, expires_ms });
+        // Cleaning during alloc may have moved index entries: find the slot again.
+        let (slot, cur) = self.seg.find_for_write(key, hash);
+        self.seg.publish(slot, hash, off);
+        match cur {
+            Some(old) => {
+                h.live_bytes.fetch_sub(old.size, Ordering::Relaxed);
+            }
+            None => {
+                h.items.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        h.live_bytes.fetch_add(size, Ordering::Relaxed);
+        h.c_sets.fetch_add(1, Ordering::Relaxed);
+        Reply::ok(version)
+    }
+
+    fn set(&mut self, ring: &Ring, req: &Req<'_>, st: &mut CleanStats) -> Reply {
+        if req.payload.len() as u64 > self.seg.max_value {
+            return Reply::status(status::TOO_LARGE);
+        }
+        if req.arg2 != req.payload.len() as u64 || value::validate(req.payload).is_err() {
+            return Reply::status(status::BAD_REQUEST);
+        }
+        let now = shm::now_ms();
+        let hash = self.seg.hash(req.key);
+        if req.op == op::ADD {
+            if let (_, Some(cur)) = self.seg.find_for_write(req.key, hash) {
+                if !cur.expired(now) {
+                    return Reply::status(status::NOT_DONE);
+                }
+            }
+        }
+        self.put(ring, req.key, hash, req.payload, Self::expiry(req.arg, now), st)
+    }
+
+    fn delete(&mut self, key: &[u8]) -> Reply {
+        let hash = self.seg.hash(key);
+        let (slot, cur) = self.seg.find_for_write(key, hash);
+        let Some(cur) = cur else { return Reply::status(status::NOT_DONE) };
+        let expired = cur.expired(shm::now_ms());
+        let size = cur.size;
+        self.seg.unlink(slot);
+        let h = self.seg.hdr();
+        h.items.fetch_sub(1, Ordering::Relaxed);
+        h.live_bytes.fetch_sub(size, Ordering::Relaxed);
+        if expired {
+            h.c_expirations.fetch_add(1, Ordering::Relaxed);
+            return Reply::status(status::NOT_DONE);
+        }
+        h.c_deletes.fetch_add(1, Ordering::Relaxed);
+        Reply::ok(1)
+    }
+
+    fn incr(&mut self, ring: &Ring, req: &Req<'_>, st: &mut CleanStats) -> Reply {
+        let now = shm::now_ms();
+        let hash = self.seg.hash(req.key);
+        let delta = req.arg as i64 as i128;
+        let (base, expires) = match self.seg.find_for_write(req.key, hash).1 {
+            Some(cur) if !cur.expired(now) => match value::decode_int(cur.value) {
+                Ok(Some(v)) => (v, cur.expires_ms),
+                _ => return Reply::status(status::NOT_INTEGER),
+            },
+            _ if req.flags & flag::INCR_CREATE != 0 => (req.arg2 as i64 as i128, 0),
+            _ => return Reply::status(status::NOT_DONE),
+        };
+        let Some(new) = base.checked_add(delta) else {
+            return Reply::status(status::OVERFLOW);
+        };
+        let mut buf = Vec::with_capacity(20);
+        value::encode_int(&mut buf, new);
+        let r = self.put(ring, req.key, hash, &buf, expires, st);
+        if r.status != status::OK {
+            return r;
+        }
+        self.seg.hdr().c_incrs.fetch_add(1, Ordering::Relaxed);
+        Reply { status: status::OK, value: new as u64, aux: (new >> 64) as u64 }
+    }
+
+    fn touch(&mut self, ring: &Ring, req: &Req<'_>, st: &mut CleanStats) -> Reply {
+        let now = shm::now_ms();
+        let hash = self.seg.hash(req.key);
+        let value = match self.seg.find_for_write(req.key, hash).1 {
+            // Copy: allocating the new record may clean and reuse the old one's space.
+            Some(cur) if !cur.expired(now) => cur.value.to_vec(),
+            _ => return Reply::status(status::NOT_DONE),
+        };
+        let r = self.put(ring, req.key, hash, &value, Self::expiry(req.arg, now), st);
+        if r.status == status::OK {
+            self.seg.hdr().c_touches.fetch_add(1, Ordering::Relaxed);
+            // A touch is not a set.
+            self.seg.hdr().c_sets.fetch_sub(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    pub fn clear(&mut self) {
+        self.seg.clear_index();
+        let h = self.seg.hdr();
+        h.items.store(0, Ordering::Relaxed);
+        h.live_bytes.store(0, Ordering::Relaxed);
+        h.c_clears.fetch_add(1, Ordering::Relaxed);
+        self.heap.clear(&self.seg);
+    }
+
+    /// Housekeeping: look at up to `budget` index slots and unlink expired items.
+    /// Returns how many expired.
+    pub fn sweep_expired(&mut self, budget: u64) -> u64 {
+        let now = shm::now_ms();
+        let mut n = 0;
+        let mut looked = 0;
+        while looked < budget {
+            let i = self.sweep_cursor & self.seg.mask;
+            let v = self.seg.slot(i).load(Ordering::Relaxed);
+            looked += 1;
+            if v != 0 {
+                if let Some(rec) = self.seg.record(slot_off(v)) {
+                    if rec.expired(now) {
+                        let size = rec.size;
+                        self.seg.unlink(i);
+                        let h = self.seg.hdr();
+                        h.items.fetch_sub(1, Ordering::Relaxed);
+                        h.live_bytes.fetch_sub(size, Ordering::Relaxed);
+                        n += 1;
+                        // Backward shift may have moved another entry into slot i: look again.
+                        continue;
+                    }
+                }
+            }
+            self.sweep_cursor = self.sweep_cursor.wrapping_add(1);
+        }
+        if n > 0 {
+            self.seg.hdr().c_expirations.fetch_add(n, Ordering::Relaxed);
+        }
+        n
+    }
+
+    /// After an unclean stop: recount items and live bytes from the index (the counters are
+    /// updated after each step, so a crash can leave them off by one operation), and leave
+    /// the index seqlock even. Reads every live record's header once.
+    pub fn recount(&mut self) {
+        let h = self.seg.hdr();
+        let s = h.idx_seq.load(Ordering::Relaxed);
+        if s & 1 == 1 {
+            h.idx_seq.store(s + 1, Ordering::Release);
+        }
+        let (mut items, mut bytes) = (0u64, 0u64);
+        for i in 0..self.seg.slots {
+            let v = self.seg.slot(i).load(Ordering::Relaxed);
+            if v != 0 {
+                if let Some(rec) = self.seg.record(slot_off(v)) {
+                    items += 1;
+                    bytes += rec.size;
+                }
+            }
+        }
+        h.items.store(items, Ordering::Relaxed);
+        h.live_bytes.store(bytes, Ordering::Relaxed);
+    }
+}

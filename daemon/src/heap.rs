@@ -1,0 +1,343 @@
+//! The record heap: a circular log written only by the daemon.
+//!
+//! New records are appended at `head`; space is recovered at `tail`. When an allocation does
+//! not fit, the cleaner walks records from the tail:
+//! * pads, deleted and replaced records (no index slot points at them) are skipped;
+//! * expired records are unlinked (counted as expirations);
+//! * live records are relocated to the head if they were read since the cleaner last passed
+//!   (the access hint a reader sets, CLOCK-style second chance) or if the policy is
+//!   `noeviction`; otherwise they are evicted (counted).
+//!
+//! Why a log and not size-class free lists: values of any size share one pool with no
+//! internal fragmentation and no slab calcification (memcached's problem with changing value
+//! sizes), a big value never waits for neighbouring blocks to coalesce, and FIFO with a second
+//! chance approximates LRU as well as sampling does, with no per-access write to the segment
+//! (clients map it read-only; hints live in the ring file).
+//!
+//! Reclamation: space the tail passed may still be read by a reader that pinned an older
+//! epoch. Each cleaning step records `(tail, epoch)` and bumps the epoch; `free_limit`
+//! advances to a recorded tail once no reader holds an epoch at or below its stamp. The head
+//! never passes `free_limit + heap_cap`.
+
+#![deny(unsafe_code)]
+
+use std::collections::VecDeque;
+use std::sync::atomic::{fence, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::layout::*;
+use crate::ring::Ring;
+use crate::segment::Segment;
+use crate::shm;
+
+/// The daemon's view of the heap, mirrored into the segment header after every change.
+pub struct Heap {
+    pub head: u64,
+    pub tail: u64,
+    pub free_limit: u64,
+    /// (tail position, epoch at which everything before it was unlinked)
+    pending: VecDeque<(u64, u64)>,
+    /// Space kept free for relocations, so that cleaning can always make progress.
+    pub reserve: u64,
+    pub policy: u32,
+    /// How long an allocation may wait for readers to leave old space.
+    pub reclaim_wait: Duration,
+}
+
+/// What happened to make room.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct CleanStats {
+    pub evicted: u64,
+    pub expired: u64,
+    pub relocated: u64,
+}
+
+impl Heap {
+    pub fn load(seg: &Segment) -> Heap {
+        let h = seg.hdr();
+        let max_rec = crate::segment::max_record(seg.max_value);
+        Heap {
+            head: h.head.load(Ordering::Relaxed),
+            tail: h.tail.load(Ordering::Relaxed),
+            // After a restart, readers of the previous run may still hold the old epoch:
+            // everything before the tail is queued for reclamation again below.
+            free_limit: h.free_limit.load(Ordering::Relaxed),
+            pending: VecDeque::new(),
+            reserve: 2 * max_rec,
+            policy: h.policy.load(Ordering::Relaxed),
+            reclaim_wait: Duration::from_millis(500),
+        }
+    }
+
+    pub fn store(&self, seg: &Segment) {
+        let h = seg.hdr();
+        h.head.store(self.head, Ordering::Relaxed);
+        h.tail.store(self.tail, Ordering::Relaxed);
+        h.free_limit.store(self.free_limit, Ordering::Relaxed);
+    }
+
+    /// Bytes between the tail and the head (live, dead and padding).
+    pub fn used(&self) -> u64 {
+        self.head - self.free_limit
+    }
+
+    /// Reserve `n` bytes (a multiple of REC_ALIGN) at the head, or None if it would pass
+    /// `free_limit + cap - keep`.
+    fn try_reserve(&mut self, seg: &Segment, ring: &Ring, n: u64, keep: u64) -> Option<u64> {
+        let cap = seg.heap_cap;
+        let phys = self.head % cap;
+        let pad = if phys + n > cap { cap - phys } else { 0 };
+        if self.head + pad + n + keep > self.free_limit + cap {
+            return None;
+        }
+        if pad > 0 {
+            seg.write_pad(seg.heap_off + phys, pad);
+            self.head += pad;
+        }
+        let off = seg.phys(self.head);
+        self.head += n;
+        // Publish the new head before the record is written: after a crash, the header's
+        // head is never behind a record that the index can reach.
+        seg.hdr().head.store(self.head, Ordering::Release);
+        ring.clear_hint(off - seg.heap_off);
+        Some(off)
+    }
+
+    /// Allocate `n` bytes for a new record, cleaning, evicting and waiting for readers as the
+    /// policy allows. Under `noeviction`, fails with SegmentFull when live data would not fit.
+    pub fn alloc(
+        &mut self,
+        seg: &Segment,
+        ring: &Ring,
+        n: u64,
+        st: &mut CleanStats,
+    ) -> Result<u64> {
+        if self.policy == POLICY_NOEVICTION {
+            let live = seg.hdr().live_bytes.load(Ordering::Relaxed);
+            let usable = seg.heap_cap - 2 * self.reserve;
+            if live + n > usable {
+                return Err(Error::SegmentFull(format!(
+                    "segment full under noeviction: {live} bytes live + {n} new > {usable} usable \
+                     of a {}-byte heap",
+                    seg.heap_cap
+                )));
+            }
+        }
+        let deadline = Instant::now() + self.reclaim_wait;
+        loop {
+            if let Some(off) = self.try_reserve(seg, ring, n, self.reserve) {
+                return Ok(off);
+            }
+            if self.reclaim(seg, ring) {
+                continue;
+            }
+            // Clean ahead of need: at least n, and a batch, so that reclamation is amortised.
+            let want = n + seg.heap_cap / 64;
+            if self.tail < self.head && self.tail - self.free_limit < want {
+                let before = self.tail;
+                self.clean(seg, ring, want, st);
+                if self.tail != before {
+                    continue;
+                }
+            }
+            // Everything cleanable is cleaned; wait for readers to leave the old space.
+            if Instant::now() >= deadline {
+                return Err(Error::SegmentFull(format!(
+                    "no space for a {n}-byte record: {} bytes wait for readers to leave{}",
+                    self.tail - self.free_limit,
+                    self.pinning_reader(ring)
+                )));
+            }
+            seg.hdr().c_reclaim_waits.fetch_add(1, Ordering::Relaxed);
+            std::thread::yield_now();
+        }
+    }
+
+    /// Advance the tail until `want` bytes lie between free_limit and tail (or tail == head).
+    fn clean(&mut self, seg: &Segment, ring: &Ring, want: u64, st: &mut CleanStats) {
+        let now = shm::now_ms();
+        let h = seg.hdr();
+        while self.tail < self.head && self.tail - self.free_limit < want {
+            let off = seg.phys(self.tail);
+            let (size, kind) = seg.raw_kind(off).unwrap_or((0, 0));
+            if size < 8 || size % REC_ALIGN != 0 || self.tail + size > self.head {
+                // Cannot happen for a heap this daemon wrote; after corruption, drop the rest
+                // of the log rather than misparse it.
+                eprintln!(
+                    "surpd: unreadable heap entry at position {}, dropping the log tail",
+                    self.tail
+                );
+                self.tail = self.head;
+                break;
+            }
+            if kind == KIND_ITEM && !self.clean_one(seg, ring, off, size, now, st) {
+                break; // a live record that cannot move yet: the tail stays before it
+            }
+            self.tail += size;
+        }
+        h.tail.store(self.tail, Ordering::Relaxed);
+        self.retire(seg);
+    }
+
+    /// Deal with the item at the tail. False if it is live and must stay (noeviction with no
+    /// room to relocate it yet); true once nothing reachable remains at `off`.
+    fn clean_one(
+        &mut self,
+        seg: &Segment,
+        ring: &Ring,
+        off: u64,
+        size: u64,
+        now: u64,
+        st: &mut CleanStats,
+    ) -> bool {
+        let h = seg.hdr();
+        let rec = match seg.record(off) {
+            Some(r) => r,
+            None => return true, // torn or corrupt: the index cannot validly reach it
+        };
+        let (slot, cur) = seg.find_for_write(rec.key, rec.hash);
+        match cur {
+            Some(c) if c.off == off => {}
+            _ => return true, // dead: deleted or replaced
+        }
+        let hot = ring.take_hint(off - seg.heap_off);
+        if rec.expired(now) {
+            seg.unlink(slot);
+            h.items.fetch_sub(1, Ordering::Relaxed);
+            h.live_bytes.fetch_sub(size, Ordering::Relaxed);
+            st.expired += 1;
+            return true;
+        }
+        let keep = self.policy == POLICY_NOEVICTION || hot;
+        if keep {
+            // Relocations may use the reserve: that is what it is for.
+            if let Some(dst) = self.try_reserve(seg, ring, size, 0) {
+                seg.copy_record(off, dst, size);
+                seg.publish(slot, rec.hash, dst);
+                st.relocated += 1;
+                return true;
+            }
+            if self.policy == POLICY_NOEVICTION {
+                return false;
+            }
+        }
+        seg.unlink(slot);
+        h.items.fetch_sub(1, Ordering::Relaxed);
+        h.live_bytes.fetch_sub(size, Ordering::Relaxed);
+        st.evicted += 1;
+        true
+    }
+
+    /// Evict or expire from the tail until the index has room for one more item.
+    pub fn make_index_room(
+        &mut self,
+        seg: &Segment,
+        ring: &Ring,
+        st: &mut CleanStats,
+    ) -> Result<()> {
+        let max_items = seg.slots * INDEX_MAX_LOAD_16THS / 16;
+        let h = seg.hdr();
+        let mut guard = 0;
+        while h.items.load(Ordering::Relaxed) >= max_items {
+            if self.policy == POLICY_NOEVICTION || self.tail >= self.head || guard > 1_000_000 {
+                return Err(Error::SegmentFull(format!(
+                    "index full: {} items, the most this segment's {} slots hold",
+                    h.items.load(Ordering::Relaxed),
+                    seg.slots
+                )));
+            }
+            let before = st.evicted + st.expired;
+            let step = seg.heap_cap / 256;
+            self.clean(seg, ring, self.tail - self.free_limit + step, st);
+            if st.evicted + st.expired == before {
+                guard += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Mark everything before the current tail as unlinked at the current epoch, and bump it.
+    pub fn retire(&mut self, seg: &Segment) {
+        let h = seg.hdr();
+        if self.pending.back().is_some_and(|&(t, _)| t == self.tail) || self.tail == self.free_limit
+        {
+            return;
+        }
+        let e = h.epoch.load(Ordering::Relaxed);
+        self.pending.push_back((self.tail, e));
+        // SYNC POINT: SeqCst; a reader that loads the new epoch (SeqCst) sees every unlink
+        // made before it, so it cannot reach space retired at `e`.
+        h.epoch.store(e + 1, Ordering::SeqCst);
+    }
+
+    /// Move `free_limit` forward past retired space no reader can see. True if it moved.
+    pub fn reclaim(&mut self, seg: &Segment, ring: &Ring) -> bool {
+        if self.pending.is_empty() {
+            return false;
+        }
+        let min = min_reader_epoch(ring, self.pending.front().map_or(0, |&(_, e)| e));
+        let mut moved = false;
+        while let Some(&(pos, e)) = self.pending.front() {
+            if min.is_some_and(|m| m <= e) {
+                break;
+            }
+            self.free_limit = pos;
+            self.pending.pop_front();
+            moved = true;
+        }
+        if moved {
+            seg.hdr().free_limit.store(self.free_limit, Ordering::Relaxed);
+        }
+        moved
+    }
+
+    /// Drop every record at once (clear): the whole log is retired.
+    pub fn clear(&mut self, seg: &Segment) {
+        self.tail = self.head;
+        seg.hdr().tail.store(self.tail, Ordering::Relaxed);
+        self.retire(seg);
+    }
+
+    fn pinning_reader(&self, ring: &Ring) -> String {
+        let oldest = self.pending.front().map(|&(_, e)| e).unwrap_or(0);
+        for b in 0..ring.nboxes {
+            let c = ring.ctl(b);
+            let pid = c.owner_pid.load(Ordering::Relaxed);
+            let e = c.epoch.load(Ordering::Relaxed);
+            let v = c.view_epoch.load(Ordering::Relaxed);
+            if pid != 0 && ((e != 0 && e <= oldest) || (v != 0 && v <= oldest)) {
+                return format!(" (pid {pid} holds a read or a view open)");
+            }
+        }
+        String::new()
+    }
+}
+
+/// The oldest epoch pinned by a live reader, if any. Slots of dead processes are ignored
+/// (their owners cannot read any more); the daemon reaps them separately. Liveness (a
+/// syscall and a /proc read) is checked only for pins at or below `blocking`, the ones that
+/// hold reclamation back.
+pub fn min_reader_epoch(ring: &Ring, blocking: u64) -> Option<u64> {
+    // SYNC POINT: SeqCst fence; pairs with the reader's SeqCst pin (store epoch, fence,
+    // then read the index): either we see its pin, or it sees our unlinks.
+    fence(Ordering::SeqCst);
+    let mut min: Option<u64> = None;
+    for b in 0..ring.nboxes {
+        let c = ring.ctl(b);
+        let pid = c.owner_pid.load(Ordering::Relaxed);
+        if pid == 0 {
+            continue;
+        }
+        for e in [c.epoch.load(Ordering::SeqCst), c.view_epoch.load(Ordering::SeqCst)] {
+            if e != 0 && min.is_none_or(|m| e < m) {
+                if e <= blocking && !shm::process_alive(pid, c.owner_start.load(Ordering::Relaxed))
+                {
+                    continue;
+                }
+                min = Some(e);
+            }
+        }
+    }
+    min
+}

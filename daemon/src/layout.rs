@@ -1,0 +1,388 @@
+//! The one file that knows the bytes.
+//!
+//! Every structure that lives in shared memory is declared here, `#[repr(C)]`, made only of
+//! fixed-width atomics (never `usize` or `bool`), little-endian, with compile-time size and
+//! alignment checks. `docs/DESIGN.md` draws the same bytes.
+//!
+//! Two files live in a data directory:
+//! * `data.surp`, the data segment: [`SegHeader`] | key index | record heap. Written only by
+//!   the daemon; clients map it read-only.
+//! * `ring.surp`, the request ring: [`RingHeader`] | [`BoxCtl`] x nboxes | results | box
+//!   data | access hints. Writable by clients (mode 0660).
+//!
+//! Every field is an atomic so that a `&SegHeader` over shared memory is sound even though
+//! another process writes some of its words: all accesses are atomic loads and stores.
+
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8};
+
+/// First 8 bytes of a data segment.
+pub const SEG_MAGIC: u64 = u64::from_le_bytes(*b"SURPDB\0\x01");
+/// First 8 bytes of a request ring file.
+pub const RING_MAGIC: u64 = u64::from_le_bytes(*b"SURPRNG\x01");
+/// Bumped whenever the meaning of any byte changes. A segment of another version is refused.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Page size used for alignment of the regions in both files.
+pub const PAGE: u64 = 4096;
+/// Size reserved for each file header.
+pub const HEADER_BYTES: u64 = 4096;
+
+/// Longest key accepted (bytes after UTF-8 encoding).
+pub const MAX_KEY_LEN: usize = 4096;
+/// Default largest encoded value (memcached's default item size).
+pub const DEFAULT_MAX_VALUE: u64 = 1 << 20;
+
+/// Heap records are aligned to this many bytes.
+pub const REC_ALIGN: u64 = 8;
+/// One access-hint byte covers this many heap bytes.
+pub const HINT_GRANULE: u64 = 64;
+
+/// Record kinds (first byte after the size word).
+pub const KIND_ITEM: u8 = 1;
+/// Filler from a record's end to the heap's end, so that no record wraps.
+pub const KIND_PAD: u8 = 2;
+
+/// Index slot encoding: the high 16 bits are a tag from the key hash, the low 48 bits the
+/// record offset divided by [`REC_ALIGN`]. Zero means empty. One word, so a reader sees a
+/// slot either before or after a store, never half of it.
+pub const SLOT_TAG_SHIFT: u32 = 48;
+pub const SLOT_OFF_MASK: u64 = (1 << SLOT_TAG_SHIFT) - 1;
+
+/// Maximum index load factor (items / slots), as a fraction numerator over 16.
+pub const INDEX_MAX_LOAD_16THS: u64 = 12;
+
+/// Eviction policies (SegHeader::policy).
+pub const POLICY_EVICT: u32 = 0;
+pub const POLICY_NOEVICTION: u32 = 1;
+
+/// Header of the data segment, at offset 0. Fields above `generation` are written once, at
+/// creation, before the file is renamed into place; the rest are written only by the daemon.
+#[repr(C)]
+pub struct SegHeader {
+    pub magic: AtomicU64,
+    pub format_version: AtomicU32,
+    pub layout_sig: AtomicU32,
+    /// Key hash seed, random per segment (hash flooding resistance).
+    pub seed: AtomicU64,
+    /// File size in bytes.
+    pub size: AtomicU64,
+    pub index_off: AtomicU64,
+    /// Number of index slots, a power of two.
+    pub index_slots: AtomicU64,
+    pub heap_off: AtomicU64,
+    pub heap_cap: AtomicU64,
+    pub max_value: AtomicU64,
+    pub created_ms: AtomicU64,
+    _pad0: [u64; 6],
+
+    // ---- daemon-written state (offset 128) ----
+    /// Incremented each time a daemon attaches.
+    pub generation: AtomicU64,
+    /// 1 while no daemon is attached after a clean stop; 0 while attached or after a crash.
+    pub clean: AtomicU32,
+    pub policy: AtomicU32,
+    /// Reader epoch (starts at 1; 0 in a reader slot means "not reading").
+    pub epoch: AtomicU64,
+    /// Index seqlock: odd while the writer moves slots (backward-shift deletion).
+    pub idx_seq: AtomicU64,
+    /// Log heap positions (monotonic byte counts; physical = heap_off + pos % heap_cap).
+    pub head: AtomicU64,
+    pub tail: AtomicU64,
+    /// Space before this position may be overwritten (no reader can still see it).
+    pub free_limit: AtomicU64,
+    pub items: AtomicU64,
+    /// Bytes of live records (headers included).
+    pub live_bytes: AtomicU64,
+    /// Source of record versions (compare-and-set, ordering).
+    pub version: AtomicU64,
+    pub daemon_pid: AtomicU32,
+    _pad1: AtomicU32,
+    _pad2: [u64; 5],
+
+    // ---- counters (offset 256), written by the daemon only ----
+    pub c_sets: AtomicU64,
+    pub c_deletes: AtomicU64,
+    pub c_evictions: AtomicU64,
+    pub c_expirations: AtomicU64,
+    pub c_relocations: AtomicU64,
+    pub c_errors: AtomicU64,
+    pub c_requests: AtomicU64,
+    pub c_clears: AtomicU64,
+    pub c_incrs: AtomicU64,
+    pub c_touches: AtomicU64,
+    pub c_full: AtomicU64,
+    pub c_reclaim_waits: AtomicU64,
+    pub c_corrupt: AtomicU64,
+    _pad3: [u64; 3],
+}
+
+/// Header of every heap record, 40 bytes, followed by `key_len` key bytes and `val_len`
+/// value bytes, padded to [`REC_ALIGN`]. Written before it is published; never modified
+/// after. `crc` is the low 32 bits of xxh3 over the header (with crc = 0) and the payload.
+#[repr(C)]
+pub struct RecHeader {
+    /// Total record size including header and padding.
+    pub size: AtomicU32,
+    pub kind: AtomicU8,
+    pub _flags: AtomicU8,
+    pub key_len: AtomicU16,
+    pub val_len: AtomicU32,
+    pub crc: AtomicU32,
+    pub hash: AtomicU64,
+    pub version: AtomicU64,
+    /// Expiry, unix time in milliseconds; 0 = never.
+    pub expires_ms: AtomicU64,
+}
+
+pub const REC_HEADER_BYTES: u64 = std::mem::size_of::<RecHeader>() as u64;
+
+/// Header of the request ring file.
+#[repr(C)]
+pub struct RingHeader {
+    pub magic: AtomicU64,
+    pub format_version: AtomicU32,
+    pub layout_sig: AtomicU32,
+    pub nboxes: AtomicU32,
+    pub nresults: AtomicU32,
+    /// Bytes of request data per box, a power of two.
+    pub box_bytes: AtomicU64,
+    pub boxes_off: AtomicU64,
+    pub results_off: AtomicU64,
+    pub data_off: AtomicU64,
+    pub hints_off: AtomicU64,
+    pub hints_len: AtomicU64,
+    /// Seed of the data segment this ring belongs to.
+    pub seg_seed: AtomicU64,
+    pub max_value: AtomicU64,
+    _pad0: [u64; 5],
+
+    // ---- offset 128: daemon presence ----
+    pub daemon_pid: AtomicU32,
+    /// 1 once the daemon serves requests from this ring.
+    pub ready: AtomicU32,
+    /// Set when a daemon replaced this ring file by a new one: clients must reopen.
+    pub retired: AtomicU32,
+    _pad1: AtomicU32,
+    pub daemon_generation: AtomicU64,
+    _pad2: [u64; 13],
+
+    // ---- offset 256: doorbell, on its own cache line ----
+    /// Futex word: producers increment it after publishing a request.
+    pub doorbell: AtomicU32,
+    /// 1 while the daemon sleeps (or is about to) on `doorbell`.
+    pub sleeping: AtomicU32,
+    _pad3: [u64; 15],
+
+    // ---- offset 384: totals folded in from reaped boxes ----
+    pub retired_hits: AtomicU64,
+    pub retired_misses: AtomicU64,
+    pub retired_corrupt: AtomicU64,
+    _pad4: [u64; 13],
+}
+
+/// Per-client control block: reader slot + request mailbox. 256 bytes, three cache lines
+/// used so that producer, consumer and reader words do not share lines.
+#[repr(C)]
+pub struct BoxCtl {
+    // line 0: ownership and reader state (written by the owner)
+    /// 0 = free; otherwise the owner's pid. Claimed by CAS 0 -> pid.
+    pub owner_pid: AtomicU32,
+    /// Nonzero once the owner finished initialising the box.
+    pub active: AtomicU32,
+    /// Owner process start time (clock ticks since boot, /proc/pid/stat field 22), to tell a
+    /// recycled pid from the owner.
+    pub owner_start: AtomicU64,
+    /// Epoch pinned by an in-flight read; 0 = not reading.
+    pub epoch: AtomicU64,
+    /// Oldest epoch pinned by a live zero-copy view; 0 = none.
+    pub view_epoch: AtomicU64,
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub corrupt: AtomicU64,
+    _pad0: u64,
+
+    // line 1: producer
+    /// Bytes of requests published (monotonic).
+    pub tail: AtomicU64,
+    _pad1: [u64; 7],
+
+    // line 2: consumer (daemon)
+    /// Bytes of requests consumed (monotonic).
+    pub head: AtomicU64,
+    /// Ticket of the last completed request.
+    pub done: AtomicU64,
+    /// Futex word: low 32 bits of `done`.
+    pub done32: AtomicU32,
+    /// Number of threads sleeping on `done32`.
+    pub waiters: AtomicU32,
+    /// Set by the daemon when this box carried a malformed request; the client must reset.
+    pub poisoned: AtomicU32,
+    _pad2: AtomicU32,
+    pub errors: AtomicU64,
+    _pad3: [u64; 3],
+
+    _pad4: [u64; 8],
+}
+
+/// Result of one request, in a per-box ring of `nresults` entries indexed by ticket.
+#[repr(C)]
+pub struct ResultEntry {
+    pub ticket: AtomicU64,
+    pub status: AtomicU32,
+    pub _pad: AtomicU32,
+    pub value: AtomicU64,
+    pub aux: AtomicU64,
+}
+
+/// Request header in a mailbox, 32 bytes, followed by key and payload, padded to 8.
+#[repr(C)]
+pub struct ReqHeader {
+    /// Total bytes including header and padding.
+    pub len: AtomicU32,
+    pub op: AtomicU8,
+    pub flags: AtomicU8,
+    pub key_len: AtomicU16,
+    pub ticket: AtomicU64,
+    /// Op argument: ttl in ms for set/add/touch (0 = none), delta for incr.
+    pub arg: AtomicU64,
+    /// Second argument: initial value for incr; payload length otherwise.
+    pub arg2: AtomicU64,
+}
+
+pub const REQ_HEADER_BYTES: u64 = std::mem::size_of::<ReqHeader>() as u64;
+
+/// Request ops.
+pub mod op {
+    /// Filler to the end of the mailbox buffer; no ticket.
+    pub const PAD: u8 = 0;
+    pub const SET: u8 = 1;
+    pub const ADD: u8 = 2;
+    pub const DELETE: u8 = 3;
+    pub const INCR: u8 = 4;
+    pub const TOUCH: u8 = 5;
+    pub const CLEAR: u8 = 6;
+    pub const NOOP: u8 = 7;
+}
+
+/// Request flags.
+pub mod flag {
+    /// INCR: create the key from `arg2` (initial) when absent.
+    pub const INCR_CREATE: u8 = 1;
+}
+
+/// Result statuses.
+pub mod status {
+    pub const OK: u32 = 0;
+    /// add on an existing key, delete/touch/incr of a missing key.
+    pub const NOT_DONE: u32 = 1;
+    pub const SEGMENT_FULL: u32 = 2;
+    pub const TOO_LARGE: u32 = 3;
+    pub const BAD_REQUEST: u32 = 4;
+    /// incr on a value that is not an integer.
+    pub const NOT_INTEGER: u32 = 5;
+    /// incr result out of the 128-bit range.
+    pub const OVERFLOW: u32 = 6;
+}
+
+const _: () = {
+    assert!(std::mem::offset_of!(SegHeader, generation) == 128);
+    assert!(std::mem::offset_of!(SegHeader, c_sets) == 256);
+    assert!(std::mem::size_of::<SegHeader>() == 384);
+    assert!(std::mem::offset_of!(RingHeader, daemon_pid) == 128);
+    assert!(std::mem::offset_of!(RingHeader, doorbell) == 256);
+    assert!(std::mem::offset_of!(RingHeader, retired_hits) == 384);
+    assert!(std::mem::offset_of!(BoxCtl, tail) == 64);
+    assert!(std::mem::offset_of!(BoxCtl, head) == 128);
+    assert!(std::mem::size_of::<SegHeader>() as u64 <= HEADER_BYTES);
+    assert!(std::mem::size_of::<RecHeader>() == 40);
+    assert!(std::mem::align_of::<RecHeader>() == 8);
+    assert!(std::mem::size_of::<RingHeader>() == 512);
+    assert!(std::mem::size_of::<BoxCtl>() == 256);
+    assert!(std::mem::size_of::<ResultEntry>() == 32);
+    assert!(std::mem::size_of::<ReqHeader>() == 32);
+    // Atomics must have the same in-memory representation as the integers they wrap.
+    assert!(std::mem::size_of::<AtomicU64>() == 8 && std::mem::align_of::<AtomicU64>() == 8);
+};
+
+/// A signature of the layout: sizes of every shared struct folded together. A build whose
+/// structs differ refuses a segment written by another, even at the same format version.
+pub const LAYOUT_SIG: u32 = {
+    let parts = [
+        std::mem::size_of::<SegHeader>(),
+        std::mem::size_of::<RecHeader>(),
+        std::mem::size_of::<RingHeader>(),
+        std::mem::size_of::<BoxCtl>(),
+        std::mem::size_of::<ResultEntry>(),
+        std::mem::size_of::<ReqHeader>(),
+        HINT_GRANULE as usize,
+        SLOT_TAG_SHIFT as usize,
+        REC_ALIGN as usize,
+    ];
+    let mut h: u32 = 0x811c_9dc5;
+    let mut i = 0;
+    while i < parts.len() {
+        h ^= parts[i] as u32;
+        h = h.wrapping_mul(0x0100_0193);
+        i += 1;
+    }
+    h
+};
+
+/// Round `n` up to a multiple of `a` (a power of two).
+pub const fn align_up(n: u64, a: u64) -> u64 {
+    (n + a - 1) & !(a - 1)
+}
+
+/// Bytes a record with this key and value occupies in the heap.
+pub const fn record_size(key_len: u64, val_len: u64) -> u64 {
+    align_up(REC_HEADER_BYTES + key_len + val_len, REC_ALIGN)
+}
+
+/// Pack an index slot.
+#[inline]
+pub fn slot_pack(hash: u64, off: u64) -> u64 {
+    ((hash >> SLOT_TAG_SHIFT) << SLOT_TAG_SHIFT) | (off / REC_ALIGN)
+}
+
+/// Record offset in an index slot.
+#[inline]
+pub fn slot_off(slot: u64) -> u64 {
+    (slot & SLOT_OFF_MASK) * REC_ALIGN
+}
+
+/// Whether a slot's tag matches a hash.
+#[inline]
+pub fn slot_tag_matches(slot: u64, hash: u64) -> bool {
+    (slot >> SLOT_TAG_SHIFT) == (hash >> SLOT_TAG_SHIFT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_round_trip() {
+        let h = 0xdead_beef_1234_5678u64;
+        for off in [4096u64, 8192 + 8, (1 << 40) + 16] {
+            let s = slot_pack(h, off);
+            assert_ne!(s, 0);
+            assert_eq!(slot_off(s), off);
+            assert!(slot_tag_matches(s, h));
+            assert!(!slot_tag_matches(s, h ^ (1 << 63)));
+        }
+    }
+
+    #[test]
+    fn record_sizes_are_aligned() {
+        assert_eq!(record_size(0, 0), 40);
+        assert_eq!(record_size(1, 0), 48);
+        assert_eq!(record_size(3, 5), 48);
+        assert_eq!(record_size(3, 6), 56);
+    }
+
+    #[test]
+    fn magic_bytes_are_readable() {
+        assert_eq!(&SEG_MAGIC.to_le_bytes(), b"SURPDB\0\x01");
+        assert_eq!(&RING_MAGIC.to_le_bytes(), b"SURPRNG\x01");
+    }
+}

@@ -1,0 +1,309 @@
+//! The daemon: lock the directory, attach to (or create) the segment and the ring, tell the
+//! world it is ready, then run the apply loop until asked to stop.
+
+#![deny(unsafe_code)]
+
+use std::fs::OpenOptions;
+use std::io::{Read, Seek, Write};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::apply::Store;
+use crate::client::{data_path, lock_path, ring_path};
+use crate::config::{Config, Durability};
+use crate::error::{Error, Result};
+use crate::layout::*;
+use crate::ring::{Ring, RingParams};
+use crate::segment::{Geometry, Segment};
+use crate::shm::{self, futex_wait};
+
+static STOP: AtomicBool = AtomicBool::new(false);
+static LAST_SIGNAL: AtomicU32 = AtomicU32::new(0);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    LAST_SIGNAL.store(sig as u32, Ordering::SeqCst);
+    if sig != libc::SIGHUP {
+        STOP.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Ask a running `run` in this process to stop (tests, embedding).
+pub fn request_stop() {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn log(msg: &str) {
+    eprintln!("surpd[{}]: {msg}", shm::getpid());
+}
+
+/// Send a message to systemd's notify socket if NOTIFY_SOCKET is set.
+pub fn sd_notify(msg: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let p = path.to_string_lossy().into_owned();
+    let r = if let Some(name) = p.strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+            .and_then(|a| sock.send_to_addr(msg.as_bytes(), &a))
+    } else {
+        sock.send_to(msg.as_bytes(), &p)
+    };
+    if let Err(e) = r {
+        log(&format!("cannot notify systemd at {p}: {e}"));
+    }
+}
+
+/// Everything the daemon holds while serving.
+pub struct Daemon {
+    pub cfg: Config,
+    pub store: Store,
+    pub ring: Ring,
+    _lock: std::fs::File,
+    scratch: Vec<u8>,
+}
+
+impl Daemon {
+    /// Lock the directory and attach. Fails with Locked if another daemon owns it.
+    pub fn attach(cfg: Config) -> Result<Daemon> {
+        cfg.validate()?;
+        let t0 = Instant::now();
+        std::fs::create_dir_all(&cfg.dir)
+            .map_err(|e| Error::io(format!("cannot create {}", cfg.dir.display()), e))?;
+        let lock = lock_dir(&cfg)?;
+        let dp = data_path(&cfg.dir);
+        let created = !dp.exists();
+        if created {
+            let geo = Geometry::for_size(cfg.size, cfg.max_value)?;
+            Segment::create(&dp, &geo, cfg.max_value, cfg.policy, cfg.data_mode)?;
+            log(&format!(
+                "created {} ({} bytes, {} index slots)",
+                dp.display(),
+                geo.size,
+                geo.index_slots
+            ));
+        }
+        let seg = Segment::open(&dp, true)?;
+        if !created && seg.size != cfg.size / PAGE * PAGE {
+            log(&format!("using the existing {}-byte segment (requested size ignored)", seg.size));
+        }
+        let h = seg.hdr();
+        let was_clean = h.clean.swap(0, Ordering::AcqRel) == 1;
+        let gen = h.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        h.policy.store(cfg.policy, Ordering::Relaxed);
+        h.daemon_pid.store(shm::getpid(), Ordering::Relaxed);
+        let (head, tail, fl) = (
+            h.head.load(Ordering::Relaxed),
+            h.tail.load(Ordering::Relaxed),
+            h.free_limit.load(Ordering::Relaxed),
+        );
+        if !(fl <= tail && tail <= head && head - fl <= seg.heap_cap) {
+            return Err(Error::Corrupted(format!(
+                "{}: heap positions are inconsistent (free {fl}, tail {tail}, head {head}, capacity {})",
+                dp.display(),
+                seg.heap_cap
+            )));
+        }
+        let mut store = Store::new(seg);
+        if !was_clean {
+            store.recount();
+            log(&format!("recovered after an unclean stop (generation {gen})"));
+        }
+        // Readers of a previous run may still hold old epochs: retire what was retired.
+        store.heap.retire(&store.seg);
+        let ring = open_ring(&cfg, &store.seg)?;
+        let rh = ring.hdr();
+        rh.daemon_pid.store(shm::getpid(), Ordering::Relaxed);
+        rh.daemon_generation.store(gen, Ordering::Relaxed);
+        rh.ready.store(1, Ordering::Release);
+        log(&format!(
+            "serving {} (generation {gen}, {} items) after {:.1} ms",
+            cfg.dir.display(),
+            store.seg.hdr().items.load(Ordering::Relaxed),
+            t0.elapsed().as_secs_f64() * 1e3
+        ));
+        Ok(Daemon { cfg, store, ring, _lock: lock, scratch: Vec::new() })
+    }
+
+    /// Apply what is queued in every box, up to `budget` requests per box. Returns the count.
+    pub fn poll_once(&mut self, budget: usize) -> usize {
+        let mut n = 0;
+        let Daemon { store, ring, scratch, .. } = self;
+        for b in 0..ring.nboxes {
+            let c = ring.ctl(b);
+            if c.tail.load(Ordering::Acquire) == c.head.load(Ordering::Relaxed) {
+                continue;
+            }
+            n += ring.poll(b, budget, scratch, |req| store.apply(ring, req));
+        }
+        n
+    }
+
+    /// Free the boxes of clients that exited (or released them) once their queue is empty.
+    pub fn reap(&mut self) {
+        let ring = &self.ring;
+        for b in 0..ring.nboxes {
+            let c = ring.ctl(b);
+            let pid = c.owner_pid.load(Ordering::Acquire);
+            if pid == 0 || c.tail.load(Ordering::Acquire) != c.head.load(Ordering::Relaxed) {
+                continue;
+            }
+            let released = c.active.load(Ordering::Acquire) == 2;
+            if released || !shm::process_alive(pid, c.owner_start.load(Ordering::Relaxed)) {
+                let (hits, misses, corrupt) = ring.reap(b);
+                let h = ring.hdr();
+                h.retired_hits.fetch_add(hits, Ordering::Relaxed);
+                h.retired_misses.fetch_add(misses, Ordering::Relaxed);
+                h.retired_corrupt.fetch_add(corrupt, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Serve until `STOP` is set (a signal or `request_stop`).
+    pub fn serve(&mut self) -> Result<()> {
+        shm::install_signal_handler(on_signal)
+            .map_err(|e| Error::io("cannot install signal handlers", e))?;
+        if let Some(fd) = self.cfg.ready_fd.take() {
+            if let Err(e) = shm::write_and_close_fd(fd, b"READY=1\n") {
+                log(&format!("cannot write readiness to fd {fd}: {e}"));
+            }
+        }
+        sd_notify("READY=1\nSTATUS=serving");
+        let mut last_reap = Instant::now();
+        let mut last_flush = Instant::now();
+        let mut last_sweep = Instant::now();
+        while !STOP.load(Ordering::Relaxed) {
+            let bell = self.ring.hdr().doorbell.load(Ordering::SeqCst);
+            let n = self.poll_once(256);
+            let now = Instant::now();
+            if now.duration_since(last_reap) >= Duration::from_millis(200) {
+                self.reap();
+                self.store.heap.reclaim(&self.store.seg, &self.ring);
+                last_reap = now;
+            }
+            if n == 0 && now.duration_since(last_sweep) >= Duration::from_millis(10) {
+                self.store.sweep_expired(4096);
+                last_sweep = now;
+            }
+            if self.cfg.durability == Durability::Periodic
+                && now.duration_since(last_flush) >= self.cfg.flush_interval
+            {
+                let _ = self.store.seg.region.flush_async();
+                last_flush = now;
+            }
+            if n == 0 {
+                self.idle(bell);
+            }
+        }
+        if LAST_SIGNAL.load(Ordering::Relaxed) != 0 {
+            log(&format!("signal {} received, stopping", LAST_SIGNAL.load(Ordering::Relaxed)));
+        }
+        self.shutdown()
+    }
+
+    /// Spin briefly (a request usually follows soon after another), then sleep on the
+    /// doorbell until a producer rings it or housekeeping is due.
+    fn idle(&self, bell: u32) {
+        let h = self.ring.hdr();
+        let spin_until = Instant::now() + Duration::from_micros(50);
+        while Instant::now() < spin_until {
+            for _ in 0..64 {
+                std::hint::spin_loop();
+            }
+            if h.doorbell.load(Ordering::Acquire) != bell {
+                return;
+            }
+        }
+        // SYNC POINT: SeqCst pair with the producer's doorbell increment then load of
+        // `sleeping` (ring::ring_doorbell): no wake-up is lost.
+        h.sleeping.store(1, Ordering::SeqCst);
+        if h.doorbell.load(Ordering::SeqCst) == bell && !STOP.load(Ordering::SeqCst) {
+            futex_wait(&h.doorbell, bell, Duration::from_millis(50));
+        }
+        h.sleeping.store(0, Ordering::SeqCst);
+    }
+
+    /// Apply everything still queued, flush, and mark the segment cleanly stopped.
+    pub fn shutdown(&mut self) -> Result<()> {
+        sd_notify("STOPPING=1\nSTATUS=draining the request ring");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.poll_once(usize::MAX) > 0 && Instant::now() < deadline {}
+        let rh = self.ring.hdr();
+        rh.ready.store(0, Ordering::Release);
+        rh.daemon_pid.store(0, Ordering::Release);
+        self.store.heap.store(&self.store.seg);
+        self.store.seg.region.flush().map_err(|e| Error::io("cannot flush the segment", e))?;
+        let h = self.store.seg.hdr();
+        h.daemon_pid.store(0, Ordering::Relaxed);
+        h.clean.store(1, Ordering::Release);
+        self.store.seg.region.flush().map_err(|e| Error::io("cannot flush the segment", e))?;
+        log("stopped cleanly");
+        Ok(())
+    }
+}
+
+fn lock_dir(cfg: &Config) -> Result<std::fs::File> {
+    let lp = lock_path(&cfg.dir);
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lp)
+        .map_err(|e| Error::io(format!("cannot open {}", lp.display()), e))?;
+    if !shm::try_lock_exclusive(&f).map_err(|e| Error::io("cannot lock the data directory", e))? {
+        let mut s = String::new();
+        let _ = f.read_to_string(&mut s);
+        return Err(Error::Locked(format!(
+            "another surpd (pid {}) already serves {}",
+            s.trim(),
+            cfg.dir.display()
+        )));
+    }
+    let _ = f.set_len(0);
+    let _ = f.rewind();
+    let _ = write!(f, "{}", shm::getpid());
+    Ok(f)
+}
+
+/// Reuse the ring if it matches (its queued requests are then applied), else replace it.
+fn open_ring(cfg: &Config, seg: &Segment) -> Result<Ring> {
+    let rp = ring_path(&cfg.dir);
+    let want = RingParams {
+        nboxes: cfg.max_clients,
+        box_bytes: cfg.effective_queue_bytes(),
+        nresults: 4096,
+        hints_len: seg.heap_cap.div_ceil(HINT_GRANULE),
+        seg_seed: seg.seed,
+        max_value: seg.max_value,
+    };
+    if rp.exists() {
+        match Ring::open(&rp) {
+            Ok(r) => {
+                let p = r.params();
+                if p.nboxes == want.nboxes
+                    && p.box_bytes == want.box_bytes
+                    && p.hints_len == want.hints_len
+                    && p.seg_seed == want.seg_seed
+                    && p.nresults == want.nresults
+                {
+                    return Ok(r);
+                }
+                log("ring settings changed: replacing the request ring");
+                r.hdr().retired.store(1, Ordering::Release);
+            }
+            Err(e) => log(&format!("replacing unusable request ring: {e}")),
+        }
+    }
+    Ring::create(&rp, &want, cfg.ring_mode)?;
+    Ring::open(&rp)
+}
+
+/// Attach and serve until a signal (the whole daemon).
+pub fn run(cfg: Config) -> Result<()> {
+    STOP.store(false, Ordering::SeqCst);
+    let mut d = Daemon::attach(cfg)?;
+    d.serve()
+}

@@ -1,0 +1,373 @@
+//! Raw access to shared mappings. Together with nothing else, this module holds the crate's
+//! `unsafe` code; every other module is `#![deny(unsafe_code)]`.
+//!
+//! Rules it enforces for the rest of the crate:
+//! * every offset is bounds- and alignment-checked here, so a bad offset read from shared
+//!   memory becomes `None` (a miss or `Corrupted` upstream), never an out-of-bounds access;
+//! * structs handed out as references are [`Shared`]: `#[repr(C)]` and made only of atomics,
+//!   so concurrent writes by another process are atomic stores, never torn Rust values;
+//! * plain bytes (keys, values, requests) are copied out with `copy_nonoverlapping` and
+//!   validated afterwards (length, checksum), or lent as a slice only while the record is
+//!   immutable (published and pinned by the reader's epoch).
+
+use std::fs::File;
+use std::io;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8};
+use std::time::Duration;
+
+use memmap2::{Mmap, MmapMut, MmapOptions};
+
+use crate::layout::{BoxCtl, RecHeader, ReqHeader, ResultEntry, RingHeader, SegHeader};
+
+/// Marker for types that may be viewed in shared memory by reference.
+///
+/// # Safety
+/// Implementors must be `#[repr(C)]`, contain only atomics (or arrays/structs of them) and
+/// have no invalid bit patterns, so that any bytes written by any process are a valid value
+/// and every access is an atomic operation.
+pub unsafe trait Shared {}
+// SAFETY: all of these are #[repr(C)] structs of atomics (see layout.rs).
+unsafe impl Shared for SegHeader {}
+unsafe impl Shared for RecHeader {}
+unsafe impl Shared for RingHeader {}
+unsafe impl Shared for BoxCtl {}
+unsafe impl Shared for ResultEntry {}
+unsafe impl Shared for ReqHeader {}
+unsafe impl Shared for AtomicU64 {}
+unsafe impl Shared for AtomicU32 {}
+unsafe impl Shared for AtomicU8 {}
+
+enum Map {
+    Ro(#[allow(dead_code)] Mmap),
+    Rw(MmapMut),
+}
+
+/// A shared file mapping, read-only (clients' data segment) or read-write.
+pub struct Region {
+    map: Map,
+    base: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory shared with other processes anyway; all accesses go
+// through atomics or bounds-checked copies, so sharing the handle between threads adds no
+// hazard beyond what other processes already impose.
+unsafe impl Send for Region {}
+unsafe impl Sync for Region {}
+
+impl Region {
+    /// Map a whole file read-only.
+    pub fn map_ro(file: &File) -> io::Result<Region> {
+        // SAFETY: the file is shared with other processes by design; we never form non-atomic
+        // references over its bytes except through the rules in the module doc.
+        let m = unsafe { MmapOptions::new().map(file)? };
+        let base = m.as_ptr() as *mut u8;
+        let len = m.len();
+        Ok(Region { map: Map::Ro(m), base, len })
+    }
+
+    /// Map a whole file read-write (MAP_SHARED).
+    pub fn map_rw(file: &File) -> io::Result<Region> {
+        // SAFETY: as in map_ro.
+        let mut m = unsafe { MmapOptions::new().map_mut(file)? };
+        let base = m.as_mut_ptr();
+        let len = m.len();
+        Ok(Region { map: Map::Rw(m), base, len })
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn writable(&self) -> bool {
+        matches!(self.map, Map::Rw(_))
+    }
+
+    #[inline]
+    fn check(&self, off: u64, len: u64, align: u64) -> bool {
+        off % align == 0 && off.checked_add(len).is_some_and(|end| end <= self.len as u64)
+    }
+
+    /// A reference to a shared struct at `off`, or None if out of bounds or misaligned.
+    #[inline]
+    pub fn at<T: Shared>(&self, off: u64) -> Option<&T> {
+        if !self.check(off, std::mem::size_of::<T>() as u64, std::mem::align_of::<T>() as u64) {
+            return None;
+        }
+        // SAFETY: in bounds and aligned (checked above); T is Shared, so any bit pattern is
+        // valid and all accesses are atomic. The mapping lives as long as &self.
+        Some(unsafe { &*(self.base.add(off as usize) as *const T) })
+    }
+
+    /// Like [`Region::at`] for offsets this crate computed itself from validated geometry.
+    /// Panics on a bad offset: that is a bug in surpd, not bad input.
+    #[inline]
+    pub fn get<T: Shared>(&self, off: u64) -> &T {
+        match self.at(off) {
+            Some(t) => t,
+            None => panic!("internal offset {off} outside a {}-byte mapping", self.len),
+        }
+    }
+
+    /// Copy `dst.len()` bytes from `off` into `dst`. False if out of bounds.
+    #[inline]
+    pub fn read(&self, off: u64, dst: &mut [u8]) -> bool {
+        if !self.check(off, dst.len() as u64, 1) {
+            return false;
+        }
+        // SAFETY: bounds checked; dst is a distinct local buffer. The source bytes may be
+        // concurrently rewritten only if the epoch protocol was violated; the caller validates
+        // the copy (checksum) before trusting it.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.base.add(off as usize), dst.as_mut_ptr(), dst.len())
+        };
+        true
+    }
+
+    /// Borrow `len` bytes at `off`. Only for bytes that are immutable for the borrow's
+    /// lifetime: a published record pinned by the caller's reader epoch or view.
+    #[inline]
+    pub fn slice(&self, off: u64, len: u64) -> Option<&[u8]> {
+        if !self.check(off, len, 1) {
+            return None;
+        }
+        // SAFETY: bounds checked; immutability is the caller's contract (see doc).
+        Some(unsafe { std::slice::from_raw_parts(self.base.add(off as usize), len as usize) })
+    }
+
+    /// Raw pointer to `off` for zero-copy buffers exported to Python; None if out of bounds.
+    pub fn ptr(&self, off: u64, len: u64) -> Option<*const u8> {
+        if !self.check(off, len, 1) {
+            return None;
+        }
+        // SAFETY: in bounds.
+        Some(unsafe { self.base.add(off as usize) as *const u8 })
+    }
+
+    /// Write bytes at `off`. Only the single writer calls this, and only on space that no
+    /// reader can see (unpublished, or reclaimed after every reader left).
+    #[inline]
+    pub fn write(&self, off: u64, src: &[u8]) {
+        assert!(self.writable(), "write to a read-only mapping");
+        assert!(self.check(off, src.len() as u64, 1), "write outside the mapping at {off}");
+        // SAFETY: bounds checked, mapping writable, space private to the writer (see doc).
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr(), self.base.add(off as usize), src.len())
+        };
+    }
+
+    /// Zero `len` bytes at `off` (same contract as [`Region::write`]).
+    pub fn zero(&self, off: u64, len: u64) {
+        assert!(self.writable(), "write to a read-only mapping");
+        assert!(self.check(off, len, 1), "zero outside the mapping at {off}");
+        // SAFETY: as in write.
+        unsafe { std::ptr::write_bytes(self.base.add(off as usize), 0, len as usize) };
+    }
+
+    /// Flush the whole mapping to the file (msync MS_SYNC).
+    pub fn flush(&self) -> io::Result<()> {
+        match &self.map {
+            Map::Rw(m) => m.flush(),
+            Map::Ro(_) => Ok(()),
+        }
+    }
+
+    /// Start writeback without waiting (msync MS_ASYNC).
+    pub fn flush_async(&self) -> io::Result<()> {
+        match &self.map {
+            Map::Rw(m) => m.flush_async(),
+            Map::Ro(_) => Ok(()),
+        }
+    }
+}
+
+/// Sleep while `word == expected`, at most `timeout`. Shared futex (no FUTEX_PRIVATE_FLAG):
+/// the word lives in a MAP_SHARED file mapping and other processes wake us.
+pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: word is a valid, aligned u32 in a shared mapping that outlives the call; the
+    // kernel only reads it. Spurious wake-ups and EAGAIN/EINTR/ETIMEDOUT are all handled by
+    // callers re-checking their condition.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word as *const AtomicU32 as *const u32,
+            libc::FUTEX_WAIT,
+            expected,
+            &ts as *const libc::timespec,
+            std::ptr::null::<u32>(),
+            0u32,
+        );
+    }
+}
+
+/// Wake up to `n` waiters on `word` in any process.
+pub fn futex_wake(word: &AtomicU32, n: i32) {
+    // SAFETY: as in futex_wait; FUTEX_WAKE does not dereference beyond the word's address.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word as *const AtomicU32 as *const u32,
+            libc::FUTEX_WAKE,
+            n,
+            std::ptr::null::<libc::timespec>(),
+            std::ptr::null::<u32>(),
+            0u32,
+        );
+    }
+}
+
+/// Whether process `pid` exists and started at `start` (clock ticks since boot; 0 = unknown,
+/// then existence alone decides). A recycled pid with another start time is not alive.
+pub fn process_alive(pid: u32, start: u64) -> bool {
+    if pid == 0 {
+        return false;
+    }
+    // SAFETY: kill with signal 0 only checks existence and permission.
+    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    if r != 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EPERM) {
+        return false;
+    }
+    if start == 0 {
+        return true;
+    }
+    match process_start_time(pid) {
+        Some(s) => s == start,
+        None => true, // /proc unavailable: trust kill()
+    }
+}
+
+/// Start time of a process in clock ticks since boot (/proc/PID/stat field 22).
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    let rest = &s[s.rfind(')')? + 1..];
+    // rest starts with " S ..." : field 3 is index 0 here, so field 22 is index 19.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// This process's pid (a syscall: callers cache it).
+pub fn getpid() -> u32 {
+    std::process::id()
+}
+
+/// Take an exclusive, non-blocking flock on `file`. Ok(false) when another process holds it.
+pub fn try_lock_exclusive(file: &File) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a valid open descriptor.
+    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+/// Random 64-bit value from the kernel (getrandom), for hash seeds.
+pub fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: writes at most 8 bytes into b.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr() as *mut libc::c_void, 8, 0) };
+    if n != 8 {
+        // Fall back to time and pid; the seed only needs to be unpredictable, not secret.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        return t ^ ((std::process::id() as u64) << 32);
+    }
+    u64::from_le_bytes(b)
+}
+
+/// Register a fork handler that runs in the child after fork(): `f` must be
+/// async-signal-safe (the binding only bumps an atomic counter).
+pub fn at_fork_child(f: extern "C" fn()) {
+    // SAFETY: pthread_atfork with a valid function pointer and no prepare/parent handlers.
+    unsafe {
+        libc::pthread_atfork(None, None, Some(f));
+    }
+}
+
+/// Current unix time in milliseconds (vDSO clock_gettime, no syscall).
+#[inline]
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Install `handler` for SIGTERM, SIGINT and SIGHUP (SA_RESTART off, so that a futex
+/// sleep returns and the loop sees the flag the handler sets).
+pub fn install_signal_handler(handler: extern "C" fn(libc::c_int)) -> io::Result<()> {
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // SAFETY: a zeroed sigaction is valid; the handler only stores to an atomic, which is
+        // async-signal-safe.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = handler as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            if libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Write all of `bytes` to a raw descriptor and close it (the readiness pipe).
+pub fn write_and_close_fd(fd: i32, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    // SAFETY: the descriptor was handed to us for this purpose (--ready-fd); we take
+    // ownership and close it when the File drops.
+    let mut f = unsafe { File::from_raw_fd(fd) };
+    f.write_all(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_are_checked() {
+        let f = tempfile_with(4096);
+        let r = Region::map_rw(&f).unwrap();
+        assert!(r.at::<AtomicU64>(4088).is_some());
+        assert!(r.at::<AtomicU64>(4089).is_none(), "misaligned");
+        assert!(r.at::<AtomicU64>(4096).is_none(), "past the end");
+        assert!(r.at::<AtomicU64>(u64::MAX - 3).is_none(), "overflow");
+        let mut buf = [0u8; 16];
+        assert!(r.read(4080, &mut buf));
+        assert!(!r.read(4081, &mut buf));
+        assert!(r.slice(0, 4097).is_none());
+    }
+
+    #[test]
+    fn own_process_is_alive() {
+        let pid = getpid();
+        let start = process_start_time(pid).unwrap();
+        assert!(process_alive(pid, start));
+        assert!(!process_alive(pid, start + 1), "other start time means recycled pid");
+        assert!(!process_alive(0, 0));
+    }
+
+    pub(crate) fn tempfile_with(len: u64) -> File {
+        let p = std::env::temp_dir().join(format!("surpd-shm-test-{}-{}", getpid(), random_u64()));
+        let f = std::fs::OpenOptions::new().read(true).write(true).create(true).open(&p).unwrap();
+        std::fs::remove_file(&p).unwrap();
+        f.set_len(len).unwrap();
+        f
+    }
+}

@@ -1,0 +1,69 @@
+//! Statistics, read by anyone from the two mappings (no request to the daemon).
+
+#![deny(unsafe_code)]
+
+use std::sync::atomic::Ordering;
+
+use crate::layout::*;
+use crate::ring::Ring;
+use crate::segment::Segment;
+
+/// Every counter and gauge, by name, in a stable order.
+pub fn gather(seg: &Segment, ring: &Ring) -> Vec<(&'static str, u64)> {
+    let h = seg.hdr();
+    let r = ring.hdr();
+    let (mut hits, mut misses, mut corrupt) = (
+        r.retired_hits.load(Ordering::Relaxed),
+        r.retired_misses.load(Ordering::Relaxed),
+        r.retired_corrupt.load(Ordering::Relaxed),
+    );
+    let (mut clients, mut pending) = (0u64, 0u64);
+    for b in 0..ring.nboxes {
+        let c = ring.ctl(b);
+        hits += c.hits.load(Ordering::Relaxed);
+        misses += c.misses.load(Ordering::Relaxed);
+        corrupt += c.corrupt.load(Ordering::Relaxed);
+        if c.owner_pid.load(Ordering::Relaxed) != 0 {
+            clients += 1;
+        }
+        pending += c.tail.load(Ordering::Relaxed).saturating_sub(c.head.load(Ordering::Relaxed));
+    }
+    let head = h.head.load(Ordering::Relaxed);
+    let free_limit = h.free_limit.load(Ordering::Relaxed);
+    let daemon_pid = r.daemon_pid.load(Ordering::Relaxed);
+    let ready = r.ready.load(Ordering::Relaxed);
+    vec![
+        ("items", h.items.load(Ordering::Relaxed)),
+        ("bytes", h.live_bytes.load(Ordering::Relaxed)),
+        // Header + index + the part of the heap in use (live, dead-not-yet-cleaned, padding).
+        ("bytes_used", seg.heap_off + head.saturating_sub(free_limit).min(seg.heap_cap)),
+        ("capacity", seg.size),
+        ("heap_capacity", seg.heap_cap),
+        ("index_slots", seg.slots),
+        ("max_items", seg.slots * INDEX_MAX_LOAD_16THS / 16),
+        ("max_value", seg.max_value),
+        ("hits", hits),
+        ("misses", misses),
+        ("sets", h.c_sets.load(Ordering::Relaxed)),
+        ("deletes", h.c_deletes.load(Ordering::Relaxed)),
+        ("incrs", h.c_incrs.load(Ordering::Relaxed)),
+        ("touches", h.c_touches.load(Ordering::Relaxed)),
+        ("clears", h.c_clears.load(Ordering::Relaxed)),
+        ("evictions", h.c_evictions.load(Ordering::Relaxed)),
+        ("expirations", h.c_expirations.load(Ordering::Relaxed)),
+        ("relocations", h.c_relocations.load(Ordering::Relaxed)),
+        ("requests", h.c_requests.load(Ordering::Relaxed)),
+        ("errors", h.c_errors.load(Ordering::Relaxed)),
+        ("full_errors", h.c_full.load(Ordering::Relaxed)),
+        ("reclaim_waits", h.c_reclaim_waits.load(Ordering::Relaxed)),
+        ("corrupt_reads", corrupt),
+        ("clients", clients),
+        ("ring_pending_bytes", pending),
+        ("ring_clients_max", ring.nboxes as u64),
+        ("epoch", h.epoch.load(Ordering::Relaxed)),
+        ("generation", h.generation.load(Ordering::Relaxed)),
+        ("eviction_policy", h.policy.load(Ordering::Relaxed) as u64),
+        ("daemon_pid", if ready == 1 { daemon_pid as u64 } else { 0 }),
+        ("format_version", FORMAT_VERSION as u64),
+    ]
+}

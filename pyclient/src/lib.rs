@@ -1,0 +1,878 @@
+//! surpdb._native: converts between Python and the core crate, nothing more. The read path,
+//! the ring and the value format live in `surpd` (daemon/); this file turns Python objects
+//! into the value encoding and back, maps errors to the exception tree of surpdb.errors, and
+//! releases the GIL around every wait.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::raw::c_int;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pyo3::exceptions::{PyBufferError, PyKeyError, PyOverflowError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::GILOnceCell;
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+
+use surpd::client::{Client as Core, Lookup};
+use surpd::layout::{flag, op, status};
+use surpd::ring::Reply;
+use surpd::value as v;
+use surpd::Error;
+
+mod errors {
+    pyo3::import_exception!(surpdb.errors, Error);
+    pyo3::import_exception!(surpdb.errors, Unavailable);
+    pyo3::import_exception!(surpdb.errors, ValueTooLarge);
+    pyo3::import_exception!(surpdb.errors, KeyTooLong);
+    pyo3::import_exception!(surpdb.errors, SegmentFull);
+    pyo3::import_exception!(surpdb.errors, QueueFull);
+    pyo3::import_exception!(surpdb.errors, Timeout);
+    pyo3::import_exception!(surpdb.errors, CorruptSegment);
+    pyo3::import_exception!(surpdb.errors, IncompatibleSegment);
+    pyo3::import_exception!(surpdb.errors, DaemonRunning);
+    pyo3::import_exception!(surpdb.errors, ConfigError);
+}
+
+fn to_py_err(e: Error) -> PyErr {
+    let msg = e.to_string();
+    match e {
+        Error::Io { source, .. } => {
+            let code = source.raw_os_error().unwrap_or(0);
+            match source.kind() {
+                std::io::ErrorKind::PermissionDenied => {
+                    pyo3::exceptions::PyPermissionError::new_err((code, msg))
+                }
+                std::io::ErrorKind::NotFound => {
+                    pyo3::exceptions::PyFileNotFoundError::new_err((code, msg))
+                }
+                _ => pyo3::exceptions::PyOSError::new_err((code, msg)),
+            }
+        }
+        Error::Incompatible(_) => errors::IncompatibleSegment::new_err(msg),
+        Error::Corrupted(_) => errors::CorruptSegment::new_err(msg),
+        Error::Unavailable(_) => errors::Unavailable::new_err(msg),
+        Error::ValueTooLarge { .. } => errors::ValueTooLarge::new_err(msg),
+        Error::KeyTooLong { .. } => errors::KeyTooLong::new_err(msg),
+        Error::SegmentFull(_) => errors::SegmentFull::new_err(msg),
+        Error::QueueFull(_) => errors::QueueFull::new_err(msg),
+        Error::Timeout(_) => errors::Timeout::new_err(msg),
+        Error::Locked(_) => errors::DaemonRunning::new_err(msg),
+        Error::Config(_) => errors::ConfigError::new_err(msg),
+        Error::NotInteger(_) => PyTypeError::new_err(msg),
+        Error::Overflow(_) => PyOverflowError::new_err(msg),
+        _ => errors::Error::new_err(msg),
+    }
+}
+
+// ---------------------------------------------------------------- encoding Python values
+
+static PICKLE_DUMPS: GILOnceCell<PyObject> = GILOnceCell::new();
+static PICKLE_LOADS: GILOnceCell<PyObject> = GILOnceCell::new();
+
+fn pickle_fn<'py>(
+    py: Python<'py>,
+    cell: &'static GILOnceCell<PyObject>,
+    name: &str,
+) -> PyResult<&'py Bound<'py, PyAny>> {
+    let f = cell.get_or_try_init(py, || -> PyResult<PyObject> {
+        Ok(py.import("pickle")?.getattr(name)?.unbind())
+    })?;
+    Ok(f.bind(py))
+}
+
+fn encode(obj: &Bound<'_, PyAny>, out: &mut Vec<u8>, depth: usize) -> PyResult<()> {
+    if depth > v::MAX_DEPTH {
+        return Err(PyValueError::new_err(format!(
+            "value nests deeper than {} containers",
+            v::MAX_DEPTH
+        )));
+    }
+    let py = obj.py();
+    // Exact types only: a subclass (bool is an int, OrderedDict a dict, SafeString a str)
+    // is pickled so that it round-trips as itself.
+    if obj.is_none() {
+        out.push(v::NONE);
+    } else if obj.is_exact_instance_of::<PyBool>() {
+        out.push(if obj.is_truthy()? { v::TRUE } else { v::FALSE });
+    } else if obj.is_exact_instance_of::<PyString>() {
+        let s = obj.downcast::<PyString>()?;
+        match s.to_str() {
+            Ok(s) => {
+                out.push(v::STR);
+                v::put_varint(out, s.len() as u64);
+                out.extend_from_slice(s.as_bytes());
+            }
+            // Lone surrogates have no UTF-8 form: pickle keeps them exactly.
+            Err(_) => pickle(obj, out)?,
+        }
+    } else if obj.is_exact_instance_of::<PyBytes>() {
+        let b = obj.downcast::<PyBytes>()?.as_bytes();
+        out.push(v::BYTES);
+        v::put_varint(out, b.len() as u64);
+        out.extend_from_slice(b);
+    } else if obj.is_exact_instance_of::<PyInt>() {
+        match obj.extract::<i64>() {
+            Ok(i) => {
+                out.push(v::INT);
+                v::put_varint(out, v::zigzag(i));
+            }
+            Err(_) => {
+                let bits: u64 = obj.call_method0("bit_length")?.extract()?;
+                let n = bits / 8 + 1;
+                let kw = PyDict::new(py);
+                kw.set_item("signed", true)?;
+                let b = obj.call_method("to_bytes", (n, "little"), Some(&kw))?;
+                let b = b.downcast::<PyBytes>()?.as_bytes();
+                out.push(v::BIGINT);
+                v::put_varint(out, b.len() as u64);
+                out.extend_from_slice(b);
+            }
+        }
+    } else if obj.is_exact_instance_of::<PyFloat>() {
+        out.push(v::FLOAT);
+        out.extend_from_slice(&obj.downcast::<PyFloat>()?.value().to_le_bytes());
+    } else if obj.is_exact_instance_of::<PyList>() {
+        let l = obj.downcast::<PyList>()?;
+        out.push(v::LIST);
+        v::put_varint(out, l.len() as u64);
+        for item in l.iter() {
+            encode(&item, out, depth + 1)?;
+        }
+    } else if obj.is_exact_instance_of::<PyTuple>() {
+        let t = obj.downcast::<PyTuple>()?;
+        out.push(v::TUPLE);
+        v::put_varint(out, t.len() as u64);
+        for item in t.iter() {
+            encode(&item, out, depth + 1)?;
+        }
+    } else if obj.is_exact_instance_of::<PyDict>() {
+        let d = obj.downcast::<PyDict>()?;
+        out.push(v::DICT);
+        v::put_varint(out, d.len() as u64);
+        for (k, val) in d.iter() {
+            encode(&k, out, depth + 1)?;
+            encode(&val, out, depth + 1)?;
+        }
+    } else {
+        pickle(obj, out)?;
+    }
+    Ok(())
+}
+
+fn pickle(obj: &Bound<'_, PyAny>, out: &mut Vec<u8>) -> PyResult<()> {
+    let py = obj.py();
+    let b = pickle_fn(py, &PICKLE_DUMPS, "dumps")?.call1((obj, 5))?;
+    let b = b.downcast::<PyBytes>()?.as_bytes();
+    out.push(v::PICKLE);
+    v::put_varint(out, b.len() as u64);
+    out.extend_from_slice(b);
+    Ok(())
+}
+
+fn corrupt(what: &str) -> PyErr {
+    errors::CorruptSegment::new_err(format!("stored value does not decode: {what}"))
+}
+
+fn decode<'py>(
+    py: Python<'py>,
+    r: &mut v::Reader<'_>,
+    depth: usize,
+) -> PyResult<Bound<'py, PyAny>> {
+    if depth > v::MAX_DEPTH {
+        return Err(corrupt("nesting too deep"));
+    }
+    let e = |e: Error| corrupt(&e.to_string());
+    Ok(match r.u8().map_err(e)? {
+        v::NONE => py.None().into_bound(py),
+        v::FALSE => PyBool::new(py, false).to_owned().into_any(),
+        v::TRUE => PyBool::new(py, true).to_owned().into_any(),
+        v::INT => v::unzigzag(r.varint().map_err(e)?).into_pyobject(py)?.into_any(),
+        v::BIGINT => {
+            let b = r.lbytes().map_err(e)?;
+            let kw = PyDict::new(py);
+            kw.set_item("signed", true)?;
+            py.get_type::<PyInt>().call_method(
+                "from_bytes",
+                (PyBytes::new(py, b), "little"),
+                Some(&kw),
+            )?
+        }
+        v::FLOAT => {
+            let b = r.bytes(8).map_err(e)?;
+            PyFloat::new(py, f64::from_le_bytes(b.try_into().unwrap())).into_any()
+        }
+        v::STR => {
+            let b = r.lbytes().map_err(e)?;
+            let s = std::str::from_utf8(b).map_err(|_| corrupt("invalid UTF-8"))?;
+            PyString::new(py, s).into_any()
+        }
+        v::BYTES => PyBytes::new(py, r.lbytes().map_err(e)?).into_any(),
+        v::LIST | v::TUPLE => {
+            let tag = r.buf[r.pos - 1];
+            let n = r.count(1).map_err(e)?;
+            let mut items = Vec::with_capacity(n);
+            for _ in 0..n {
+                items.push(decode(py, r, depth + 1)?);
+            }
+            if tag == v::LIST {
+                PyList::new(py, items)?.into_any()
+            } else {
+                PyTuple::new(py, items)?.into_any()
+            }
+        }
+        v::DICT => {
+            let n = r.count(2).map_err(e)?;
+            let d = PyDict::new(py);
+            for _ in 0..n {
+                let k = decode(py, r, depth + 1)?;
+                let val = decode(py, r, depth + 1)?;
+                d.set_item(k, val)?;
+            }
+            d.into_any()
+        }
+        v::PICKLE => {
+            let b = r.lbytes().map_err(e)?;
+            pickle_fn(py, &PICKLE_LOADS, "loads")?.call1((PyBytes::new(py, b),))?
+        }
+        t => return Err(corrupt(&format!("unknown tag {t:#x}"))),
+    })
+}
+
+fn decode_value<'py>(py: Python<'py>, buf: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    let mut r = v::Reader::new(buf);
+    let out = decode(py, &mut r, 0)?;
+    if !r.at_end() {
+        return Err(corrupt("trailing bytes"));
+    }
+    Ok(out)
+}
+
+/// Borrow a key's bytes: str (as UTF-8) or bytes; anything else is a TypeError.
+fn with_key<R>(key: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> PyResult<R>) -> PyResult<R> {
+    if let Ok(s) = key.downcast::<PyString>() {
+        f(s.to_str()?.as_bytes())
+    } else if let Ok(b) = key.downcast::<PyBytes>() {
+        f(b.as_bytes())
+    } else {
+        Err(PyTypeError::new_err(format!(
+            "key must be str or bytes, not {}",
+            key.get_type().name()?
+        )))
+    }
+}
+
+fn key_repr(key: &[u8]) -> String {
+    match std::str::from_utf8(key) {
+        Ok(s) if s.len() <= 80 => format!("{s:?}"),
+        Ok(s) => format!("{:?}...", &s[..s.char_indices().nth(60).map_or(s.len(), |(i, _)| i)]),
+        Err(_) => format!("{:?}", String::from_utf8_lossy(&key[..key.len().min(60)])),
+    }
+}
+
+/// TTL in seconds (None = never) to milliseconds for the wire (0 = never).
+fn ttl_ms(ttl: Option<f64>) -> PyResult<u64> {
+    match ttl {
+        None => Ok(0),
+        Some(t) if t.is_finite() && t > 0.0 => Ok(((t * 1000.0).ceil() as u64).max(1)),
+        Some(t) => Err(PyValueError::new_err(format!(
+            "ttl must be a positive number of seconds or None, got {t}"
+        ))),
+    }
+}
+
+// ---------------------------------------------------------------- the client
+
+/// Views alive in this process, by pinned epoch (the oldest is published in our slot).
+type ViewPins = Mutex<BTreeMap<u64, usize>>;
+
+/// A connection to one surpdb data directory. Reads come straight from the shared mapping;
+/// writes go through this process's request queue to the daemon.
+#[pyclass(module = "surpdb._native", frozen)]
+struct Client {
+    core: Arc<Core>,
+    views: Arc<ViewPins>,
+    /// Op of each ticket handed out with wait=False, to shape its result in wait().
+    async_ops: Mutex<HashMap<u64, (u8, Vec<u8>)>>,
+}
+
+impl Client {
+    fn call(
+        &self,
+        py: Python<'_>,
+        op: u8,
+        flags: u8,
+        key: &[u8],
+        payload: &[u8],
+        arg: u64,
+        arg2: u64,
+    ) -> PyResult<Reply> {
+        let t = self.core.enqueue(op, flags, key, payload, arg, arg2).map_err(to_py_err)?;
+        let core = &self.core;
+        py.allow_threads(|| core.wait(t)).map_err(to_py_err)
+    }
+
+    fn enqueue(
+        &self,
+        op: u8,
+        flags: u8,
+        key: &[u8],
+        payload: &[u8],
+        arg: u64,
+        arg2: u64,
+    ) -> PyResult<u64> {
+        let t = self.core.enqueue(op, flags, key, payload, arg, arg2).map_err(to_py_err)?;
+        let mut m = self.async_ops.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() >= 100_000 {
+            // Bounded: drop the oldest half (their results can still be waited, untyped).
+            let mut ts: Vec<u64> = m.keys().copied().collect();
+            ts.sort_unstable();
+            for t in &ts[..ts.len() / 2] {
+                m.remove(t);
+            }
+        }
+        m.insert(t, (op, key.to_vec()));
+        Ok(t)
+    }
+
+    fn encode_value(&self, value: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+        let mut buf = Vec::with_capacity(64);
+        encode(value, &mut buf, 0)?;
+        let max = self.core.max_value();
+        if buf.len() as u64 > max {
+            return Err(errors::ValueTooLarge::new_err(format!(
+                "value is {} bytes encoded; this segment's max_value is {max} bytes",
+                buf.len()
+            )));
+        }
+        Ok(buf)
+    }
+
+    /// Turn a reply into the Python result of `op`, or raise.
+    fn shape(&self, py: Python<'_>, op: u8, key: &[u8], r: Reply) -> PyResult<PyObject> {
+        match (r.status, op) {
+            (status::OK, op::INCR) => {
+                let n = ((r.aux as i128) << 64) | r.value as i128;
+                Ok(n.into_pyobject(py)?.into_any().unbind())
+            }
+            (status::OK, _) => Ok(PyBool::new(py, true).to_owned().into_any().unbind()),
+            (status::NOT_DONE, op::INCR) => {
+                Err(PyKeyError::new_err(PyBytes::new(py, key).unbind()))
+            }
+            (status::NOT_DONE, _) => Ok(PyBool::new(py, false).to_owned().into_any().unbind()),
+            (status::SEGMENT_FULL, _) => Err(errors::SegmentFull::new_err(format!(
+                "no space for key {}: the segment is full under noeviction, or space is pinned by \
+                 readers (see surpdb stats: items, bytes, heap_capacity)",
+                key_repr(key)
+            ))),
+            (status::TOO_LARGE, _) => Err(errors::ValueTooLarge::new_err(format!(
+                "value for key {} exceeds this segment's max_value of {} bytes",
+                key_repr(key),
+                self.core.max_value()
+            ))),
+            (status::NOT_INTEGER, _) => {
+                let ty = self.stored_type(key);
+                Err(PyTypeError::new_err(format!(
+                    "cannot increment key {}: it holds a {ty}, not an int",
+                    key_repr(key)
+                )))
+            }
+            (status::OVERFLOW, _) => Err(PyOverflowError::new_err(format!(
+                "increment of key {} leaves the 128-bit integer range",
+                key_repr(key)
+            ))),
+            (s, _) => Err(errors::Error::new_err(format!(
+                "the daemon refused the request for key {} (status {s})",
+                key_repr(key)
+            ))),
+        }
+    }
+
+    fn stored_type(&self, key: &[u8]) -> &'static str {
+        let Ok(pin) = self.core.pin() else { return "unknown" };
+        match self.core.lookup(&pin, key, surpd::shm::now_ms()) {
+            Lookup::Hit(rec) => v::type_name(rec.value),
+            Lookup::Miss => "missing value",
+        }
+    }
+
+    fn get_one<'py>(&self, py: Python<'py>, key: &[u8]) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let pin = self.core.pin().map_err(to_py_err)?;
+        match self.core.lookup(&pin, key, surpd::shm::now_ms()) {
+            Lookup::Hit(rec) => Ok(Some(decode_value(py, rec.value)?)),
+            Lookup::Miss => Ok(None),
+        }
+    }
+}
+
+#[pymethods]
+impl Client {
+    /// Attach to the store in `path` (the daemon's data directory). `timeout` bounds every
+    /// wait for the daemon, in seconds.
+    #[new]
+    #[pyo3(signature = (path, timeout = 5.0))]
+    fn new(py: Python<'_>, path: PathBuf, timeout: f64) -> PyResult<Self> {
+        if !(timeout.is_finite() && timeout > 0.0) {
+            return Err(PyValueError::new_err(format!(
+                "timeout must be positive seconds, got {timeout}"
+            )));
+        }
+        let core = py
+            .allow_threads(|| Core::connect(&path, Duration::from_secs_f64(timeout)))
+            .map_err(to_py_err)?;
+        Ok(Client {
+            core: Arc::new(core),
+            views: Arc::new(Mutex::new(BTreeMap::new())),
+            async_ops: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The data directory.
+    #[getter]
+    fn path(&self) -> PathBuf {
+        self.core.dir.clone()
+    }
+
+    /// Largest encoded value this store accepts, in bytes.
+    #[getter]
+    fn max_value(&self) -> u64 {
+        self.core.max_value()
+    }
+
+    /// The value stored under `key`, or `default`. Decoded from shared memory, no IPC.
+    #[pyo3(signature = (key, default = None))]
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        default: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let got = with_key(key, |k| self.get_one(py, k))?;
+        Ok(got.or(default).unwrap_or_else(|| py.None().into_bound(py)))
+    }
+
+    /// A dict of the keys that are present, with their values.
+    fn get_many<'py>(
+        &self,
+        py: Python<'py>,
+        keys: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let out = PyDict::new(py);
+        let now = surpd::shm::now_ms();
+        let pin = self.core.pin().map_err(to_py_err)?;
+        for key in keys.try_iter()? {
+            let key = key?;
+            with_key(&key, |k| {
+                if let Lookup::Hit(rec) = self.core.lookup(&pin, k, now) {
+                    out.set_item(&key, decode_value(py, rec.value)?)?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(out)
+    }
+
+    /// Whether `key` holds an unexpired value.
+    fn has_key(&self, key: &Bound<'_, PyAny>) -> PyResult<bool> {
+        with_key(key, |k| {
+            let pin = self.core.pin().map_err(to_py_err)?;
+            Ok(matches!(self.core.lookup(&pin, k, surpd::shm::now_ms()), Lookup::Hit(_)))
+        })
+    }
+
+    fn __contains__(&self, key: &Bound<'_, PyAny>) -> PyResult<bool> {
+        self.has_key(key)
+    }
+
+    /// A read-only, zero-copy memoryview of a bytes value (None if absent). The record stays
+    /// in place until the view is released (`with c.view(k) as m:` or `m.release()`); a
+    /// view held for long keeps the daemon from reusing space retired after it was made.
+    fn view<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let exporter = with_key(key, |k| {
+            let pin = self.core.pin().map_err(to_py_err)?;
+            let epoch = self.core.epoch();
+            match self.core.lookup(&pin, k, surpd::shm::now_ms()) {
+                Lookup::Miss => Ok(None),
+                Lookup::Hit(rec) => {
+                    let mut r = v::Reader::new(rec.value);
+                    if rec.value.first() != Some(&v::BYTES) {
+                        return Err(PyTypeError::new_err(format!(
+                            "view() needs a bytes value; key {} holds a {}",
+                            key_repr(k),
+                            v::type_name(rec.value)
+                        )));
+                    }
+                    r.pos = 1;
+                    let data = r.lbytes().map_err(|e| corrupt(&e.to_string()))?;
+                    // `data` borrows the mapping itself (bounds-checked by Segment::record).
+                    let ptr = data.as_ptr();
+                    // Register the pin before the read pin drops.
+                    let mut views = self.views.lock().unwrap_or_else(|e| e.into_inner());
+                    *views.entry(epoch).or_insert(0) += 1;
+                    let oldest = *views.keys().next().unwrap();
+                    self.core.set_view_epoch(oldest);
+                    Ok(Some(View {
+                        core: self.core.clone(),
+                        views: self.views.clone(),
+                        epoch,
+                        ptr: ptr as usize,
+                        len: data.len(),
+                    }))
+                }
+            }
+        })?;
+        match exporter {
+            None => Ok(None),
+            Some(x) => {
+                let obj = Bound::new(py, x)?;
+                let mv = unsafe {
+                    // SAFETY: PyMemoryView_FromObject on an object implementing the buffer
+                    // protocol; returns a new reference or NULL with an exception set.
+                    Bound::from_owned_ptr_or_err(
+                        py,
+                        pyo3::ffi::PyMemoryView_FromObject(obj.as_ptr()),
+                    )?
+                };
+                Ok(Some(mv))
+            }
+        }
+    }
+
+    /// Store `value` under `key`. `ttl` in seconds (None = no expiry). With wait=False,
+    /// returns a ticket at once (pass it to wait()); otherwise waits for the daemon's ack.
+    #[pyo3(signature = (key, value, ttl = None, wait = true))]
+    fn set(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+        ttl: Option<f64>,
+        wait: bool,
+    ) -> PyResult<PyObject> {
+        let buf = self.encode_value(value)?;
+        let ttl = ttl_ms(ttl)?;
+        with_key(key, |k| {
+            if wait {
+                let r = self.call(py, op::SET, 0, k, &buf, ttl, buf.len() as u64)?;
+                self.shape(py, op::SET, k, r)
+            } else {
+                Ok(self
+                    .enqueue(op::SET, 0, k, &buf, ttl, buf.len() as u64)?
+                    .into_pyobject(py)?
+                    .into_any()
+                    .unbind())
+            }
+        })
+    }
+
+    /// Store only if `key` is absent (or expired). True if stored.
+    #[pyo3(signature = (key, value, ttl = None, wait = true))]
+    fn add(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+        ttl: Option<f64>,
+        wait: bool,
+    ) -> PyResult<PyObject> {
+        let buf = self.encode_value(value)?;
+        let ttl = ttl_ms(ttl)?;
+        with_key(key, |k| {
+            if wait {
+                let r = self.call(py, op::ADD, 0, k, &buf, ttl, buf.len() as u64)?;
+                self.shape(py, op::ADD, k, r)
+            } else {
+                Ok(self
+                    .enqueue(op::ADD, 0, k, &buf, ttl, buf.len() as u64)?
+                    .into_pyobject(py)?
+                    .into_any()
+                    .unbind())
+            }
+        })
+    }
+
+    /// Delete `key`. True if it was present.
+    #[pyo3(signature = (key, wait = true))]
+    fn delete(&self, py: Python<'_>, key: &Bound<'_, PyAny>, wait: bool) -> PyResult<PyObject> {
+        with_key(key, |k| {
+            if wait {
+                let r = self.call(py, op::DELETE, 0, k, &[], 0, 0)?;
+                self.shape(py, op::DELETE, k, r)
+            } else {
+                Ok(self
+                    .enqueue(op::DELETE, 0, k, &[], 0, 0)?
+                    .into_pyobject(py)?
+                    .into_any()
+                    .unbind())
+            }
+        })
+    }
+
+    /// Store every item of `mapping` (pipelined: all requests are queued, then awaited).
+    /// Returns the keys that could not be stored (empty when all were).
+    #[pyo3(signature = (mapping, ttl = None))]
+    fn set_many<'py>(
+        &self,
+        py: Python<'py>,
+        mapping: &Bound<'py, PyAny>,
+        ttl: Option<f64>,
+    ) -> PyResult<Vec<PyObject>> {
+        let ttl = ttl_ms(ttl)?;
+        let items = mapping.call_method0("items")?;
+        let mut tickets = Vec::new();
+        for item in items.try_iter()? {
+            let item = item?;
+            let (key, value): (Bound<'py, PyAny>, Bound<'py, PyAny>) = item.extract()?;
+            let buf = self.encode_value(&value)?;
+            let t = with_key(&key, |k| {
+                self.core.enqueue(op::SET, 0, k, &buf, ttl, buf.len() as u64).map_err(to_py_err)
+            })?;
+            tickets.push((key, t));
+        }
+        let mut failed = Vec::new();
+        for (key, t) in tickets {
+            let core = &self.core;
+            let r = py.allow_threads(|| core.wait(t)).map_err(to_py_err)?;
+            if r.status != status::OK {
+                failed.push(key.unbind());
+            }
+        }
+        Ok(failed)
+    }
+
+    /// Delete every key in `keys` (pipelined). Returns how many were present.
+    fn delete_many(&self, py: Python<'_>, keys: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let mut tickets = Vec::new();
+        for key in keys.try_iter()? {
+            let key = key?;
+            tickets.push(with_key(&key, |k| {
+                self.core.enqueue(op::DELETE, 0, k, &[], 0, 0).map_err(to_py_err)
+            })?);
+        }
+        let mut n = 0;
+        for t in tickets {
+            let core = &self.core;
+            if py.allow_threads(|| core.wait(t)).map_err(to_py_err)?.status == status::OK {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Atomically add `delta` to an integer value and return the result. A missing key
+    /// starts from `default` (like Redis INCR from 0); with default=None it raises KeyError.
+    /// A value that is not an int raises TypeError; the TTL of the key is kept.
+    #[pyo3(signature = (key, delta = 1, default = Some(0)))]
+    fn incr(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        delta: i64,
+        default: Option<i64>,
+    ) -> PyResult<PyObject> {
+        let flags = if default.is_some() { flag::INCR_CREATE } else { 0 };
+        with_key(key, |k| {
+            let r =
+                self.call(py, op::INCR, flags, k, &[], delta as u64, default.unwrap_or(0) as u64)?;
+            self.shape(py, op::INCR, k, r)
+        })
+    }
+
+    /// Atomically subtract `delta` (see incr).
+    #[pyo3(signature = (key, delta = 1, default = Some(0)))]
+    fn decr(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        delta: i64,
+        default: Option<i64>,
+    ) -> PyResult<PyObject> {
+        let neg =
+            delta.checked_neg().ok_or_else(|| PyOverflowError::new_err("delta out of range"))?;
+        self.incr(py, key, neg, default)
+    }
+
+    /// Set a new TTL (None = never expire) on an existing key. True if the key exists.
+    #[pyo3(signature = (key, ttl = None))]
+    fn touch(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        ttl: Option<f64>,
+    ) -> PyResult<PyObject> {
+        let ttl = ttl_ms(ttl)?;
+        with_key(key, |k| {
+            let r = self.call(py, op::TOUCH, 0, k, &[], ttl, 0)?;
+            self.shape(py, op::TOUCH, k, r)
+        })
+    }
+
+    /// Remove every key.
+    fn clear(&self, py: Python<'_>) -> PyResult<()> {
+        let r = self.call(py, op::CLEAR, 0, b"", &[], 0, 0)?;
+        self.shape(py, op::CLEAR, b"", r).map(|_| ())
+    }
+
+    /// Wait until every request queued so far by this client is applied.
+    fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        self.call(py, op::NOOP, 0, b"", &[], 0, 0).map(|_| ())
+    }
+
+    /// Wait for a ticket from a wait=False call and return that call's result.
+    fn wait(&self, py: Python<'_>, ticket: u64) -> PyResult<PyObject> {
+        let core = &self.core;
+        let r = py.allow_threads(|| core.wait(ticket)).map_err(to_py_err)?;
+        let entry = self.async_ops.lock().unwrap_or_else(|e| e.into_inner()).remove(&ticket);
+        match entry {
+            Some((op, key)) => self.shape(py, op, &key, r),
+            None => self.shape(py, op::SET, b"", r),
+        }
+    }
+
+    /// Counters and gauges: items, bytes, hits, misses, evictions, expirations, ...
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (k, val) in surpd::stats::gather(&self.core.seg, &self.core.ring) {
+            d.set_item(k, val)?;
+        }
+        d.set_item(
+            "eviction_policy",
+            if d.get_item("eviction_policy")?.map(|x| x.extract::<u64>()).transpose()? == Some(1) {
+                "noeviction"
+            } else {
+                "allkeys-lru"
+            },
+        )?;
+        d.set_item("client_dropped_errors", self.core.dropped_errors())?;
+        Ok(d)
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __exit__(&self, _a: &Bound<'_, PyAny>, _b: &Bound<'_, PyAny>, _c: &Bound<'_, PyAny>) {}
+
+    fn __repr__(&self) -> String {
+        format!("<surpdb.Client {:?}>", self.core.dir)
+    }
+}
+
+/// The exporter behind a zero-copy memoryview; releases its pin when dropped.
+#[pyclass(module = "surpdb._native", frozen)]
+struct View {
+    core: Arc<Core>,
+    views: Arc<ViewPins>,
+    epoch: u64,
+    ptr: usize,
+    len: usize,
+}
+
+#[pymethods]
+impl View {
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut pyo3::ffi::Py_buffer,
+        flags: c_int,
+    ) -> PyResult<()> {
+        if flags & pyo3::ffi::PyBUF_WRITABLE == pyo3::ffi::PyBUF_WRITABLE {
+            return Err(PyBufferError::new_err("surpdb views are read-only"));
+        }
+        let me = slf.get();
+        // SAFETY: ptr/len were bounds-checked against the mapping, which `core` keeps alive;
+        // the record is immutable while our epoch is pinned. FillInfo takes a new reference
+        // to the exporter, released with the buffer.
+        let r = pyo3::ffi::PyBuffer_FillInfo(
+            view,
+            slf.as_ptr(),
+            me.ptr as *mut std::ffi::c_void,
+            me.len as isize,
+            1,
+            flags,
+        );
+        if r == -1 {
+            return Err(PyErr::fetch(slf.py()));
+        }
+        Ok(())
+    }
+
+    unsafe fn __releasebuffer__(&self, _view: *mut pyo3::ffi::Py_buffer) {}
+}
+
+impl Drop for View {
+    fn drop(&mut self) {
+        let mut views = self.views.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = views.get_mut(&self.epoch) {
+            *n -= 1;
+            if *n == 0 {
+                views.remove(&self.epoch);
+            }
+        }
+        self.core.set_view_epoch(views.keys().next().copied().unwrap_or(0));
+    }
+}
+
+/// Run the daemon in this process until SIGTERM/SIGINT (what `surpdb serve` calls).
+#[pyfunction]
+#[pyo3(signature = (path, size = None, max_value = None, policy = None, max_clients = None, durability = None, ready_fd = None))]
+#[allow(clippy::too_many_arguments)]
+fn serve(
+    py: Python<'_>,
+    path: PathBuf,
+    size: Option<&str>,
+    max_value: Option<&str>,
+    policy: Option<&str>,
+    max_clients: Option<u32>,
+    durability: Option<&str>,
+    ready_fd: Option<i32>,
+) -> PyResult<()> {
+    use surpd::config::*;
+    let mut cfg = Config::new(path);
+    if let Some(s) = size {
+        cfg.size = parse_size(s).map_err(to_py_err)?;
+    }
+    if let Some(s) = max_value {
+        cfg.max_value = parse_size(s).map_err(to_py_err)?;
+    }
+    if let Some(s) = policy {
+        cfg.policy = parse_policy(s).map_err(to_py_err)?;
+    }
+    if let Some(n) = max_clients {
+        cfg.max_clients = n;
+    }
+    if let Some(s) = durability {
+        cfg.durability = parse_durability(s).map_err(to_py_err)?;
+    }
+    cfg.ready_fd = ready_fd;
+    py.allow_threads(|| surpd::server::run(cfg)).map_err(to_py_err)
+}
+
+/// Encode a value as surpdb stores it (for tests and tools).
+#[pyfunction]
+fn encode_value<'py>(py: Python<'py>, value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+    let mut buf = Vec::new();
+    encode(value, &mut buf, 0)?;
+    Ok(PyBytes::new(py, &buf))
+}
+
+/// Decode bytes produced by encode_value (raises CorruptSegment on malformed input).
+#[pyfunction]
+fn decode_value_bytes<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    decode_value(py, data)
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Client>()?;
+    m.add_class::<View>()?;
+    m.add_function(wrap_pyfunction!(serve, m)?)?;
+    m.add_function(wrap_pyfunction!(encode_value, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_value_bytes, m)?)?;
+    m.add("MAX_KEY_LEN", surpd::layout::MAX_KEY_LEN)?;
+    m.add("FORMAT_VERSION", surpd::layout::FORMAT_VERSION)?;
+    Ok(())
+}

@@ -1,0 +1,62 @@
+"""surpdb: a shared-memory cache and record store for Python on one host.
+
+One daemon (``surpd``) owns every write; any number of processes read values straight out of
+a shared mapping, with no socket, no syscall and no copy beyond building the Python object.
+
+    import surpdb
+    with surpdb.Server("/tmp/surp") as srv:
+        c = surpdb.connect("/tmp/surp")
+        c.set("greeting", {"hello": "world"}, ttl=60)
+        c.get("greeting")
+"""
+
+from __future__ import annotations
+
+import os
+
+from . import errors
+from ._native import Client
+from .errors import (
+    ConfigError,
+    CorruptSegment,
+    DaemonRunning,
+    Error,
+    IncompatibleSegment,
+    KeyTooLong,
+    QueueFull,
+    SegmentFull,
+    Timeout,
+    Unavailable,
+    ValueTooLarge,
+)
+from .server import Server, default_dir
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Client",
+    "ConfigError",
+    "CorruptSegment",
+    "DaemonRunning",
+    "Error",
+    "IncompatibleSegment",
+    "KeyTooLong",
+    "QueueFull",
+    "SegmentFull",
+    "Server",
+    "Timeout",
+    "Unavailable",
+    "ValueTooLarge",
+    "connect",
+    "default_dir",
+    "errors",
+]
+
+
+def connect(path: str | os.PathLike[str] | None = None, *, timeout: float = 5.0) -> Client:
+    """Attach to the store served from ``path`` (default: ``default_dir()``).
+
+    Reads work even while the daemon is down; writes wait up to ``timeout`` seconds for the
+    daemon's acknowledgement, then raise :class:`Unavailable`.
+    """
+    return Client(os.fspath(path) if path is not None else default_dir(), timeout)

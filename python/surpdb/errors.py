@@ -1,0 +1,62 @@
+"""The surpdb exception tree. It mirrors the core crate's error enum (daemon/src/error.rs)."""
+
+from __future__ import annotations
+
+__all__ = [
+    "Error",
+    "Unavailable",
+    "ValueTooLarge",
+    "KeyTooLong",
+    "SegmentFull",
+    "QueueFull",
+    "Timeout",
+    "CorruptSegment",
+    "IncompatibleSegment",
+    "DaemonRunning",
+    "ConfigError",
+]
+
+
+class Error(Exception):
+    """Base class of every surpdb error."""
+
+
+class Unavailable(Error):
+    """No daemon answered in time (not started, dead, or wedged). A write that raised this
+    stays queued and is applied if the daemon comes back."""
+
+
+class ValueTooLarge(Error, ValueError):
+    """The encoded value exceeds the segment's max_value (both sizes are in the message)."""
+
+
+class KeyTooLong(Error, ValueError):
+    """The key exceeds the longest key allowed (4096 bytes)."""
+
+
+class SegmentFull(Error):
+    """No space for a write under ``noeviction`` (or space pinned by long-held views)."""
+
+
+class QueueFull(Error):
+    """This process's request queue stayed full until the timeout."""
+
+
+class Timeout(Error, TimeoutError):
+    """A wait ran out of time."""
+
+
+class CorruptSegment(Error):
+    """Bytes in the shared segment failed validation."""
+
+
+class IncompatibleSegment(Error):
+    """The segment was written by another format version or layout."""
+
+
+class DaemonRunning(Error):
+    """Another surpd already serves this data directory."""
+
+
+class ConfigError(Error, ValueError):
+    """A bad setting."""

@@ -1,0 +1,135 @@
+"""Start and stop a surpd daemon from Python (tests, scripts, development)."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from types import TracebackType
+
+from .errors import Error, Timeout
+
+__all__ = ["Server", "default_dir"]
+
+
+def default_dir() -> str:
+    """The data directory used when none is given: $SURPDB_DIR, else /var/lib/surpdb when it
+    is writable (the systemd unit's StateDirectory), else ~/.local/state/surpdb."""
+    env = os.environ.get("SURPDB_DIR")
+    if env:
+        return env
+    if os.access("/var/lib/surpdb", os.W_OK):
+        return "/var/lib/surpdb"
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(state, "surpdb")
+
+
+class Server:
+    """A surpd daemon in a child process, serving ``path``.
+
+    The constructor returns once the daemon has validated (or created) the segment and
+    serves requests. ``stop()`` (or leaving the ``with`` block) sends SIGTERM: the daemon
+    applies what is queued, flushes and marks the segment cleanly stopped.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        size: str | int = "256MiB",
+        max_value: str | int | None = None,
+        policy: str | None = None,
+        max_clients: int | None = None,
+        durability: str | None = None,
+        ready_timeout: float = 30.0,
+    ) -> None:
+        self.path = os.fspath(path) if path is not None else default_dir()
+        args = [sys.executable, "-m", "surpdb", "serve", self.path, "--size", str(size)]
+        if max_value is not None:
+            args += ["--max-value", str(max_value)]
+        if policy is not None:
+            args += ["--policy", policy]
+        if max_clients is not None:
+            args += ["--max-clients", str(max_clients)]
+        if durability is not None:
+            args += ["--durability", durability]
+        rfd, wfd = os.pipe()
+        args += ["--ready-fd", str(wfd)]
+        # The daemon's log goes to a file, not a pipe: nobody reads a pipe while it serves,
+        # and a full pipe would block the daemon.
+        self._log = tempfile.TemporaryFile()
+        self._proc = subprocess.Popen(
+            args, pass_fds=(wfd,), stdin=subprocess.DEVNULL, stderr=self._log
+        )
+        os.close(wfd)
+        try:
+            self._wait_ready(rfd, ready_timeout)
+        except BaseException:
+            self.kill()
+            raise
+        finally:
+            os.close(rfd)
+
+    def _wait_ready(self, rfd: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        got = b""
+        while b"READY=1" not in got:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Timeout(f"surpd did not report ready within {timeout:.1f}s")
+            r, _, _ = select.select([rfd], [], [], left)
+            if not r:
+                continue
+            chunk = os.read(rfd, 64)
+            if not chunk:  # the daemon closed the pipe without READY: it exited
+                code = self._proc.wait(timeout=5)
+                raise Error(f"surpd exited with status {code} before it was ready: {self.log.strip()}")
+            got += chunk
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def running(self) -> bool:
+        return self._proc.poll() is None
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; returns the exit status."""
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+        try:
+            code = self._proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            code = self._proc.wait()
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL (a crash, for tests) and reap."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+
+    @property
+    def log(self) -> str:
+        """What the daemon has written to stderr so far."""
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<surpdb.Server {self.path!r} pid={self._proc.pid}>"
