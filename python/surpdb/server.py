@@ -11,6 +11,7 @@ import tempfile
 import time
 from types import TracebackType
 
+from . import errors
 from .errors import Error, Timeout
 
 __all__ = ["Server", "default_dir"]
@@ -26,6 +27,18 @@ def default_dir() -> str:
         return "/var/lib/surpdb"
     state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return os.path.join(state, "surpdb")
+
+
+def _startup_error(code: int, log: str) -> Error:
+    """The typed exception the daemon reported (``surpdb: ClassName: message``) if any."""
+    for line in reversed(log.splitlines()):
+        if line.startswith("surpdb: "):
+            name, _, msg = line[len("surpdb: ") :].partition(": ")
+            cls = getattr(errors, name, None)
+            if isinstance(cls, type) and issubclass(cls, Error):
+                return cls(msg)
+            return Error(line)
+    return Error(f"surpd exited with status {code} before it was ready: {log.strip()}")
 
 
 class Server:
@@ -87,7 +100,7 @@ class Server:
             chunk = os.read(rfd, 64)
             if not chunk:  # the daemon closed the pipe without READY: it exited
                 code = self._proc.wait(timeout=5)
-                raise Error(f"surpd exited with status {code} before it was ready: {self.log.strip()}")
+                raise _startup_error(code, self.log)
             got += chunk
 
     @property
@@ -106,6 +119,7 @@ class Server:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             code = self._proc.wait()
+        self._close_log()
         return code
 
     def kill(self) -> None:
@@ -113,10 +127,18 @@ class Server:
         if self._proc.poll() is None:
             self._proc.kill()
         self._proc.wait()
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if not self._log.closed:
+            self._final_log = self.log
+            self._log.close()
 
     @property
     def log(self) -> str:
         """What the daemon has written to stderr so far."""
+        if self._log.closed:
+            return self._final_log
         self._log.seek(0)
         return self._log.read().decode(errors="replace")
 
