@@ -97,7 +97,7 @@ pub fn parse_size(s: &str) -> Result<u64> {
         }
     };
     let v = n * mult as f64;
-    if !(v.is_finite() && v >= 0.0 && v < 1.8e19) {
+    if !(v.is_finite() && (0.0..1.8e19).contains(&v)) {
         return Err(Error::Config(format!("size {s:?} is out of range")));
     }
     Ok(v as u64)

@@ -475,7 +475,7 @@ impl Ring {
             }
             let len = u32::from_le_bytes(h[0..4].try_into().unwrap()) as u64;
             let opc = h[4];
-            if len < 8 || len % 8 != 0 || len > avail || phys + len > self.box_bytes {
+            if len < 8 || !len.is_multiple_of(8) || len > avail || phys + len > self.box_bytes {
                 self.poison(c, tail, &format!("request length {len} at {head}"));
                 return n;
             }

@@ -190,12 +190,12 @@ impl Segment {
         if index_end.is_none_or(|e| e > self.heap_off) {
             return Err("index overlaps the heap".into());
         }
-        if self.heap_off % PAGE != 0
+        if !self.heap_off.is_multiple_of(PAGE)
             || self.heap_off.checked_add(self.heap_cap).is_none_or(|e| e != self.size)
         {
             return Err(format!("heap {}+{} does not end the file", self.heap_off, self.heap_cap));
         }
-        if self.heap_cap % REC_ALIGN != 0
+        if !self.heap_cap.is_multiple_of(REC_ALIGN)
             || self.max_value == 0
             || self.max_value > self.heap_cap / 8
         {
@@ -230,7 +230,7 @@ impl Segment {
     /// counts it as corrupt when it was reached through the index).
     #[inline]
     pub fn record(&self, off: u64) -> Option<Rec<'_>> {
-        if off < self.heap_off || off % REC_ALIGN != 0 {
+        if off < self.heap_off || !off.is_multiple_of(REC_ALIGN) {
             return None;
         }
         let h: &RecHeader = self.region.at(off)?;

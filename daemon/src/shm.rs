@@ -89,7 +89,7 @@ impl Region {
 
     #[inline]
     fn check(&self, off: u64, len: u64, align: u64) -> bool {
-        off % align == 0 && off.checked_add(len).is_some_and(|end| end <= self.len as u64)
+        off.is_multiple_of(align) && off.checked_add(len).is_some_and(|end| end <= self.len as u64)
     }
 
     /// A reference to a shared struct at `off`, or None if out of bounds or misaligned.
@@ -365,7 +365,13 @@ mod tests {
 
     pub(crate) fn tempfile_with(len: u64) -> File {
         let p = std::env::temp_dir().join(format!("surpd-shm-test-{}-{}", getpid(), random_u64()));
-        let f = std::fs::OpenOptions::new().read(true).write(true).create(true).open(&p).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&p)
+            .unwrap();
         std::fs::remove_file(&p).unwrap();
         f.set_len(len).unwrap();
         f

@@ -288,7 +288,7 @@ mod tests {
             let _ = decode_int(&buf);
         }
         // Deep nesting is refused, not a stack overflow.
-        let deep = vec![LIST, 1].repeat(100_000);
+        let deep = [LIST, 1].repeat(100_000);
         assert!(validate(&deep).is_err());
     }
 }

@@ -297,6 +297,7 @@ struct Client {
 }
 
 impl Client {
+    #[allow(clippy::too_many_arguments)]
     fn call(
         &self,
         py: Python<'_>,

@@ -1,0 +1,39 @@
+# surpdb: `make help` lists the targets.
+.DEFAULT_GOAL := help
+PY ?= python3
+
+.PHONY: help install test test-rust test-py lint fmt bench demo
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+install: ## build and install the package (release build of the extension)
+	$(PY) -m pip install .
+
+test: ## install test dependencies and run every test (Rust, then Python)
+	$(PY) -m pip install ".[test]"
+	cargo test -p surpd --release
+	$(PY) -m pytest
+
+test-rust: ## Rust unit and integration tests only
+	cargo test -p surpd --release
+
+test-py: ## Python tests only (against the installed package)
+	$(PY) -m pytest
+
+lint: ## rustfmt, clippy -D warnings, ruff
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	$(PY) -m ruff check python tests benchmarks
+
+fmt: ## format Rust and Python
+	cargo fmt --all
+	$(PY) -m ruff format python tests benchmarks
+
+bench: ## cache latency table beside dict, py-lmdb, LocMemCache, memcached, redis
+	$(PY) -m pip install ".[bench]"
+	$(PY) benchmarks/bench_cache.py
+
+demo: ## start a daemon on the default directory, write and read from two processes
+	$(PY) -m pip install .
+	surpdb demo

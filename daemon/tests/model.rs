@@ -1,0 +1,250 @@
+//! The daemon's apply loop and the client read path, in one process, against a HashMap model.
+//! A thread plays the daemon (poll_once in a loop); clients enqueue, wait and read.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use surpd::client::{Client, Lookup};
+use surpd::config::Config;
+use surpd::layout::{op, status, POLICY_EVICT, POLICY_NOEVICTION};
+use surpd::server::Daemon;
+use surpd::value;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "surpd-model-{tag}-{}-{}",
+        std::process::id(),
+        surpd::shm::random_u64()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A daemon thread serving `dir` until the returned flag is set.
+fn spawn_daemon(
+    dir: &PathBuf,
+    size: u64,
+    max_value: u64,
+    policy: u32,
+) -> (Arc<AtomicBool>, thread::JoinHandle<()>) {
+    let mut cfg = Config::new(dir);
+    cfg.size = size;
+    cfg.max_value = max_value;
+    cfg.policy = policy;
+    cfg.max_clients = 16;
+    let mut d = Daemon::attach(cfg).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let h = thread::spawn(move || {
+        let mut idle = 0u32;
+        while !s.load(Ordering::Relaxed) {
+            if d.poll_once(256) == 0 {
+                idle += 1;
+                if idle % 1000 == 0 {
+                    d.reap();
+                    d.store.sweep_expired(1024);
+                }
+                thread::yield_now();
+            }
+        }
+        d.shutdown().unwrap();
+    });
+    (stop, h)
+}
+
+fn bytes_value(payload: &[u8]) -> Vec<u8> {
+    let mut v = vec![value::BYTES];
+    value::put_varint(&mut v, payload.len() as u64);
+    v.extend_from_slice(payload);
+    v
+}
+
+fn get(c: &Client, key: &[u8]) -> Option<Vec<u8>> {
+    let pin = c.pin().unwrap();
+    match c.lookup(&pin, key, surpd::shm::now_ms()) {
+        Lookup::Hit(r) => Some(r.value.to_vec()),
+        Lookup::Miss => None,
+    }
+}
+
+fn set(c: &Client, key: &[u8], v: &[u8]) -> u32 {
+    c.call(op::SET, 0, key, v, 0, v.len() as u64).unwrap().status
+}
+
+/// Many more bytes written than the segment holds, under noeviction with a live set that
+/// fits: the cleaner must relocate live records and drop dead ones, and every read must
+/// match the model exactly.
+#[test]
+fn noeviction_churn_matches_the_model() {
+    let dir = tmpdir("noevict");
+    let (stop, h) = spawn_daemon(&dir, 4 << 20, 16 << 10, POLICY_NOEVICTION);
+    let c = Client::connect(&dir, Duration::from_secs(10)).unwrap();
+    let mut model: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+    let mut rng = Rng(0x1234_5678);
+    let mut written = 0u64;
+    // Keys written once and never again: the cleaner must carry them along as it wraps.
+    for i in 0..100u64 {
+        let (k, v) = (format!("static{i}").into_bytes(), bytes_value(&[i as u8; 300]));
+        assert_eq!(set(&c, &k, &v), status::OK);
+        model.insert(k, v);
+    }
+    for i in 0..60_000u64 {
+        let key = format!("key{}", rng.below(400)).into_bytes();
+        match rng.below(10) {
+            0 | 1 => {
+                let r = c.call(op::DELETE, 0, &key, &[], 0, 0).unwrap();
+                assert_eq!(r.status == status::OK, model.remove(&key).is_some(), "delete {i}");
+            }
+            2 => {
+                let v = bytes_value(format!("add{i}").as_bytes());
+                let r = c.call(op::ADD, 0, &key, &v, 0, v.len() as u64).unwrap();
+                let absent = !model.contains_key(&key);
+                assert_eq!(r.status == status::OK, absent, "add {i}");
+                if absent {
+                    model.insert(key.clone(), v);
+                }
+            }
+            _ => {
+                let len = rng.below(1200) as usize;
+                let v = bytes_value(&vec![(i % 251) as u8; len]);
+                written += v.len() as u64;
+                assert_eq!(set(&c, &key, &v), status::OK, "set {i}");
+                model.insert(key.clone(), v);
+            }
+        }
+        assert_eq!(get(&c, &key), model.get(&key).cloned(), "after op {i}");
+    }
+    assert!(written > 3 * (4 << 20), "the heap must have wrapped several times ({written} bytes)");
+    for (k, v) in &model {
+        assert_eq!(get(&c, k).as_ref(), Some(v));
+    }
+    let st: HashMap<_, _> = surpd::stats::gather(&c.seg, &c.ring).into_iter().collect();
+    assert_eq!(st["items"], model.len() as u64);
+    assert_eq!(st["evictions"], 0);
+    assert!(st["relocations"] > 0, "live records must have been relocated");
+    stop.store(true, Ordering::Relaxed);
+    h.join().unwrap();
+    // Reattach after a clean stop: same contents.
+    let (stop, h) = spawn_daemon(&dir, 4 << 20, 16 << 10, POLICY_NOEVICTION);
+    let c = Client::connect(&dir, Duration::from_secs(10)).unwrap();
+    for (k, v) in &model {
+        assert_eq!(get(&c, k).as_ref(), Some(v));
+    }
+    stop.store(true, Ordering::Relaxed);
+    h.join().unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Under eviction, a read returns the model's current value or nothing, never a stale or
+/// foreign one; deleted keys are gone.
+#[test]
+fn eviction_never_returns_stale_values() {
+    let dir = tmpdir("evict");
+    let (stop, h) = spawn_daemon(&dir, 4 << 20, 16 << 10, POLICY_EVICT);
+    let c = Client::connect(&dir, Duration::from_secs(10)).unwrap();
+    let mut model: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
+    let mut rng = Rng(0xdead_beef);
+    for i in 0..60_000u64 {
+        let key = format!("key{}", rng.below(20_000)).into_bytes();
+        if rng.below(10) == 0 {
+            c.call(op::DELETE, 0, &key, &[], 0, 0).unwrap();
+            model.insert(key.clone(), None);
+        } else {
+            let v = bytes_value(
+                format!(
+                    "{}:{i}:{}",
+                    String::from_utf8_lossy(&key),
+                    "x".repeat(rng.below(900) as usize)
+                )
+                .as_bytes(),
+            );
+            assert_eq!(set(&c, &key, &v), status::OK);
+            model.insert(key.clone(), Some(v));
+        }
+        let probe = format!("key{}", rng.below(20_000)).into_bytes();
+        if let Some(got) = get(&c, &probe) {
+            assert_eq!(
+                Some(&Some(got)),
+                model.get(&probe),
+                "read of {:?} after op {i}",
+                String::from_utf8_lossy(&probe)
+            );
+        }
+    }
+    let st: HashMap<_, _> = surpd::stats::gather(&c.seg, &c.ring).into_iter().collect();
+    assert!(st["evictions"] > 10_000, "{st:?}");
+    stop.store(true, Ordering::Relaxed);
+    h.join().unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Readers in other threads (each its own client and reader slot) while the writer churns
+/// through the heap many times: every value read belongs to the key read (epoch
+/// reclamation never lets space be reused under a reader).
+#[test]
+fn concurrent_readers_never_see_reused_space() {
+    let dir = tmpdir("readers");
+    let (stop, h) = spawn_daemon(&dir, 4 << 20, 16 << 10, POLICY_EVICT);
+    let done = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicU64::new(0));
+    let mut readers = Vec::new();
+    for t in 0..2 {
+        let (dir, done, reads) = (dir.clone(), done.clone(), reads.clone());
+        readers.push(thread::spawn(move || {
+            let c = Client::connect(&dir, Duration::from_secs(10)).unwrap();
+            let mut rng = Rng(99 + t);
+            while !done.load(Ordering::Relaxed) {
+                let key = format!("key{}", rng.below(3000));
+                let pin = c.pin().unwrap();
+                if let Lookup::Hit(r) = c.lookup(&pin, key.as_bytes(), 0) {
+                    // Spend a little time inside the pinned section, as a decoder would.
+                    let body = &r.value[2..];
+                    assert!(
+                        body.starts_with(key.as_bytes()),
+                        "value of {key} is {:?}",
+                        String::from_utf8_lossy(body)
+                    );
+                    assert!(body.iter().skip(key.len() + 1).all(|&b| b == b'#'));
+                }
+                drop(pin);
+                reads.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let c = Client::connect(&dir, Duration::from_secs(10)).unwrap();
+    let mut rng = Rng(7);
+    for i in 0..40_000u64 {
+        let key = format!("key{}", rng.below(3000));
+        let mut payload = format!("{key}:").into_bytes();
+        payload.resize(key.len() + 1 + (i % 100) as usize, b'#');
+        // Values under 128 bytes: a one-byte varint, so the body starts at offset 2.
+        let v = bytes_value(&payload);
+        c.enqueue(op::SET, 0, key.as_bytes(), &v, 0, v.len() as u64).unwrap();
+    }
+    c.call(op::NOOP, 0, b"", &[], 0, 0).unwrap();
+    done.store(true, Ordering::Relaxed);
+    for r in readers {
+        r.join().unwrap();
+    }
+    assert!(reads.load(Ordering::Relaxed) > 1000);
+    stop.store(true, Ordering::Relaxed);
+    h.join().unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}
