@@ -254,7 +254,9 @@ def table(results: dict[str, dict[str, float]], errors: dict[str, str]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
     a = ap.parse_args()
@@ -273,7 +275,8 @@ def main() -> None:
             fn(n, results)
         except Exception as e:  # noqa: BLE001 - report and go on with the other anchors
             errors[name] = f"{type(e).__name__}: {e}"
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}"
+    py = f"{platform.python_implementation()} {platform.python_version()}"
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {py}"
     print(f"machine: {machine}")
     print(table(results, errors))
     if a.json:

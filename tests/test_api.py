@@ -9,7 +9,6 @@ import math
 import pickle
 
 import pytest
-
 import surpdb
 
 EXACT_VALUES = [
@@ -85,7 +84,9 @@ def test_dict_key_order_is_kept(client: surpdb.Client) -> None:
     ],
     ids=lambda v: type(v).__name__,
 )
-def test_other_objects_are_pickled_and_keep_their_type(client: surpdb.Client, value: object) -> None:
+def test_other_objects_are_pickled_and_keep_their_type(
+    client: surpdb.Client, value: object
+) -> None:
     client.set("k", value)
     got = client.get("k")
     assert got == value and type(got) is type(value)

@@ -7,7 +7,6 @@ import multiprocessing as mp
 import time
 
 import pytest
-
 import surpdb
 
 

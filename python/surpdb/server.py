@@ -25,7 +25,9 @@ def default_dir() -> str:
         return env
     if os.access("/var/lib/surpdb", os.W_OK):
         return "/var/lib/surpdb"
-    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
     return os.path.join(state, "surpdb")
 
 
