@@ -57,7 +57,7 @@ fn spawn_daemon(
         while !s.load(Ordering::Relaxed) {
             if d.poll_once(256) == 0 {
                 idle += 1;
-                if idle % 1000 == 0 {
+                if idle.is_multiple_of(1000) {
                     d.reap();
                     d.store.sweep_expired(1024);
                 }
