@@ -756,7 +756,8 @@ impl Client {
         slf
     }
 
-    fn __exit__(&self, _a: &Bound<'_, PyAny>, _b: &Bound<'_, PyAny>, _c: &Bound<'_, PyAny>) {}
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&self, _exc: &Bound<'_, PyTuple>) {}
 
     fn __repr__(&self) -> String {
         format!("<surpdb.Client {:?}>", self.core.dir)
