@@ -83,3 +83,22 @@ def test_killed_daemon_restart_recounts(store_dir: str) -> None:
         st = c.stats()
         assert st["items"] == 400
         assert c.get("k99") is None and c.get("k100") == 100
+
+
+def test_full_queue_raises_queue_full_with_the_numbers(store_dir: str) -> None:
+    srv = surpdb.Server(store_dir, size="32MiB", max_value="64KiB")
+    c = surpdb.connect(store_dir, timeout=0.3)
+    srv.kill()
+    value = b"x" * 60_000
+    queued = 0
+    with pytest.raises(surpdb.QueueFull, match=r"bytes pending.*not running") as e:
+        for _ in range(1000):
+            c.set("k", value, wait=False)
+            queued += 1
+    assert queued >= 2  # the queue holds at least two of the largest requests
+    assert "of " in str(e.value)
+    # A new daemon applies everything that was queued, in order.
+    with surpdb.Server(store_dir, size="32MiB", max_value="64KiB"):
+        c.flush()
+        assert c.get("k") == value
+        assert c.stats()["sets"] == queued

@@ -26,7 +26,7 @@ pub struct Config {
     pub policy: u32,
     /// Client slots (processes attached at once).
     pub max_clients: u32,
-    /// Bytes of request queue per client (a power of two, >= 2 x max_value + 4 KiB).
+    /// Bytes of request queue per client (raised to at least 2 x the largest request).
     pub queue_bytes: u64,
     pub durability: Durability,
     pub flush_interval: Duration,
@@ -53,10 +53,11 @@ impl Config {
         }
     }
 
-    /// Request queue bytes per client: at least twice the largest request.
+    /// Request queue bytes per client: at least twice the largest request (so that one
+    /// always fits after a pad to the buffer's end), in whole pages.
     pub fn effective_queue_bytes(&self) -> u64 {
-        let need = 2 * (REQ_HEADER_BYTES + MAX_KEY_LEN as u64 + self.max_value);
-        self.queue_bytes.max(need).next_power_of_two()
+        let largest = align_up(REQ_HEADER_BYTES + MAX_KEY_LEN as u64 + self.max_value, 8);
+        align_up(self.queue_bytes.max(2 * largest), PAGE)
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -139,6 +140,7 @@ mod tests {
     fn queue_fits_two_largest_requests() {
         let c = Config::new("/tmp/x");
         assert!(c.effective_queue_bytes() >= 2 * (DEFAULT_MAX_VALUE + MAX_KEY_LEN as u64));
-        assert!(c.effective_queue_bytes().is_power_of_two());
+        assert_eq!(c.effective_queue_bytes() % PAGE, 0);
+        assert!(crate::ring::max_request(c.effective_queue_bytes()) >= c.max_value + 4096 + 32);
     }
 }

@@ -144,7 +144,7 @@ pub struct RingHeader {
     pub layout_sig: AtomicU32,
     pub nboxes: AtomicU32,
     pub nresults: AtomicU32,
-    /// Bytes of request data per box, a power of two.
+    /// Bytes of request data per box, a multiple of the page size.
     pub box_bytes: AtomicU64,
     pub boxes_off: AtomicU64,
     pub results_off: AtomicU64,

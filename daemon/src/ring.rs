@@ -156,7 +156,7 @@ impl Ring {
             max_value: h.max_value.load(Ordering::Relaxed),
         };
         let bad = |m: &str| Error::Corrupted(format!("{}: bad ring header: {m}", path.display()));
-        if p.nboxes == 0 || !p.box_bytes.is_power_of_two() || p.box_bytes < 4096 {
+        if p.nboxes == 0 || !p.box_bytes.is_multiple_of(PAGE) || p.box_bytes < 4096 {
             return Err(bad("box geometry"));
         }
         if !p.nresults.is_power_of_two() {
