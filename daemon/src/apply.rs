@@ -93,7 +93,9 @@ impl Store {
         let size = record_size(key.len() as u64, value.len() as u64);
         // Room in the index first: evicting from the tail after the new record is written
         // could reach it before it is published.
-        if self.seg.find_for_write(key, hash).1.is_none()
+        let max_items = self.seg.slots * INDEX_MAX_LOAD_16THS / 16;
+        if self.seg.hdr().items.load(Ordering::Relaxed) >= max_items
+            && self.seg.find_for_write(key, hash).1.is_none()
             && self.heap.make_index_room(&self.seg, ring, st).is_err()
         {
             return Reply::status(status::SEGMENT_FULL); // counted in stats (full_errors)
