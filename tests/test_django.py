@@ -1,0 +1,159 @@
+"""The Django cache backend: Django's own BaseCacheTests, plus what they do not cover."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import surpdb
+
+django = pytest.importorskip("django")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def django_settings() -> None:
+    from django.conf import settings
+
+    if not settings.configured:
+        settings.configure(SECRET_KEY="surpdb-tests", USE_TZ=True)
+        django.setup()
+
+
+def backend(location: str, **options: object):  # type: ignore[no-untyped-def]
+    from surpdb.django import SurpdbCache
+
+    return SurpdbCache(location, {"OPTIONS": options, "TIMEOUT": 300})
+
+
+def test_djangos_own_cache_suite(tmp_path: Path) -> None:
+    out = tmp_path / "counts.json"
+    r = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("django_suite.py")), "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    counts = json.loads(out.read_text())
+    assert counts["failures"] == [] and counts["errors"] == []
+    assert counts["run"] >= 50 and counts["passed"] == counts["run"] - len(counts["skipped"])
+    # The only skips: Django's culling tests (MAX_ENTRIES), as for its Redis backend.
+    assert set(counts["skipped"]) <= {
+        "test_cull",
+        "test_zero_cull",
+        "test_cull_delete_when_store_empty",
+    }
+
+
+def test_values_and_timeouts(server: surpdb.Server) -> None:
+    c = backend(server.path)
+    c.set("k", {"a": (1, 2)})
+    assert c.get("k") == {"a": (1, 2)}
+    c.set("k", "v", timeout=0)
+    assert c.get("k") is None
+    c.set("forever", 1, timeout=None)
+    assert c.get("forever") == 1
+    assert c.get_or_set("gos", lambda: 42) == 42
+    assert c.incr("forever", 5) == 6
+    with pytest.raises(ValueError, match="not found"):
+        c.incr("absent")
+
+
+def test_versions_and_prefixes_do_not_collide(server: surpdb.Server) -> None:
+    from surpdb.django import SurpdbCache
+
+    a = SurpdbCache(server.path, {"KEY_PREFIX": "a"})
+    b = SurpdbCache(server.path, {"KEY_PREFIX": "b"})
+    a.set("k", 1)
+    b.set("k", 2)
+    a.set("k", 3, version=2)
+    assert (a.get("k"), b.get("k"), a.get("k", version=2)) == (1, 2, 3)
+
+
+def test_async_methods(server: surpdb.Server) -> None:
+    c = backend(server.path)
+
+    async def go() -> None:
+        await c.aset("k", [1, 2])
+        assert await c.aget("k") == [1, 2]
+        assert await c.aadd("k", 0) is False
+        assert await c.aadd("n", 0) is True
+        assert await c.aincr("n") == 1
+        assert await c.aget_many(["k", "n"]) == {"k": [1, 2], "n": 1}
+        assert await c.adelete("k") is True
+        await c.aclear()
+
+    asyncio.run(go())
+
+
+def test_dead_daemon_raises_unavailable_by_default(store_dir: str) -> None:
+    srv = surpdb.Server(store_dir, size="32MiB")
+    c = backend(store_dir, CLIENT_TIMEOUT=0.3)
+    c.set("k", 1)
+    srv.kill()
+    assert c.get("k") == 1  # reads come from the mapping
+    with pytest.raises(surpdb.Unavailable):
+        c.set("k", 2)
+
+
+def test_ignore_exceptions_turns_failures_into_misses(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    c = backend(str(tmp_path / "never-started"), IGNORE_EXCEPTIONS=True)
+    with caplog.at_level(logging.WARNING, logger="surpdb.django"):
+        assert c.get("k", "dflt") == "dflt"
+        assert c.set("k", 1) is None
+        assert c.add("k", 1) is False
+        assert c.get_many(["a"]) == {}
+        assert c.set_many({"a": 1}) == ["a"]
+    assert "no surpdb segment" in caplog.text
+
+
+def test_ignore_exceptions_still_raises_on_bad_input(server: surpdb.Server) -> None:
+    c = backend(server.path, IGNORE_EXCEPTIONS=True)
+    with pytest.raises(surpdb.ValueTooLarge):
+        c.set("k", b"x" * (2 << 20))
+
+
+def test_unknown_option_is_refused(server: surpdb.Server) -> None:
+    with pytest.raises(ValueError, match="BOGUS"):
+        backend(server.path, BOGUS=1)
+
+
+def _worker(location: str, n: int) -> None:
+    from django.conf import settings
+
+    settings.configure(
+        SECRET_KEY="x",
+        CACHES={"default": {"BACKEND": "surpdb.django.SurpdbCache", "LOCATION": location}},
+    )
+    import django as dj
+
+    dj.setup()
+    from django.core.cache import cache
+
+    for i in range(n):
+        cache.incr("hits") if cache.add("hits", 1) is False else None
+        cache.set(f"w{os.getpid()}:{i}", i)
+
+
+def test_worker_processes_share_the_cache(server: surpdb.Server) -> None:
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(server.path, 300)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    c = backend(server.path)
+    assert c.get("hits") == 600
+    for p in procs:
+        assert c.get(f"w{p.pid}:299") == 299
