@@ -9,6 +9,7 @@ import math
 import pickle
 
 import pytest
+
 import surpdb
 
 EXACT_VALUES = [

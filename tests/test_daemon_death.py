@@ -7,6 +7,7 @@ import multiprocessing as mp
 import time
 
 import pytest
+
 import surpdb
 
 

@@ -7,6 +7,7 @@ import os
 import signal
 
 import pytest
+
 import surpdb
 
 
