@@ -1,12 +1,28 @@
-//! Daemon settings and their validation.
+//! Daemon settings: defaults, a TOML file, `SURPDB_*` environment variables and command-line
+//! flags, in that order of precedence (a flag beats the environment, which beats the file).
+//! Every value is validated at start with a message that names the setting and its source.
+//!
+//! | setting | TOML / flag | env | live on SIGHUP |
+//! |---|---|---|---|
+//! | data directory | `dir` / positional | `SURPDB_DIR` | no |
+//! | size of a new segment | `size` / `--size` | `SURPDB_SIZE` | no |
+//! | largest value | `max_value` | `SURPDB_MAX_VALUE` | no |
+//! | eviction policy | `eviction_policy` / `--policy` | `SURPDB_EVICTION_POLICY` | yes |
+//! | client processes at once | `max_clients` | `SURPDB_MAX_CLIENTS` | no |
+//! | request queue per client | `queue_bytes` | `SURPDB_QUEUE_BYTES` | no |
+//! | durability | `durability` | `SURPDB_DURABILITY` | yes |
+//! | periodic flush interval | `flush_interval_ms` | `SURPDB_FLUSH_INTERVAL_MS` | yes |
+//! | group owning the files | `group` | `SURPDB_GROUP` | no |
+//! | log level | `log_level` | `SURPDB_LOG_LEVEL` | yes |
 
 #![deny(unsafe_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::layout::*;
+use crate::log::Level;
 
 /// How writes reach the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,7 +33,21 @@ pub enum Durability {
     Periodic,
 }
 
-#[derive(Clone, Debug)]
+/// Every setting, with whether SIGHUP can change it in a running daemon.
+pub const SETTINGS: &[(&str, bool)] = &[
+    ("dir", false),
+    ("size", false),
+    ("max_value", false),
+    ("eviction_policy", true),
+    ("max_clients", false),
+    ("queue_bytes", false),
+    ("durability", true),
+    ("flush_interval_ms", true),
+    ("group", false),
+    ("log_level", true),
+];
+
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub dir: PathBuf,
     /// Segment size for a new segment (an existing one keeps its size).
@@ -30,10 +60,16 @@ pub struct Config {
     pub queue_bytes: u64,
     pub durability: Durability,
     pub flush_interval: Duration,
+    /// Group that owns the files (clients in it may attach); None = the daemon's group.
+    pub group: Option<String>,
+    pub log_level: Level,
     /// Write "READY=1\n" to this descriptor once serving (used by surpdb.Server).
     pub ready_fd: Option<i32>,
     pub data_mode: u32,
     pub ring_mode: u32,
+    /// Where the settings came from, for SIGHUP reloads.
+    pub file: Option<PathBuf>,
+    pub flags: Vec<(String, String)>,
 }
 
 impl Config {
@@ -47,10 +83,106 @@ impl Config {
             queue_bytes: 0,
             durability: Durability::Os,
             flush_interval: Duration::from_secs(1),
+            group: None,
+            log_level: Level::Info,
             ready_fd: None,
             data_mode: 0o640,
             ring_mode: 0o660,
+            file: None,
+            flags: Vec::new(),
         }
+    }
+
+    /// Build a config from defaults, then `file`, then the environment, then `flags`
+    /// (pairs of setting name and value), and validate it.
+    pub fn load(file: Option<&Path>, flags: &[(String, String)]) -> Result<Config> {
+        let mut cfg = Config::new(PathBuf::new());
+        let mut have_dir = false;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Error::io(format!("cannot read config file {}", path.display()), e))?;
+            let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+                Error::Config(format!("config file {}: {}", path.display(), e.message()))
+            })?;
+            let src = format!("config file {}", path.display());
+            for (k, v) in &table {
+                let s = match v {
+                    toml::Value::String(s) => s.clone(),
+                    toml::Value::Integer(i) => i.to_string(),
+                    toml::Value::Float(f) => f.to_string(),
+                    other => {
+                        return Err(Error::Config(format!(
+                            "{src}: {k} must be a string or a number, not {}",
+                            other.type_str()
+                        )))
+                    }
+                };
+                have_dir |= k == "dir";
+                cfg.set(k, &s, &src)?;
+            }
+        }
+        for (k, _) in SETTINGS {
+            let var = format!("SURPDB_{}", k.to_ascii_uppercase());
+            if let Ok(v) = std::env::var(&var) {
+                have_dir |= *k == "dir";
+                cfg.set(k, &v, &format!("environment variable {var}"))?;
+            }
+        }
+        for (k, v) in flags {
+            have_dir |= k == "dir";
+            cfg.set(k, v, &format!("option --{}", k.replace('_', "-")))?;
+        }
+        if !have_dir {
+            return Err(Error::Config(
+                "no data directory: give DIR, dir = \"...\" in the config file, or SURPDB_DIR"
+                    .into(),
+            ));
+        }
+        cfg.file = file.map(Path::to_path_buf);
+        cfg.flags = flags.to_vec();
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Set one setting from its text form; `src` names where it came from for errors.
+    pub fn set(&mut self, key: &str, val: &str, src: &str) -> Result<()> {
+        let bad = |m: String| Error::Config(format!("{src}: {key}: {m}"));
+        let num = |v: &str| {
+            v.trim().parse::<u64>().map_err(|_| bad(format!("{v:?} is not a whole number")))
+        };
+        match key {
+            "dir" => self.dir = PathBuf::from(val),
+            "size" => self.size = parse_size(val).map_err(|e| bad(e.to_string()))?,
+            "max_value" => self.max_value = parse_size(val).map_err(|e| bad(e.to_string()))?,
+            "eviction_policy" | "policy" => {
+                self.policy = parse_policy(val).map_err(|e| bad(e.to_string()))?
+            }
+            "max_clients" => {
+                self.max_clients =
+                    u32::try_from(num(val)?).map_err(|_| bad(format!("{val} is too large")))?
+            }
+            "queue_bytes" => self.queue_bytes = parse_size(val).map_err(|e| bad(e.to_string()))?,
+            "durability" => {
+                self.durability = parse_durability(val).map_err(|e| bad(e.to_string()))?
+            }
+            "flush_interval_ms" => {
+                let ms = num(val)?;
+                if !(1..=3_600_000).contains(&ms) {
+                    return Err(bad(format!("{ms} is out of range (1 to 3600000 ms)")));
+                }
+                self.flush_interval = Duration::from_millis(ms)
+            }
+            "group" => self.group = if val.is_empty() { None } else { Some(val.to_string()) },
+            "log_level" => self.log_level = Level::parse(val).map_err(|e| bad(e.to_string()))?,
+            _ => {
+                let known: Vec<&str> = SETTINGS.iter().map(|(k, _)| *k).collect();
+                return Err(Error::Config(format!(
+                    "{src}: unknown setting {key:?} (known: {})",
+                    known.join(", ")
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Request queue bytes per client: at least twice the largest request (so that one
@@ -61,6 +193,9 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<()> {
+        if self.dir.as_os_str().is_empty() {
+            return Err(Error::Config("the data directory is empty".into()));
+        }
         if self.max_value < 64 || self.max_value > 512 << 20 {
             return Err(Error::Config(format!(
                 "max_value {} is out of range (64 bytes to 512 MiB)",
@@ -73,12 +208,42 @@ impl Config {
                 self.max_clients
             )));
         }
+        if self.queue_bytes > 1 << 30 {
+            return Err(Error::Config(format!("queue_bytes {} is over 1 GiB", self.queue_bytes)));
+        }
+        if let Some(g) = &self.group {
+            crate::shm::group_id(g)?;
+        }
         crate::segment::Geometry::for_size(self.size, self.max_value)?;
         Ok(())
     }
+
+    /// Settings that differ between `self` and `new` and need a restart to change.
+    pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.dir != new.dir {
+            v.push("dir");
+        }
+        if self.size != new.size {
+            v.push("size");
+        }
+        if self.max_value != new.max_value {
+            v.push("max_value");
+        }
+        if self.max_clients != new.max_clients {
+            v.push("max_clients");
+        }
+        if self.queue_bytes != new.queue_bytes {
+            v.push("queue_bytes");
+        }
+        if self.group != new.group {
+            v.push("group");
+        }
+        v
+    }
 }
 
-/// Parse a size: "256MiB", "1GiB", "512M", "4096", "1.5G" (binary units; K/M/G/T as KiB...).
+/// Parse a size: "256MiB", "1GiB", "512M", "4096", "1.5 KiB" (binary units).
 pub fn parse_size(s: &str) -> Result<u64> {
     let t = s.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
@@ -105,7 +270,7 @@ pub fn parse_size(s: &str) -> Result<u64> {
 }
 
 pub fn parse_policy(s: &str) -> Result<u32> {
-    match s {
+    match s.trim() {
         "allkeys-lru" | "lru" | "evict" => Ok(POLICY_EVICT),
         "noeviction" => Ok(POLICY_NOEVICTION),
         _ => Err(Error::Config(format!(
@@ -115,7 +280,7 @@ pub fn parse_policy(s: &str) -> Result<u32> {
 }
 
 pub fn parse_durability(s: &str) -> Result<Durability> {
-    match s {
+    match s.trim() {
         "os" => Ok(Durability::Os),
         "periodic" => Ok(Durability::Periodic),
         _ => Err(Error::Config(format!("unknown durability {s:?}: use os or periodic"))),
@@ -139,8 +304,47 @@ mod tests {
     #[test]
     fn queue_fits_two_largest_requests() {
         let c = Config::new("/tmp/x");
-        assert!(c.effective_queue_bytes() >= 2 * (DEFAULT_MAX_VALUE + MAX_KEY_LEN as u64));
         assert_eq!(c.effective_queue_bytes() % PAGE, 0);
         assert!(crate::ring::max_request(c.effective_queue_bytes()) >= c.max_value + 4096 + 32);
+    }
+
+    fn flags(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    #[test]
+    fn file_then_flags_with_messages_naming_the_source() {
+        let p = std::env::temp_dir().join(format!("surpd-cfg-{}.toml", crate::shm::random_u64()));
+        std::fs::write(&p, "dir = \"/tmp/a\"\nsize = \"64MiB\"\neviction_policy = \"noeviction\"\nmax_clients = 8\n").unwrap();
+        let c = Config::load(Some(&p), &flags(&[("size", "32MiB")])).unwrap();
+        assert_eq!((c.size, c.policy, c.max_clients), (32 << 20, POLICY_NOEVICTION, 8));
+        assert_eq!(c.dir, PathBuf::from("/tmp/a"));
+        std::fs::write(&p, "dir = \"/tmp/a\"\nsize = \"12 parsecs\"\n").unwrap();
+        let e = Config::load(Some(&p), &[]).unwrap_err().to_string();
+        assert!(e.contains("config file") && e.contains("size") && e.contains("parsecs"), "{e}");
+        std::fs::write(&p, "dir = \"/tmp/a\"\nsizee = 1\n").unwrap();
+        let e = Config::load(Some(&p), &[]).unwrap_err().to_string();
+        assert!(e.contains("unknown setting \"sizee\""), "{e}");
+        std::fs::write(&p, "dir = [1]\n").unwrap();
+        assert!(Config::load(Some(&p), &[]).unwrap_err().to_string().contains("array"));
+        std::fs::write(&p, "not toml at all [[[").unwrap();
+        assert!(Config::load(Some(&p), &[]).unwrap_err().to_string().contains("config file"));
+        std::fs::remove_file(&p).unwrap();
+        let e = Config::load(None, &flags(&[("dir", "/tmp/b"), ("durability", "sometimes")]))
+            .unwrap_err();
+        assert!(e.to_string().contains("option --durability"), "{e}");
+        let e = Config::load(None, &flags(&[("dir", "/tmp/b"), ("group", "no-such-group-xyz")]))
+            .unwrap_err();
+        assert!(e.to_string().contains("no-such-group-xyz"), "{e}");
+        assert!(Config::load(None, &[]).unwrap_err().to_string().contains("no data directory"));
+    }
+
+    #[test]
+    fn restart_only_settings_are_named() {
+        let a = Config::new("/tmp/a");
+        let mut b = a.clone();
+        b.policy = POLICY_NOEVICTION;
+        b.size = 1 << 30;
+        assert_eq!(a.restart_only_changes(&b), vec!["size"]);
     }
 }

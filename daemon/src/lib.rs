@@ -14,6 +14,7 @@ pub mod error;
 pub mod heap;
 pub mod index;
 pub mod layout;
+pub mod log;
 pub mod ring;
 pub mod segment;
 #[cfg(feature = "server")]

@@ -122,6 +122,9 @@ impl Ring {
                     "no request ring at {} (is surpd running?)",
                     path.display()
                 )),
+                std::io::ErrorKind::PermissionDenied => {
+                    shm::permission_error(path, "opening the request ring for writing", e)
+                }
                 _ => Error::io(format!("cannot open {} for writing requests", path.display()), e),
             })?;
         Self::from_file(&f, path)

@@ -124,6 +124,8 @@ impl Segment {
                     path.display(),
                     path.parent().map(|p| p.display().to_string()).unwrap_or_default()
                 ))
+            } else if e.kind() == std::io::ErrorKind::PermissionDenied {
+                shm::permission_error(path, "opening the data segment", e)
             } else {
                 open_err(path, e)
             }

@@ -13,6 +13,7 @@ use crate::client::{data_path, lock_path, ring_path};
 use crate::config::{Config, Durability};
 use crate::error::{Error, Result};
 use crate::layout::*;
+use crate::log;
 use crate::ring::{Ring, RingParams};
 use crate::segment::{Geometry, Segment};
 use crate::shm::{self, futex_wait};
@@ -32,10 +33,6 @@ pub fn request_stop() {
     STOP.store(true, Ordering::SeqCst);
 }
 
-fn log(msg: &str) {
-    eprintln!("surpd[{}]: {msg}", shm::getpid());
-}
-
 /// Send a message to systemd's notify socket if NOTIFY_SOCKET is set.
 pub fn sd_notify(msg: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
@@ -52,7 +49,7 @@ pub fn sd_notify(msg: &str) {
         sock.send_to(msg.as_bytes(), &p)
     };
     if let Err(e) = r {
-        log(&format!("cannot notify systemd at {p}: {e}"));
+        log::warn(&format!("cannot notify systemd at {p}: {e}"));
     }
 }
 
@@ -74,17 +71,26 @@ impl Daemon {
     /// Lock the directory and attach. Fails with Locked if another daemon owns it.
     pub fn attach(cfg: Config) -> Result<Daemon> {
         cfg.validate()?;
+        log::set_level(cfg.log_level);
+        sd_notify("STATUS=attaching");
         let t0 = Instant::now();
-        std::fs::create_dir_all(&cfg.dir)
-            .map_err(|e| Error::io(format!("cannot create {}", cfg.dir.display()), e))?;
+        let gid = cfg.group.as_deref().map(shm::group_id).transpose()?;
+        if !cfg.dir.exists() {
+            std::fs::create_dir_all(&cfg.dir)
+                .map_err(|e| Error::io(format!("cannot create {}", cfg.dir.display()), e))?;
+            // Group members need to reach the files: rwx for the daemon, r-x for the group.
+            set_owner_mode(&cfg.dir, gid, 0o750)?;
+        } else if let Some(g) = gid {
+            set_owner_mode(&cfg.dir, Some(g), 0o750)?;
+        }
         let lock = lock_dir(&cfg)?;
         let dp = data_path(&cfg.dir);
         let created = !dp.exists();
         if created {
             let geo = Geometry::for_size(cfg.size, cfg.max_value)?;
             Segment::create(&dp, &geo, cfg.max_value, cfg.policy, cfg.data_mode)?;
-            log(&format!(
-                "created {} ({} bytes, {} index slots)",
+            log::info(&format!(
+                "created segment path={} bytes={} index_slots={}",
                 dp.display(),
                 geo.size,
                 geo.index_slots
@@ -92,7 +98,10 @@ impl Daemon {
         }
         let seg = Segment::open(&dp, true)?;
         if !created && seg.size != cfg.size / PAGE * PAGE {
-            log(&format!("using the existing {}-byte segment (requested size ignored)", seg.size));
+            log::warn(&format!(
+                "using the existing segment bytes={} (the requested size applies to new segments)",
+                seg.size
+            ));
         }
         let h = seg.hdr();
         let was_clean = h.clean.swap(0, Ordering::AcqRel) == 1;
@@ -113,18 +122,21 @@ impl Daemon {
         }
         let mut store = Store::new(seg);
         if !was_clean {
+            sd_notify("STATUS=recovering after an unclean stop");
             store.recount();
-            log(&format!("recovered after an unclean stop (generation {gen})"));
+            log::warn(&format!("recovered after an unclean stop generation={gen}"));
         }
         // Readers of a previous run may still hold old epochs: retire what was retired.
         store.heap.retire(&store.seg);
         let ring = open_ring(&cfg, &store.seg)?;
+        set_owner_mode(&dp, gid, cfg.data_mode)?;
+        set_owner_mode(&ring_path(&cfg.dir), gid, cfg.ring_mode)?;
         let rh = ring.hdr();
         rh.daemon_pid.store(shm::getpid(), Ordering::Relaxed);
         rh.daemon_generation.store(gen, Ordering::Relaxed);
         rh.ready.store(1, Ordering::Release);
-        log(&format!(
-            "serving {} (generation {gen}, {} items) after {:.1} ms",
+        log::info(&format!(
+            "serving dir={} generation={gen} items={} attach_ms={:.1}",
             cfg.dir.display(),
             store.seg.hdr().items.load(Ordering::Relaxed),
             t0.elapsed().as_secs_f64() * 1e3
@@ -198,17 +210,28 @@ impl Daemon {
             .map_err(|e| Error::io("cannot install signal handlers", e))?;
         if let Some(fd) = self.cfg.ready_fd.take() {
             if let Err(e) = shm::write_and_close_fd(fd, b"READY=1\n") {
-                log(&format!("cannot write readiness to fd {fd}: {e}"));
+                log::warn(&format!("cannot write readiness to fd {fd}: {e}"));
             }
         }
-        sd_notify("READY=1\nSTATUS=serving");
+        sd_notify(&format!("READY=1\nSTATUS={}", self.status_line()));
+        let watchdog = watchdog_interval();
         let mut last_reap = Instant::now();
         let mut last_flush = Instant::now();
         let mut last_sweep = Instant::now();
+        let mut last_status = Instant::now();
+        let mut last_watchdog = Instant::now();
+        let mut status = String::new();
         while !STOP.load(Ordering::Relaxed) {
             let bell = self.ring.hdr().doorbell.load(Ordering::SeqCst);
             let n = self.poll_once(256);
             let now = Instant::now();
+            // From the apply loop itself: a wedged loop stops the pings and systemd restarts us.
+            if let Some(w) = watchdog {
+                if now.duration_since(last_watchdog) >= w {
+                    sd_notify("WATCHDOG=1");
+                    last_watchdog = now;
+                }
+            }
             if now.duration_since(last_reap) >= Duration::from_millis(200) {
                 self.reap();
                 self.store.heap.reclaim(&self.store.seg, &self.ring);
@@ -221,17 +244,90 @@ impl Daemon {
             if self.cfg.durability == Durability::Periodic
                 && now.duration_since(last_flush) >= self.cfg.flush_interval
             {
-                let _ = self.store.seg.region.flush_async();
+                if let Err(e) = self.store.seg.region.flush_async() {
+                    log::error(&format!("msync failed: {e}"));
+                }
                 last_flush = now;
+            }
+            if now.duration_since(last_status) >= Duration::from_secs(2) {
+                let line = self.status_line();
+                if line != status {
+                    sd_notify(&format!("STATUS={line}"));
+                    status = line;
+                }
+                last_status = now;
+            }
+            match LAST_SIGNAL.swap(0, Ordering::SeqCst) {
+                0 => {}
+                sig if sig == libc::SIGHUP as u32 => self.reload(),
+                sig => LAST_SIGNAL.store(sig, Ordering::SeqCst), // a stop signal: keep for the log
             }
             if n == 0 {
                 self.idle(bell);
             }
         }
-        if LAST_SIGNAL.load(Ordering::Relaxed) != 0 {
-            log(&format!("signal {} received, stopping", LAST_SIGNAL.load(Ordering::Relaxed)));
+        let sig = LAST_SIGNAL.load(Ordering::Relaxed);
+        if sig != 0 {
+            log::info(&format!("stopping on signal {sig}"));
         }
         self.shutdown()
+    }
+
+    /// One line for systemd's STATUS= and logs.
+    pub fn status_line(&self) -> String {
+        let h = self.store.seg.hdr();
+        let clients = (0..self.ring.nboxes)
+            .filter(|&b| self.ring.ctl(b).owner_pid.load(Ordering::Relaxed) != 0)
+            .count();
+        format!(
+            "serving {} items, {} MiB live, {} clients, {} requests",
+            h.items.load(Ordering::Relaxed),
+            h.live_bytes.load(Ordering::Relaxed) >> 20,
+            clients,
+            h.c_requests.load(Ordering::Relaxed)
+        )
+    }
+
+    /// SIGHUP: re-read the config file, environment and the original flags; apply what can
+    /// change live, and say what needs a restart.
+    pub fn reload(&mut self) {
+        sd_notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
+        match Config::load(self.cfg.file.as_deref(), &self.cfg.flags) {
+            Err(e) => log::error(&format!("reload refused, keeping the running settings: {e}")),
+            Ok(new) => {
+                let pinned = self.cfg.restart_only_changes(&new);
+                if !pinned.is_empty() {
+                    log::warn(&format!(
+                        "reload: {} cannot change without a restart; keeping the running values",
+                        pinned.join(", ")
+                    ));
+                }
+                if new.policy != self.cfg.policy {
+                    self.store.seg.hdr().policy.store(new.policy, Ordering::Relaxed);
+                    self.store.heap.policy = new.policy;
+                }
+                log::set_level(new.log_level);
+                let c = &mut self.cfg;
+                let changed = [
+                    ("eviction_policy", c.policy != new.policy),
+                    ("durability", c.durability != new.durability),
+                    ("flush_interval_ms", c.flush_interval != new.flush_interval),
+                    ("log_level", c.log_level != new.log_level),
+                ];
+                let changed: Vec<&str> = changed.iter().filter(|x| x.1).map(|x| x.0).collect();
+                c.policy = new.policy;
+                c.durability = new.durability;
+                c.flush_interval = new.flush_interval;
+                c.log_level = new.log_level;
+                log::info(&format!(
+                    "reloaded settings changed=[{}] policy={} durability={:?}",
+                    changed.join(","),
+                    if c.policy == POLICY_NOEVICTION { "noeviction" } else { "allkeys-lru" },
+                    c.durability
+                ));
+            }
+        }
+        sd_notify(&format!("READY=1\nSTATUS={}", self.status_line()));
     }
 
     /// Spin briefly (a request usually follows soon after another), then sleep on the
@@ -270,9 +366,37 @@ impl Daemon {
         h.daemon_pid.store(0, Ordering::Relaxed);
         h.clean.store(1, Ordering::Release);
         self.store.seg.region.flush().map_err(|e| Error::io("cannot flush the segment", e))?;
-        log("stopped cleanly");
+        log::info("stopped cleanly");
         Ok(())
     }
+}
+
+/// WATCHDOG_USEC from systemd (when meant for this process), halved: ping twice per period.
+fn watchdog_interval() -> Option<Duration> {
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.parse::<u32>().ok() != Some(shm::getpid()) {
+            return None;
+        }
+    }
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    (usec > 0).then(|| Duration::from_micros(usec / 2))
+}
+
+fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    shm::clock_monotonic(&mut ts);
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+}
+
+/// Set a file's mode and, when configured, its group (the daemon keeps its own user).
+fn set_owner_mode(path: &std::path::Path, gid: Option<u32>, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(g) = gid {
+        std::os::unix::fs::chown(path, None, Some(g))
+            .map_err(|e| Error::io(format!("cannot give {} to group {g}", path.display()), e))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io(format!("cannot set the mode of {}", path.display()), e))
 }
 
 fn lock_dir(cfg: &Config) -> Result<std::fs::File> {
@@ -322,10 +446,10 @@ fn open_ring(cfg: &Config, seg: &Segment) -> Result<Ring> {
                 {
                     return Ok(r);
                 }
-                log("ring settings changed: replacing the request ring");
+                log::warn("ring settings changed: replacing the request ring");
                 r.hdr().retired.store(1, Ordering::Release);
             }
-            Err(e) => log(&format!("replacing unusable request ring: {e}")),
+            Err(e) => log::warn(&format!("replacing unusable request ring: {e}")),
         }
     }
     Ring::create(&rp, &want, cfg.ring_mode)?;

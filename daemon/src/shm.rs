@@ -336,6 +336,54 @@ pub fn write_and_close_fd(fd: i32, bytes: &[u8]) -> io::Result<()> {
     f.write_all(bytes)
 }
 
+/// Group id of a group name (or a numeric gid given as text).
+pub fn group_id(name: &str) -> crate::error::Result<u32> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err(crate::error::Error::Config(format!("group {name:?} does not exist"))),
+        Err(e) => Err(crate::error::Error::Config(format!("cannot look up group {name:?}: {e}"))),
+    }
+}
+
+/// Name of a group id, if it has one.
+pub fn group_name(gid: u32) -> Option<String> {
+    nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)).ok().flatten().map(|g| g.name)
+}
+
+/// Name of a user id, if it has one.
+pub fn user_name(uid: u32) -> Option<String> {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().map(|u| u.name)
+}
+
+/// A permission error that names the file, its owner, group and mode, and what to do.
+pub fn permission_error(path: &std::path::Path, what: &str, e: io::Error) -> crate::error::Error {
+    use std::os::unix::fs::MetadataExt;
+    let detail = match std::fs::metadata(path) {
+        Ok(m) => {
+            let group = group_name(m.gid()).unwrap_or_else(|| m.gid().to_string());
+            let owner = user_name(m.uid()).unwrap_or_else(|| m.uid().to_string());
+            format!(
+                "{} is owned by {owner}:{group} with mode {:04o}; run as a member of group {group:?}",
+                path.display(),
+                m.mode() & 0o7777
+            )
+        }
+        Err(_) => format!("{} (its directory is not accessible)", path.display()),
+    };
+    crate::error::Error::io(format!("permission denied {what}: {detail}"), e)
+}
+
+/// CLOCK_MONOTONIC (what systemd's MONOTONIC_USEC is measured in).
+pub fn clock_monotonic(ts: &mut libc::timespec) {
+    // SAFETY: ts is a valid, writable timespec.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, ts);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -819,36 +819,18 @@ impl Drop for View {
 }
 
 /// Run the daemon in this process until SIGTERM/SIGINT (what `surpdb serve` calls).
+/// `options` are setting names and values as flags give them (they beat SURPDB_* variables,
+/// which beat the config file); SIGHUP reloads the live ones.
 #[pyfunction]
-#[pyo3(signature = (path, size = None, max_value = None, policy = None, max_clients = None, durability = None, ready_fd = None))]
-#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (config = None, options = None, ready_fd = None))]
 fn serve(
     py: Python<'_>,
-    path: PathBuf,
-    size: Option<&str>,
-    max_value: Option<&str>,
-    policy: Option<&str>,
-    max_clients: Option<u32>,
-    durability: Option<&str>,
+    config: Option<PathBuf>,
+    options: Option<Vec<(String, String)>>,
     ready_fd: Option<i32>,
 ) -> PyResult<()> {
-    use surpd::config::*;
-    let mut cfg = Config::new(path);
-    if let Some(s) = size {
-        cfg.size = parse_size(s).map_err(to_py_err)?;
-    }
-    if let Some(s) = max_value {
-        cfg.max_value = parse_size(s).map_err(to_py_err)?;
-    }
-    if let Some(s) = policy {
-        cfg.policy = parse_policy(s).map_err(to_py_err)?;
-    }
-    if let Some(n) = max_clients {
-        cfg.max_clients = n;
-    }
-    if let Some(s) = durability {
-        cfg.durability = parse_durability(s).map_err(to_py_err)?;
-    }
+    let mut cfg = surpd::config::Config::load(config.as_deref(), &options.unwrap_or_default())
+        .map_err(to_py_err)?;
     cfg.ready_fd = ready_fd;
     py.allow_threads(|| surpd::server::run(cfg)).map_err(to_py_err)
 }

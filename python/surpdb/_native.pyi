@@ -50,12 +50,8 @@ class Client:
 class View: ...
 
 def serve(
-    path: str | PathLike[str],
-    size: str | None = None,
-    max_value: str | None = None,
-    policy: str | None = None,
-    max_clients: int | None = None,
-    durability: str | None = None,
+    config: str | PathLike[str] | None = None,
+    options: list[tuple[str, str]] | None = None,
     ready_fd: int | None = None,
 ) -> None: ...
 def encode_value(value: Any) -> bytes: ...

@@ -12,28 +12,79 @@ from . import _native
 from .errors import Error
 from .server import Server, default_dir
 
+_SETTINGS = [
+    ("size", "size of a new segment, e.g. 256MiB"),
+    ("max_value", "largest encoded value, e.g. 1MiB"),
+    ("policy", "eviction policy: allkeys-lru or noeviction"),
+    ("max_clients", "client processes attached at once"),
+    ("queue_bytes", "request queue per client, e.g. 4MiB"),
+    ("durability", "os or periodic"),
+    ("flush_interval_ms", "msync interval for periodic durability"),
+    ("group", "group owning the files (clients must be members)"),
+    ("log_level", "error, warn, info or debug"),
+]
+
 
 def _serve(a: argparse.Namespace) -> int:
-    _native.serve(
-        a.dir,
-        size=a.size,
-        max_value=a.max_value,
-        policy=a.policy,
-        max_clients=a.max_clients,
-        durability=a.durability,
-        ready_fd=a.ready_fd,
-    )
+    options = [("dir", a.dir)] if a.dir else []
+    for name, _ in _SETTINGS:
+        value = getattr(a, name)
+        if value is not None:
+            options.append(("eviction_policy" if name == "policy" else name, str(value)))
+    _native.serve(config=a.config, options=options, ready_fd=a.ready_fd)
     return 0
+
+
+# Counters only go up; everything else is a gauge.
+_COUNTERS = {
+    "hits", "misses", "sets", "deletes", "incrs", "touches", "clears", "evictions",
+    "expirations", "relocations", "requests", "errors", "full_errors", "reclaim_waits",
+    "corrupt_reads", "client_dropped_errors",
+}  # fmt: skip
+
+
+def prometheus(stats: dict[str, int | str], path: str) -> str:
+    """Prometheus text exposition (for node_exporter's textfile collector)."""
+    label = path.replace("\\", "\\\\").replace('"', '\\"')
+    lines = []
+    for k, v in stats.items():
+        if isinstance(v, str):
+            lines.append(f"# TYPE surpdb_{k}_info gauge")
+            lines.append(f'surpdb_{k}_info{{dir="{label}",{k}="{v}"}} 1')
+            continue
+        name = f"surpdb_{k}_total" if k in _COUNTERS else f"surpdb_{k}"
+        lines.append(f"# TYPE {name} {'counter' if k in _COUNTERS else 'gauge'}")
+        lines.append(f'{name}{{dir="{label}"}} {v}')
+    return "\n".join(lines) + "\n"
 
 
 def _stats(a: argparse.Namespace) -> int:
     st = _native.Client(a.dir, 1.0).stats()
     if a.json:
         print(json.dumps(st, indent=2, sort_keys=True))
+    elif a.prometheus:
+        sys.stdout.write(prometheus(st, a.dir))
     else:
         width = max(len(k) for k in st)
         for k, v in st.items():
             print(f"{k:<{width}}  {v}")
+    return 0
+
+
+def systemd_unit(user: str = "surpdb", group: str = "surpdb", config: str | None = None) -> str:
+    """The shipped unit file, with ExecStart pointing at this Python and package."""
+    from importlib.resources import files
+
+    exec_start = f"{sys.executable} -m surpdb serve /var/lib/surpdb"
+    if config:
+        exec_start += f" --config {config}"
+    exec_start += f" --group {group}"
+    text = files("surpdb").joinpath("systemd/surpdb.service").read_text()
+    return text.format(exec_start=exec_start, user=user, group=group)
+
+
+def _systemd_unit(a: argparse.Namespace) -> int:
+    sys.stdout.write(systemd_unit(a.user, a.group, a.config))
     return 0
 
 
@@ -71,19 +122,25 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("serve", help="run the daemon in the foreground (what systemd runs)")
-    s.add_argument("dir", nargs="?", default=None, help="data directory (default: %(default)s)")
-    s.add_argument("--size", default=None, help="size of a new segment, e.g. 256MiB")
-    s.add_argument("--max-value", default=None, help="largest encoded value, e.g. 1MiB")
-    s.add_argument("--policy", default=None, choices=["allkeys-lru", "noeviction"])
-    s.add_argument("--max-clients", type=int, default=None, help="processes attached at once")
-    s.add_argument("--durability", default=None, choices=["os", "periodic"])
+    s.add_argument("dir", nargs="?", default=None, help="data directory")
+    s.add_argument("--config", default=None, help="TOML file (flags beat SURPDB_* beat it)")
+    for name, doc in _SETTINGS:
+        s.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=doc)
     s.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     s.set_defaults(func=_serve)
 
     s = sub.add_parser("stats", help="print counters and gauges of a store")
     s.add_argument("dir", nargs="?", default=None)
-    s.add_argument("--json", action="store_true")
+    fmt = s.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true")
+    fmt.add_argument("--prometheus", action="store_true", help="text exposition format")
     s.set_defaults(func=_stats)
+
+    s = sub.add_parser("systemd-unit", help="print the systemd unit for this installation")
+    s.add_argument("--user", default="surpdb")
+    s.add_argument("--group", default="surpdb")
+    s.add_argument("--config", default=None, help="config file for ExecStart")
+    s.set_defaults(func=_systemd_unit)
 
     s = sub.add_parser("demo", help="start a daemon, write and read from two processes, stop")
     s.add_argument("dir", nargs="?", default=None)
@@ -91,7 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     s.set_defaults(func=_demo)
 
     a = p.parse_args(argv)
-    if getattr(a, "dir", None) is None:
+    # serve leaves the directory to the config file / SURPDB_DIR when not given.
+    if a.cmd != "serve" and getattr(a, "dir", None) is None:
+        a.dir = default_dir()
+    if a.cmd == "serve" and a.dir is None and a.config is None and "SURPDB_DIR" not in os.environ:
         a.dir = default_dir()
     try:
         return a.func(a)

@@ -56,29 +56,28 @@ class Server:
         path: str | os.PathLike[str] | None = None,
         *,
         size: str | int = "256MiB",
-        max_value: str | int | None = None,
-        policy: str | None = None,
-        max_clients: int | None = None,
-        durability: str | None = None,
+        config: str | os.PathLike[str] | None = None,
         ready_timeout: float = 30.0,
+        env: dict[str, str] | None = None,
+        **settings: str | int,
     ) -> None:
+        """Start ``surpdb serve`` on ``path``. ``settings`` are any of serve's options
+        (``max_value``, ``policy``, ``max_clients``, ``queue_bytes``, ``durability``,
+        ``flush_interval_ms``, ``group``, ``log_level``); ``env`` replaces the child's
+        environment (e.g. to set NOTIFY_SOCKET)."""
         self.path = os.fspath(path) if path is not None else default_dir()
         args = [sys.executable, "-m", "surpdb", "serve", self.path, "--size", str(size)]
-        if max_value is not None:
-            args += ["--max-value", str(max_value)]
-        if policy is not None:
-            args += ["--policy", policy]
-        if max_clients is not None:
-            args += ["--max-clients", str(max_clients)]
-        if durability is not None:
-            args += ["--durability", durability]
+        if config is not None:
+            args += ["--config", os.fspath(config)]
+        for name, value in settings.items():
+            args += ["--" + name.replace("_", "-"), str(value)]
         rfd, wfd = os.pipe()
         args += ["--ready-fd", str(wfd)]
         # The daemon's log goes to a file, not a pipe: nobody reads a pipe while it serves,
         # and a full pipe would block the daemon.
         self._log = tempfile.TemporaryFile()
         self._proc = subprocess.Popen(
-            args, pass_fds=(wfd,), stdin=subprocess.DEVNULL, stderr=self._log
+            args, pass_fds=(wfd,), stdin=subprocess.DEVNULL, stderr=self._log, env=env
         )
         os.close(wfd)
         try:
@@ -123,6 +122,10 @@ class Server:
             code = self._proc.wait()
         self._close_log()
         return code
+
+    def signal(self, sig: int) -> None:
+        """Send a signal (SIGHUP reloads the settings)."""
+        self._proc.send_signal(sig)
 
     def kill(self) -> None:
         """SIGKILL (a crash, for tests) and reap."""

@@ -1,30 +1,43 @@
-//! `surpd DIR [--size 256MiB] [--max-value 1MiB] [--policy allkeys-lru|noeviction]
-//!       [--max-clients N] [--durability os|periodic]`: the daemon in the foreground.
-//! Most users run it as `surpdb serve DIR` from the pip-installed package instead.
+//! `surpd [DIR] [--config FILE] [--size 256MiB] [--max-value 1MiB] [--policy P] ...`: the
+//! daemon in the foreground. Settings: flags beat SURPDB_* variables, which beat the config
+//! file (see config.rs). Most users run it as `surpdb serve` from the pip-installed package.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use surpd::config::{parse_durability, parse_policy, parse_size, Config};
+use surpd::config::Config;
+
+const USAGE: &str = "usage: surpd [DIR] [--config FILE] [--size SIZE] [--max-value SIZE] \
+[--policy allkeys-lru|noeviction] [--max-clients N] [--queue-bytes SIZE] \
+[--durability os|periodic] [--flush-interval-ms MS] [--group GROUP] [--log-level LEVEL]";
 
 fn parse(args: &[String]) -> Result<Config, surpd::Error> {
     let mut it = args.iter();
-    let dir = it.next().ok_or_else(|| surpd::Error::Config("usage: surpd DIR [options]".into()))?;
-    let mut cfg = Config::new(dir);
-    while let Some(flag) = it.next() {
-        let mut val = || {
-            it.next().cloned().ok_or_else(|| surpd::Error::Config(format!("{flag} needs a value")))
-        };
-        match flag.as_str() {
-            "--size" => cfg.size = parse_size(&val()?)?,
-            "--max-value" => cfg.max_value = parse_size(&val()?)?,
-            "--policy" => cfg.policy = parse_policy(&val()?)?,
-            "--max-clients" => {
-                cfg.max_clients =
-                    val()?.parse().map_err(|_| surpd::Error::Config("bad --max-clients".into()))?
-            }
-            "--durability" => cfg.durability = parse_durability(&val()?)?,
-            _ => return Err(surpd::Error::Config(format!("unknown option {flag}"))),
+    let mut file: Option<PathBuf> = None;
+    let mut flags = Vec::new();
+    while let Some(a) = it.next() {
+        if a == "-h" || a == "--help" {
+            println!("{USAGE}");
+            std::process::exit(0);
         }
+        if let Some(name) = a.strip_prefix("--") {
+            let val = it
+                .next()
+                .cloned()
+                .ok_or_else(|| surpd::Error::Config(format!("--{name} needs a value\n{USAGE}")))?;
+            match name {
+                "config" => file = Some(PathBuf::from(val)),
+                "ready-fd" => flags.push(("ready_fd".to_string(), val)),
+                _ => flags.push((name.replace('-', "_"), val)),
+            }
+        } else {
+            flags.push(("dir".to_string(), a.clone()));
+        }
+    }
+    let ready_fd = flags.iter().position(|(k, _)| k == "ready_fd").map(|i| flags.remove(i).1);
+    let mut cfg = Config::load(file.as_deref(), &flags)?;
+    if let Some(fd) = ready_fd {
+        cfg.ready_fd = Some(fd.parse().map_err(|_| surpd::Error::Config("bad --ready-fd".into()))?);
     }
     Ok(cfg)
 }
