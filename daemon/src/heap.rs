@@ -164,10 +164,10 @@ impl Heap {
             if size < 8 || size % REC_ALIGN != 0 || self.tail + size > self.head {
                 // Cannot happen for a heap this daemon wrote; after corruption, drop the rest
                 // of the log rather than misparse it.
-                eprintln!(
-                    "surpd: unreadable heap entry at position {}, dropping the log tail",
-                    self.tail
-                );
+                crate::log::error(&format!(
+                    "unreadable heap entry at position {}, dropping the log tail up to {}",
+                    self.tail, self.head
+                ));
                 self.tail = self.head;
                 break;
             }

@@ -551,7 +551,10 @@ impl Ring {
     }
 
     fn poison(&self, c: &BoxCtl, tail: u64, why: &str) {
-        eprintln!("surpd: malformed request in a client box, skipping its queue: {why}");
+        crate::log::warn(&format!(
+            "malformed request, skipping the client's queue owner_pid={} why={why}",
+            c.owner_pid.load(Ordering::Relaxed)
+        ));
         c.poisoned.store(1, Ordering::Release);
         c.head.store(tail, Ordering::Release);
         c.errors.fetch_add(1, Ordering::Relaxed);

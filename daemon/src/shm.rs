@@ -361,17 +361,22 @@ pub fn user_name(uid: u32) -> Option<String> {
 /// A permission error that names the file, its owner, group and mode, and what to do.
 pub fn permission_error(path: &std::path::Path, what: &str, e: io::Error) -> crate::error::Error {
     use std::os::unix::fs::MetadataExt;
-    let detail = match std::fs::metadata(path) {
-        Ok(m) => {
-            let group = group_name(m.gid()).unwrap_or_else(|| m.gid().to_string());
-            let owner = user_name(m.uid()).unwrap_or_else(|| m.uid().to_string());
-            format!(
-                "{} is owned by {owner}:{group} with mode {:04o}; run as a member of group {group:?}",
-                path.display(),
-                m.mode() & 0o7777
-            )
-        }
-        Err(_) => format!("{} (its directory is not accessible)", path.display()),
+    let describe = |p: &std::path::Path, m: std::fs::Metadata| {
+        let group = group_name(m.gid()).unwrap_or_else(|| m.gid().to_string());
+        let owner = user_name(m.uid()).unwrap_or_else(|| m.uid().to_string());
+        format!(
+            "{} is owned by {owner}:{group} with mode {:04o}; run as a member of group {group:?}",
+            p.display(),
+            m.mode() & 0o7777
+        )
+    };
+    let detail = match (std::fs::metadata(path), path.parent()) {
+        (Ok(m), _) => describe(path, m),
+        (Err(_), Some(dir)) => match std::fs::metadata(dir) {
+            Ok(m) => format!("cannot reach {}: {}", path.display(), describe(dir, m)),
+            Err(_) => format!("{} (its directory is not accessible)", path.display()),
+        },
+        (Err(_), None) => path.display().to_string(),
     };
     crate::error::Error::io(format!("permission denied {what}: {detail}"), e)
 }
