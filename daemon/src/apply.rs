@@ -46,6 +46,11 @@ impl Store {
                 Reply::ok(0)
             }
             op::NOOP => Reply::ok(0),
+            op::APPEND => self.append(ring, req, &mut st),
+            op::MERGE => self.merge(ring, req, &mut st),
+            op::CAS => self.cas(ring, req, &mut st),
+            op::ZADD => self.zadd(ring, req, &mut st),
+            op::ZREM => self.zrem(ring, req, &mut st),
             _ => Reply::status(status::BAD_REQUEST),
         };
         self.account(&st);
@@ -53,7 +58,7 @@ impl Store {
         if reply.status == status::SEGMENT_FULL {
             h.c_full.fetch_add(1, Ordering::Relaxed);
         }
-        if !matches!(reply.status, status::OK | status::NOT_DONE) {
+        if !matches!(reply.status, status::OK | status::NOT_DONE | status::WRONG_TYPE) {
             h.c_errors.fetch_add(1, Ordering::Relaxed);
         }
         reply
@@ -81,7 +86,7 @@ impl Store {
     }
 
     /// Write a new record for `key` and publish it, replacing any current one.
-    fn put(
+    pub(crate) fn put(
         &mut self,
         ring: &Ring,
         key: &[u8],

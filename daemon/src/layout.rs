@@ -262,12 +262,24 @@ pub mod op {
     pub const TOUCH: u8 = 5;
     pub const CLEAR: u8 = 6;
     pub const NOOP: u8 = 7;
+    /// Append an item to a list value; arg = max_len (0 = unbounded).
+    pub const APPEND: u8 = 8;
+    /// Update a dict value's fields; flag DEEP merges nested dicts.
+    pub const MERGE: u8 = 9;
+    /// Compare-and-set: payload = version (8 bytes LE) + value; arg = ttl ms.
+    pub const CAS: u8 = 10;
+    /// Add members with scores to a sorted set (payload: a ZSET value); arg = max_len.
+    pub const ZADD: u8 = 11;
+    /// Remove members from a sorted set (payload: a LIST of str/bytes).
+    pub const ZREM: u8 = 12;
 }
 
 /// Request flags.
 pub mod flag {
     /// INCR: create the key from `arg2` (initial) when absent.
     pub const INCR_CREATE: u8 = 1;
+    /// MERGE: merge nested dicts instead of replacing them.
+    pub const DEEP: u8 = 2;
 }
 
 /// Result statuses.
@@ -282,6 +294,8 @@ pub mod status {
     pub const NOT_INTEGER: u32 = 5;
     /// incr result out of the 128-bit range.
     pub const OVERFLOW: u32 = 6;
+    /// An update op on a value of another type (append to a str...).
+    pub const WRONG_TYPE: u32 = 7;
 }
 
 const _: () = {

@@ -21,6 +21,7 @@ pub mod segment;
 pub mod server;
 pub mod shm;
 pub mod stats;
+pub mod update;
 pub mod value;
 
 pub use error::{Error, Result};

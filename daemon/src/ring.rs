@@ -513,8 +513,12 @@ impl Ring {
             scratch.resize(body as usize, 0);
             self.region.read(base + phys + REQ_HEADER_BYTES, scratch);
             let (key, rest) = scratch.split_at(key_len as usize);
-            let payload_len =
-                if matches!(opc, op::SET | op::ADD) { arg2.min(rest.len() as u64) } else { 0 };
+            // Ops with a payload carry its length in arg2 (checked again by the apply step).
+            let has_payload = matches!(
+                opc,
+                op::SET | op::ADD | op::APPEND | op::MERGE | op::CAS | op::ZADD | op::ZREM
+            );
+            let payload_len = if has_payload { arg2.min(rest.len() as u64) } else { 0 };
             let req = Req {
                 op: opc,
                 flags: h[5],

@@ -14,6 +14,7 @@
 //! TUPLE  0x09 varint(count) value*
 //! DICT   0x0a varint(count) (value value)*     keys in insertion order
 //! PICKLE 0x0b varint(n) n bytes of pickle      any other Python object
+//! ZSET   0x0c varint(count) (f64-LE score, STR|BYTES member)*   sorted by (score, member)
 //! ```
 //! Decoders take arbitrary bytes and never panic: every length is checked against what is
 //! left, nesting is bounded by [`MAX_DEPTH`].
@@ -32,6 +33,7 @@ pub const LIST: u8 = 0x08;
 pub const TUPLE: u8 = 0x09;
 pub const DICT: u8 = 0x0a;
 pub const PICKLE: u8 = 0x0b;
+pub const ZSET: u8 = 0x0c;
 
 /// Deepest nesting of containers accepted by encoders and decoders.
 pub const MAX_DEPTH: usize = 200;
@@ -158,6 +160,13 @@ pub fn skip(r: &mut Reader<'_>, depth: usize) -> Result<()> {
             }
             Ok(())
         }
+        ZSET => {
+            let n = r.count(10)?;
+            for _ in 0..n {
+                zentry(r)?;
+            }
+            Ok(())
+        }
         t => Err(corrupt(&format!("unknown tag {t:#x}"), r.pos - 1)),
     }
 }
@@ -233,8 +242,107 @@ pub fn type_name(buf: &[u8]) -> &'static str {
         Some(&TUPLE) => "tuple",
         Some(&DICT) => "dict",
         Some(&PICKLE) => "pickled object",
+        Some(&ZSET) => "sorted set",
         _ => "unknown",
     }
+}
+
+/// One sorted-set member with its score.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ZEntry<'a> {
+    pub score: f64,
+    pub member: &'a [u8],
+    /// The member was a str (else bytes).
+    pub is_str: bool,
+}
+
+/// Read one (score, member) entry.
+pub fn zentry<'a>(r: &mut Reader<'a>) -> Result<ZEntry<'a>> {
+    let score = f64::from_le_bytes(r.bytes(8)?.try_into().unwrap());
+    let is_str = match r.u8()? {
+        STR => true,
+        BYTES => false,
+        _ => return Err(corrupt("sorted set member is not str or bytes", r.pos - 1)),
+    };
+    let member = r.lbytes()?;
+    if is_str && std::str::from_utf8(member).is_err() {
+        return Err(corrupt("invalid UTF-8", r.pos));
+    }
+    Ok(ZEntry { score, member, is_str })
+}
+
+/// The entries of an encoded sorted set (in stored order).
+pub fn zset_entries(buf: &[u8]) -> Result<Vec<ZEntry<'_>>> {
+    let mut r = Reader::new(buf);
+    if r.u8()? != ZSET {
+        return Err(corrupt("not a sorted set", 0));
+    }
+    let n = r.count(10)?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(zentry(&mut r)?);
+    }
+    if !r.at_end() {
+        return Err(corrupt("trailing bytes", r.pos));
+    }
+    Ok(out)
+}
+
+/// Encode a sorted set from entries already in order.
+pub fn encode_zset(out: &mut Vec<u8>, entries: &[ZEntry<'_>]) {
+    out.push(ZSET);
+    put_varint(out, entries.len() as u64);
+    for e in entries {
+        out.extend_from_slice(&e.score.to_le_bytes());
+        out.push(if e.is_str { STR } else { BYTES });
+        put_varint(out, e.member.len() as u64);
+        out.extend_from_slice(e.member);
+    }
+}
+
+/// The order of a sorted set: by score, then by member bytes (as Redis orders ties).
+pub fn zcmp(a: &ZEntry<'_>, b: &ZEntry<'_>) -> std::cmp::Ordering {
+    a.score.total_cmp(&b.score).then_with(|| a.member.cmp(b.member))
+}
+
+/// Byte ranges of the items of an encoded list (tag LIST), for append.
+pub fn list_items(buf: &[u8]) -> Result<Vec<std::ops::Range<usize>>> {
+    let mut r = Reader::new(buf);
+    if r.u8()? != LIST {
+        return Err(corrupt("not a list", 0));
+    }
+    let n = r.count(1)?;
+    let mut out = Vec::with_capacity(n + 1);
+    for _ in 0..n {
+        let start = r.pos;
+        skip(&mut r, 1)?;
+        out.push(start..r.pos);
+    }
+    if !r.at_end() {
+        return Err(corrupt("trailing bytes", r.pos));
+    }
+    Ok(out)
+}
+
+/// (key bytes, value bytes) ranges of the pairs of an encoded dict (tag DICT), for merge.
+pub fn dict_items(buf: &[u8]) -> Result<Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>> {
+    let mut r = Reader::new(buf);
+    if r.u8()? != DICT {
+        return Err(corrupt("not a dict", 0));
+    }
+    let n = r.count(2)?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let k = r.pos;
+        skip(&mut r, 1)?;
+        let v = r.pos;
+        skip(&mut r, 1)?;
+        out.push((k..v, v..r.pos));
+    }
+    if !r.at_end() {
+        return Err(corrupt("trailing bytes", r.pos));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

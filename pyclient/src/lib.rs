@@ -235,8 +235,41 @@ fn decode<'py>(
             let b = r.lbytes().map_err(e)?;
             pickle_fn(py, &PICKLE_LOADS, "loads")?.call1((PyBytes::new(py, b),))?
         }
+        v::ZSET => {
+            // A sorted set reads back as {member: score}, lowest score first.
+            let n = r.count(10).map_err(e)?;
+            let d = PyDict::new(py);
+            for _ in 0..n {
+                let z = v::zentry(r).map_err(e)?;
+                d.set_item(member_obj(py, &z), z.score)?;
+            }
+            d.into_any()
+        }
         t => return Err(corrupt(&format!("unknown tag {t:#x}"))),
     })
+}
+
+fn member_obj<'py>(py: Python<'py>, z: &v::ZEntry<'_>) -> Bound<'py, PyAny> {
+    if z.is_str {
+        // zentry checked the UTF-8.
+        PyString::new(py, std::str::from_utf8(z.member).unwrap_or_default()).into_any()
+    } else {
+        PyBytes::new(py, z.member).into_any()
+    }
+}
+
+/// A sorted-set member from Python: str or bytes.
+fn member_bytes<'a>(m: &'a Bound<'_, PyAny>) -> PyResult<(&'a [u8], bool)> {
+    if let Ok(s) = m.downcast::<PyString>() {
+        Ok((s.to_str()?.as_bytes(), true))
+    } else if let Ok(b) = m.downcast::<PyBytes>() {
+        Ok((b.as_bytes(), false))
+    } else {
+        Err(PyTypeError::new_err(format!(
+            "sorted set members must be str or bytes, not {}",
+            m.get_type().name()?
+        )))
+    }
 }
 
 fn decode_value<'py>(py: Python<'py>, buf: &[u8]) -> PyResult<Bound<'py, PyAny>> {
@@ -356,7 +389,6 @@ impl Client {
                 let n = ((r.aux as i128) << 64) | r.value as i128;
                 Ok(n.into_pyobject(py)?.into_any().unbind())
             }
-            (status::OK, _) => Ok(PyBool::new(py, true).to_owned().into_any().unbind()),
             (status::NOT_DONE, op::INCR) => {
                 Err(PyKeyError::new_err(PyBytes::new(py, key).unbind()))
             }
@@ -378,6 +410,23 @@ impl Client {
                     key_repr(key)
                 )))
             }
+            (status::WRONG_TYPE, op) => {
+                let ty = self.stored_type(key);
+                let what = match op {
+                    op::APPEND => "append to",
+                    op::MERGE => "merge into",
+                    _ => "update the sorted set at",
+                };
+                Err(PyTypeError::new_err(format!(
+                    "cannot {what} key {}: it holds a {ty}; nothing was changed",
+                    key_repr(key)
+                )))
+            }
+            (status::OK, op::APPEND | op::ZADD | op::ZREM) => {
+                Ok(r.value.into_pyobject(py)?.into_any().unbind())
+            }
+            (status::OK, op::MERGE) => Ok(py.None()),
+            (status::OK, _) => Ok(PyBool::new(py, true).to_owned().into_any().unbind()),
             (status::OVERFLOW, _) => Err(PyOverflowError::new_err(format!(
                 "increment of key {} leaves the 128-bit integer range",
                 key_repr(key)
@@ -395,6 +444,49 @@ impl Client {
             Lookup::Hit(rec) => v::type_name(rec.value),
             Lookup::Miss => "missing value",
         }
+    }
+
+    /// Run `f` over the entries of the sorted set at `key` (empty if absent), read from
+    /// the mapping under a pin. TypeError if the key holds another type.
+    fn with_zset<R>(
+        &self,
+        key: &Bound<'_, PyAny>,
+        f: impl FnOnce(&[v::ZEntry<'_>]) -> PyResult<R>,
+    ) -> PyResult<R> {
+        with_key(key, |k| {
+            let pin = self.core.pin().map_err(to_py_err)?;
+            match self.core.lookup(&pin, k, surpd::shm::now_ms()) {
+                Lookup::Miss => f(&[]),
+                Lookup::Hit(rec) => {
+                    if rec.value.first() != Some(&v::ZSET) {
+                        return Err(PyTypeError::new_err(format!(
+                            "key {} holds a {}, not a sorted set",
+                            key_repr(k),
+                            v::type_name(rec.value)
+                        )));
+                    }
+                    let entries =
+                        v::zset_entries(rec.value).map_err(|e| corrupt(&e.to_string()))?;
+                    f(&entries)
+                }
+            }
+        })
+    }
+
+    fn zitems<'py>(
+        py: Python<'py>,
+        entries: &[&v::ZEntry<'_>],
+        withscores: bool,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        for z in entries {
+            if withscores {
+                out.append((member_obj(py, z), z.score))?;
+            } else {
+                out.append(member_obj(py, z))?;
+            }
+        }
+        Ok(out)
     }
 
     fn get_one<'py>(&self, py: Python<'py>, key: &[u8]) -> PyResult<Option<Bound<'py, PyAny>>> {
@@ -710,6 +802,252 @@ impl Client {
             let r = self.call(py, op::TOUCH, 0, k, &[], ttl, 0)?;
             self.shape(py, op::TOUCH, k, r)
         })
+    }
+
+    /// Atomically append `item` to the list stored at `key` (created if absent). With
+    /// `max_len`, keep only the newest `max_len` items. Returns the new length. TypeError if
+    /// the key holds something other than a list (nothing changes).
+    #[pyo3(signature = (key, item, max_len = None))]
+    fn append(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        item: &Bound<'_, PyAny>,
+        max_len: Option<u64>,
+    ) -> PyResult<PyObject> {
+        if max_len == Some(0) {
+            return Err(PyValueError::new_err("max_len must be at least 1"));
+        }
+        let buf = self.encode_value(item)?;
+        with_key(key, |k| {
+            let r =
+                self.call(py, op::APPEND, 0, k, &buf, max_len.unwrap_or(0), buf.len() as u64)?;
+            self.shape(py, op::APPEND, k, r)
+        })
+    }
+
+    /// Atomically update the dict stored at `key` with `mapping` (like dict.update; created
+    /// if absent). With deep=True, nested dicts are merged instead of replaced.
+    #[pyo3(signature = (key, mapping, deep = false))]
+    fn merge(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        mapping: &Bound<'_, PyDict>,
+        deep: bool,
+    ) -> PyResult<PyObject> {
+        let buf = self.encode_value(mapping.as_any())?;
+        if buf.first() != Some(&v::DICT) {
+            return Err(PyTypeError::new_err("merge() needs a plain dict"));
+        }
+        let flags = if deep { flag::DEEP } else { 0 };
+        with_key(key, |k| {
+            let r = self.call(py, op::MERGE, flags, k, &buf, 0, buf.len() as u64)?;
+            self.shape(py, op::MERGE, k, r)
+        })
+    }
+
+    /// (value, version) of `key`; version changes on every write of the key and is 0 when
+    /// the key is absent (then value is `default`). Pass the version to cas().
+    #[pyo3(signature = (key, default = None))]
+    fn gets<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        default: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<(Bound<'py, PyAny>, u64)> {
+        with_key(key, |k| {
+            let pin = self.core.pin().map_err(to_py_err)?;
+            match self.core.lookup(&pin, k, surpd::shm::now_ms()) {
+                Lookup::Hit(rec) => Ok((decode_value(py, rec.value)?, rec.version)),
+                Lookup::Miss => {
+                    Ok((default.clone().unwrap_or_else(|| py.None().into_bound(py)), 0))
+                }
+            }
+        })
+    }
+
+    /// Store `value` only if the key's version is still `version` (from gets(); 0: only if
+    /// absent). True if stored.
+    #[pyo3(signature = (key, value, version, ttl = None))]
+    fn cas(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+        version: u64,
+        ttl: Option<f64>,
+    ) -> PyResult<PyObject> {
+        let ttl = ttl_ms(ttl)?;
+        let mut buf = version.to_le_bytes().to_vec();
+        buf.extend_from_slice(&self.encode_value(value)?);
+        with_key(key, |k| {
+            let r = self.call(py, op::CAS, 0, k, &buf, ttl, buf.len() as u64)?;
+            self.shape(py, op::CAS, k, r)
+        })
+    }
+
+    /// Add members with scores ({member: score}) to the sorted set at `key`, updating the
+    /// score of members already there. With `max_len`, keep only the `max_len` highest
+    /// scores. Returns how many members were new.
+    #[pyo3(signature = (key, mapping, max_len = None))]
+    fn zadd(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        mapping: &Bound<'_, PyDict>,
+        max_len: Option<u64>,
+    ) -> PyResult<PyObject> {
+        if max_len == Some(0) {
+            return Err(PyValueError::new_err("max_len must be at least 1"));
+        }
+        let mut owned: Vec<(Vec<u8>, bool, f64)> = Vec::with_capacity(mapping.len());
+        for (m, score) in mapping.iter() {
+            let (b, is_str) = member_bytes(&m)?;
+            let score: f64 = score.extract()?;
+            if score.is_nan() {
+                return Err(PyValueError::new_err("a sorted set score cannot be NaN"));
+            }
+            owned.push((b.to_vec(), is_str, score));
+        }
+        let entries: Vec<v::ZEntry<'_>> = owned
+            .iter()
+            .map(|(m, s, sc)| v::ZEntry { score: *sc, member: m, is_str: *s })
+            .collect();
+        let mut buf = Vec::new();
+        v::encode_zset(&mut buf, &entries);
+        if buf.len() as u64 > self.core.max_value() {
+            return Err(errors::ValueTooLarge::new_err(format!(
+                "zadd request is {} bytes encoded; this segment's max_value is {} bytes",
+                buf.len(),
+                self.core.max_value()
+            )));
+        }
+        with_key(key, |k| {
+            let r = self.call(py, op::ZADD, 0, k, &buf, max_len.unwrap_or(0), buf.len() as u64)?;
+            self.shape(py, op::ZADD, k, r)
+        })
+    }
+
+    /// Remove members from the sorted set at `key`. Returns how many were there.
+    fn zrem(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        members: &Bound<'_, PyAny>,
+    ) -> PyResult<PyObject> {
+        let mut list = Vec::new();
+        for m in members.try_iter()? {
+            let m = m?;
+            member_bytes(&m)?;
+            list.push(m);
+        }
+        let buf = self.encode_value(PyList::new(py, list)?.as_any())?;
+        with_key(key, |k| {
+            let r = self.call(py, op::ZREM, 0, k, &buf, 0, buf.len() as u64)?;
+            self.shape(py, op::ZREM, k, r)
+        })
+    }
+
+    /// The members of `members` that are not in the sorted set (in the order given).
+    fn zmissing<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        members: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let wanted: Vec<Bound<'py, PyAny>> = members.try_iter()?.collect::<PyResult<_>>()?;
+        self.with_zset(key, |entries| {
+            let present: std::collections::HashSet<&[u8]> =
+                entries.iter().map(|e| e.member).collect();
+            let out = PyList::empty(py);
+            for m in &wanted {
+                let (b, _) = member_bytes(m)?;
+                if !present.contains(b) {
+                    out.append(m)?;
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Members by rank, `start` and `stop` inclusive, negative from the end (as Redis
+    /// ZRANGE). desc=True ranks from the highest score. withscores: (member, score) pairs.
+    #[pyo3(signature = (key, start, stop, desc = false, withscores = false))]
+    fn zrange<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        start: i64,
+        stop: i64,
+        desc: bool,
+        withscores: bool,
+    ) -> PyResult<Bound<'py, PyList>> {
+        self.with_zset(key, |entries| {
+            let n = entries.len() as i64;
+            let norm = |i: i64| if i < 0 { i + n } else { i };
+            let (a, b) = (norm(start).max(0), norm(stop).min(n - 1));
+            let mut picked: Vec<&v::ZEntry<'_>> = Vec::new();
+            if a <= b && a < n {
+                for i in a..=b {
+                    let idx = if desc { n - 1 - i } else { i };
+                    picked.push(&entries[idx as usize]);
+                }
+            }
+            Self::zitems(py, &picked, withscores)
+        })
+    }
+
+    /// Members with lo <= score <= hi, lowest first (desc=True: highest first).
+    #[pyo3(signature = (key, lo, hi, desc = false, withscores = false))]
+    fn zrangebyscore<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        lo: f64,
+        hi: f64,
+        desc: bool,
+        withscores: bool,
+    ) -> PyResult<Bound<'py, PyList>> {
+        self.with_zset(key, |entries| {
+            let mut picked: Vec<&v::ZEntry<'_>> =
+                entries.iter().filter(|e| lo <= e.score && e.score <= hi).collect();
+            if desc {
+                picked.reverse();
+            }
+            Self::zitems(py, &picked, withscores)
+        })
+    }
+
+    /// Score of `member`, or None.
+    fn zscore(&self, key: &Bound<'_, PyAny>, member: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
+        let (m, _) = member_bytes(member)?;
+        self.with_zset(key, |entries| Ok(entries.iter().find(|e| e.member == m).map(|e| e.score)))
+    }
+
+    /// Rank of `member` (0 = lowest score; desc=True: 0 = highest), or None.
+    #[pyo3(signature = (key, member, desc = false))]
+    fn zrank(
+        &self,
+        key: &Bound<'_, PyAny>,
+        member: &Bound<'_, PyAny>,
+        desc: bool,
+    ) -> PyResult<Option<usize>> {
+        let (m, _) = member_bytes(member)?;
+        self.with_zset(key, |entries| {
+            Ok(entries.iter().position(|e| e.member == m).map(|i| {
+                if desc {
+                    entries.len() - 1 - i
+                } else {
+                    i
+                }
+            }))
+        })
+    }
+
+    /// Number of members (0 if the key is absent).
+    fn zcard(&self, key: &Bound<'_, PyAny>) -> PyResult<usize> {
+        self.with_zset(key, |entries| Ok(entries.len()))
     }
 
     /// Remove every key.
