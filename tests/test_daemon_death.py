@@ -103,3 +103,4 @@ def test_full_queue_raises_queue_full_with_the_numbers(store_dir: str) -> None:
         c.flush()
         assert c.get("k") == value
         assert c.stats()["sets"] == queued
+        assert c.stats()["ring_queue_waits"] >= 1

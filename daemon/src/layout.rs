@@ -177,7 +177,8 @@ pub struct RingHeader {
     pub retired_hits: AtomicU64,
     pub retired_misses: AtomicU64,
     pub retired_corrupt: AtomicU64,
-    _pad4: [u64; 13],
+    pub retired_queue_waits: AtomicU64,
+    _pad4: [u64; 12],
 }
 
 /// Per-client control block: reader slot + request mailbox. 256 bytes, three cache lines
@@ -204,7 +205,9 @@ pub struct BoxCtl {
     // line 1: producer
     /// Bytes of requests published (monotonic).
     pub tail: AtomicU64,
-    _pad1: [u64; 7],
+    /// Times the producer found its queue full and had to wait.
+    pub queue_waits: AtomicU64,
+    _pad1: [u64; 6],
 
     // line 2: consumer (daemon)
     /// Bytes of requests consumed (monotonic).

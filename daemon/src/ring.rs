@@ -317,6 +317,7 @@ impl Ring {
         // SYNC POINT: Acquire; pairs with the daemon's Release store of `head`, after which
         // the consumed bytes may be overwritten.
         if *tail + need - c.head.load(Ordering::Acquire) > self.box_bytes {
+            c.queue_waits.fetch_add(1, Ordering::Relaxed);
             self.wait_space(c, *tail + need, timeout)?;
         }
         let base = self.box_data(b);
@@ -570,6 +571,9 @@ impl Ring {
     /// Reset a box whose owner is gone and whose queue is drained, and free it.
     pub fn reap(&self, b: u32) -> (u64, u64, u64) {
         let c = self.ctl(b);
+        self.hdr()
+            .retired_queue_waits
+            .fetch_add(c.queue_waits.swap(0, Ordering::Relaxed), Ordering::Relaxed);
         let counts = (
             c.hits.swap(0, Ordering::Relaxed),
             c.misses.swap(0, Ordering::Relaxed),

@@ -18,6 +18,7 @@ pub fn gather(seg: &Segment, ring: &Ring) -> Vec<(&'static str, u64)> {
         r.retired_corrupt.load(Ordering::Relaxed),
     );
     let (mut clients, mut pending) = (0u64, 0u64);
+    let mut waits = r.retired_queue_waits.load(Ordering::Relaxed);
     for b in 0..ring.nboxes {
         let c = ring.ctl(b);
         hits += c.hits.load(Ordering::Relaxed);
@@ -27,6 +28,7 @@ pub fn gather(seg: &Segment, ring: &Ring) -> Vec<(&'static str, u64)> {
             clients += 1;
         }
         pending += c.tail.load(Ordering::Relaxed).saturating_sub(c.head.load(Ordering::Relaxed));
+        waits += c.queue_waits.load(Ordering::Relaxed);
     }
     let head = h.head.load(Ordering::Relaxed);
     let free_limit = h.free_limit.load(Ordering::Relaxed);
@@ -59,6 +61,7 @@ pub fn gather(seg: &Segment, ring: &Ring) -> Vec<(&'static str, u64)> {
         ("corrupt_reads", corrupt),
         ("clients", clients),
         ("ring_pending_bytes", pending),
+        ("ring_queue_waits", waits),
         ("ring_clients_max", ring.nboxes as u64),
         ("epoch", h.epoch.load(Ordering::Relaxed)),
         ("generation", h.generation.load(Ordering::Relaxed)),
