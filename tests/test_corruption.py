@@ -3,7 +3,6 @@ a miss, or a typed error."""
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import subprocess
