@@ -18,6 +18,8 @@ pub struct Store {
     pub seg: Segment,
     pub heap: Heap,
     sweep_cursor: u64,
+    /// (box, ticket, head after) of the request being applied, for the journal.
+    ctx: Option<(u32, u64, u64)>,
 }
 
 /// Largest TTL accepted (about 100 years), so that expiry arithmetic never overflows.
@@ -26,11 +28,14 @@ const MAX_TTL_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
 impl Store {
     pub fn new(seg: Segment) -> Store {
         let heap = Heap::load(&seg);
-        Store { seg, heap, sweep_cursor: 0 }
+        Store { seg, heap, sweep_cursor: 0, ctx: None }
     }
 
     /// Apply one request and produce its reply. Never panics on bad input.
     pub fn apply(&mut self, ring: &Ring, req: &Req<'_>) -> Reply {
+        // The previous request is complete (its result is in the ring): the journal is stale.
+        self.disarm();
+        self.ctx = Some((req.boxno, req.ticket, req.head_after));
         self.seg.hdr().c_requests.fetch_add(1, Ordering::Relaxed);
         if req.key.len() > MAX_KEY_LEN {
             return Reply::status(status::BAD_REQUEST);
@@ -85,7 +90,84 @@ impl Store {
         }
     }
 
-    /// Write a new record for `key` and publish it, replacing any current one.
+    fn journal(&self) -> &Journal {
+        self.seg.region.get(JOURNAL_OFF)
+    }
+
+    /// Clear the journal (the request it named is complete).
+    pub fn disarm(&self) {
+        let j = self.journal();
+        if j.armed.load(Ordering::Relaxed) != 0 {
+            j.armed.store(0, Ordering::Release);
+        }
+    }
+
+    /// Arm the journal for the current request just before its one publishing store:
+    /// after a crash, `key` holding `new_version` (or, for a delete with new_version 0, no
+    /// longer holding `old_version`) proves the request took effect, and `reply` is its answer.
+    fn arm(&self, key: &[u8], new_version: u64, old_version: u64, reply: Reply) {
+        let Some((b, t, h)) = self.ctx else { return };
+        let j = self.journal();
+        self.seg.region.write(JOURNAL_KEY_OFF, key);
+        j.key_len.store(key.len() as u32, Ordering::Relaxed);
+        j.boxno.store(b, Ordering::Relaxed);
+        j.ticket.store(t, Ordering::Relaxed);
+        j.head_after.store(h, Ordering::Relaxed);
+        j.new_version.store(new_version, Ordering::Relaxed);
+        j.old_version.store(old_version, Ordering::Relaxed);
+        j.status.store(reply.status, Ordering::Relaxed);
+        j.value.store(reply.value, Ordering::Relaxed);
+        j.aux.store(reply.aux, Ordering::Relaxed);
+        j.armed.store(1, Ordering::Release);
+    }
+
+    /// After an unclean stop: if the journal names a request that was not completed, decide
+    /// from the index whether its publish happened; if so, answer it (so it is not applied
+    /// again), else leave it queued to be applied. Returns what was done, for the log.
+    pub fn recover_journal(&mut self, ring: &Ring) -> Option<String> {
+        let j = self.journal();
+        if j.armed.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let (b, t, h) = (
+            j.boxno.load(Ordering::Relaxed),
+            j.ticket.load(Ordering::Relaxed),
+            j.head_after.load(Ordering::Relaxed),
+        );
+        let key_len = (j.key_len.load(Ordering::Relaxed) as u64).min(MAX_KEY_LEN as u64);
+        let key = self.seg.region.slice(JOURNAL_KEY_OFF, key_len).unwrap_or_default().to_vec();
+        let (new_v, old_v) =
+            (j.new_version.load(Ordering::Relaxed), j.old_version.load(Ordering::Relaxed));
+        let reply = Reply {
+            status: j.status.load(Ordering::Relaxed),
+            value: j.value.load(Ordering::Relaxed),
+            aux: j.aux.load(Ordering::Relaxed),
+        };
+        self.disarm();
+        if b >= ring.nboxes {
+            return Some(format!("journal names box {b} beyond the ring; ignored"));
+        }
+        let c = ring.ctl(b);
+        let (done, head) = (c.done.load(Ordering::Acquire), c.head.load(Ordering::Acquire));
+        if done >= t || done + 1 != t || head >= h || h > c.tail.load(Ordering::Acquire) {
+            return None; // completed before the crash, or the box moved on
+        }
+        let hash = self.seg.hash(&key);
+        let cur = self.seg.find_for_write(&key, hash).1.map(|r| r.version);
+        let applied = if new_v != 0 { cur == Some(new_v) } else { cur != Some(old_v) };
+        if applied {
+            ring.complete(b, t, h, reply);
+            Some(format!(
+                "request box={b} ticket={t} had taken effect: answered, not applied again"
+            ))
+        } else {
+            Some(format!("request box={b} ticket={t} had not taken effect: it will be applied"))
+        }
+    }
+
+    /// Write a new record for `key` and publish it, replacing any current one. `reply`
+    /// gives the answer from the new record's version (journaled before the publish).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn put(
         &mut self,
         ring: &Ring,
@@ -94,6 +176,7 @@ impl Store {
         value: &[u8],
         expires_ms: u64,
         st: &mut CleanStats,
+        reply: impl FnOnce(u64) -> Reply,
     ) -> Reply {
         let size = record_size(key.len() as u64, value.len() as u64);
         // Room in the index first: evicting from the tail after the new record is written
@@ -114,6 +197,8 @@ impl Store {
         self.seg.write_record(off, &NewRec { key, value, hash, version, expires_ms });
         // Cleaning during alloc may have moved index entries: find the slot again.
         let (slot, cur) = self.seg.find_for_write(key, hash);
+        let answer = reply(version);
+        self.arm(key, version, 0, answer);
         self.seg.publish(slot, hash, off);
         match cur {
             Some(old) => {
@@ -125,7 +210,7 @@ impl Store {
         }
         h.live_bytes.fetch_add(size, Ordering::Relaxed);
         h.c_sets.fetch_add(1, Ordering::Relaxed);
-        Reply::ok(version)
+        answer
     }
 
     fn set(&mut self, ring: &Ring, req: &Req<'_>, st: &mut CleanStats) -> Reply {
@@ -144,7 +229,7 @@ impl Store {
                 }
             }
         }
-        self.put(ring, req.key, hash, req.payload, Self::expiry(req.arg, now), st)
+        self.put(ring, req.key, hash, req.payload, Self::expiry(req.arg, now), st, Reply::ok)
     }
 
     fn delete(&mut self, key: &[u8]) -> Reply {
@@ -153,6 +238,8 @@ impl Store {
         let Some(cur) = cur else { return Reply::status(status::NOT_DONE) };
         let expired = cur.expired(shm::now_ms());
         let size = cur.size;
+        let answer = if expired { Reply::status(status::NOT_DONE) } else { Reply::ok(1) };
+        self.arm(key, 0, cur.version, answer);
         self.seg.unlink(slot);
         let h = self.seg.hdr();
         h.items.fetch_sub(1, Ordering::Relaxed);
@@ -182,12 +269,12 @@ impl Store {
         };
         let mut buf = Vec::with_capacity(20);
         value::encode_int(&mut buf, new);
-        let r = self.put(ring, req.key, hash, &buf, expires, st);
-        if r.status != status::OK {
-            return r;
+        let answer = Reply { status: status::OK, value: new as u64, aux: (new >> 64) as u64 };
+        let r = self.put(ring, req.key, hash, &buf, expires, st, |_| answer);
+        if r.status == status::OK {
+            self.seg.hdr().c_incrs.fetch_add(1, Ordering::Relaxed);
         }
-        self.seg.hdr().c_incrs.fetch_add(1, Ordering::Relaxed);
-        Reply { status: status::OK, value: new as u64, aux: (new >> 64) as u64 }
+        r
     }
 
     fn touch(&mut self, ring: &Ring, req: &Req<'_>, st: &mut CleanStats) -> Reply {
@@ -198,7 +285,7 @@ impl Store {
             Some(cur) if !cur.expired(now) => cur.value.to_vec(),
             _ => return Reply::status(status::NOT_DONE),
         };
-        let r = self.put(ring, req.key, hash, &value, Self::expiry(req.arg, now), st);
+        let r = self.put(ring, req.key, hash, &value, Self::expiry(req.arg, now), st, Reply::ok);
         if r.status == status::OK {
             self.seg.hdr().c_touches.fetch_add(1, Ordering::Relaxed);
             // A touch is not a set.
@@ -248,6 +335,30 @@ impl Store {
         n
     }
 
+    /// Remove the copy of an entry that a delete interrupted between two slot stores left
+    /// in two slots: the copy farther from its home slot is the stale one.
+    fn dedupe_index(&self) {
+        let mut seen: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
+        let mut dup = None;
+        for i in 0..self.seg.slots {
+            let v = self.seg.slot(i).load(Ordering::Relaxed);
+            if v == 0 {
+                continue;
+            }
+            if let Some(&first) = seen.get(&slot_off(v)) {
+                dup = Some((first, i, v));
+                break;
+            }
+            seen.insert(slot_off(v), i);
+        }
+        let Some((a, b, v)) = dup else { return };
+        let home = self.seg.record(slot_off(v)).map(|r| r.hash & self.seg.mask).unwrap_or(a);
+        let dist = |i: u64| i.wrapping_sub(home) & self.seg.mask;
+        let far = if dist(a) > dist(b) { a } else { b };
+        self.seg.unlink(far);
+        crate::log::warn(&format!("recovery: removed a duplicated index entry at slot {far}"));
+    }
+
     /// After an unclean stop: recount items and live bytes from the index (the counters are
     /// updated after each step, so a crash can leave them off by one operation), and leave
     /// the index seqlock even. Reads every live record's header once.
@@ -255,7 +366,9 @@ impl Store {
         let h = self.seg.hdr();
         let s = h.idx_seq.load(Ordering::Relaxed);
         if s & 1 == 1 {
+            // Killed inside a backward-shift delete: an entry may sit in two slots.
             h.idx_seq.store(s + 1, Ordering::Release);
+            self.dedupe_index();
         }
         let (mut items, mut bytes) = (0u64, 0u64);
         for i in 0..self.seg.slots {

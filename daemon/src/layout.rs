@@ -24,8 +24,15 @@ pub const FORMAT_VERSION: u32 = 1;
 
 /// Page size used for alignment of the regions in both files.
 pub const PAGE: u64 = 4096;
-/// Size reserved for each file header.
+/// Size reserved for the ring file's header.
 pub const HEADER_BYTES: u64 = 4096;
+/// Bytes before the data segment's index: the header page, then the apply journal
+/// ([`Journal`] and the key it names) on the next two pages.
+pub const SEG_HEADER_BYTES: u64 = 3 * 4096;
+/// Offset of the apply journal in the data segment.
+pub const JOURNAL_OFF: u64 = 4096;
+/// Offset of the journal's key bytes.
+pub const JOURNAL_KEY_OFF: u64 = JOURNAL_OFF + 128;
 
 /// Longest key accepted (bytes after UTF-8 encoding).
 pub const MAX_KEY_LEN: usize = 4096;
@@ -227,6 +234,29 @@ pub struct BoxCtl {
     _pad4: [u64; 8],
 }
 
+/// The apply journal: armed just before a request's one publishing store, so that a
+/// restarted daemon can tell whether a request it was applying when it died took effect,
+/// and answer it instead of applying it twice (exactly once for incr, append...).
+#[repr(C)]
+pub struct Journal {
+    /// 1 while armed.
+    pub armed: AtomicU32,
+    pub boxno: AtomicU32,
+    pub ticket: AtomicU64,
+    /// The box's head after this request (where the consumer continues).
+    pub head_after: AtomicU64,
+    /// Version of the record being published; 0 for a delete.
+    pub new_version: AtomicU64,
+    /// For a delete: version of the record being removed.
+    pub old_version: AtomicU64,
+    /// The reply to give once the publish is known to have happened.
+    pub status: AtomicU32,
+    pub key_len: AtomicU32,
+    pub value: AtomicU64,
+    pub aux: AtomicU64,
+    _pad: [u64; 8],
+}
+
 /// Result of one request, in a per-box ring of `nresults` entries indexed by ticket.
 #[repr(C)]
 pub struct ResultEntry {
@@ -310,7 +340,9 @@ const _: () = {
     assert!(std::mem::offset_of!(RingHeader, retired_hits) == 384);
     assert!(std::mem::offset_of!(BoxCtl, tail) == 64);
     assert!(std::mem::offset_of!(BoxCtl, head) == 128);
-    assert!(std::mem::size_of::<SegHeader>() as u64 <= HEADER_BYTES);
+    assert!(std::mem::size_of::<SegHeader>() as u64 <= JOURNAL_OFF);
+    assert!(std::mem::size_of::<Journal>() as u64 == JOURNAL_KEY_OFF - JOURNAL_OFF);
+    assert!(JOURNAL_KEY_OFF + MAX_KEY_LEN as u64 <= SEG_HEADER_BYTES);
     assert!(std::mem::size_of::<RecHeader>() == 40);
     assert!(std::mem::align_of::<RecHeader>() == 8);
     assert!(std::mem::size_of::<RingHeader>() == 512);
@@ -331,6 +363,8 @@ pub const LAYOUT_SIG: u32 = {
         std::mem::size_of::<BoxCtl>(),
         std::mem::size_of::<ResultEntry>(),
         std::mem::size_of::<ReqHeader>(),
+        std::mem::size_of::<Journal>(),
+        SEG_HEADER_BYTES as usize,
         HINT_GRANULE as usize,
         SLOT_TAG_SHIFT as usize,
         REC_ALIGN as usize,

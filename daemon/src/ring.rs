@@ -521,6 +521,9 @@ impl Ring {
             );
             let payload_len = if has_payload { arg2.min(rest.len() as u64) } else { 0 };
             let req = Req {
+                boxno: b,
+                ticket,
+                head_after: head + len,
                 op: opc,
                 flags: h[5],
                 key,
@@ -530,13 +533,15 @@ impl Ring {
             };
             let reply = apply(&req);
             head += len;
-            self.complete(b, c, ticket, head, reply);
+            self.complete(b, ticket, head, reply);
             n += 1;
         }
         n
     }
 
-    fn complete(&self, b: u32, c: &BoxCtl, ticket: u64, head: u64, reply: Reply) {
+    /// Publish the result of `ticket` in box `b` and move the box's head to `head`.
+    pub fn complete(&self, b: u32, ticket: u64, head: u64, reply: Reply) {
+        let c = self.ctl(b);
         let r = self.result(b, ticket);
         r.status.store(reply.status, Ordering::Relaxed);
         r.value.store(reply.value, Ordering::Relaxed);
@@ -597,6 +602,10 @@ impl Ring {
 
 /// A request as the daemon sees it (validated framing, copied out of the box).
 pub struct Req<'a> {
+    /// Where it came from, and where its box's head goes once it is done (for the journal).
+    pub boxno: u32,
+    pub ticket: u64,
+    pub head_after: u64,
     pub op: u8,
     pub flags: u8,
     pub key: &'a [u8],

@@ -58,7 +58,7 @@ impl Geometry {
         let slots = (size / 128).next_power_of_two().max(1024);
         let slots = if slots * 8 > size / 4 { slots / 2 } else { slots };
         let index_bytes = align_up(slots * 8, PAGE);
-        let heap_off = HEADER_BYTES + index_bytes;
+        let heap_off = SEG_HEADER_BYTES + index_bytes;
         let heap_cap = size - heap_off;
         if heap_cap < 8 * max_record(max_value) {
             return Err(Error::Config(format!("segment size {size} leaves too small a heap")));
@@ -94,7 +94,7 @@ impl Segment {
         let h: &SegHeader = region.get(0);
         h.seed.store(shm::random_u64(), Ordering::Relaxed);
         h.size.store(geo.size, Ordering::Relaxed);
-        h.index_off.store(HEADER_BYTES, Ordering::Relaxed);
+        h.index_off.store(SEG_HEADER_BYTES, Ordering::Relaxed);
         h.index_slots.store(geo.index_slots, Ordering::Relaxed);
         h.heap_off.store(geo.heap_off, Ordering::Relaxed);
         h.heap_cap.store(geo.heap_cap, Ordering::Relaxed);
@@ -135,7 +135,7 @@ impl Segment {
 
     pub fn from_file(f: &File, path: &Path, writable: bool) -> Result<Segment> {
         let len = f.metadata().map_err(|e| open_err(path, e))?.len();
-        if len < HEADER_BYTES {
+        if len < SEG_HEADER_BYTES {
             return Err(Error::Incompatible(format!(
                 "{} is {len} bytes, too short to be a surpdb segment",
                 path.display()
@@ -185,7 +185,7 @@ impl Segment {
         if !self.slots.is_power_of_two() || self.slots < 2 {
             return Err(format!("index slot count {} is not a power of two", self.slots));
         }
-        if self.index_off != HEADER_BYTES {
+        if self.index_off != SEG_HEADER_BYTES {
             return Err(format!("index offset {}", self.index_off));
         }
         let index_end = self.slots.checked_mul(8).and_then(|b| b.checked_add(self.index_off));

@@ -129,6 +129,9 @@ impl Daemon {
         // Readers of a previous run may still hold old epochs: retire what was retired.
         store.heap.retire(&store.seg);
         let ring = open_ring(&cfg, &store.seg)?;
+        if let Some(what) = store.recover_journal(&ring) {
+            log::warn(&format!("recovery: {what}"));
+        }
         set_owner_mode(&dp, gid, cfg.data_mode)?;
         set_owner_mode(&ring_path(&cfg.dir), gid, cfg.ring_mode)?;
         let rh = ring.hdr();

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use memmap2::{Mmap, MmapMut, MmapOptions};
 
-use crate::layout::{BoxCtl, RecHeader, ReqHeader, ResultEntry, RingHeader, SegHeader};
+use crate::layout::{BoxCtl, Journal, RecHeader, ReqHeader, ResultEntry, RingHeader, SegHeader};
 
 /// Marker for types that may be viewed in shared memory by reference.
 ///
@@ -32,6 +32,7 @@ unsafe impl Shared for RecHeader {}
 unsafe impl Shared for RingHeader {}
 unsafe impl Shared for BoxCtl {}
 unsafe impl Shared for ResultEntry {}
+unsafe impl Shared for Journal {}
 unsafe impl Shared for ReqHeader {}
 unsafe impl Shared for AtomicU64 {}
 unsafe impl Shared for AtomicU32 {}

@@ -42,11 +42,7 @@ impl Store {
         if v.len() as u64 > self.seg.max_value {
             return Reply::status(status::TOO_LARGE);
         }
-        let r = self.put(ring, key, hash, v, exp, st);
-        if r.status != status::OK {
-            return r;
-        }
-        Reply::ok(ok)
+        self.put(ring, key, hash, v, exp, st, |_| Reply::ok(ok))
     }
 
     /// APPEND: `payload` is one encoded item; arg = max_len (0: unbounded). Returns the new
@@ -115,7 +111,7 @@ impl Store {
         }
         let exp =
             if req.arg == 0 { 0 } else { shm::now_ms() + req.arg.min(100 * 365 * 86_400_000) };
-        self.put(ring, req.key, hash, val, exp, st)
+        self.put(ring, req.key, hash, val, exp, st, Reply::ok)
     }
 
     /// ZADD: payload is a ZSET value of (score, member) pairs in any order; existing members
