@@ -172,6 +172,16 @@ def test_sighup_reloads_live_settings_and_names_the_others(tmp_path: Path, store
     assert "reloaded settings changed=[eviction_policy,log_level]" in srv.log
 
 
+def test_sync_durability_flushes_before_the_ack(store_dir: str) -> None:
+    with surpdb.Server(store_dir, size="32MiB", durability="sync"):
+        c = surpdb.connect(store_dir)
+        for i in range(20):
+            assert c.set(f"k{i}", i) is True
+        assert c.incr("n") == 1
+        assert c.get("k19") == 19
+        assert c.stats()["sets"] == 21
+
+
 def test_sigterm_stops_cleanly_and_restart_is_clean(store_dir: str) -> None:
     srv = surpdb.Server(store_dir, size="32MiB")
     c = surpdb.connect(store_dir)

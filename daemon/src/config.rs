@@ -31,6 +31,8 @@ pub enum Durability {
     Os,
     /// Also msync every `flush_interval`.
     Periodic,
+    /// msync before every acknowledgement (survives a machine crash; an fsync per write).
+    Sync,
 }
 
 /// Every setting, with whether SIGHUP can change it in a running daemon.
@@ -283,7 +285,8 @@ pub fn parse_durability(s: &str) -> Result<Durability> {
     match s.trim() {
         "os" => Ok(Durability::Os),
         "periodic" => Ok(Durability::Periodic),
-        _ => Err(Error::Config(format!("unknown durability {s:?}: use os or periodic"))),
+        "sync" => Ok(Durability::Sync),
+        _ => Err(Error::Config(format!("unknown durability {s:?}: use os, periodic or sync"))),
     }
 }
 

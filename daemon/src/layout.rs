@@ -329,6 +329,8 @@ pub mod status {
     pub const OVERFLOW: u32 = 6;
     /// An update op on a value of another type (append to a str...).
     pub const WRONG_TYPE: u32 = 7;
+    /// Applied, but `durability = "sync"` could not flush it to disk.
+    pub const NOT_DURABLE: u32 = 8;
 }
 
 const _: () = {

@@ -163,13 +163,25 @@ impl Daemon {
             self.refresh_active();
         }
         let mut n = 0;
+        let sync = self.cfg.durability == Durability::Sync;
         let Daemon { store, ring, scratch, active, .. } = self;
         for &b in active.iter() {
             let c = ring.ctl(b);
             if c.tail.load(Ordering::Acquire) == c.head.load(Ordering::Relaxed) {
                 continue;
             }
-            n += ring.poll(b, budget, scratch, |req| store.apply(ring, req));
+            n += ring.poll(b, budget, scratch, |req| {
+                let reply = store.apply(ring, req);
+                // The result is written only after this returns: in sync mode the request's
+                // changes reach the disk before the client hears of them.
+                if sync {
+                    if let Err(e) = store.seg.region.flush() {
+                        log::error(&format!("msync failed: {e}"));
+                        return crate::ring::Reply::status(status::NOT_DURABLE);
+                    }
+                }
+                reply
+            });
         }
         self.last_empty = n == 0;
         n

@@ -431,6 +431,11 @@ impl Client {
                 "increment of key {} leaves the 128-bit integer range",
                 key_repr(key)
             ))),
+            (status::NOT_DURABLE, _) => Err(errors::Error::new_err(format!(
+                "the write of key {} was applied but the daemon could not flush it to disk \
+                 (durability = sync); see the daemon's log",
+                key_repr(key)
+            ))),
             (s, _) => Err(errors::Error::new_err(format!(
                 "the daemon refused the request for key {} (status {s})",
                 key_repr(key)

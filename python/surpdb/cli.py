@@ -18,7 +18,7 @@ _SETTINGS = [
     ("policy", "eviction policy: allkeys-lru or noeviction"),
     ("max_clients", "client processes attached at once"),
     ("queue_bytes", "request queue per client, e.g. 4MiB"),
-    ("durability", "os or periodic"),
+    ("durability", "os, periodic or sync"),
     ("flush_interval_ms", "msync interval for periodic durability"),
     ("group", "group owning the files (clients must be members)"),
     ("log_level", "error, warn, info or debug"),
