@@ -8,6 +8,7 @@
 //! `config`, `error`.
 
 pub mod apply;
+pub mod check;
 pub mod client;
 pub mod config;
 pub mod error;

@@ -1055,6 +1055,59 @@ impl Client {
         self.with_zset(key, |entries| Ok(entries.len()))
     }
 
+    /// Raw iteration for dump: from index slot `cursor`, up to `count` unexpired items as
+    /// (key bytes, encoded value bytes, expiry in unix ms or 0). Returns (next cursor or 0
+    /// at the end, items). Keys changed during a scan may be seen twice or missed.
+    #[pyo3(signature = (cursor, count = 1000))]
+    fn _scan<'py>(
+        &self,
+        py: Python<'py>,
+        cursor: u64,
+        count: usize,
+    ) -> PyResult<(u64, Bound<'py, PyList>)> {
+        let out = PyList::empty(py);
+        let seg = &self.core.seg;
+        let now = surpdb_now();
+        let _pin = self.core.pin().map_err(to_py_err)?;
+        let mut i = cursor;
+        while i < seg.slots && out.len() < count {
+            let v = seg.slot(i).load(std::sync::atomic::Ordering::Acquire);
+            i += 1;
+            if v == 0 {
+                continue;
+            }
+            if let Some(rec) = seg.record(surpd::layout::slot_off(v)) {
+                if !rec.expired(now) {
+                    out.append((
+                        PyBytes::new(py, rec.key),
+                        PyBytes::new(py, rec.value),
+                        rec.expires_ms,
+                    ))?;
+                }
+            }
+        }
+        Ok((if i >= seg.slots { 0 } else { i }, out))
+    }
+
+    /// Store an already encoded value (for load); the daemon validates it.
+    #[pyo3(signature = (key, encoded, ttl = None))]
+    fn _set_raw(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        encoded: &[u8],
+        ttl: Option<f64>,
+    ) -> PyResult<PyObject> {
+        let ttl = ttl_ms(ttl)?;
+        if v::validate(encoded).is_err() {
+            return Err(PyValueError::new_err("not a valid surpdb value encoding"));
+        }
+        with_key(key, |k| {
+            let r = self.call(py, op::SET, 0, k, encoded, ttl, encoded.len() as u64)?;
+            self.shape(py, op::SET, k, r)
+        })
+    }
+
     /// Remove every key.
     fn clear(&self, py: Python<'_>) -> PyResult<()> {
         let r = self.call(py, op::CLEAR, 0, b"", &[], 0, 0)?;
@@ -1178,6 +1231,30 @@ fn serve(
     py.allow_threads(|| surpd::server::run(cfg)).map_err(to_py_err)
 }
 
+fn surpdb_now() -> u64 {
+    surpd::shm::now_ms()
+}
+
+/// Verify the segment in `path` without changing it; returns a report dict.
+#[pyfunction]
+fn check<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyDict>> {
+    let r = py.allow_threads(|| surpd::check::check(&path)).map_err(to_py_err)?;
+    let d = PyDict::new(py);
+    d.set_item("ok", r.problem_count == 0)?;
+    d.set_item("items", r.items)?;
+    d.set_item("live_bytes", r.live_bytes)?;
+    d.set_item("header_items", r.header_items)?;
+    d.set_item("header_live_bytes", r.header_live_bytes)?;
+    d.set_item("log_records", r.log_records)?;
+    d.set_item("log_pads", r.log_pads)?;
+    d.set_item("log_bytes", r.log_bytes)?;
+    d.set_item("clean_stop", r.clean)?;
+    d.set_item("daemon_pid", r.daemon_pid)?;
+    d.set_item("problem_count", r.problem_count)?;
+    d.set_item("problems", r.problems)?;
+    Ok(d)
+}
+
 /// Encode a value as surpdb stores it (for tests and tools).
 #[pyfunction]
 fn encode_value<'py>(py: Python<'py>, value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
@@ -1198,6 +1275,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<View>()?;
     m.add_function(wrap_pyfunction!(serve, m)?)?;
     m.add_function(wrap_pyfunction!(encode_value, m)?)?;
+    m.add_function(wrap_pyfunction!(check, m)?)?;
     m.add_function(wrap_pyfunction!(decode_value_bytes, m)?)?;
     m.add("MAX_KEY_LEN", surpd::layout::MAX_KEY_LEN)?;
     m.add("FORMAT_VERSION", surpd::layout::FORMAT_VERSION)?;

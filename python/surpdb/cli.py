@@ -88,6 +88,106 @@ def _systemd_unit(a: argparse.Namespace) -> int:
     return 0
 
 
+def _check(a: argparse.Namespace) -> int:
+    r = _native.check(a.dir)
+    if a.json:
+        print(json.dumps(r, indent=2, sort_keys=True))
+    else:
+        state = (
+            "cleanly stopped"
+            if r["clean_stop"]
+            else f"in use or not cleanly stopped (daemon pid {r['daemon_pid']})"
+        )
+        print(
+            f"{a.dir}: {r['items']} items, {r['live_bytes']} live bytes; "
+            f"{r['log_records']} records in the log; {state}"
+        )
+        for p in r["problems"]:
+            print(f"problem: {p}")
+        more = r["problem_count"] - len(r["problems"])
+        if more:
+            print(f"... and {more} more problems")
+        print("ok" if r["ok"] else f"{r['problem_count']} problems")
+    return 0 if r["ok"] else 1
+
+
+def _json_exact(v: object) -> bool:
+    """Whether v survives a JSON round trip as exactly the same Python value and types."""
+    if v is None or isinstance(v, bool | str):
+        return True
+    if type(v) is int:
+        return True
+    if type(v) is float:
+        return v == v and v not in (float("inf"), float("-inf"))
+    if type(v) is list:
+        return all(_json_exact(x) for x in v)
+    if type(v) is dict:
+        return all(type(k) is str and _json_exact(x) for k, x in v.items())
+    return False
+
+
+def _dump(a: argparse.Namespace) -> int:
+    """JSON lines: {"key": str | {"b64": ...}, "value": json} or {"value_b64": native}, "ttl"."""
+    import base64
+    import time
+
+    c = _native.Client(a.dir, 5.0)
+    out = open(a.file, "w") if a.file and a.file != "-" else sys.stdout  # noqa: SIM115
+    n, cursor = 0, 0
+    try:
+        while True:
+            cursor, items = c._scan(cursor, 1000)
+            now_ms = time.time() * 1000
+            for key, encoded, expires_ms in items:
+                try:
+                    k: object = key.decode()
+                except UnicodeDecodeError:
+                    k = {"b64": base64.b64encode(key).decode()}
+                rec: dict[str, object] = {"key": k}
+                value = _native.decode_value_bytes(encoded)
+                if _json_exact(value):
+                    rec["value"] = value
+                else:
+                    rec["value_b64"] = base64.b64encode(encoded).decode()
+                if expires_ms:
+                    rec["ttl"] = max(0.001, (expires_ms - now_ms) / 1000)
+                out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                n += 1
+            if cursor == 0:
+                break
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    print(f"dumped {n} items", file=sys.stderr)
+    return 0
+
+
+def _load(a: argparse.Namespace) -> int:
+    import base64
+
+    c = _native.Client(a.dir, 30.0)
+    n = 0
+    with open(a.file) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                k = rec["key"]
+                key = base64.b64decode(k["b64"]) if isinstance(k, dict) else k
+                ttl = rec.get("ttl")
+                if "value_b64" in rec:
+                    c._set_raw(key, base64.b64decode(rec["value_b64"]), ttl)
+                else:
+                    c.set(key, rec["value"], ttl=ttl, wait=False)
+            except (KeyError, ValueError, TypeError) as e:
+                raise Error(f"{a.file}:{lineno}: bad dump line: {e}") from e
+            n += 1
+    c.flush()
+    print(f"loaded {n} items", file=sys.stderr)
+    return 0
+
+
 _DEMO_READER = """
 import sys, surpdb
 c = surpdb.connect(sys.argv[1])
@@ -135,6 +235,21 @@ def main(argv: list[str] | None = None) -> int:
     fmt.add_argument("--json", action="store_true")
     fmt.add_argument("--prometheus", action="store_true", help="text exposition format")
     s.set_defaults(func=_stats)
+
+    s = sub.add_parser("check", help="verify a segment without changing it (exit 1 on problems)")
+    s.add_argument("dir", nargs="?", default=None)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_check)
+
+    s = sub.add_parser("dump", help="write every item as JSON lines (backup, migration)")
+    s.add_argument("dir", nargs="?", default=None)
+    s.add_argument("-o", "--file", default="-", help="output file (default: stdout)")
+    s.set_defaults(func=_dump)
+
+    s = sub.add_parser("load", help="store the items of a dump (through the running daemon)")
+    s.add_argument("dir")
+    s.add_argument("file")
+    s.set_defaults(func=_load)
 
     s = sub.add_parser("systemd-unit", help="print the systemd unit for this installation")
     s.add_argument("--user", default="surpdb")
