@@ -36,7 +36,16 @@ impl Store {
         // The previous request is complete (its result is in the ring): the journal is stale.
         self.disarm();
         self.ctx = Some((req.boxno, req.ticket, req.head_after));
-        self.seg.hdr().c_requests.fetch_add(1, Ordering::Relaxed);
+        let h = self.seg.hdr();
+        h.c_requests.fetch_add(1, Ordering::Relaxed);
+        h.op_active.store(1, Ordering::Relaxed);
+        let reply = self.apply_inner(ring, req);
+        // Counters are consistent with the index again.
+        self.seg.hdr().op_active.store(0, Ordering::Release);
+        reply
+    }
+
+    fn apply_inner(&mut self, ring: &Ring, req: &Req<'_>) -> Reply {
         if req.key.len() > MAX_KEY_LEN {
             return Reply::status(status::BAD_REQUEST);
         }
@@ -306,6 +315,13 @@ impl Store {
     /// Housekeeping: look at up to `budget` index slots and unlink expired items.
     /// Returns how many expired.
     pub fn sweep_expired(&mut self, budget: u64) -> u64 {
+        self.seg.hdr().op_active.store(1, Ordering::Relaxed);
+        let n = self.sweep_inner(budget);
+        self.seg.hdr().op_active.store(0, Ordering::Release);
+        n
+    }
+
+    fn sweep_inner(&mut self, budget: u64) -> u64 {
         let now = shm::now_ms();
         let mut n = 0;
         let mut looked = 0;
@@ -362,13 +378,16 @@ impl Store {
     /// After an unclean stop: recount items and live bytes from the index (the counters are
     /// updated after each step, so a crash can leave them off by one operation), and leave
     /// the index seqlock even. Reads every live record's header once.
-    pub fn recount(&mut self) {
+    /// Returns whether it had to read the index (the daemon died inside an operation).
+    pub fn recount(&mut self) -> bool {
         let h = self.seg.hdr();
         let s = h.idx_seq.load(Ordering::Relaxed);
         if s & 1 == 1 {
             // Killed inside a backward-shift delete: an entry may sit in two slots.
             h.idx_seq.store(s + 1, Ordering::Release);
             self.dedupe_index();
+        } else if h.op_active.load(Ordering::Acquire) == 0 {
+            return false; // died between operations: the counters are exact
         }
         let (mut items, mut bytes) = (0u64, 0u64);
         for i in 0..self.seg.slots {
@@ -382,5 +401,7 @@ impl Store {
         }
         h.items.store(items, Ordering::Relaxed);
         h.live_bytes.store(bytes, Ordering::Relaxed);
+        h.op_active.store(0, Ordering::Release);
+        true
     }
 }

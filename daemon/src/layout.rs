@@ -103,7 +103,9 @@ pub struct SegHeader {
     /// Source of record versions (compare-and-set, ordering).
     pub version: AtomicU64,
     pub daemon_pid: AtomicU32,
-    _pad1: AtomicU32,
+    /// 1 while the daemon is inside an operation that changes the index or the counters:
+    /// a restart recounts only if it died with this set.
+    pub op_active: AtomicU32,
     _pad2: [u64; 5],
 
     // ---- counters (offset 256), written by the daemon only ----

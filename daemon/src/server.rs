@@ -123,8 +123,10 @@ impl Daemon {
         let mut store = Store::new(seg);
         if !was_clean {
             sd_notify("STATUS=recovering after an unclean stop");
-            store.recount();
-            log::warn(&format!("recovered after an unclean stop generation={gen}"));
+            let recounted = store.recount();
+            log::warn(&format!(
+                "recovered after an unclean stop generation={gen} recounted={recounted}"
+            ));
         }
         // Readers of a previous run may still hold old epochs: retire what was retired.
         store.heap.retire(&store.seg);
