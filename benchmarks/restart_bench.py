@@ -123,14 +123,14 @@ def main() -> None:
     for n in map(int, a.counts.split(",")):
         s = surpdb_restart(n)
         print(
-            f"{n:>9}  {'surpdb (SIGKILL)':<22}{s['attach_ms']:>10.1f}{s['ready_ms']:>10.1f}{s['first_read_ms']:>15.1f}"
+            f"{n:>9}  {'surpdb (SIGKILL)':<22}{s['attach_ms']:>10.1f}{s['ready_ms']:>10.1f}"
+            f"{s['first_read_ms']:>15.1f}"
         )
         for mode in ("rdb", "aof"):
             try:
                 r = redis_restart(n, mode)
-                print(
-                    f"{n:>9}  {'redis ' + mode.upper() + ' (SIGKILL)':<22}{'':>10}{'':>10}{r['first_read_ms']:>15.1f}"
-                )
+                name = f"redis {mode.upper()} (SIGKILL)"
+                print(f"{n:>9}  {name:<22}{'':>20}{r['first_read_ms']:>15.1f}")
             except Exception as e:  # noqa: BLE001 - report and go on
                 print(f"{n:>9}  redis {mode}: skipped: {type(e).__name__}: {e}")
 
