@@ -375,6 +375,98 @@ impl Store {
         crate::log::warn(&format!("recovery: removed a duplicated index entry at slot {far}"));
     }
 
+    /// After a machine crash (power loss): the file may hold any mix of older and newer
+    /// pages. Keep only what is provably consistent: re-frame the log (a torn stretch becomes
+    /// a pad up to the next record that validates), then rebuild the index from the slots
+    /// whose records validate, lie inside the log window and are the newest version of their
+    /// key, and recount. Reads every slot and the whole log: only for this rare path.
+    /// Returns (entries kept, entries dropped, log bytes padded over).
+    pub fn repair_after_power_loss(&mut self) -> (u64, u64, u64) {
+        let seg = &self.seg;
+        let h = seg.hdr();
+        let (tail, head) = (h.tail.load(Ordering::Relaxed), h.head.load(Ordering::Relaxed));
+        let cap = seg.heap_cap;
+        // 1. The log: every entry from tail to head must parse for the cleaner.
+        let entry_ok = |pos: u64| -> Option<u64> {
+            let off = seg.phys(pos);
+            let (size, kind) = seg.raw_kind(off)?;
+            let fits = size >= 8 && size % REC_ALIGN == 0 && pos + size <= head;
+            match kind {
+                KIND_ITEM if fits && seg.record(off).is_some() => Some(size),
+                // A pad never crosses the heap's end.
+                KIND_PAD if fits && off + size <= seg.heap_off + cap => Some(size),
+                _ => None,
+            }
+        };
+        let mut padded = 0u64;
+        let mut pos = tail;
+        while pos < head {
+            if let Some(size) = entry_ok(pos) {
+                pos += size;
+                continue;
+            }
+            // Torn: pad over it up to the next valid record, the heap's end, or the head.
+            let mut q = pos + REC_ALIGN;
+            while q < head && q % cap != 0 && entry_ok(q).is_none() {
+                q += REC_ALIGN;
+            }
+            seg.write_pad(seg.phys(pos), q - pos);
+            padded += q - pos;
+            pos = q;
+        }
+        // 2. The index: collect valid entries, newest version per key.
+        let in_window = |off: u64| {
+            let rel = off - seg.heap_off;
+            let cap = seg.heap_cap;
+            tail + (rel + cap - tail % cap) % cap < head
+        };
+        let mut best: std::collections::HashMap<Vec<u8>, (u64, u64, u64)> = Default::default();
+        let mut dropped = 0u64;
+        for i in 0..seg.slots {
+            let v = seg.slot(i).load(Ordering::Relaxed);
+            if v == 0 {
+                continue;
+            }
+            let off = slot_off(v);
+            match seg.record(off) {
+                Some(r)
+                    if slot_tag_matches(v, r.hash)
+                        && r.hash == seg.hash(r.key)
+                        && in_window(off) =>
+                {
+                    let e = best.entry(r.key.to_vec()).or_insert((r.version, off, r.hash));
+                    if r.version > e.0 {
+                        dropped += 1;
+                        *e = (r.version, off, r.hash);
+                    } else if e.1 != off {
+                        dropped += 1;
+                    }
+                }
+                _ => dropped += 1,
+            }
+        }
+        // 3. Rebuild: clear the index and insert every kept entry at its probe position.
+        seg.clear_index();
+        let (mut items, mut bytes) = (0u64, 0u64);
+        for (_, (_, off, hash)) in best.iter() {
+            let mut i = hash & seg.mask;
+            while seg.slot(i).load(Ordering::Relaxed) != 0 {
+                i = (i + 1) & seg.mask;
+            }
+            seg.publish(i, *hash, *off);
+            items += 1;
+            bytes += seg.record(*off).map_or(0, |r| r.size);
+        }
+        h.items.store(items, Ordering::Relaxed);
+        h.live_bytes.store(bytes, Ordering::Relaxed);
+        h.op_active.store(0, Ordering::Release);
+        let s = h.idx_seq.load(Ordering::Relaxed);
+        if s & 1 == 1 {
+            h.idx_seq.store(s + 1, Ordering::Release);
+        }
+        (items, dropped, padded)
+    }
+
     /// After an unclean stop: recount items and live bytes from the index (the counters are
     /// updated after each step, so a crash can leave them off by one operation), and leave
     /// the index seqlock even. Reads every live record's header once.

@@ -106,7 +106,10 @@ pub struct SegHeader {
     /// 1 while the daemon is inside an operation that changes the index or the counters:
     /// a restart recounts only if it died with this set.
     pub op_active: AtomicU32,
-    _pad2: [u64; 5],
+    /// Kernel boot id (two halves of /proc/sys/kernel/random/boot_id) of the last attach:
+    /// an unclean stop with another boot id was a machine crash, not a process crash.
+    pub boot_id: [AtomicU64; 2],
+    _pad2: [u64; 3],
 
     // ---- counters (offset 256), written by the daemon only ----
     pub c_sets: AtomicU64,

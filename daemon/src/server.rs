@@ -120,14 +120,28 @@ impl Daemon {
                 seg.heap_cap
             )));
         }
+        let boot = shm::boot_id();
+        let last_boot =
+            [h.boot_id[0].load(Ordering::Relaxed), h.boot_id[1].load(Ordering::Relaxed)];
+        let machine_crash = !was_clean && last_boot != boot;
         let mut store = Store::new(seg);
-        if !was_clean {
+        if machine_crash {
+            sd_notify("STATUS=repairing after a machine crash");
+            let (kept, dropped, padded) = store.repair_after_power_loss();
+            log::warn(&format!(
+                "repaired after a machine crash generation={gen} kept={kept} dropped_entries={dropped} \
+                 padded_log_bytes={padded}"
+            ));
+        } else if !was_clean {
             sd_notify("STATUS=recovering after an unclean stop");
             let recounted = store.recount();
             log::warn(&format!(
                 "recovered after an unclean stop generation={gen} recounted={recounted}"
             ));
         }
+        let h = store.seg.hdr();
+        h.boot_id[0].store(boot[0], Ordering::Relaxed);
+        h.boot_id[1].store(boot[1], Ordering::Relaxed);
         // Readers of a previous run may still hold old epochs: retire what was retired.
         store.heap.retire(&store.seg);
         let ring = open_ring(&cfg, &store.seg)?;

@@ -390,6 +390,15 @@ pub fn clock_monotonic(ts: &mut libc::timespec) {
     }
 }
 
+/// The kernel's boot id as two u64 (0, 0 if unavailable).
+pub fn boot_id() -> [u64; 2] {
+    let Ok(s) = std::fs::read_to_string("/proc/sys/kernel/random/boot_id") else { return [0, 0] };
+    let hex: String = s.trim().chars().filter(|c| *c != '-').collect();
+    let a = u64::from_str_radix(hex.get(0..16).unwrap_or("0"), 16).unwrap_or(0);
+    let b = u64::from_str_radix(hex.get(16..32).unwrap_or("0"), 16).unwrap_or(0);
+    [a, b]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
