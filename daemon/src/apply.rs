@@ -407,7 +407,7 @@ impl Store {
             }
             // Torn: pad over it up to the next valid record, the heap's end, or the head.
             let mut q = pos + REC_ALIGN;
-            while q < head && q % cap != 0 && entry_ok(q).is_none() {
+            while q < head && !q.is_multiple_of(cap) && entry_ok(q).is_none() {
                 q += REC_ALIGN;
             }
             seg.write_pad(seg.phys(pos), q - pos);
