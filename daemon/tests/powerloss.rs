@@ -78,7 +78,7 @@ fn ops(rng: &mut Rng, round: u32, n: usize) -> Vec<(String, Option<String>)> {
     (0..n)
         .map(|i| {
             let k = format!("key{}", rng.next() % 700);
-            if rng.next() % 8 == 0 {
+            if rng.next().is_multiple_of(8) {
                 (k, None)
             } else {
                 let pad = "#".repeat((rng.next() % 300) as usize);
@@ -112,7 +112,7 @@ fn hybrid_images_recover_to_consistent_segments() {
         let hdir = tmpdir(&format!("hybrid{trial}"));
         let mut img = Vec::with_capacity(after.len());
         for p in 0..pages {
-            let src = if rng.next() % 2 == 0 { &before } else { &after };
+            let src = if rng.next().is_multiple_of(2) { &before } else { &after };
             img.extend_from_slice(&src[p * 4096..(p + 1) * 4096]);
         }
         std::fs::write(data_path(&hdir), &img).unwrap();
