@@ -1,0 +1,15 @@
+//! Arbitrary bytes through every value decoder: errors, never a panic.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use surpd::value;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = value::validate(data);
+    let _ = value::decode_int(data);
+    let _ = value::zset_entries(data);
+    let _ = value::list_items(data);
+    let _ = value::dict_items(data);
+    let _ = value::type_name(data);
+    let mut r = value::Reader::new(data);
+    let _ = value::skip(&mut r, 0);
+});
