@@ -35,5 +35,9 @@ fuzz_target!(|data: &[u8]| {
     c.tail.store(n as u64, Ordering::Release);
     d.poll_once(usize::MAX);
     let report = surpd::check::check(&d.cfg.dir).unwrap();
-    assert!(report.problems.iter().all(|p| !p.contains("fails validation")), "{:?}", report.problems);
+    assert!(
+        report.problems.iter().all(|p| !p.contains("fails validation")),
+        "{:?}",
+        report.problems
+    );
 });

@@ -24,7 +24,10 @@ fn base() -> &'static (Vec<u8>, PathBuf) {
             let key = format!("k{i}");
             let h = seg.hash(key.as_bytes());
             let val = [6u8, 1, b'x'];
-            seg.write_record(off, &NewRec { key: key.as_bytes(), value: &val, hash: h, version: 1, expires_ms: 0 });
+            seg.write_record(
+                off,
+                &NewRec { key: key.as_bytes(), value: &val, hash: h, version: 1, expires_ms: 0 },
+            );
             let (slot, _) = seg.find_for_write(key.as_bytes(), h);
             seg.publish(slot, h, off);
             off += surpd::layout::record_size(key.len() as u64, 3);
