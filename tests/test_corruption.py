@@ -87,3 +87,29 @@ def test_flipped_bytes_never_crash_a_reader(tmp_path: Path) -> None:
         outcomes.append(r.stdout.split()[0])
         shutil.rmtree(damaged)
     assert outcomes.count("ok") >= 6  # damage outside the header leaves it valid: reads ran
+
+
+def test_a_corrupt_record_is_a_miss_counted_logged_and_quarantined(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    with surpdb.Server(store, size="8MiB", max_value="64KiB"):
+        c = surpdb.connect(store)
+        c.set("victim", "v" * 200)
+        c.set("neighbour", "n" * 200)
+        st = c.stats()
+    heap_off = st["capacity"] - st["heap_capacity"]
+    with open(store / "data.surp", "r+b") as f:
+        f.seek(heap_off + 100)  # inside the first record's value
+        f.write(b"\x00\x01\x02")
+    with surpdb.Server(store, size="8MiB", max_value="64KiB") as srv:
+        c = surpdb.connect(store)
+        assert c.get("victim") is None  # never served
+        assert c.get("neighbour") == "n" * 200  # the rest is
+        assert c.stats()["corrupt_reads"] >= 1
+        for i in range(30_000):  # wrap the heap: the cleaner meets the bad record
+            c.set(f"churn{i}", "x" * 500, wait=False)
+        c.flush()
+        st = c.stats()
+        assert st["quarantined"] == 1
+        assert "quarantined a record" in srv.log
+        report = surpdb._native.check(store)
+        assert report["ok"], report["problems"]

@@ -194,7 +194,26 @@ impl Heap {
         let h = seg.hdr();
         let rec = match seg.record(off) {
             Some(r) => r,
-            None => return true, // torn or corrupt: the index cannot validly reach it
+            None => {
+                // Torn or corrupt: no reader can validly reach it (readers check too). Quarantine
+                // means: never served, counted, logged, and its space reused.
+                h.c_corrupt.fetch_add(1, Ordering::Relaxed);
+                crate::log::warn(&format!(
+                    "quarantined a record that fails its checksum at offset {off}"
+                ));
+                // Its key is unreadable, so find its slot by offset (rare: a scan is fine).
+                if let Some(i) =
+                    (0..seg.slots).find(|&i| slot_off(seg.slot(i).load(Ordering::Relaxed)) == off)
+                {
+                    seg.unlink(i);
+                    h.items.fetch_sub(1, Ordering::Relaxed);
+                    h.live_bytes.fetch_sub(
+                        size.min(h.live_bytes.load(Ordering::Relaxed)),
+                        Ordering::Relaxed,
+                    );
+                }
+                return true;
+            }
         };
         let (slot, cur) = seg.find_for_write(rec.key, rec.hash);
         match cur {

@@ -59,6 +59,7 @@ pub fn gather(seg: &Segment, ring: &Ring) -> Vec<(&'static str, u64)> {
         ("full_errors", h.c_full.load(Ordering::Relaxed)),
         ("reclaim_waits", h.c_reclaim_waits.load(Ordering::Relaxed)),
         ("corrupt_reads", corrupt),
+        ("quarantined", h.c_corrupt.load(Ordering::Relaxed)),
         ("clients", clients),
         ("ring_pending_bytes", pending),
         ("ring_queue_waits", waits),

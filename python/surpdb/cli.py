@@ -39,7 +39,7 @@ def _serve(a: argparse.Namespace) -> int:
 _COUNTERS = {
     "hits", "misses", "sets", "deletes", "incrs", "touches", "clears", "evictions",
     "expirations", "relocations", "requests", "errors", "full_errors", "reclaim_waits",
-    "corrupt_reads", "client_dropped_errors", "ring_queue_waits",
+    "corrupt_reads", "quarantined", "client_dropped_errors", "ring_queue_waits",
 }  # fmt: skip
 
 
