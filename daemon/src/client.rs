@@ -79,6 +79,16 @@ pub struct Client {
     pins: AtomicU32,
 }
 
+/// Pass as `now_ms` to read the clock only when a record has an expiry.
+pub const NOW_LAZY: u64 = u64::MAX;
+
+/// Count one event in this process's slot. Only this process writes its slot (and reads hold
+/// the GIL), so a load and a store do, without a locked read-modify-write.
+#[inline]
+fn bump(c: &AtomicU64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+}
+
 /// A pinned read section; unpins on drop.
 pub struct Pin<'a> {
     c: &'a Client,
@@ -177,7 +187,8 @@ impl Client {
         if self.pins.fetch_add(1, Ordering::Relaxed) == 0 {
             let ctl = self.ring.ctl(self.reader_box.load(Ordering::Relaxed));
             let e = self.seg.hdr().epoch.load(Ordering::SeqCst);
-            ctl.epoch.store(e, Ordering::SeqCst);
+            // A plain store and one full fence (xchg plus mfence would be two barriers).
+            ctl.epoch.store(e, Ordering::Relaxed);
             // SYNC POINT: SeqCst fence; pairs with the fence in heap::min_reader_epoch. Either
             // the daemon sees this pin, or our index reads see its unlinks.
             fence(Ordering::SeqCst);
@@ -197,28 +208,38 @@ impl Client {
         fence(Ordering::SeqCst);
     }
 
-    /// Look a key up. The caller holds a pin for as long as it uses the record.
+    /// Look a key up, reading the clock only for a record that has an expiry. The caller
+    /// holds a pin for as long as it uses the record.
+    #[inline]
+    pub fn get<'p>(&'p self, pin: &Pin<'p>, key: &[u8]) -> Lookup<'p> {
+        self.lookup(pin, key, NOW_LAZY)
+    }
+
+    /// Look a key up as of `now_ms` (unix ms; [`NOW_LAZY`]: read the clock if needed).
     #[inline]
     pub fn lookup<'p>(&'p self, _pin: &Pin<'p>, key: &[u8], now_ms: u64) -> Lookup<'p> {
         let hash = self.seg.hash(key);
         let ctl = self.ring.ctl(self.reader_box.load(Ordering::Relaxed));
         match self.seg.probe(key, hash) {
             Probe::Hit { rec, .. } => {
-                if rec.expired(now_ms) {
-                    ctl.misses.fetch_add(1, Ordering::Relaxed);
-                    return Lookup::Miss;
+                if rec.expires_ms != 0 {
+                    let now = if now_ms == NOW_LAZY { shm::now_ms() } else { now_ms };
+                    if rec.expired(now) {
+                        bump(&ctl.misses);
+                        return Lookup::Miss;
+                    }
                 }
-                ctl.hits.fetch_add(1, Ordering::Relaxed);
+                bump(&ctl.hits);
                 self.ring.touch_hint(rec.off - self.seg.heap_off);
                 Lookup::Hit(rec)
             }
             Probe::Miss => {
-                ctl.misses.fetch_add(1, Ordering::Relaxed);
+                bump(&ctl.misses);
                 Lookup::Miss
             }
             Probe::Corrupt => {
-                ctl.corrupt.fetch_add(1, Ordering::Relaxed);
-                ctl.misses.fetch_add(1, Ordering::Relaxed);
+                bump(&ctl.corrupt);
+                bump(&ctl.misses);
                 Lookup::Miss
             }
         }

@@ -445,7 +445,7 @@ impl Client {
 
     fn stored_type(&self, key: &[u8]) -> &'static str {
         let Ok(pin) = self.core.pin() else { return "unknown" };
-        match self.core.lookup(&pin, key, surpd::shm::now_ms()) {
+        match self.core.get(&pin, key) {
             Lookup::Hit(rec) => v::type_name(rec.value),
             Lookup::Miss => "missing value",
         }
@@ -460,7 +460,7 @@ impl Client {
     ) -> PyResult<R> {
         with_key(key, |k| {
             let pin = self.core.pin().map_err(to_py_err)?;
-            match self.core.lookup(&pin, k, surpd::shm::now_ms()) {
+            match self.core.get(&pin, k) {
                 Lookup::Miss => f(&[]),
                 Lookup::Hit(rec) => {
                     if rec.value.first() != Some(&v::ZSET) {
@@ -496,7 +496,7 @@ impl Client {
 
     fn get_one<'py>(&self, py: Python<'py>, key: &[u8]) -> PyResult<Option<Bound<'py, PyAny>>> {
         let pin = self.core.pin().map_err(to_py_err)?;
-        match self.core.lookup(&pin, key, surpd::shm::now_ms()) {
+        match self.core.get(&pin, key) {
             Lookup::Hit(rec) => Ok(Some(decode_value(py, rec.value)?)),
             Lookup::Miss => Ok(None),
         }
@@ -574,7 +574,7 @@ impl Client {
     fn has_key(&self, key: &Bound<'_, PyAny>) -> PyResult<bool> {
         with_key(key, |k| {
             let pin = self.core.pin().map_err(to_py_err)?;
-            Ok(matches!(self.core.lookup(&pin, k, surpd::shm::now_ms()), Lookup::Hit(_)))
+            Ok(matches!(self.core.get(&pin, k), Lookup::Hit(_)))
         })
     }
 
@@ -593,7 +593,7 @@ impl Client {
         let exporter = with_key(key, |k| {
             let pin = self.core.pin().map_err(to_py_err)?;
             let epoch = self.core.epoch();
-            match self.core.lookup(&pin, k, surpd::shm::now_ms()) {
+            match self.core.get(&pin, k) {
                 Lookup::Miss => Ok(None),
                 Lookup::Hit(rec) => {
                     let mut r = v::Reader::new(rec.value);
@@ -863,7 +863,7 @@ impl Client {
     ) -> PyResult<(Bound<'py, PyAny>, u64)> {
         with_key(key, |k| {
             let pin = self.core.pin().map_err(to_py_err)?;
-            match self.core.lookup(&pin, k, surpd::shm::now_ms()) {
+            match self.core.get(&pin, k) {
                 Lookup::Hit(rec) => Ok((decode_value(py, rec.value)?, rec.version)),
                 Lookup::Miss => {
                     Ok((default.clone().unwrap_or_else(|| py.None().into_bound(py)), 0))
