@@ -15,14 +15,13 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+
+from servers import free_port, memcached_args, redis_args, running
 
 import surpdb
 
@@ -55,34 +54,6 @@ def timeit_loop(loop: Callable[[int], object], n: int, repeat: int = 5) -> float
         loop(n)
         runs.append((time.perf_counter_ns() - t0) / n)
     return statistics.median(runs)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.02)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
-
-
-@contextmanager
-def server_process(args: list[str], port: int) -> Iterator[None]:
-    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port)
-        yield
-    finally:
-        p.terminate()
-        p.wait(timeout=10)
 
 
 def bench_surpdb(n: int, results: dict[str, dict[str, float]]) -> None:
@@ -176,14 +147,8 @@ def bench_memcached(n: int, results: dict[str, dict[str, float]]) -> None:
     from pymemcache.client.base import Client
     from pymemcache.serde import pickle_serde
 
-    exe = shutil.which("memcached")
-    if not exe:
-        raise RuntimeError("memcached not installed (apt-get install memcached)")
     port = free_port()
-    args = [exe, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "256"]
-    if os.geteuid() == 0:
-        args += ["-u", "root"]  # memcached refuses to run as root without naming a user
-    with server_process(args, port):
+    with running(memcached_args(port), port):
         c = Client(("127.0.0.1", port), serde=pickle_serde, no_delay=True)
         c.set("hot", VALUE_100)
         c.set("link", LINK)
@@ -201,12 +166,8 @@ def bench_redis(n: int, results: dict[str, dict[str, float]]) -> None:
 
     import redis
 
-    exe = shutil.which("redis-server")
-    if not exe:
-        raise RuntimeError("redis-server not installed (apt-get install redis-server)")
     port = free_port()
-    args = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    with server_process(args, port):
+    with running(redis_args(port, "--appendonly", "no"), port):
         c = redis.Redis(port=port)
         c.set("hot", VALUE_100)
         c.set("link", pickle.dumps(LINK))

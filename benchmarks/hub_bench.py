@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
-import subprocess
 import tempfile
 import time
+
+from servers import free_port, redis_args, running
 
 import surpdb
 
@@ -71,34 +71,12 @@ def bench_surpdb(feeds: int, rounds: int) -> dict[str, float]:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def bench_redis(feeds: int, rounds: int) -> dict[str, float]:
     import redis
 
-    exe = shutil.which("redis-server")
-    if not exe:
-        raise RuntimeError("redis-server not installed")
     port = free_port()
-    p = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
+    with running(redis_args(port, "--appendonly", "no"), port):
         r = redis.Redis(port=port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                r.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
         before = r.info("memory")["used_memory"]
         batch = 200
         for start in range(0, feeds, batch):
@@ -137,9 +115,6 @@ def bench_redis(feeds: int, rounds: int) -> dict[str, float]:
             "bytes_per_member": used / (feeds * PER_FEED),
             "used_per_member": used / (feeds * PER_FEED),
         }
-    finally:
-        p.terminate()
-        p.wait(timeout=10)
 
 
 def main() -> None:

@@ -19,12 +19,13 @@ import json
 import lzma
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from servers import free_port, memcached_args, redis_args, wait_port
 
 PER_PAGE = 100
 
@@ -169,23 +170,6 @@ def page_view(request, user: int):  # type: ignore[no-untyped-def]
     return HttpResponse(tpl.render({"user": user, "links": [found[k] for k in keys]}))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.02)
-    raise RuntimeError(f"no server on port {port}")
-
-
 def run_workers(
     a: argparse.Namespace, cache: dict[str, object], nproc: int
 ) -> list[dict[str, float]]:
@@ -250,34 +234,14 @@ def main() -> None:
                 if name == "surpdb" and srv is None:
                     srv = surpdb.Server(os.path.join(tmp, "surp"), size="256MiB")
                 if name == "memcached" and "memcached" not in ports:
-                    exe = shutil.which("memcached")
-                    if not exe:
-                        raise RuntimeError("memcached not installed")
                     ports["memcached"] = free_port()
-                    cmd = [exe, "-l", "127.0.0.1", "-p", str(ports["memcached"]), "-m", "512"]
-                    if os.geteuid() == 0:
-                        cmd += ["-u", "root"]
-                    servers.append(subprocess.Popen(cmd))
+                    cmd = memcached_args(ports["memcached"], 512)
+                    servers.append(subprocess.Popen(cmd, stderr=subprocess.DEVNULL))
                     wait_port(ports["memcached"])
                 if name == "redis" and "redis" not in ports:
-                    exe = shutil.which("redis-server")
-                    if not exe:
-                        raise RuntimeError("redis-server not installed")
                     ports["redis"] = free_port()
-                    servers.append(
-                        subprocess.Popen(
-                            [
-                                exe,
-                                "--port",
-                                str(ports["redis"]),
-                                "--save",
-                                "",
-                                "--appendonly",
-                                "no",
-                            ],
-                            stdout=subprocess.DEVNULL,
-                        )
-                    )
+                    cmd = redis_args(ports["redis"], "--appendonly", "no")
+                    servers.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL))
                     wait_port(ports["redis"])
                 cache = backend_settings(name, tmp, ports)
                 one = run_workers(a, cache, 1)[0]

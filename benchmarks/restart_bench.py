@@ -16,10 +16,11 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
+
+from servers import free_port
 
 import surpdb
 
@@ -51,12 +52,6 @@ def surpdb_restart(n: int) -> dict[str, float]:
         }
     finally:
         shutil.rmtree(d, ignore_errors=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def redis_restart(n: int, mode: str) -> dict[str, float]:

@@ -8,21 +8,14 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use surpd::client::{Client, Lookup};
+use surpd::client::Client;
+
+mod common;
+use common::{get, tmpdir};
 use surpd::config::Config;
 use surpd::layout::{flag, op, status};
 use surpd::server::Daemon;
 use surpd::value;
-
-fn tmpdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "surpd-crash-{tag}-{}-{}",
-        std::process::id(),
-        surpd::shm::random_u64()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn config(dir: &PathBuf) -> Config {
     let mut c = Config::new(dir);
@@ -53,14 +46,6 @@ fn crash_after_apply(dir: &PathBuf, c: &Client, ticket: u64) -> Daemon {
     assert!(c.ring.ctl(b).done.load(Ordering::Acquire) < ticket, "no result was written");
     drop(d); // no shutdown: the segment stays marked unclean
     Daemon::attach(config(dir)).unwrap()
-}
-
-fn get(c: &Client, key: &[u8]) -> Option<Vec<u8>> {
-    let pin = c.pin().unwrap();
-    match c.lookup(&pin, key, surpd::shm::now_ms()) {
-        Lookup::Hit(r) => Some(r.value.to_vec()),
-        Lookup::Miss => None,
-    }
 }
 
 #[test]

@@ -9,33 +9,12 @@ use std::thread;
 use std::time::Duration;
 
 use surpd::client::{Client, Lookup};
+
+mod common;
+use common::{bytes_value, get, tmpdir, Rng};
 use surpd::config::Config;
 use surpd::layout::{op, status, POLICY_EVICT, POLICY_NOEVICTION};
 use surpd::server::Daemon;
-use surpd::value;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn tmpdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "surpd-model-{tag}-{}-{}",
-        std::process::id(),
-        surpd::shm::random_u64()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// A daemon thread serving `dir` until the returned flag is set.
 fn spawn_daemon(
@@ -67,21 +46,6 @@ fn spawn_daemon(
         d.shutdown().unwrap();
     });
     (stop, h)
-}
-
-fn bytes_value(payload: &[u8]) -> Vec<u8> {
-    let mut v = vec![value::BYTES];
-    value::put_varint(&mut v, payload.len() as u64);
-    v.extend_from_slice(payload);
-    v
-}
-
-fn get(c: &Client, key: &[u8]) -> Option<Vec<u8>> {
-    let pin = c.pin().unwrap();
-    match c.lookup(&pin, key, surpd::shm::now_ms()) {
-        Lookup::Hit(r) => Some(r.value.to_vec()),
-        Lookup::Miss => None,
-    }
 }
 
 fn set(c: &Client, key: &[u8], v: &[u8]) -> u32 {

@@ -5,26 +5,18 @@
 //! written for that key, and the daemon must keep serving writes on it.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use surpd::client::{data_path, Client, Lookup};
+
+mod common;
+use common::{str_value, tmpdir, Rng};
 use surpd::config::Config;
 use surpd::layout::{op, status};
 use surpd::segment::Segment;
 use surpd::server::Daemon;
-use surpd::value;
-
-fn tmpdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "surpd-power-{tag}-{}-{}",
-        std::process::id(),
-        surpd::shm::random_u64()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn config(dir: &Path) -> Config {
     let mut c = Config::new(dir);
@@ -32,23 +24,6 @@ fn config(dir: &Path) -> Config {
     c.max_value = 4 << 10;
     c.max_clients = 4;
     c
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-fn bytes_value(s: &str) -> Vec<u8> {
-    let mut v = vec![value::STR];
-    value::put_varint(&mut v, s.len() as u64);
-    v.extend_from_slice(s.as_bytes());
-    v
 }
 
 /// Apply `ops` (key, Some(value) = set, None = delete) through a client and the daemon in
@@ -62,7 +37,7 @@ fn apply(
     for (k, v) in ops {
         let t = match v {
             Some(v) => {
-                let enc = bytes_value(v);
+                let enc = str_value(v);
                 written.entry(k.clone()).or_default().insert(enc.clone());
                 c.enqueue(op::SET, 0, k.as_bytes(), &enc, 0, enc.len() as u64).unwrap()
             }
