@@ -2,7 +2,7 @@
 .DEFAULT_GOAL := help
 PY ?= python3
 
-.PHONY: help install test test-rust test-py lint fmt bench demo
+.PHONY: help install test test-rust test-py lint fmt bench fuzz demo
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -30,9 +30,15 @@ fmt: ## format Rust and Python
 	cargo fmt --all
 	$(PY) -m ruff format python tests benchmarks
 
-bench: ## cache latency table beside dict, py-lmdb, LocMemCache, memcached, redis
+bench: ## latency, page, hub and restart benchmarks beside their anchors (starts redis, memcached)
 	$(PY) -m pip install ".[bench]"
 	$(PY) benchmarks/bench_cache.py
+	$(PY) benchmarks/linkrdr_bench.py
+	$(PY) benchmarks/hub_bench.py
+	$(PY) benchmarks/restart_bench.py
+
+fuzz: ## a short cargo-fuzz pass of every target (SECONDS_EACH=600 for longer)
+	bash fuzz/run.sh
 
 demo: ## start a daemon on the default directory, write and read from two processes
 	$(PY) -m pip install .
