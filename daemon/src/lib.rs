@@ -10,6 +10,7 @@
 pub mod apply;
 pub mod check;
 pub mod client;
+pub mod codec;
 pub mod config;
 pub mod error;
 pub mod heap;
