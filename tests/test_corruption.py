@@ -64,8 +64,8 @@ def test_flipped_bytes_never_crash_a_reader(tmp_path: Path) -> None:
     regions = [
         (0, 4096),  # header
         (4096, heap_off),  # index: garbage slots point anywhere
-        (heap_off, st["bytes_used"]),  # the records
-        (heap_off, st["bytes_used"]),
+        (heap_off, heap_off + st["heap_used"]),  # the records
+        (heap_off, heap_off + st["heap_used"]),
     ]
     rng = random.Random(1234)
     outcomes = []

@@ -23,7 +23,12 @@ fn main() {
     let t0 = Instant::now();
     let m = codec::train(&sample, compact, &mut t).unwrap();
     let model_bytes = m.to_bytes().len();
-    println!("trained on {} values in {:.2?}; model {} bytes", sample.len(), t0.elapsed(), model_bytes);
+    println!(
+        "trained on {} values in {:.2?}; model {} bytes",
+        sample.len(),
+        t0.elapsed(),
+        model_bytes
+    );
     let mut enc = RecordEncoder::new();
     let mut comp: Vec<Vec<u8>> = Vec::with_capacity(vals.len());
     let t0 = Instant::now();
@@ -51,18 +56,26 @@ fn main() {
     }
     let t0 = Instant::now();
     let mut x = 0usize;
-    let idx: Vec<usize> = (0..200_000usize).map(|i| (i.wrapping_mul(2654435761)) % vals.len()).collect();
+    let idx: Vec<usize> =
+        (0..200_000usize).map(|i| (i.wrapping_mul(2654435761)) % vals.len()).collect();
     for &i in &idx {
         out.clear();
         codec::decode(&m, &t, &comp[i], &mut out).unwrap();
         x += out.len();
     }
-    println!("decode {:.0} ns/value (random order) [{x}]", t0.elapsed().as_secs_f64() * 1e9 / idx.len() as f64);
+    println!(
+        "decode {:.0} ns/value (random order) [{x}]",
+        t0.elapsed().as_secs_f64() * 1e9 / idx.len() as f64
+    );
     let t0 = Instant::now();
     for _ in 0..200_000 {
         out.clear();
         codec::decode(&m, &t, &comp[12345], &mut out).unwrap();
         x += out.len();
     }
-    println!("decode {:.0} ns/value (one value, hot) [{x}] {} bytes", t0.elapsed().as_secs_f64() * 1e9 / 200_000.0, comp[12345].len());
+    println!(
+        "decode {:.0} ns/value (one value, hot) [{x}] {} bytes",
+        t0.elapsed().as_secs_f64() * 1e9 / 200_000.0,
+        comp[12345].len()
+    );
 }

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 
 use crate::heap::{CleanStats, Heap};
 use crate::layout::*;
+use crate::records::RecStore;
 use crate::ring::{Reply, Req, Ring};
 use crate::segment::{NewRec, Segment};
 use crate::shm;
@@ -17,6 +18,8 @@ use crate::value;
 pub struct Store {
     pub seg: Segment,
     pub heap: Heap,
+    /// The record store (the daemon attaches one; model tests run without).
+    pub recs: Option<RecStore>,
     sweep_cursor: u64,
     /// (box, ticket, head after) of the request being applied, for the journal.
     ctx: Option<(u32, u64, u64)>,
@@ -28,7 +31,7 @@ const MAX_TTL_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
 impl Store {
     pub fn new(seg: Segment) -> Store {
         let heap = Heap::load(&seg);
-        Store { seg, heap, sweep_cursor: 0, ctx: None }
+        Store { seg, heap, recs: None, sweep_cursor: 0, ctx: None }
     }
 
     /// Apply one request and produce its reply. Never panics on bad input.
@@ -65,6 +68,9 @@ impl Store {
             op::CAS => self.cas(ring, req, &mut st),
             op::ZADD => self.zadd(ring, req, &mut st),
             op::ZREM => self.zrem(ring, req, &mut st),
+            op::INSERT | op::UPDATE => self.insert(req),
+            op::REMOVE => self.remove_record(req.arg),
+            op::TRAIN => self.train(req),
             _ => Reply::status(status::BAD_REQUEST),
         };
         self.account(&st);
@@ -115,8 +121,13 @@ impl Store {
     /// after a crash, `key` holding `new_version` (or, for a delete with new_version 0, no
     /// longer holding `old_version`) proves the request took effect, and `reply` is its answer.
     fn arm(&self, key: &[u8], new_version: u64, old_version: u64, reply: Reply) {
+        self.arm_kind(0, key, new_version, old_version, reply);
+    }
+
+    fn arm_kind(&self, kind: u64, key: &[u8], new_version: u64, old_version: u64, reply: Reply) {
         let Some((b, t, h)) = self.ctx else { return };
         let j = self.journal();
+        j.kind.store(kind, Ordering::Relaxed);
         self.seg.region.write(JOURNAL_KEY_OFF, key);
         j.key_len.store(key.len() as u32, Ordering::Relaxed);
         j.boxno.store(b, Ordering::Relaxed);
@@ -161,9 +172,28 @@ impl Store {
         if done >= t || done + 1 != t || head >= h || h > c.tail.load(Ordering::Acquire) {
             return None; // completed before the crash, or the box moved on
         }
-        let hash = self.seg.hash(&key);
-        let cur = self.seg.find_for_write(&key, hash).1.map(|r| r.version);
-        let applied = if new_v != 0 { cur == Some(new_v) } else { cur != Some(old_v) };
+        let applied = if j.kind.load(Ordering::Relaxed) == JOURNAL_RECORD {
+            let Some(rs) = self.recs.as_mut() else {
+                return Some(
+                    "journal names a record request but no record store is attached".into(),
+                );
+            };
+            // A new id that is live proves the insert; an update also removes the old one
+            // (finished here if the crash came between the two).
+            let done = new_v == 0 || rs.is_live(new_v);
+            if done && old_v != 0 {
+                rs.remove(old_v);
+            }
+            done && (new_v != 0 || !rs.is_live(old_v))
+        } else {
+            let hash = self.seg.hash(&key);
+            let cur = self.seg.find_for_write(&key, hash).1.map(|r| r.version);
+            if new_v != 0 {
+                cur == Some(new_v)
+            } else {
+                cur != Some(old_v)
+            }
+        };
         if applied {
             ring.complete(b, t, h, reply);
             Some(format!(
@@ -220,6 +250,92 @@ impl Store {
         h.live_bytes.fetch_add(size, Ordering::Relaxed);
         h.c_sets.fetch_add(1, Ordering::Relaxed);
         answer
+    }
+
+    /// Record store: insert (or update: insert, then remove the old id).
+    fn insert(&mut self, req: &Req<'_>) -> Reply {
+        if req.arg2 != req.payload.len() as u64 || req.payload.len() as u64 > self.seg.max_value {
+            return Reply::status(if req.payload.len() as u64 > self.seg.max_value {
+                status::TOO_LARGE
+            } else {
+                status::BAD_REQUEST
+            });
+        }
+        let Some(rs) = self.recs.as_mut() else { return Reply::status(status::BAD_REQUEST) };
+        let old = if req.op == op::UPDATE { req.arg } else { 0 };
+        if old != 0 && !rs.is_live(old) {
+            return Reply::status(status::NOT_DONE);
+        }
+        let ins = match rs.prepare(req.payload) {
+            Ok(i) => i,
+            Err(crate::Error::SegmentFull(m)) => {
+                crate::log::warn(&m);
+                return Reply::status(status::SEGMENT_FULL);
+            }
+            Err(crate::Error::ValueTooLarge { .. }) => return Reply::status(status::TOO_LARGE),
+            Err(e) => {
+                crate::log::warn(&format!("insert refused: {e}"));
+                return Reply::status(status::BAD_REQUEST);
+            }
+        };
+        let answer = Reply::ok(ins.rid);
+        self.arm_kind(JOURNAL_RECORD, b"", ins.rid, old, answer);
+        let rs = self.recs.as_mut().expect("checked above");
+        rs.publish(&ins);
+        if old != 0 {
+            rs.remove(old);
+        }
+        if rs.auto_train_due() {
+            let compact = rs.rf.hdr().compact.load(Ordering::Relaxed) != 0;
+            let t0 = std::time::Instant::now();
+            match rs.train(compact) {
+                Ok(bytes) => crate::log::info(&format!(
+                    "trained the record codec records={} model_bytes={bytes} ms={:.0}",
+                    rs.train_after,
+                    t0.elapsed().as_secs_f64() * 1e3
+                )),
+                Err(e) => crate::log::warn(&format!("automatic training failed: {e}")),
+            }
+        }
+        answer
+    }
+
+    fn remove_record(&mut self, rid: u64) -> Reply {
+        let Some(rs) = self.recs.as_mut() else { return Reply::status(status::BAD_REQUEST) };
+        if !rs.is_live(rid) {
+            return Reply::ok(0);
+        }
+        let answer = Reply::ok(1);
+        self.arm_kind(JOURNAL_RECORD, b"", 0, rid, answer);
+        self.recs.as_mut().expect("checked above").remove(rid);
+        answer
+    }
+
+    fn train(&mut self, req: &Req<'_>) -> Reply {
+        let Some(rs) = self.recs.as_mut() else { return Reply::status(status::BAD_REQUEST) };
+        if req.flags & flag::SAMPLE != 0 {
+            if value::validate(req.payload).is_err() {
+                return Reply::status(status::BAD_REQUEST);
+            }
+            if rs.samples.len() < crate::records::MAX_SAMPLES {
+                rs.samples.push(req.payload.to_vec());
+            }
+            return Reply::ok(rs.samples.len() as u64);
+        }
+        let t0 = std::time::Instant::now();
+        match rs.train(req.flags & flag::COMPACT != 0) {
+            Ok(bytes) => {
+                crate::log::info(&format!(
+                    "trained the record codec model_bytes={bytes} ms={:.0}",
+                    t0.elapsed().as_secs_f64() * 1e3
+                ));
+                Reply::ok(bytes as u64)
+            }
+            Err(e) => {
+                crate::log::warn(&format!("training failed: {e}"));
+                Reply::status(status::NOT_DONE)
+            }
+        }
     }
 
     fn set(&mut self, ring: &Ring, req: &Req<'_>, st: &mut CleanStats) -> Reply {

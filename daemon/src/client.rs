@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::index::Probe;
 use crate::layout::*;
+use crate::records::{decode_payload, records_path, LogTables, RecFile};
 use crate::ring::{Reply, Ring};
 use crate::segment::{Rec, Segment};
 use crate::shm;
@@ -77,6 +78,9 @@ pub struct Client {
     reader_box: AtomicU32,
     reader_gen: AtomicU64,
     pins: AtomicU32,
+    /// The record store's file (opened on first use) and its tables as read so far.
+    recs: std::sync::OnceLock<RecFile>,
+    tables: Mutex<LogTables>,
 }
 
 /// Pass as `now_ms` to read the clock only when a record has an expiry.
@@ -145,6 +149,8 @@ impl Client {
             reader_box: AtomicU32::new(boxno),
             reader_gen: AtomicU64::new(gen),
             pins: AtomicU32::new(0),
+            recs: std::sync::OnceLock::new(),
+            tables: Mutex::new(LogTables::default()),
         })
     }
 
@@ -243,6 +249,50 @@ impl Client {
                 Lookup::Miss
             }
         }
+    }
+
+    /// The records file (the daemon creates it when it attaches).
+    pub fn records(&self) -> Result<&RecFile> {
+        if let Some(r) = self.recs.get() {
+            return Ok(r);
+        }
+        let rf = RecFile::open(&records_path(&self.dir), false)?;
+        Ok(self.recs.get_or_init(|| rf))
+    }
+
+    /// Read record `rid` into `out` (value encoding). Err(reason) when there is no such
+    /// live record (a bad, removed or stale id); other failures are errors.
+    pub fn record(
+        &self,
+        rid: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<std::result::Result<(), &'static str>> {
+        let rf = self.records()?;
+        let _pin = self.pin()?;
+        let (payload, model) = match rf.lookup(rid) {
+            Ok(x) => x,
+            Err(why) => return Ok(Err(why)),
+        };
+        let mut t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        if rf.hdr().tables_end.load(Ordering::Acquire) != t.parsed {
+            t.refresh(rf)?;
+        }
+        decode_payload(&t, model, payload, out)
+            .map_err(|e| Error::Corrupted(format!("record {rid} in {}: {e}", rf.path.display())))?;
+        Ok(Ok(()))
+    }
+
+    /// Record-store counters: (live records, bytes used by the records file, models).
+    pub fn record_stats(&self) -> Option<(u64, u64, u64, u64, u64)> {
+        let rf = self.records().ok()?;
+        let h = rf.hdr();
+        Some((
+            h.live.load(Ordering::Relaxed),
+            rf.bytes_used(),
+            h.nmodels.load(Ordering::Relaxed),
+            h.inserted.load(Ordering::Relaxed),
+            h.removed.load(Ordering::Relaxed),
+        ))
     }
 
     /// Check a key before it is sent.

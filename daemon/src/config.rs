@@ -47,6 +47,9 @@ pub const SETTINGS: &[(&str, bool)] = &[
     ("flush_interval_ms", true),
     ("group", false),
     ("log_level", true),
+    ("records_size", false),
+    ("codec", false),
+    ("train_after", false),
 ];
 
 #[derive(Clone, Debug, PartialEq)]
@@ -65,6 +68,11 @@ pub struct Config {
     /// Group that owns the files (clients in it may attach); None = the daemon's group.
     pub group: Option<String>,
     pub log_level: Level,
+    /// Size of a new records file (sparse: only what records use takes disk).
+    pub records_size: u64,
+    /// Compact codec (smaller, slower to decode) for models trained automatically.
+    pub compact: bool,
+    pub train_after: u64,
     /// Write "READY=1\n" to this descriptor once serving (used by surpdb.Server).
     pub ready_fd: Option<i32>,
     pub data_mode: u32,
@@ -87,6 +95,9 @@ impl Config {
             flush_interval: Duration::from_secs(1),
             group: None,
             log_level: Level::Info,
+            records_size: 1 << 30,
+            compact: false,
+            train_after: 10_000,
             ready_fd: None,
             data_mode: 0o640,
             ring_mode: 0o660,
@@ -176,6 +187,17 @@ impl Config {
             }
             "group" => self.group = if val.is_empty() { None } else { Some(val.to_string()) },
             "log_level" => self.log_level = Level::parse(val).map_err(|e| bad(e.to_string()))?,
+            "records_size" => {
+                self.records_size = parse_size(val).map_err(|e| bad(e.to_string()))?
+            }
+            "codec" => {
+                self.compact = match val.trim() {
+                    "fast" => false,
+                    "compact" => true,
+                    v => return Err(bad(format!("{v:?} is not a codec (fast or compact)"))),
+                }
+            }
+            "train_after" => self.train_after = num(val)?,
             _ => {
                 let known: Vec<&str> = SETTINGS.iter().map(|(k, _)| *k).collect();
                 return Err(Error::Config(format!(
@@ -217,6 +239,12 @@ impl Config {
             crate::shm::group_id(g)?;
         }
         crate::segment::Geometry::for_size(self.size, self.max_value)?;
+        if self.records_size < 16 << 20 || self.records_size > 1 << 40 {
+            return Err(Error::Config(format!(
+                "records_size {} is out of range (16 MiB to 1 TiB)",
+                self.records_size
+            )));
+        }
         Ok(())
     }
 

@@ -259,8 +259,14 @@ pub struct Journal {
     pub key_len: AtomicU32,
     pub value: AtomicU64,
     pub aux: AtomicU64,
-    _pad: [u64; 8],
+    /// What `new_version` / `old_version` name: 0 = record versions of `key` in the cache;
+    /// [`JOURNAL_RECORD`] = record-store ids (a new id that is live, an old id not live).
+    pub kind: AtomicU64,
+    _pad: [u64; 7],
 }
+
+/// Journal kind for record-store requests.
+pub const JOURNAL_RECORD: u64 = 1;
 
 /// Result of one request, in a per-box ring of `nresults` entries indexed by ticket.
 #[repr(C)]
@@ -310,6 +316,14 @@ pub mod op {
     pub const ZADD: u8 = 11;
     /// Remove members from a sorted set (payload: a LIST of str/bytes).
     pub const ZREM: u8 = 12;
+    /// Record store: insert the payload (a value); the reply's value is the new id.
+    pub const INSERT: u8 = 13;
+    /// Remove the record whose id is `arg`; value 1 if it was live.
+    pub const REMOVE: u8 = 14;
+    /// Replace record `arg` with the payload: a new id (value); NOT_DONE if `arg` is not live.
+    pub const UPDATE: u8 = 15;
+    /// Train a codec model from the stored records (flags: [`flag::COMPACT`]).
+    pub const TRAIN: u8 = 16;
 }
 
 /// Request flags.
@@ -318,6 +332,10 @@ pub mod flag {
     pub const INCR_CREATE: u8 = 1;
     /// MERGE: merge nested dicts instead of replacing them.
     pub const DEEP: u8 = 2;
+    /// train: the compact codec.
+    pub const COMPACT: u8 = 4;
+    /// train: the payload is one sample record, kept for the next train request.
+    pub const SAMPLE: u8 = 8;
 }
 
 /// Result statuses.

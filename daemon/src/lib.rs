@@ -17,6 +17,7 @@ pub mod heap;
 pub mod index;
 pub mod layout;
 pub mod log;
+pub mod records;
 pub mod ring;
 pub mod segment;
 #[cfg(feature = "server")]

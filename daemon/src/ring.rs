@@ -517,7 +517,16 @@ impl Ring {
             // Ops with a payload carry its length in arg2 (checked again by the apply step).
             let has_payload = matches!(
                 opc,
-                op::SET | op::ADD | op::APPEND | op::MERGE | op::CAS | op::ZADD | op::ZREM
+                op::SET
+                    | op::ADD
+                    | op::APPEND
+                    | op::MERGE
+                    | op::CAS
+                    | op::ZADD
+                    | op::ZREM
+                    | op::INSERT
+                    | op::UPDATE
+                    | op::TRAIN
             );
             let payload_len = if has_payload { arg2.min(rest.len() as u64) } else { 0 };
             let req = Req {

@@ -14,6 +14,7 @@ use crate::config::{Config, Durability};
 use crate::error::{Error, Result};
 use crate::layout::*;
 use crate::log;
+use crate::records::{records_path, RecFile, RecStore};
 use crate::ring::{Ring, RingParams};
 use crate::segment::{Geometry, Segment};
 use crate::shm::{self, futex_wait};
@@ -139,6 +140,17 @@ impl Daemon {
                 "recovered after an unclean stop generation={gen} recounted={recounted}"
             ));
         }
+        let rp = records_path(&cfg.dir);
+        if !rp.exists() {
+            RecFile::create(&rp, cfg.records_size, cfg.data_mode, cfg.compact)?;
+            log::info(&format!("created records file path={}", rp.display()));
+        }
+        let recs = RecStore::attach(RecFile::open(&rp, true)?, cfg.train_after)?;
+        if !was_clean {
+            recs.recount();
+        }
+        set_owner_mode(&rp, gid, cfg.data_mode)?;
+        store.recs = Some(recs);
         let h = store.seg.hdr();
         h.boot_id[0].store(boot[0], Ordering::Relaxed);
         h.boot_id[1].store(boot[1], Ordering::Relaxed);
@@ -191,7 +203,8 @@ impl Daemon {
                 // The result is written only after this returns: in sync mode the request's
                 // changes reach the disk before the client hears of them.
                 if sync {
-                    if let Err(e) = store.seg.region.flush() {
+                    let recs = store.recs.as_ref().map(|r| r.rf.region.flush());
+                    if let Err(e) = store.seg.region.flush().and(recs.unwrap_or(Ok(()))) {
                         log::error(&format!("msync failed: {e}"));
                         return crate::ring::Reply::status(status::NOT_DURABLE);
                     }
@@ -201,6 +214,22 @@ impl Daemon {
         }
         self.last_empty = n == 0;
         n
+    }
+
+    /// Retire emptied record chunks at the current epoch and free those no reader can see.
+    fn reclaim_chunks(&mut self) {
+        let Some(rs) = self.store.recs.as_mut() else { return };
+        let h = self.store.seg.hdr();
+        let e = h.epoch.load(Ordering::Relaxed);
+        if rs.stamp_retired(e) {
+            // SYNC POINT: SeqCst, as in Heap::retire: a reader pinning the new epoch sees
+            // the chunks' retired state.
+            h.epoch.store(e + 1, Ordering::SeqCst);
+        }
+        if !rs.retired.is_empty() {
+            let min = crate::heap::min_reader_epoch(&self.ring, rs.retired[0].1);
+            rs.reclaim(min);
+        }
     }
 
     fn refresh_active(&mut self) {
@@ -266,6 +295,7 @@ impl Daemon {
             if now.duration_since(last_reap) >= Duration::from_millis(200) {
                 self.reap();
                 self.store.heap.reclaim(&self.store.seg, &self.ring);
+                self.reclaim_chunks();
                 last_reap = now;
             }
             if n == 0 && now.duration_since(last_sweep) >= Duration::from_millis(10) {
@@ -392,6 +422,9 @@ impl Daemon {
         rh.ready.store(0, Ordering::Release);
         rh.daemon_pid.store(0, Ordering::Release);
         self.store.heap.store(&self.store.seg);
+        if let Some(rs) = &self.store.recs {
+            rs.rf.region.flush().map_err(|e| Error::io("cannot flush the records file", e))?;
+        }
         self.store.seg.region.flush().map_err(|e| Error::io("cannot flush the segment", e))?;
         let h = self.store.seg.hdr();
         h.daemon_pid.store(0, Ordering::Relaxed);

@@ -18,6 +18,7 @@ use std::time::Duration;
 use memmap2::{Mmap, MmapMut, MmapOptions};
 
 use crate::layout::{BoxCtl, Journal, RecHeader, ReqHeader, ResultEntry, RingHeader, SegHeader};
+use crate::records::{ChunkCtl, RecFileHeader};
 
 /// Marker for types that may be viewed in shared memory by reference.
 ///
@@ -34,6 +35,8 @@ unsafe impl Shared for BoxCtl {}
 unsafe impl Shared for ResultEntry {}
 unsafe impl Shared for Journal {}
 unsafe impl Shared for ReqHeader {}
+unsafe impl Shared for RecFileHeader {}
+unsafe impl Shared for ChunkCtl {}
 unsafe impl Shared for AtomicU64 {}
 unsafe impl Shared for AtomicU32 {}
 unsafe impl Shared for AtomicU8 {}

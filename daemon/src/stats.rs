@@ -37,8 +37,16 @@ pub fn gather(seg: &Segment, ring: &Ring) -> Vec<(&'static str, u64)> {
     vec![
         ("items", h.items.load(Ordering::Relaxed)),
         ("bytes", h.live_bytes.load(Ordering::Relaxed)),
-        // Header + index + the part of the heap in use (live, dead-not-yet-cleaned, padding).
-        ("bytes_used", seg.heap_off + head.saturating_sub(free_limit).min(seg.heap_cap)),
+        // Header + the index pages that hold entries + the part of the heap in use (live,
+        // dead-not-yet-cleaned, padding). The index is sparse until written: with n items
+        // hashed over P pages, P (1 - e^(-n/P)) pages are expected to hold one.
+        ("bytes_used", {
+            let pages = (seg.slots * 8).div_ceil(PAGE) as f64;
+            let n = h.items.load(Ordering::Relaxed) as f64;
+            let index = (pages * (1.0 - (-n / pages).exp())) as u64 * PAGE;
+            SEG_HEADER_BYTES + index + head.saturating_sub(free_limit).min(seg.heap_cap)
+        }),
+        ("heap_used", head.saturating_sub(free_limit).min(seg.heap_cap)),
         ("capacity", seg.size),
         ("heap_capacity", seg.heap_cap),
         ("index_slots", seg.slots),

@@ -1145,7 +1145,162 @@ impl Client {
             },
         )?;
         d.set_item("client_dropped_errors", self.core.dropped_errors())?;
+        if let Some((live, bytes, models, inserted, removed)) = self.core.record_stats() {
+            d.set_item("records", live)?;
+            d.set_item("records_bytes", bytes)?;
+            d.set_item("record_models", models)?;
+            d.set_item("records_inserted", inserted)?;
+            d.set_item("records_removed", removed)?;
+            let cache: u64 =
+                d.get_item("bytes_used")?.map(|x| x.extract()).transpose()?.unwrap_or(0);
+            d.set_item("cache_bytes_used", cache)?;
+            d.set_item("bytes_used", cache + bytes)?;
+        }
         Ok(d)
+    }
+
+    // ------------------------------------------------------------ record store
+
+    /// Store a record (any value; dicts of strings and numbers compress best) and return its
+    /// id, an int derived from where it is stored. With wait=False, return a ticket instead.
+    #[pyo3(signature = (record, wait = true))]
+    fn insert(&self, py: Python<'_>, record: &Bound<'_, PyAny>, wait: bool) -> PyResult<u64> {
+        let buf = self.encode_value(record)?;
+        if !wait {
+            return self.enqueue(op::INSERT, 0, b"", &buf, 0, buf.len() as u64);
+        }
+        let r = self.call(py, op::INSERT, 0, b"", &buf, 0, buf.len() as u64)?;
+        self.record_reply(r, None)
+    }
+
+    /// Store many records (pipelined through the ring); their ids, in order. Raises on the
+    /// first failure after every request has been answered, naming how many were stored.
+    fn insert_many(&self, py: Python<'_>, records: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
+        let mut tickets = Vec::new();
+        let mut buf = Vec::with_capacity(256);
+        for rec in records.try_iter()? {
+            let rec = rec?;
+            buf.clear();
+            encode(&rec, &mut buf, 0)?;
+            let t = self
+                .core
+                .enqueue(op::INSERT, 0, b"", &buf, 0, buf.len() as u64)
+                .map_err(to_py_err)?;
+            tickets.push(t);
+        }
+        let mut ids = Vec::with_capacity(tickets.len());
+        let mut first_err: Option<PyErr> = None;
+        let core = &self.core;
+        let replies: Vec<surpd::Result<Reply>> =
+            py.allow_threads(|| tickets.iter().map(|&t| core.wait(t)).collect());
+        for (i, r) in replies.into_iter().enumerate() {
+            match r.map_err(to_py_err).and_then(|r| self.record_reply(r, None)) {
+                Ok(id) => ids.push(id),
+                Err(e) => {
+                    if first_err.is_none() {
+                        // Same exception type, with which record failed.
+                        let msg = format!("insert_many: record {i}: {}", e.value(py));
+                        first_err = Some(match e.get_type(py).call1((msg,)) {
+                            Ok(x) => PyErr::from_value(x),
+                            Err(_) => e,
+                        });
+                    }
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(ids),
+        }
+    }
+
+    /// The record with id `rid`: a fresh dict (or whatever was stored), or with lazy=True a
+    /// read-only Record mapping that builds Python values only for the fields it is asked.
+    /// KeyError for an id that is not a live record (removed, stale or made up).
+    #[pyo3(signature = (rid, lazy = false))]
+    fn record<'py>(
+        &self,
+        py: Python<'py>,
+        rid: &Bound<'py, PyAny>,
+        lazy: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let id = record_id(rid)?;
+        let mut out = Vec::with_capacity(256);
+        match self.core.record(id, &mut out).map_err(to_py_err)? {
+            Ok(()) => {}
+            Err(why) => return Err(PyKeyError::new_err(format!("{why}: {}", rid.repr()?))),
+        }
+        if lazy {
+            let fields = match v::dict_items(&out) {
+                Ok(f) if out.first() == Some(&v::DICT) => f,
+                _ => return decode_value(py, &out),
+            };
+            return Ok(Bound::new(py, Record { buf: out, fields, rid: id })?.into_any());
+        }
+        decode_value(py, &out)
+    }
+
+    /// Remove a record. True if it was there.
+    fn remove(&self, py: Python<'_>, rid: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let Ok(id) = record_id(rid) else { return Ok(false) };
+        let r = self.call(py, op::REMOVE, 0, b"", &[], id, 0)?;
+        Ok(self.record_reply(r, None)? == 1)
+    }
+
+    /// Replace a record; returns the new id (ids are offsets, so a new value gets a new id).
+    /// The old id then raises KeyError. KeyError if `rid` is not a live record.
+    fn update(
+        &self,
+        py: Python<'_>,
+        rid: &Bound<'_, PyAny>,
+        record: &Bound<'_, PyAny>,
+    ) -> PyResult<u64> {
+        let id = record_id(rid)?;
+        let buf = self.encode_value(record)?;
+        let r = self.call(py, op::UPDATE, 0, b"", &buf, id, buf.len() as u64)?;
+        self.record_reply(r, Some(rid))
+    }
+
+    /// Train the record codec on `sample` (an iterable of records, up to 200,000 used) or,
+    /// without one, on up to 100,000 stored records. Later inserts use the new model; stored
+    /// records keep theirs. compact=True: smaller records, slower to decode. Returns the
+    /// model's size in bytes.
+    #[pyo3(signature = (sample = None, compact = false))]
+    fn train(
+        &self,
+        py: Python<'_>,
+        sample: Option<&Bound<'_, PyAny>>,
+        compact: bool,
+    ) -> PyResult<u64> {
+        if let Some(sample) = sample {
+            let mut tickets = Vec::new();
+            let mut buf = Vec::with_capacity(256);
+            for rec in sample.try_iter()? {
+                buf.clear();
+                encode(&rec?, &mut buf, 0)?;
+                if buf.len() as u64 > self.core.max_value() {
+                    continue;
+                }
+                let t = self
+                    .core
+                    .enqueue(op::TRAIN, flag::SAMPLE, b"", &buf, 0, buf.len() as u64)
+                    .map_err(to_py_err)?;
+                tickets.push(t);
+            }
+            let core = &self.core;
+            for t in tickets {
+                let r = py.allow_threads(|| core.wait(t)).map_err(to_py_err)?;
+                self.record_reply(r, None)?;
+            }
+        }
+        let flags = if compact { flag::COMPACT } else { 0 };
+        let r = self.call(py, op::TRAIN, flags, b"", &[], 0, 0)?;
+        if r.status == status::NOT_DONE {
+            return Err(PyValueError::new_err(
+                "training failed: the record store is empty (see the daemon's log)",
+            ));
+        }
+        self.record_reply(r, None)
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
@@ -1157,6 +1312,135 @@ impl Client {
 
     fn __repr__(&self) -> String {
         format!("<surpdb.Client {:?}>", self.core.dir)
+    }
+}
+
+/// A record id from Python: an int; a negative or too large one is no record (KeyError).
+fn record_id(rid: &Bound<'_, PyAny>) -> PyResult<u64> {
+    if !rid.is_instance_of::<pyo3::types::PyInt>() || rid.is_instance_of::<PyBool>() {
+        return Err(PyTypeError::new_err(format!(
+            "record ids are ints, got {}",
+            rid.get_type().name()?
+        )));
+    }
+    rid.extract::<u64>().map_err(|_| {
+        PyKeyError::new_err(format!(
+            "no such record id: {}",
+            rid.repr().map(|r| r.to_string()).unwrap_or_default()
+        ))
+    })
+}
+
+impl Client {
+    /// Result of a record-store request: the reply's value, or the exception for its status.
+    fn record_reply(&self, r: Reply, rid: Option<&Bound<'_, PyAny>>) -> PyResult<u64> {
+        match r.status {
+            status::OK => Ok(r.value),
+            status::NOT_DONE => Err(PyKeyError::new_err(format!(
+                "no such record: {}",
+                rid.map(|x| x.to_string()).unwrap_or_default()
+            ))),
+            status::TOO_LARGE => Err(errors::ValueTooLarge::new_err(format!(
+                "record exceeds the largest storable record ({} bytes max_value, {} compressed)",
+                self.core.max_value(),
+                surpd::records::MAX_RECORD
+            ))),
+            status::SEGMENT_FULL => Err(errors::SegmentFull::new_err(
+                "the records file is full (records_size); see surpdb stats: records_bytes",
+            )),
+            status::NOT_DURABLE => Err(pyo3::exceptions::PyOSError::new_err(
+                "msync failed: the write may not be durable",
+            )),
+            s => Err(PyValueError::new_err(format!("the daemon refused the record (status {s})"))),
+        }
+    }
+}
+
+/// A stored record as a read-only mapping: fields are turned into Python values when read.
+#[pyclass(module = "surpdb._native", frozen, mapping)]
+struct Record {
+    buf: Vec<u8>,
+    fields: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
+    rid: u64,
+}
+
+impl Record {
+    fn find(&self, key: &Bound<'_, PyAny>) -> PyResult<Option<usize>> {
+        let Ok(k) = key.downcast::<PyString>() else { return Ok(None) };
+        let k = k.to_str()?.as_bytes();
+        for (i, (kr, _)) in self.fields.iter().enumerate() {
+            let mut r = v::Reader::new(&self.buf[kr.clone()]);
+            if r.u8().ok() == Some(v::STR) && r.lbytes().ok() == Some(k) {
+                return Ok(Some(i));
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[pymethods]
+impl Record {
+    fn __getitem__<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        match self.find(key)? {
+            Some(i) => decode_value(py, &self.buf[self.fields[i].1.clone()]),
+            None => Err(PyKeyError::new_err(key.clone().unbind())),
+        }
+    }
+
+    fn __len__(&self) -> usize {
+        self.fields.len()
+    }
+
+    fn __contains__(&self, key: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Ok(self.find(key)?.is_some())
+    }
+
+    fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        Ok(self.keys(py)?.as_any().try_iter()?.into_any())
+    }
+
+    fn keys<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let l = PyList::empty(py);
+        for (k, _) in &self.fields {
+            l.append(decode_value(py, &self.buf[k.clone()])?)?;
+        }
+        Ok(l)
+    }
+
+    #[pyo3(signature = (key, default = None))]
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        default: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        match self.find(key)? {
+            Some(i) => decode_value(py, &self.buf[self.fields[i].1.clone()]),
+            None => Ok(default.unwrap_or_else(|| py.None().into_bound(py))),
+        }
+    }
+
+    /// The record as a plain dict.
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        decode_value(py, &self.buf)
+    }
+
+    /// The record's id.
+    #[getter]
+    fn id(&self) -> u64 {
+        self.rid
+    }
+
+    fn __eq__<'py>(&self, py: Python<'py>, other: &Bound<'py, PyAny>) -> PyResult<bool> {
+        decode_value(py, &self.buf)?.eq(other)
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(format!("Record({})", decode_value(py, &self.buf)?.repr()?))
     }
 }
 
@@ -1273,6 +1557,7 @@ fn decode_value_bytes<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, 
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Client>()?;
     m.add_class::<View>()?;
+    m.add_class::<Record>()?;
     m.add_function(wrap_pyfunction!(serve, m)?)?;
     m.add_function(wrap_pyfunction!(encode_value, m)?)?;
     m.add_function(wrap_pyfunction!(check, m)?)?;

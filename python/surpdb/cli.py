@@ -1,4 +1,4 @@
-"""The ``surpdb`` command: serve, stats, demo."""
+"""The ``surpdb`` command: serve, stats, check, dump, load, train, demo."""
 
 from __future__ import annotations
 
@@ -22,6 +22,9 @@ _SETTINGS = [
     ("flush_interval_ms", "msync interval for periodic durability"),
     ("group", "group owning the files (clients must be members)"),
     ("log_level", "error, warn, info or debug"),
+    ("records_size", "size of a new records file (sparse), e.g. 1GiB"),
+    ("codec", "record codec of trained models: fast or compact"),
+    ("train_after", "train the record codec once this many records exist (0 = never)"),
 ]
 
 
@@ -195,6 +198,39 @@ print("reader pid", __import__("os").getpid(), "got", c.get("demo:greeting"))
 """
 
 
+def _train(a: argparse.Namespace) -> int:
+    import surpdb
+
+    c = surpdb.connect(a.dir)
+    sample = None
+    if a.sample:
+        sample = _read_sample(a.sample, a.limit)
+    n = c.train(sample, compact=a.compact)
+    st = c.stats()
+    print(
+        f"trained model {st.get('record_models')} ({n} bytes) from "
+        + (f"{a.sample}" if a.sample else f"{st.get('records')} stored records")
+        + "; new records use it, stored ones keep theirs"
+    )
+    return 0
+
+
+def _read_sample(path: str, limit: int) -> list[object]:
+    """JSON lines (optionally .xz / .gz compressed), at most ``limit`` records."""
+    import gzip
+    import lzma
+
+    opener = lzma.open if path.endswith(".xz") else gzip.open if path.endswith(".gz") else open
+    out: list[object] = []
+    with opener(path, "rt", encoding="utf-8") as f:  # type: ignore[operator]
+        for line in f:
+            if line.strip():
+                out.append(json.loads(line))
+                if len(out) >= limit:
+                    break
+    return out
+
+
 def _demo(a: argparse.Namespace) -> int:
     import surpdb
 
@@ -250,6 +286,13 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("dir")
     s.add_argument("file")
     s.set_defaults(func=_load)
+
+    s = sub.add_parser("train", help="train the record codec (from stored records or a sample)")
+    s.add_argument("dir", nargs="?", default=None)
+    s.add_argument("--sample", default=None, help="JSON lines file of sample records (.xz/.gz ok)")
+    s.add_argument("--limit", type=int, default=100_000, help="most sample records to read")
+    s.add_argument("--compact", action="store_true", help="smaller records, slower decoding")
+    s.set_defaults(func=_train)
 
     s = sub.add_parser("systemd-unit", help="print the systemd unit for this installation")
     s.add_argument("--user", default="surpdb")

@@ -63,7 +63,8 @@ class Server:
     ) -> None:
         """Start ``surpdb serve`` on ``path``. ``settings`` are any of serve's options
         (``max_value``, ``policy``, ``max_clients``, ``queue_bytes``, ``durability``,
-        ``flush_interval_ms``, ``group``, ``log_level``); ``env`` replaces the child's
+        ``flush_interval_ms``, ``group``, ``log_level``, ``records_size``, ``codec``,
+        ``train_after``); ``env`` replaces the child's
         environment (e.g. to set NOTIFY_SOCKET)."""
         self.path = os.fspath(path) if path is not None else default_dir()
         args = [sys.executable, "-m", "surpdb", "serve", self.path, "--size", str(size)]

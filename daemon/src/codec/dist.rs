@@ -238,8 +238,12 @@ impl CtxMap {
 
     /// (context, distribution) pairs, sorted by context.
     pub fn iter(&self) -> impl Iterator<Item = (u32, DistId)> + '_ {
-        let mut v: Vec<(u32, DistId)> =
-            self.slots.iter().filter(|&&s| s != 0).map(|&s| ((s >> 32) as u32 - 1, s as u32)).collect();
+        let mut v: Vec<(u32, DistId)> = self
+            .slots
+            .iter()
+            .filter(|&&s| s != 0)
+            .map(|&s| ((s >> 32) as u32 - 1, s as u32))
+            .collect();
         v.sort_unstable();
         v.into_iter()
     }
@@ -265,7 +269,13 @@ mod tests {
         let small = p.add_counts(&[(1, 5), (7, 90), (300, 2)]);
         let big = p.add_counts(&(0..258u16).map(|s| (s, 1 + s as u64)).collect::<Vec<_>>());
         let seq: Vec<(DistId, u16)> = (0..3000u32)
-            .map(|i| if i % 3 == 0 { (small, [1, 7, 300][(i as usize / 3) % 3]) } else { (big, (i % 258) as u16) })
+            .map(|i| {
+                if i % 3 == 0 {
+                    (small, [1, 7, 300][(i as usize / 3) % 3])
+                } else {
+                    (big, (i % 258) as u16)
+                }
+            })
             .collect();
         let mut e = Encoder::new();
         for &(d, s) in &seq {

@@ -29,8 +29,8 @@ pub mod rans;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use dist::{DistId, NO_DIST};
-pub use model::{train, FieldModel, Model};
 use model::{ctx2, ctx3, last3, TextModel};
+pub use model::{train, FieldModel, Model};
 use rans::{Decoder, Encoder};
 
 use crate::error::{Error, Result};
@@ -173,7 +173,13 @@ impl RecordEncoder {
     }
 
     /// Compress one value (in the value encoding) and append it to `out`.
-    pub fn encode(&mut self, m: &Model, t: &mut dyn Tables, val: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    pub fn encode(
+        &mut self,
+        m: &Model,
+        t: &mut dyn Tables,
+        val: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
         self.e.clear();
         let mut r = Reader::new(val);
         let mut enc = Enc { m, e: &mut self.e };
@@ -277,7 +283,13 @@ impl Enc<'_> {
         self.text(&fm.text, &s.as_bytes()[de..], last3(&s.as_bytes()[..de]))
     }
 
-    fn value(&mut self, r: &mut Reader<'_>, field: u32, t: &mut dyn Tables, depth: usize) -> Result<()> {
+    fn value(
+        &mut self,
+        r: &mut Reader<'_>,
+        field: u32,
+        t: &mut dyn Tables,
+        depth: usize,
+    ) -> Result<()> {
         if depth > value::MAX_DEPTH {
             return Err(bad("nesting too deep"));
         }
@@ -530,7 +542,8 @@ impl Dec<'_> {
                     let id = match m.trans.get(&prev) {
                         Some(tr) => match m.pool.get(tr.dist, &mut self.d) {
                             0 => self.count(m.generic.clen)?,
-                            s => *tr.ids.get(s as usize - 1).ok_or_else(|| bad("field symbol"))? as u64,
+                            s => *tr.ids.get(s as usize - 1).ok_or_else(|| bad("field symbol"))?
+                                as u64,
                         },
                         None => {
                             m.pool.get(m.trans_any, &mut self.d);

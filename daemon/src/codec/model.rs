@@ -9,7 +9,9 @@
 use std::collections::HashMap;
 
 use super::dist::{CtxMap, DistId, Pool, NO_DIST};
-use super::{FxBuild, is_url_start, url_domain_end, Tables, ESC, EOS, GENERIC_FIELD, NTAGS, TAG_DICTANY};
+use super::{
+    is_url_start, url_domain_end, FxBuild, Tables, EOS, ESC, GENERIC_FIELD, NTAGS, TAG_DICTANY,
+};
 use crate::error::{Error, Result};
 use crate::value::{self, put_varint, zigzag, Reader};
 
@@ -151,7 +153,8 @@ impl Collector<'_> {
                     for _ in 0..n {
                         r.u8()?;
                         let k = r.lbytes()?;
-                        let k = std::str::from_utf8(k).map_err(|_| Error::Corrupted("utf-8".into()))?;
+                        let k =
+                            std::str::from_utf8(k).map_err(|_| Error::Corrupted("utf-8".into()))?;
                         let id = self.tables.field_id(k)?;
                         *self.trans.entry(prev).or_default().entry(id).or_default() += 1;
                         prev = id + 1;
@@ -198,7 +201,10 @@ fn len_dist(pool: &mut Pool, vals: impl Iterator<Item = u64>) -> DistId {
 
 /// Frequent values: those repeating at least MIN_REPEAT times, most frequent first; and the
 /// distribution over "literal" (symbol 0) and each of them.
-fn frequent<T: std::hash::Hash + Eq + Clone + Ord>(vals: &[T], pool: &mut Pool) -> (Vec<T>, DistId) {
+fn frequent<T: std::hash::Hash + Eq + Clone + Ord>(
+    vals: &[T],
+    pool: &mut Pool,
+) -> (Vec<T>, DistId) {
     let mut c: HashMap<&T, u64> = HashMap::new();
     for v in vals {
         *c.entry(v).or_default() += 1;
@@ -309,8 +315,7 @@ fn train_text(pool: &mut Pool, texts: &[(&str, [u8; 3])], order: u8, min_ctx: u6
 fn train_field(pool: &mut Pool, fs: &FieldSample, p: (u8, u64), tables: &dyn Tables) -> FieldModel {
     let counts: Vec<(u16, u64)> = (0..NTAGS).map(|t| (t as u16, fs.tags[t] * 16 + 1)).collect();
     let mut fm = FieldModel { tags: pool.add_counts(&counts), ..Default::default() };
-    let svals: Vec<&str> =
-        fs.strs.iter().map(|s| s.as_str()).filter(|s| s.len() <= 256).collect();
+    let svals: Vec<&str> = fs.strs.iter().map(|s| s.as_str()).filter(|s| s.len() <= 256).collect();
     let (top, d) = frequent(&svals, pool);
     fm.sval_dist = d;
     fm.svals = top.iter().map(|s| Box::<str>::from(*s)).collect();
@@ -343,7 +348,8 @@ fn train_field(pool: &mut Pool, fs: &FieldSample, p: (u8, u64), tables: &dyn Tab
         top.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
         top.truncate(MAX_TABLE);
         fm.prefixes = top.iter().map(|x| Box::<str>::from(x.0)).collect();
-        fm.prefix_map = fm.prefixes.iter().enumerate().map(|(i, s)| (s.clone(), i as u16)).collect();
+        fm.prefix_map =
+            fm.prefixes.iter().enumerate().map(|(i, s)| (s.clone(), i as u16)).collect();
         // Count which symbol each URL actually uses (longest prefix wins).
         fm.url_dist = 0; // placeholder so longest_prefix sees URL mode
         let mut uc: HashMap<u16, u64> = HashMap::new();
@@ -359,7 +365,9 @@ fn train_field(pool: &mut Pool, fs: &FieldSample, p: (u8, u64), tables: &dyn Tab
             }
         }
         let mut counts = vec![(0u16, nonurl), (1u16, newdom)];
-        counts.extend((0..fm.prefixes.len() as u16).map(|i| (i + 2, uc.get(&(i + 2)).unwrap_or(&0) + 1)));
+        counts.extend(
+            (0..fm.prefixes.len() as u16).map(|i| (i + 2, uc.get(&(i + 2)).unwrap_or(&0) + 1)),
+        );
         fm.url_dist = pool.add_counts(&counts);
     } else {
         fm.url_dist = NO_DIST;
@@ -578,7 +586,11 @@ fn check_syms(pool: &Pool, d: DistId, limit: u16) -> Result<()> {
 /// A table's distribution: symbols 0..=extra are special, then one per entry.
 fn check_table(pool: &Pool, d: DistId, n: usize, extra: u16) -> Result<()> {
     if d == NO_DIST {
-        return if n == 0 { Ok(()) } else { Err(Error::Corrupted("model: table without dist".into())) };
+        return if n == 0 {
+            Ok(())
+        } else {
+            Err(Error::Corrupted("model: table without dist".into()))
+        };
     }
     check_syms(pool, d, (n as u16) + extra + 1)
 }

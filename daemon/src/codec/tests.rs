@@ -63,7 +63,8 @@ fn bytes(v: &V<'_>) -> Vec<u8> {
 }
 
 fn link(i: u64) -> Vec<u8> {
-    let hosts = ["https://pypi.org/project/", "https://www.npmjs.com/package/", "http://example.org/"];
+    let hosts =
+        ["https://pypi.org/project/", "https://www.npmjs.com/package/", "http://example.org/"];
     let url = format!("{}pkg{}/{}.{}.0/", hosts[(i % 3) as usize], i * 7919 % 1000, i % 5, i % 11);
     let title = format!("A library for thing number {} and other words", i % 97);
     bytes(&V::D(vec![
@@ -127,7 +128,11 @@ fn edge_cases_round_trip() {
         V::Y(b"\x00\xffbytes"),
         V::L(vec![V::I(1), V::S("two"), V::L(vec![])]),
         V::D(vec![]),
-        V::D(vec![("url", V::I(5)), ("title", V::N), ("new field", V::D(vec![("url", V::S("ftp://x"))]))]),
+        V::D(vec![
+            ("url", V::I(5)),
+            ("title", V::N),
+            ("new field", V::D(vec![("url", V::S("ftp://x"))])),
+        ]),
         V::DI(vec![(V::I(1), V::S("one")), (V::S("k"), V::N)]),
         V::D(vec![("published", V::I(-1)), ("url", V::S("https://pypi.org/project/"))]),
     ];

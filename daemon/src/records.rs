@@ -1,0 +1,745 @@
+//! The record store: `records.surp` in the data directory, records addressed by offset.
+//!
+//! ```text
+//! header (4 KiB) | chunk table (32 B per chunk) | table log | chunk 0 | chunk 1 | ...
+//! ```
+//! - **Chunks** (4 MiB) are filled by appending; a record is `len-header payload` where the
+//!   header's first byte has a live bit (cleared by `remove`, the only in-place change), an
+//!   extension bit and 6 bits of length (longer lengths continue as a varint). A chunk's
+//!   `fill` is the publish point: one Release store makes the records below it readable.
+//! - **Record id** = `offset << 28 | gen << 20 | check`, where `offset` is the record's byte
+//!   offset in the chunk area, `gen` the low 8 bits of the chunk's reuse generation and
+//!   `check` 20 bits of xxh3 over the payload seeded with the offset and generation. Lookup is
+//!   arithmetic (no index); a removed id fails the live bit, an id into a reused chunk fails
+//!   the generation, and a forged id fails the check (or the header bounds), so it raises
+//!   KeyError instead of returning other data (odds of a forged id passing: 2^-20 per try).
+//! - **Table log**: append-only entries `kind varint(len) bytes` (field names, URL domains,
+//!   trained models), published by `tables_end`. Ids are positions per kind, so they never
+//!   change; a chunk names the model its records were encoded with, so retraining never makes
+//!   an old record unreadable.
+//! - A chunk whose records are all removed is retired at the current reader epoch and reused
+//!   (generation + 1) once no reader can still be inside it.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+use crate::codec::{self, Model, RecordEncoder, Tables};
+use crate::error::{Error, Result};
+use crate::layout::PAGE;
+use crate::shm::{self, Region};
+use crate::value::{put_varint, Reader};
+
+pub const REC_MAGIC: u64 = u64::from_le_bytes(*b"SURPREC\x01");
+pub const RECORDS_VERSION: u32 = 1;
+pub const CHUNK_SHIFT: u32 = 22;
+pub const CHUNK: u64 = 1 << CHUNK_SHIFT;
+/// Offsets in ids have 36 bits: the chunk area is at most 64 GiB.
+pub const MAX_AREA: u64 = 1 << 36;
+/// Largest stored (compressed) record.
+pub const MAX_RECORD: u64 = CHUNK - 16;
+
+const LIVE: u8 = 0x80;
+const EXT: u8 = 0x40;
+
+/// Table log entry kinds.
+pub const T_FIELD: u8 = 1;
+pub const T_DOMAIN: u8 = 2;
+pub const T_MODEL: u8 = 3;
+
+/// Chunk states.
+pub const C_FREE: u32 = 0;
+pub const C_ACTIVE: u32 = 1;
+pub const C_FULL: u32 = 2;
+pub const C_RETIRED: u32 = 3;
+
+#[repr(C)]
+pub struct RecFileHeader {
+    pub magic: AtomicU64,
+    pub version: AtomicU32,
+    pub layout_sig: AtomicU32,
+    pub size: AtomicU64,
+    pub nchunks: AtomicU64,
+    pub chunk_tab_off: AtomicU64,
+    pub tables_off: AtomicU64,
+    pub tables_cap: AtomicU64,
+    pub chunks_off: AtomicU64,
+    /// Random per file: seeds record checks.
+    pub seed: AtomicU64,
+    pub created_ms: AtomicU64,
+    /// 1 = compact codec for models trained automatically.
+    pub compact: AtomicU32,
+    pub _r0: AtomicU32,
+    pub _pad0: [AtomicU64; 5],
+    // ---- daemon state (offset 128) ----
+    /// End of the published table log (bytes from tables_off).
+    pub tables_end: AtomicU64,
+    /// Chunk being filled + 1 (0: none yet).
+    pub active: AtomicU64,
+    pub nmodels: AtomicU64,
+    pub live: AtomicU64,
+    pub live_bytes: AtomicU64,
+    pub inserted: AtomicU64,
+    pub removed: AtomicU64,
+    /// Bytes of chunk space used (sum of fills of chunks in use).
+    pub used_bytes: AtomicU64,
+    pub _pad1: [AtomicU64; 8],
+}
+
+#[repr(C)]
+pub struct ChunkCtl {
+    pub fill: AtomicU32,
+    pub gen: AtomicU32,
+    /// Model index + 1 its records use; 0 = stored in the plain value encoding.
+    pub model: AtomicU32,
+    pub state: AtomicU32,
+    pub live: AtomicU32,
+    pub _r: AtomicU32,
+    pub retire_epoch: AtomicU64,
+}
+
+const _: () = {
+    assert!(std::mem::size_of::<RecFileHeader>() == 256);
+    assert!(std::mem::offset_of!(RecFileHeader, tables_end) == 128);
+    assert!(std::mem::size_of::<ChunkCtl>() == 32);
+};
+
+pub const REC_LAYOUT_SIG: u32 = (std::mem::size_of::<RecFileHeader>() as u32) << 16
+    | (std::mem::size_of::<ChunkCtl>() as u32) << 8
+    | CHUNK_SHIFT;
+
+pub fn records_path(dir: &Path) -> PathBuf {
+    dir.join("records.surp")
+}
+
+/// Pack an id.
+pub fn make_id(off: u64, gen: u32, check: u32) -> u64 {
+    (off << 28) | ((gen as u64 & 0xff) << 20) | (check as u64 & 0xfffff)
+}
+
+fn check_of(seed: u64, off: u64, gen: u32, payload: &[u8]) -> u32 {
+    (xxh3_64_with_seed(payload, seed ^ off ^ ((gen as u64) << 40)) & 0xfffff) as u32
+}
+
+/// Parse a record header at `b`: (live, header length, payload length).
+fn parse_header(b: &[u8]) -> Option<(bool, usize, usize)> {
+    let b0 = *b.first()?;
+    let live = b0 & LIVE != 0;
+    if b0 & EXT == 0 {
+        return Some((live, 1, (b0 & 0x3f) as usize));
+    }
+    let mut r = Reader::new(&b[1..]);
+    let hi = r.varint().ok()?;
+    let len = (hi.checked_mul(64)?).checked_add((b0 & 0x3f) as u64)?;
+    Some((live, 1 + r.pos, usize::try_from(len).ok()?))
+}
+
+fn put_header(out: &mut Vec<u8>, len: usize) {
+    if len < 64 {
+        out.push(LIVE | len as u8);
+    } else {
+        out.push(LIVE | EXT | (len & 0x3f) as u8);
+        put_varint(out, (len >> 6) as u64);
+    }
+}
+
+/// The mapped records file (readers map it read-only, the daemon read-write).
+pub struct RecFile {
+    pub region: Region,
+    pub path: PathBuf,
+    pub seed: u64,
+    pub nchunks: u64,
+    pub chunk_tab_off: u64,
+    pub tables_off: u64,
+    pub tables_cap: u64,
+    pub chunks_off: u64,
+}
+
+impl RecFile {
+    /// Create `records.surp` of `size` bytes (sparse) if it does not exist.
+    pub fn create(path: &Path, size: u64, mode: u32, compact: bool) -> Result<()> {
+        let tables_cap = (size / 16).clamp(1 << 20, 256 << 20) & !(PAGE - 1);
+        let rest = size.saturating_sub(PAGE + tables_cap);
+        let nchunks = (rest / (CHUNK + 32)).min(MAX_AREA / CHUNK);
+        if nchunks < 2 {
+            return Err(Error::Config(format!(
+                "records_size {size} is too small: at least {} bytes",
+                PAGE + (1 << 20) + 3 * CHUNK
+            )));
+        }
+        let chunk_tab_off = PAGE;
+        let tables_off = (chunk_tab_off + nchunks * 32).div_ceil(PAGE) * PAGE;
+        let chunks_off = (tables_off + tables_cap).div_ceil(CHUNK) * CHUNK;
+        let total = chunks_off + nchunks * CHUNK;
+        let tmp = path.with_extension("surp.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(|e| Error::io(format!("cannot create {}", tmp.display()), e))?;
+        f.set_len(total).map_err(|e| Error::io("cannot size the records file", e))?;
+        let region = Region::map_rw(&f).map_err(|e| Error::io("cannot map the records file", e))?;
+        let h: &RecFileHeader = region.get(0);
+        h.version.store(RECORDS_VERSION, Ordering::Relaxed);
+        h.layout_sig.store(REC_LAYOUT_SIG, Ordering::Relaxed);
+        h.size.store(total, Ordering::Relaxed);
+        h.nchunks.store(nchunks, Ordering::Relaxed);
+        h.chunk_tab_off.store(chunk_tab_off, Ordering::Relaxed);
+        h.tables_off.store(tables_off, Ordering::Relaxed);
+        h.tables_cap.store(tables_cap, Ordering::Relaxed);
+        h.chunks_off.store(chunks_off, Ordering::Relaxed);
+        h.seed.store(shm::random_u64(), Ordering::Relaxed);
+        h.created_ms.store(shm::now_ms(), Ordering::Relaxed);
+        h.compact.store(compact as u32, Ordering::Relaxed);
+        h.magic.store(REC_MAGIC, Ordering::Release);
+        region.flush().map_err(|e| Error::io("cannot flush the records file", e))?;
+        drop(region);
+        f.sync_all().map_err(|e| Error::io("cannot sync the records file", e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io("cannot rename the records file", e))?;
+        Ok(())
+    }
+
+    pub fn open(path: &Path, writable: bool) -> Result<RecFile> {
+        let f: File = OpenOptions::new().read(true).write(writable).open(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                shm::permission_error(path, "opening the records file", e)
+            } else {
+                Error::io(format!("cannot open {}", path.display()), e)
+            }
+        })?;
+        let len = f.metadata().map_err(|e| Error::io("stat records file", e))?.len();
+        if len < PAGE {
+            return Err(Error::Incompatible(format!("{} is too short", path.display())));
+        }
+        let region = if writable { Region::map_rw(&f) } else { Region::map_ro(&f) }
+            .map_err(|e| Error::io(format!("cannot map {}", path.display()), e))?;
+        let h: &RecFileHeader = region.get(0);
+        let (magic, ver, sig) = (
+            h.magic.load(Ordering::Acquire),
+            h.version.load(Ordering::Relaxed),
+            h.layout_sig.load(Ordering::Relaxed),
+        );
+        if magic != REC_MAGIC || ver != RECORDS_VERSION || sig != REC_LAYOUT_SIG {
+            return Err(Error::Incompatible(format!(
+                "{} is not a records file this surpdb reads (version {ver}, layout {sig:#x}; \
+                 expected {RECORDS_VERSION}, {REC_LAYOUT_SIG:#x})",
+                path.display()
+            )));
+        }
+        let size = h.size.load(Ordering::Relaxed);
+        let rf = RecFile {
+            seed: h.seed.load(Ordering::Relaxed),
+            nchunks: h.nchunks.load(Ordering::Relaxed),
+            chunk_tab_off: h.chunk_tab_off.load(Ordering::Relaxed),
+            tables_off: h.tables_off.load(Ordering::Relaxed),
+            tables_cap: h.tables_cap.load(Ordering::Relaxed),
+            chunks_off: h.chunks_off.load(Ordering::Relaxed),
+            region,
+            path: path.to_path_buf(),
+        };
+        let ok = size == len
+            && rf.chunk_tab_off == PAGE
+            && rf.nchunks <= MAX_AREA / CHUNK
+            && rf.tables_off >= rf.chunk_tab_off + rf.nchunks * 32
+            && rf.chunks_off >= rf.tables_off + rf.tables_cap
+            && rf.chunks_off.checked_add(rf.nchunks * CHUNK) == Some(len);
+        if !ok {
+            return Err(Error::Corrupted(format!("{}: bad records header", path.display())));
+        }
+        Ok(rf)
+    }
+
+    pub fn hdr(&self) -> &RecFileHeader {
+        self.region.get(0)
+    }
+
+    pub fn ctl(&self, chunk: u64) -> &ChunkCtl {
+        self.region.get(self.chunk_tab_off + chunk * 32)
+    }
+
+    /// The payload of a live record, its chunk's model (index + 1, 0 = plain) and the
+    /// reason when there is none. The caller holds a reader pin.
+    pub fn lookup(&self, rid: u64) -> std::result::Result<(&[u8], u32), &'static str> {
+        let (off, gen, check) = (rid >> 28, ((rid >> 20) & 0xff) as u32, (rid & 0xfffff) as u32);
+        let chunk = off >> CHUNK_SHIFT;
+        if chunk >= self.nchunks {
+            return Err("no such record id");
+        }
+        let ctl = self.ctl(chunk);
+        let state = ctl.state.load(Ordering::Acquire);
+        if state != C_ACTIVE && state != C_FULL {
+            return Err("no such record (removed)");
+        }
+        if ctl.gen.load(Ordering::Relaxed) & 0xff != gen {
+            return Err("no such record (removed)");
+        }
+        let fill = ctl.fill.load(Ordering::Acquire) as u64;
+        let inner = off & (CHUNK - 1);
+        if inner >= fill.min(CHUNK) {
+            return Err("no such record id");
+        }
+        let base = self.chunks_off + chunk * CHUNK;
+        let avail = self.region.slice(base + inner, fill - inner).ok_or("no such record id")?;
+        let (_, hl, len) = parse_header(avail).ok_or("no such record id")?;
+        let payload = avail.get(hl..hl + len).ok_or("no such record id")?;
+        if check_of(self.seed, off, gen, payload) != check {
+            return Err("no such record id");
+        }
+        // The live bit is read last (Acquire): a remove before this point is seen.
+        let live = self.region.get::<AtomicU8>(base + inner).load(Ordering::Acquire) & LIVE != 0;
+        if !live {
+            return Err("no such record (removed)");
+        }
+        Ok((payload, ctl.model.load(Ordering::Relaxed)))
+    }
+
+    fn tables_bytes(&self, from: u64, to: u64) -> Option<&[u8]> {
+        if to > self.tables_cap || from > to {
+            return None;
+        }
+        self.region.slice(self.tables_off + from, to - from)
+    }
+
+    /// Bytes of the records file that hold data.
+    pub fn bytes_used(&self) -> u64 {
+        let h = self.hdr();
+        self.chunk_tab_off
+            + self.nchunks * 32
+            + h.tables_end.load(Ordering::Relaxed)
+            + h.used_bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// Tables and models as read from the table log.
+#[derive(Default)]
+pub struct LogTables {
+    pub fields: Vec<String>,
+    pub domains: Vec<String>,
+    pub models: Vec<Arc<Model>>,
+    pub field_ids: HashMap<String, u32>,
+    pub domain_ids: HashMap<String, u32>,
+    pub parsed: u64,
+}
+
+impl LogTables {
+    /// Read table log entries published since the last call.
+    pub fn refresh(&mut self, rf: &RecFile) -> Result<()> {
+        let end = rf.hdr().tables_end.load(Ordering::Acquire);
+        if end == self.parsed {
+            return Ok(());
+        }
+        let buf = rf
+            .tables_bytes(self.parsed, end)
+            .ok_or_else(|| Error::Corrupted(format!("table log end {end} out of range")))?;
+        let mut r = Reader::new(buf);
+        while !r.at_end() {
+            let kind = r.u8()?;
+            let body = r.lbytes()?;
+            match kind {
+                T_FIELD | T_DOMAIN => {
+                    let s = std::str::from_utf8(body)
+                        .map_err(|_| Error::Corrupted("table log: bad UTF-8".into()))?
+                        .to_owned();
+                    let (v, ids) = if kind == T_FIELD {
+                        (&mut self.fields, &mut self.field_ids)
+                    } else {
+                        (&mut self.domains, &mut self.domain_ids)
+                    };
+                    ids.insert(s.clone(), v.len() as u32);
+                    v.push(s);
+                }
+                T_MODEL => self.models.push(Arc::new(Model::from_bytes(body)?)),
+                k => return Err(Error::Corrupted(format!("table log: unknown entry kind {k}"))),
+            }
+        }
+        self.parsed = end;
+        Ok(())
+    }
+}
+
+impl Tables for LogTables {
+    fn field_id(&mut self, name: &str) -> Result<u32> {
+        self.field_ids.get(name).copied().ok_or_else(|| Error::Corrupted("read-only tables".into()))
+    }
+    fn domain_id(&mut self, d: &str) -> Result<u32> {
+        self.domain_ids.get(d).copied().ok_or_else(|| Error::Corrupted("read-only tables".into()))
+    }
+    fn field_name(&self, id: u32) -> Option<&str> {
+        self.fields.get(id as usize).map(|s| s.as_str())
+    }
+    fn domain(&self, id: u32) -> Option<&str> {
+        self.domains.get(id as usize).map(|s| s.as_str())
+    }
+}
+
+/// Decode a payload stored with `model` (index + 1; 0 = plain value encoding).
+pub fn decode_payload(t: &LogTables, model: u32, payload: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    out.clear();
+    if model == 0 {
+        out.extend_from_slice(payload);
+        return Ok(());
+    }
+    let m = t
+        .models
+        .get(model as usize - 1)
+        .ok_or_else(|| Error::Corrupted(format!("record names model {model}, not in the table")))?;
+    codec::decode(m, t, payload, out)
+}
+
+/// The table log as the daemon appends to it.
+struct Appender<'a> {
+    rf: &'a RecFile,
+    t: &'a mut LogTables,
+}
+
+impl Appender<'_> {
+    fn append(&mut self, kind: u8, body: &[u8]) -> Result<()> {
+        let mut e = vec![kind];
+        put_varint(&mut e, body.len() as u64);
+        e.extend_from_slice(body);
+        let h = self.rf.hdr();
+        let end = h.tables_end.load(Ordering::Relaxed);
+        if end + e.len() as u64 > self.rf.tables_cap {
+            return Err(Error::SegmentFull(format!(
+                "the records file's table log is full ({} of {} bytes)",
+                end, self.rf.tables_cap
+            )));
+        }
+        self.rf.region.write(self.rf.tables_off + end, &e);
+        h.tables_end.store(end + e.len() as u64, Ordering::Release);
+        self.t.parsed = end + e.len() as u64;
+        Ok(())
+    }
+}
+
+impl Tables for Appender<'_> {
+    fn field_id(&mut self, name: &str) -> Result<u32> {
+        if let Some(&i) = self.t.field_ids.get(name) {
+            return Ok(i);
+        }
+        self.append(T_FIELD, name.as_bytes())?;
+        let i = self.t.fields.len() as u32;
+        self.t.fields.push(name.to_owned());
+        self.t.field_ids.insert(name.to_owned(), i);
+        Ok(i)
+    }
+    fn domain_id(&mut self, d: &str) -> Result<u32> {
+        if let Some(&i) = self.t.domain_ids.get(d) {
+            return Ok(i);
+        }
+        self.append(T_DOMAIN, d.as_bytes())?;
+        let i = self.t.domains.len() as u32;
+        self.t.domains.push(d.to_owned());
+        self.t.domain_ids.insert(d.to_owned(), i);
+        Ok(i)
+    }
+    fn field_name(&self, id: u32) -> Option<&str> {
+        self.t.field_name(id)
+    }
+    fn domain(&self, id: u32) -> Option<&str> {
+        self.t.domain(id)
+    }
+}
+
+/// The daemon's side: appends, removes, trains.
+pub struct RecStore {
+    pub rf: RecFile,
+    pub tables: LogTables,
+    enc: RecordEncoder,
+    buf: Vec<u8>,
+    /// Retired chunks waiting for readers to leave: (chunk, epoch).
+    pub retired: Vec<(u64, u64)>,
+    /// Train automatically once this many records exist (0 = never).
+    pub train_after: u64,
+    /// Sample records sent for the next training (instead of the stored ones).
+    pub samples: Vec<Vec<u8>>,
+}
+
+/// Most sample records kept for one training.
+pub const MAX_SAMPLES: usize = 200_000;
+
+/// What an insert produced.
+pub struct Inserted {
+    pub rid: u64,
+    /// (chunk, new fill) to publish.
+    publish: (u64, u32),
+    len: u64,
+}
+
+impl RecStore {
+    pub fn attach(rf: RecFile, train_after: u64) -> Result<RecStore> {
+        let mut tables = LogTables::default();
+        tables.refresh(&rf)?;
+        Ok(RecStore {
+            rf,
+            tables,
+            enc: RecordEncoder::new(),
+            buf: Vec::new(),
+            retired: Vec::new(),
+            train_after,
+            samples: Vec::new(),
+        })
+    }
+
+    /// Recount the header's counters from the chunks (after an unclean stop).
+    pub fn recount(&self) {
+        let (mut live, mut live_bytes, mut used) = (0u64, 0u64, 0u64);
+        for c in 0..self.rf.nchunks {
+            let ctl = self.rf.ctl(c);
+            let st = ctl.state.load(Ordering::Relaxed);
+            if st != C_ACTIVE && st != C_FULL {
+                continue;
+            }
+            let fill = (ctl.fill.load(Ordering::Relaxed) as u64).min(CHUNK);
+            used += fill;
+            let (mut n, mut p) = (0u32, 0u64);
+            let base = self.rf.chunks_off + c * CHUNK;
+            let data = self.rf.region.slice(base, fill).unwrap_or_default();
+            while p < fill {
+                let Some((l, hl, len)) = parse_header(&data[p as usize..]) else { break };
+                let sz = (hl + len) as u64;
+                if l {
+                    n += 1;
+                    live_bytes += sz;
+                }
+                p += sz;
+            }
+            ctl.live.store(n, Ordering::Relaxed);
+            live += n as u64;
+        }
+        let h = self.rf.hdr();
+        h.live.store(live, Ordering::Relaxed);
+        h.live_bytes.store(live_bytes, Ordering::Relaxed);
+        h.used_bytes.store(used, Ordering::Relaxed);
+    }
+
+    fn current_model(&self) -> u32 {
+        self.tables.models.len() as u32
+    }
+
+    /// Compress `val` and write it after the active chunk's fill, unpublished.
+    pub fn prepare(&mut self, val: &[u8]) -> Result<Inserted> {
+        crate::value::validate(val)?;
+        let model = self.current_model();
+        self.buf.clear();
+        if model == 0 {
+            self.buf.extend_from_slice(val);
+        } else {
+            let m = self.tables.models[model as usize - 1].clone();
+            let mut out = std::mem::take(&mut self.buf);
+            let mut ap = Appender { rf: &self.rf, t: &mut self.tables };
+            let r = self.enc.encode(&m, &mut ap, val, &mut out);
+            self.buf = out;
+            r?;
+        }
+        let len = self.buf.len();
+        if len as u64 > MAX_RECORD {
+            return Err(Error::ValueTooLarge { size: len as u64, max: MAX_RECORD });
+        }
+        let mut rec = Vec::with_capacity(len + 4);
+        put_header(&mut rec, len);
+        let hl = rec.len();
+        rec.extend_from_slice(&self.buf);
+        let chunk = self.chunk_for(rec.len() as u64, model)?;
+        let ctl = self.rf.ctl(chunk);
+        let fill = ctl.fill.load(Ordering::Relaxed) as u64;
+        let off = chunk * CHUNK + fill;
+        let gen = ctl.gen.load(Ordering::Relaxed);
+        let check = check_of(self.rf.seed, off, gen & 0xff, &rec[hl..]);
+        self.rf.region.write(self.rf.chunks_off + off, &rec);
+        Ok(Inserted {
+            rid: make_id(off, gen, check),
+            publish: (chunk, (fill + rec.len() as u64) as u32),
+            len: rec.len() as u64,
+        })
+    }
+
+    /// Make a prepared record readable (one Release store) and count it.
+    pub fn publish(&self, ins: &Inserted) {
+        let ctl = self.rf.ctl(ins.publish.0);
+        ctl.fill.store(ins.publish.1, Ordering::Release);
+        ctl.live.fetch_add(1, Ordering::Relaxed);
+        let h = self.rf.hdr();
+        h.live.fetch_add(1, Ordering::Relaxed);
+        h.live_bytes.fetch_add(ins.len, Ordering::Relaxed);
+        h.used_bytes.fetch_add(ins.len, Ordering::Relaxed);
+        h.inserted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The chunk to append `n` bytes to with `model`: the active one if it fits and uses the
+    /// model, else a fresh one.
+    fn chunk_for(&mut self, n: u64, model: u32) -> Result<u64> {
+        let a = self.rf.hdr().active.load(Ordering::Relaxed);
+        if a > 0 {
+            let ctl = self.rf.ctl(a - 1);
+            if ctl.model.load(Ordering::Relaxed) == model
+                && ctl.fill.load(Ordering::Relaxed) as u64 + n <= CHUNK
+            {
+                return Ok(a - 1);
+            }
+            ctl.state.store(C_FULL, Ordering::Release);
+            self.maybe_retire(a - 1);
+        }
+        let free =
+            (0..self.rf.nchunks).find(|&c| self.rf.ctl(c).state.load(Ordering::Relaxed) == C_FREE);
+        let Some(c) = free else {
+            return Err(Error::SegmentFull(format!(
+                "the records file is full: {} chunks of {} MiB in use (records_size)",
+                self.rf.nchunks,
+                CHUNK >> 20
+            )));
+        };
+        let ctl = self.rf.ctl(c);
+        // Generation first, then the state (Release): a reader that sees the chunk active
+        // sees its new generation, so old ids into it fail.
+        ctl.gen.store(ctl.gen.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+        ctl.fill.store(0, Ordering::Relaxed);
+        ctl.live.store(0, Ordering::Relaxed);
+        ctl.model.store(model, Ordering::Relaxed);
+        ctl.state.store(C_ACTIVE, Ordering::Release);
+        self.rf.hdr().active.store(c + 1, Ordering::Relaxed);
+        Ok(c)
+    }
+
+    /// Whether `rid` names a live record.
+    pub fn is_live(&self, rid: u64) -> bool {
+        self.rf.lookup(rid).is_ok()
+    }
+
+    /// Remove a record: clear its live bit. False if it is not live.
+    pub fn remove(&mut self, rid: u64) -> bool {
+        if self.rf.lookup(rid).is_err() {
+            return false;
+        }
+        let off = rid >> 28;
+        let (chunk, inner) = (off >> CHUNK_SHIFT, off & (CHUNK - 1));
+        let at = self.rf.chunks_off + chunk * CHUNK + inner;
+        let b: &AtomicU8 = self.rf.region.get(at);
+        let hdr = self.rf.region.slice(at, 16.min(CHUNK - inner)).and_then(parse_header);
+        b.store(b.load(Ordering::Relaxed) & !LIVE, Ordering::Release);
+        let ctl = self.rf.ctl(chunk);
+        ctl.live.fetch_sub(1, Ordering::Relaxed);
+        let h = self.rf.hdr();
+        h.live.fetch_sub(1, Ordering::Relaxed);
+        if let Some((_, hl, len)) = hdr {
+            h.live_bytes.fetch_sub((hl + len) as u64, Ordering::Relaxed);
+        }
+        h.removed.fetch_add(1, Ordering::Relaxed);
+        self.maybe_retire(chunk);
+        true
+    }
+
+    fn maybe_retire(&mut self, chunk: u64) {
+        let ctl = self.rf.ctl(chunk);
+        let active = self.rf.hdr().active.load(Ordering::Relaxed) == chunk + 1;
+        if !active
+            && ctl.state.load(Ordering::Relaxed) == C_FULL
+            && ctl.live.load(Ordering::Relaxed) == 0
+        {
+            ctl.state.store(C_RETIRED, Ordering::Release);
+            let fill = ctl.fill.load(Ordering::Relaxed) as u64;
+            self.rf.hdr().used_bytes.fetch_sub(fill, Ordering::Relaxed);
+            self.retired.push((chunk, 0));
+        }
+    }
+
+    /// Retired chunks get the epoch they were retired at (the caller bumps the epoch after).
+    pub fn stamp_retired(&mut self, epoch: u64) -> bool {
+        let mut any = false;
+        for r in self.retired.iter_mut().filter(|r| r.1 == 0) {
+            r.1 = epoch;
+            any = true;
+        }
+        any
+    }
+
+    /// Free retired chunks no reader can be inside (`min` = oldest pinned epoch).
+    pub fn reclaim(&mut self, min: Option<u64>) {
+        let rf = &self.rf;
+        self.retired.retain(|&(c, e)| {
+            if e == 0 || min.is_some_and(|m| m <= e) {
+                return true;
+            }
+            // Space is released to the OS as well: a freed chunk costs no disk.
+            rf.ctl(c).state.store(C_FREE, Ordering::Release);
+            false
+        });
+    }
+
+    /// Decode a live record (daemon side: updates, training, dumps).
+    pub fn read(&mut self, rid: u64, out: &mut Vec<u8>) -> Result<bool> {
+        let Ok((payload, model)) = self.rf.lookup(rid) else { return Ok(false) };
+        decode_payload(&self.tables, model, payload, out)?;
+        Ok(true)
+    }
+
+    /// Every live record id, in storage order (for dumps and training samples).
+    pub fn ids(&self, limit: usize) -> Vec<u64> {
+        let mut v = Vec::new();
+        for c in 0..self.rf.nchunks {
+            let ctl = self.rf.ctl(c);
+            let st = ctl.state.load(Ordering::Relaxed);
+            if st != C_ACTIVE && st != C_FULL {
+                continue;
+            }
+            let fill = (ctl.fill.load(Ordering::Relaxed) as u64).min(CHUNK);
+            let gen = ctl.gen.load(Ordering::Relaxed);
+            let base = self.rf.chunks_off + c * CHUNK;
+            let data = self.rf.region.slice(base, fill).unwrap_or_default();
+            let mut p = 0usize;
+            while (p as u64) < fill && v.len() < limit {
+                let Some((live, hl, len)) = parse_header(&data[p..]) else { break };
+                let Some(payload) = data.get(p + hl..p + hl + len) else { break };
+                if live {
+                    let off = c * CHUNK + p as u64;
+                    v.push(make_id(off, gen, check_of(self.rf.seed, off, gen & 0xff, payload)));
+                }
+                p += hl + len;
+            }
+        }
+        v
+    }
+
+    /// Train a model and make it current: later inserts use it; records already stored keep
+    /// theirs. It learns from the sample records sent since the last training if any, else
+    /// from up to 100,000 evenly spaced stored records. Returns the model's size.
+    pub fn train(&mut self, compact: bool) -> Result<usize> {
+        let mut samples = std::mem::take(&mut self.samples);
+        if samples.is_empty() {
+            let ids = self.ids(usize::MAX);
+            let step = ids.len().div_ceil(100_000).max(1);
+            let mut out = Vec::new();
+            for &rid in ids.iter().step_by(step) {
+                if self.read(rid, &mut out)? {
+                    samples.push(out.clone());
+                }
+            }
+        }
+        if samples.is_empty() {
+            return Err(Error::Config("nothing to train on: no records and no sample".into()));
+        }
+        let refs: Vec<&[u8]> = samples.iter().map(|s| s.as_slice()).collect();
+        let mut ap = Appender { rf: &self.rf, t: &mut self.tables };
+        let m = codec::train(&refs, compact, &mut ap)?;
+        let bytes = m.to_bytes();
+        ap.append(T_MODEL, &bytes)?;
+        self.tables.models.push(Arc::new(m));
+        self.rf.hdr().nmodels.store(self.tables.models.len() as u64, Ordering::Relaxed);
+        Ok(bytes.len())
+    }
+
+    /// Train automatically when the first `train_after` records exist.
+    pub fn auto_train_due(&self) -> bool {
+        self.train_after > 0
+            && self.tables.models.is_empty()
+            && self.rf.hdr().live.load(Ordering::Relaxed) >= self.train_after
+    }
+}
