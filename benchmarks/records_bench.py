@@ -39,7 +39,7 @@ def load_records(path: str | None, limit: int) -> tuple[list[dict], str]:
                     break
         return out, os.path.basename(path)
     rng = random.Random(42)
-    words = "fast small cache record store python rust shared memory link title the of and a for".split()
+    words = "fast small cache record store python rust shared memory link the of a for".split()
     out = []
     for i in range(min(limit, 200_000)):
         name = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz-") for _ in range(rng.randint(4, 14)))
@@ -114,7 +114,6 @@ def bench_surpdb(records: list[dict], compact: bool, out: dict) -> None:
             "record_ns": rec_ns,
             "lazy_field_ns": lazy_ns,
         }
-        del c
 
 
 def bench_msgpack_lmdb(records: list[dict], out: dict) -> None:
@@ -186,7 +185,9 @@ def bench_servers(records: list[dict], out: dict) -> None:
                 if layout == "HASH":
                     ns = median_ns_per_call(r.hgetall, keys, batches=50)
                 else:
-                    ns = median_ns_per_call(lambda k: msgpack.unpackb(r.get(k)), keys, batches=50)
+                    ns = median_ns_per_call(
+                        lambda k, r=r: msgpack.unpackb(r.get(k)), keys, batches=50
+                    )
                 out[f"Redis {layout}"] = {
                     "bytes_per_record": used / n,
                     "load_per_s": n / load_s,
@@ -230,9 +231,8 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     records, source = load_records(a.links, a.limit)
-    print(
-        f"{len(records)} records from {source}; json {sum(len(json.dumps(r)) for r in records) / len(records):.0f} B each"
-    )
+    js = sum(len(json.dumps(r)) for r in records) / len(records)
+    print(f"{len(records)} records from {source}; JSON {js:.0f} B each")
     out: dict[str, dict] = {}
     bench_surpdb(records, False, out)
     if a.compact:
@@ -242,7 +242,8 @@ def main() -> None:
         bench_servers(records, out)
     ref = out["surpdb"]
     print(
-        f"\n{'store':<22}{'B/record':>10}{'x surpdb':>10}{'alloc B':>10}{'record ns':>11}{'load/s':>11}"
+        f"\n{'store':<22}{'B/record':>10}{'x surpdb':>10}{'alloc B':>10}"
+        f"{'record ns':>11}{'load/s':>11}"
     )
     for name, r in out.items():
         if "skipped" in r:
