@@ -1403,6 +1403,23 @@ impl Record {
         Ok(self.keys(py)?.as_any().try_iter()?.into_any())
     }
 
+    fn values<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let l = PyList::empty(py);
+        for (_, v) in &self.fields {
+            l.append(decode_value(py, &self.buf[v.clone()])?)?;
+        }
+        Ok(l)
+    }
+
+    fn items<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let l = PyList::empty(py);
+        for (k, v) in &self.fields {
+            let k = decode_value(py, &self.buf[k.clone()])?;
+            l.append((k, decode_value(py, &self.buf[v.clone()])?))?;
+        }
+        Ok(l)
+    }
+
     fn keys<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let l = PyList::empty(py);
         for (k, _) in &self.fields {

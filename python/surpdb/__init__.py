@@ -8,14 +8,17 @@ a shared mapping, with no socket, no syscall and no copy beyond building the Pyt
         c = surpdb.connect("/tmp/surp")
         c.set("greeting", {"hello": "world"}, ttl=60)
         c.get("greeting")
+        rid = c.insert({"url": "https://pypi.org/project/surpdb/", "title": "records"})
+        c.record(rid)
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 from . import errors
-from ._native import Client
+from ._native import Client, Record
 from .errors import (
     ConfigError,
     CorruptSegment,
@@ -31,6 +34,8 @@ from .errors import (
 )
 from .server import Server, default_dir
 
+Mapping.register(Record)
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -42,6 +47,7 @@ __all__ = [
     "IncompatibleSegment",
     "KeyTooLong",
     "QueueFull",
+    "Record",
     "SegmentFull",
     "Server",
     "Timeout",

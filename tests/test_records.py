@@ -1,0 +1,286 @@
+"""The record store: ids from offsets, exact round trips through the trained codec, stale and
+forged ids, retraining, chunk reuse, several processes, a killed daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+import subprocess
+import sys
+import time
+
+import pytest
+
+import surpdb
+
+
+def links(n: int, seed: int = 3) -> list[dict]:
+    """Link records shaped like the corpus (tests must not need it)."""
+    rng = random.Random(seed)
+    words = "fast tiny cache for python rust shared memory records links the a of and".split()
+    out = []
+    for i in range(n):
+        name = "".join(
+            rng.choice("abcdefghijklmnopqrstuvwxyz-_") for _ in range(rng.randint(3, 15))
+        )
+        ver = f"{rng.randint(0, 9)}.{rng.randint(0, 20)}.{rng.randint(0, 99)}"
+        title = " ".join(rng.choice(words) for _ in range(rng.randint(0, 12)))
+        if i % 4 == 0:
+            out.append(
+                {
+                    "url": f"https://www.npmjs.com/package/{name}/v/{ver}",
+                    "title": title,
+                    "source": "npm",
+                    "downloads": int(rng.paretovariate(0.7) * 10),
+                }
+            )
+        elif i % 17 == 0:
+            host = rng.choice(
+                ["gnu.org", "xn--bcher-kva.example", "example.com:8080", "debian.org"]
+            )
+            out.append(
+                {
+                    "url": f"http://{host}/software/{name}",
+                    "title": title.capitalize(),
+                    "source": "debian/utils",
+                    "author": "Debian Team <team@debian.org>",
+                    "version": ver + "-1",
+                    "size": rng.randint(1, 100_000),
+                }
+            )
+        else:
+            out.append(
+                {
+                    "url": f"https://pypi.org/project/{name}/{ver}/",
+                    "title": title,
+                    "source": "pypi",
+                    "published": 1_600_000_000 + rng.randint(0, 60) * 2_592_000,
+                }
+            )
+    return out
+
+
+EDGE_CASES: list[object] = [
+    {},
+    {"": ""},
+    {"url": "", "title": ""},
+    {"title": "x" * 200_000},
+    {"url": "not/a/url/but/slashes", "title": "a/b//c"},
+    {"url": "https://", "title": "http://"},
+    {"url": "https://xn--bcher-kva.example/pfad?q=ü#frag", "title": "IDNA host"},
+    {"url": "http://new-host.example:8080", "title": "no path"},
+    {"url": "https://例え.テスト/パス", "title": "ユニコード 😀 \u0000 nul"},
+    {"published": 2**70, "size": -(2**65), "n": -1, "z": 0},
+    {"nested": {"a": {"b": [1, 2.5, None, True, False, b"\x00bytes"]}}, "t": (1, "two")},
+    {1: "int key", (2, 3): "tuple key", None: "none key"},
+    {"b": 1, "a": 2, "c": 3},  # key order kept
+    [1, "list", {"k": "v"}],
+    "a plain string",
+    42,
+    3.5,
+    None,
+    b"raw bytes",
+    {"f": float("inf"), "g": -0.0},
+]
+
+
+def test_insert_and_read_back_exactly(client: surpdb.Client) -> None:
+    recs = links(300)
+    ids = client.insert_many(recs)
+    assert len(set(ids)) == len(ids) == 300
+    for rid, r in zip(ids, recs, strict=True):
+        got = client.record(rid)
+        assert got == r and list(got) == list(r)
+    assert client.stats()["records"] == 300
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_edge_cases_round_trip_before_and_after_training(
+    client: surpdb.Client, compact: bool
+) -> None:
+    before = client.insert_many(EDGE_CASES)
+    client.insert_many(links(3000))
+    client.train(compact=compact)
+    assert client.stats()["record_models"] == 1
+    after = client.insert_many(EDGE_CASES)
+    for ids in (before, after):
+        for rid, want in zip(ids, EDGE_CASES, strict=True):
+            got = client.record(rid)
+            assert got == want or (want != want and got != got)
+            assert type(got) is type(want)
+            if isinstance(want, dict):
+                assert list(got) == list(want)
+                assert all(type(got[k]) is type(want[k]) for k in want)
+
+
+def test_trained_records_are_small(client: surpdb.Client) -> None:
+    sample = links(20_000, seed=1)
+    client.train(sample)
+    recs = links(5000, seed=2)
+    before = client.stats()["records_bytes"]
+    ids = client.insert_many(recs)
+    per = (client.stats()["records_bytes"] - before) / len(recs)
+    raw = sum(len(json.dumps(r)) for r in recs) / len(recs)
+    assert per < raw / 3, f"{per:.1f} B per record vs {raw:.0f} B of JSON"
+    assert [client.record(i) for i in ids[:500]] == recs[:500]
+
+
+def test_retraining_keeps_old_records_readable(
+    server: surpdb.Server, client: surpdb.Client
+) -> None:
+    a, b, c = links(500, seed=10), links(500, seed=11), links(500, seed=12)
+    ida = client.insert_many(a)
+    client.train(links(4000, seed=13))
+    idb = client.insert_many(b)
+    client.train(links(4000, seed=14), compact=True)
+    idc = client.insert_many(c)
+    assert client.stats()["record_models"] == 2
+    # A second client process-wide view: a fresh connection loads every model from the log.
+    fresh = surpdb.connect(server.path)
+    for ids, recs in ((ida, a), (idb, b), (idc, c)):
+        assert [fresh.record(i) for i in ids] == recs
+
+
+def test_lazy_record_mapping(client: surpdb.Client) -> None:
+    r = links(1)[0]
+    rid = client.insert(r)
+    lazy = client.record(rid, lazy=True)
+    assert isinstance(lazy, surpdb.Record)
+    assert len(lazy) == len(r) and list(lazy) == list(r) and lazy.keys() == list(r)
+    assert lazy["url"] == r["url"] and "title" in lazy and "nope" not in lazy and 5 not in lazy
+    assert lazy.get("nope", 7) == 7 and lazy.id == rid
+    assert lazy == r and lazy.to_dict() == r and dict(lazy.items()) == r
+    with pytest.raises(KeyError):
+        lazy["nope"]
+    assert client.record(client.insert([1, 2]), lazy=True) == [1, 2]
+
+
+def test_removed_stale_and_forged_ids_raise_key_error(client: surpdb.Client) -> None:
+    recs = links(2000)
+    ids = client.insert_many(recs)
+    assert client.remove(ids[0]) is True
+    assert client.remove(ids[0]) is False
+    with pytest.raises(KeyError, match="removed"):
+        client.record(ids[0])
+    live = dict(zip(ids[1:], recs[1:], strict=True))
+    rng = random.Random(99)
+    forged = [0, 1, 2**64 - 1, ids[1] + 1, ids[1] - 1]
+    for _ in range(20_000):
+        base = rng.choice(ids)
+        forged.append(base ^ (1 << rng.randrange(64)))
+        forged.append(rng.getrandbits(64))
+        forged.append((rng.randrange(8 << 20) << 28) | (base & ((1 << 28) - 1)))
+    passed = 0
+    for f in forged:
+        try:
+            got = client.record(f)
+        except KeyError:
+            continue
+        # Only a real id can read a record, and it reads its own record.
+        assert f in live and got == live[f]
+        passed += 1
+    assert passed == 0
+    for bad in (-1, 2**64, 2**100):
+        with pytest.raises(KeyError):
+            client.record(bad)
+        assert client.remove(bad) is False
+    for wrong in ("1", 1.0, None, True):
+        with pytest.raises(TypeError, match="record ids are ints"):
+            client.record(wrong)  # type: ignore[arg-type]
+
+
+def test_update_gives_a_new_id_and_retires_the_old(client: surpdb.Client) -> None:
+    rid = client.insert({"v": 1})
+    new = client.update(rid, {"v": 2})
+    assert new != rid and client.record(new) == {"v": 2}
+    with pytest.raises(KeyError):
+        client.record(rid)
+    with pytest.raises(KeyError):
+        client.update(rid, {"v": 3})
+    assert client.stats()["records"] == 1
+
+
+def test_bad_input_gets_clear_errors(client: surpdb.Client) -> None:
+    with pytest.raises(surpdb.ValueTooLarge, match="max_value"):
+        client.insert({"x": "y" * (2 << 20)})
+    with pytest.raises((pickle.PicklingError, AttributeError)):
+        client.insert({"x": lambda: 0})
+    with pytest.raises(ValueError, match="empty"):
+        client.train()
+    assert client.stats()["records"] == 0
+
+
+def test_emptied_chunks_are_reused_and_old_ids_stay_dead(client: surpdb.Client) -> None:
+    rng = random.Random(5)
+    # Incompressible 3 KiB records: about 1,400 fill one 4 MiB chunk.
+    blob = [bytes(rng.getrandbits(8) for _ in range(3000)) for _ in range(64)]
+    first = client.insert_many([{"i": i, "b": blob[i % 64]} for i in range(2000)])
+    chunk0 = [r for r in first if (r >> 28) < (4 << 20)]
+    assert 1000 < len(chunk0) < len(first)
+    used = client.stats()["records_bytes"]
+    for r in chunk0:
+        assert client.remove(r)
+    assert client.stats()["records_bytes"] < used  # the chunk was retired
+    deadline = time.monotonic() + 20
+    reused = []
+    while not reused:
+        assert time.monotonic() < deadline, "the emptied chunk was never reused"
+        ids = client.insert_many([{"n": 1, "b": blob[0]}] * 200)
+        reused = [r for r in ids if (r >> 28) < (4 << 20)]
+    for r in chunk0:
+        with pytest.raises(KeyError):
+            client.record(r)
+    assert all(client.record(r)["n"] == 1 for r in reused)
+    assert all(client.record(r)["i"] == i for i, r in enumerate(first) if r not in set(chunk0))
+
+
+WRITER = """
+import json, sys, surpdb
+sys.path.insert(0, {tests!r})
+from test_records import links
+c = surpdb.connect({path!r})
+recs = links(1500, seed=int(sys.argv[1]))
+ids = c.insert_many(recs)
+print(json.dumps(ids))
+"""
+
+
+def test_two_writer_processes_and_a_reader(server: surpdb.Server) -> None:
+    code = WRITER.format(tests=os.path.dirname(__file__), path=server.path)
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(s)], stdout=subprocess.PIPE, text=True)
+        for s in (21, 22)
+    ]
+    outs = [p.communicate(timeout=60)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    reader = surpdb.connect(server.path)
+    for seed, out in zip((21, 22), outs, strict=True):
+        ids = json.loads(out)
+        assert [reader.record(i) for i in ids] == links(1500, seed=seed)
+    assert reader.stats()["records"] == 3000
+
+
+def test_acknowledged_inserts_survive_a_killed_daemon_exactly_once(store_dir: str) -> None:
+    srv = surpdb.Server(store_dir, size="32MiB")
+    code = WRITER.format(tests=os.path.dirname(__file__), path=store_dir)
+    code = code.replace("links(1500", "links(20000")
+    p = subprocess.Popen([sys.executable, "-c", code, "31"], stdout=subprocess.PIPE, text=True)
+    c = surpdb.connect(store_dir)
+    deadline = time.monotonic() + 30
+    while c.stats()["records_inserted"] < 3000:
+        assert time.monotonic() < deadline
+    srv.kill()
+    srv = surpdb.Server(store_dir, size="32MiB")
+    try:
+        out, _ = p.communicate(timeout=120)
+        assert p.returncode == 0
+        ids = json.loads(out)
+        c = surpdb.connect(store_dir)
+        assert len(set(ids)) == 20000
+        assert [c.record(i) for i in ids] == links(20000, seed=31)
+        # Exactly once: no request was applied twice across the crash.
+        assert c.stats()["records"] == 20000
+    finally:
+        srv.stop()
