@@ -6,9 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
 export RUSTC_BOOTSTRAP=1
-SECONDS_EACH=${SECONDS_EACH:-60}
+SECONDS_EACH=${SECONDS_EACH:-45}
 cargo fuzz build -O
-for t in value_decode segment_open ring_messages; do
+for t in value_decode segment_open ring_messages record_decode; do
     corpus=$(mktemp -d)
     seeds=seeds/$t
     [ -d "$seeds" ] || seeds=
