@@ -67,6 +67,18 @@ fn main() {
         "decode {:.0} ns/value (random order) [{x}]",
         t0.elapsed().as_secs_f64() * 1e9 / idx.len() as f64
     );
+    for k in [10usize, 100, 1000, 10_000, 100_000] {
+        let t0 = Instant::now();
+        for j in 0..200_000usize {
+            out.clear();
+            codec::decode(&m, &t, &comp[idx[j % k]], &mut out).unwrap();
+            x += out.len();
+        }
+        println!(
+            "decode cycling {k} random values: {:.0} ns/value",
+            t0.elapsed().as_secs_f64() * 1e9 / 200_000.0
+        );
+    }
     let t0 = Instant::now();
     for _ in 0..200_000 {
         out.clear();

@@ -22,12 +22,15 @@ pub const MODEL_MAGIC: &[u8; 4] = b"SRM1";
 const MAX_TABLE: usize = 1500;
 /// A string or int is kept as a whole value if it occurs at least this often in the sample.
 const MIN_REPEAT: usize = 4;
-/// Text contexts seen fewer times than this in the sample are left to lower orders: the
-/// default mode keeps only well-attested order-3 contexts (a model about a third the size,
-/// which decodes faster for fewer cache misses); compact mode keeps more. Measured on the
-/// links corpus (`examples/codec_eval.rs`): min 100 -> 29.3 B/record + 1.4 model;
-/// min 30 -> 29.0 + 2.1; order 2 (min 6) 33.9 + 0.9.
-const MIN_CTX_FAST: u64 = 100;
+/// Text contexts seen fewer times than this in the sample are left to lower orders. Measured
+/// on the links corpus (`examples/codec_eval.rs`, trained on 112k of 562k records; B/record
+/// of records + model): order 3 with min 300 -> 30.0 + 0.9; min 100 -> 29.3 + 1.4; min 30 ->
+/// 29.0 + 2.1; min 1000 -> 31.9 + 0.5; order 2 (min 6) -> 33.9 + 0.9. Decode time did not
+/// change with the model's size (it is bound by the latency of each symbol's dependent loads,
+/// not by cache misses), so the default keeps the smallest model near the best total, and
+/// compact keeps more contexts (smaller records, a bigger model: it pays off only for stores
+/// with several times more records than the corpus).
+const MIN_CTX_FAST: u64 = 300;
 const MIN_CTX_COMPACT: u64 = 30;
 /// A field gets its own model from this many sample values; rarer ones use the generic one.
 const MIN_FIELD: usize = 64;
