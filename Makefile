@@ -30,12 +30,13 @@ fmt: ## format Rust and Python
 	cargo fmt --all
 	$(PY) -m ruff format python tests benchmarks
 
-bench: ## latency, page, hub and restart benchmarks beside their anchors (starts redis, memcached)
+bench: ## latency, page, hub, restart and record-store benchmarks beside their anchors (starts redis, memcached)
 	$(PY) -m pip install ".[bench]"
 	$(PY) benchmarks/bench_cache.py
 	$(PY) benchmarks/linkrdr_bench.py
 	$(PY) benchmarks/hub_bench.py
 	$(PY) benchmarks/restart_bench.py
+	$(PY) benchmarks/records_bench.py --compact
 
 fuzz: ## a short cargo-fuzz pass of every target (SECONDS_EACH=600 for longer)
 	bash fuzz/run.sh

@@ -229,8 +229,18 @@ def main() -> None:
     ap.add_argument("--compact", action="store_true", help="also measure the compact codec")
     ap.add_argument("--skip-servers", action="store_true")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--dump", default=None, help="write the records for examples/codec_eval.rs")
     a = ap.parse_args()
     records, source = load_records(a.links, a.limit)
+    if a.dump:
+        from surpdb import _native
+
+        with open(a.dump, "wb") as f:
+            for r in records:
+                b = _native.encode_value(r)
+                f.write(len(b).to_bytes(4, "little") + b)
+        print(f"wrote {len(records)} records to {a.dump}")
+        return
     js = sum(len(json.dumps(r)) for r in records) / len(records)
     print(f"{len(records)} records from {source}; JSON {js:.0f} B each")
     out: dict[str, dict] = {}

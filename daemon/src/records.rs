@@ -527,12 +527,13 @@ impl RecStore {
 
     /// Compress `val` and write it after the active chunk's fill, unpublished.
     pub fn prepare(&mut self, val: &[u8]) -> Result<Inserted> {
-        crate::value::validate(val)?;
         let model = self.current_model();
         self.buf.clear();
         if model == 0 {
+            crate::value::validate(val)?;
             self.buf.extend_from_slice(val);
         } else {
+            // The encoder parses the whole value and refuses a malformed one.
             let m = self.tables.models[model as usize - 1].clone();
             let mut out = std::mem::take(&mut self.buf);
             let mut ap = Appender { rf: &self.rf, t: &mut self.tables };
@@ -544,21 +545,22 @@ impl RecStore {
         if len as u64 > MAX_RECORD {
             return Err(Error::ValueTooLarge { size: len as u64, max: MAX_RECORD });
         }
-        let mut rec = Vec::with_capacity(len + 4);
-        put_header(&mut rec, len);
-        let hl = rec.len();
-        rec.extend_from_slice(&self.buf);
-        let chunk = self.chunk_for(rec.len() as u64, model)?;
+        let mut hdr = Vec::with_capacity(4);
+        put_header(&mut hdr, len);
+        let total = (hdr.len() + len) as u64;
+        let chunk = self.chunk_for(total, model)?;
         let ctl = self.rf.ctl(chunk);
         let fill = ctl.fill.load(Ordering::Relaxed) as u64;
         let off = chunk * CHUNK + fill;
         let gen = ctl.gen.load(Ordering::Relaxed);
-        let check = check_of(self.rf.seed, off, gen & 0xff, &rec[hl..]);
-        self.rf.region.write(self.rf.chunks_off + off, &rec);
+        let check = check_of(self.rf.seed, off, gen & 0xff, &self.buf);
+        let at = self.rf.chunks_off + off;
+        self.rf.region.write(at, &hdr);
+        self.rf.region.write(at + hdr.len() as u64, &self.buf);
         Ok(Inserted {
             rid: make_id(off, gen, check),
-            publish: (chunk, (fill + rec.len() as u64) as u32),
-            len: rec.len() as u64,
+            publish: (chunk, (fill + total) as u32),
+            len: total,
         })
     }
 

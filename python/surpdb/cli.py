@@ -246,6 +246,9 @@ def _demo(a: argparse.Namespace) -> int:
         subprocess.run([sys.executable, "-c", _DEMO_READER, path], check=True)
         hits = c.incr("demo:counter")
         print("demo:counter is now", hits)
+        link = {"url": "https://pypi.org/project/surpdb/", "title": "records", "source": "pypi"}
+        rid = c.insert(link)
+        print("record store: insert ->", rid, "record(rid) ->", c.record(rid))
         st = c.stats()
         print("stats:", {k: st[k] for k in ("items", "bytes", "hits", "misses", "sets")})
         del c

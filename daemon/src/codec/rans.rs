@@ -31,11 +31,12 @@ pub struct Step {
 #[derive(Default)]
 pub struct Encoder {
     steps: Vec<Step>,
+    rev: Vec<u8>,
 }
 
 impl Encoder {
     pub fn new() -> Self {
-        Encoder { steps: Vec::with_capacity(256) }
+        Encoder { steps: Vec::with_capacity(256), rev: Vec::with_capacity(256) }
     }
 
     pub fn clear(&mut self) {
@@ -61,7 +62,8 @@ impl Encoder {
 
     /// Append the encoded stream to `out`.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        let mut rev: Vec<u8> = Vec::with_capacity(self.steps.len() + 4);
+        let rev = &mut self.rev;
+        rev.clear();
         let mut x: u32 = L;
         for s in self.steps.iter().rev() {
             let x_max = ((L >> s.scale) << 8) * s.freq;
