@@ -49,6 +49,18 @@ fn main() {
     );
     println!("encode {:.0} ns/value ({:.0}k/s)", enc_s * 1e9 / n, n / enc_s / 1e3);
     let mut out = Vec::new();
+    if std::env::var("SURP_DECODE_ONLY").is_ok() {
+        let t0 = Instant::now();
+        let mut x = 0usize;
+        for i in 0..3_000_000usize {
+            out.clear();
+            codec::decode(&m, &t, &comp[i.wrapping_mul(2654435761) % comp.len()], &mut out)
+                .unwrap();
+            x += out.len();
+        }
+        println!("decode-only {:.0} ns [{x}]", t0.elapsed().as_secs_f64() * 1e9 / 3e6);
+        return;
+    }
     for (v, c) in vals.iter().zip(&comp) {
         out.clear();
         codec::decode(&m, &t, c, &mut out).unwrap();

@@ -8,8 +8,22 @@ use crate::error::{Error, Result};
 
 pub const SCALE: u32 = 12;
 pub const TOT: u32 = 1 << SCALE;
-/// Distributions with more entries than this are searched by bisection.
-const LINEAR_MAX: u32 = 24;
+/// Distributions with more entries than this get a 64-bucket table (slot / 64 -> first
+/// candidate entry, 64 bytes after the entries), then a short scan: profiling showed the
+/// bisection's unpredictable branches as the largest single cost of decoding.
+const LINEAR_MAX: u32 = 16;
+/// Up to this many entries the bucket table's u8 indexes reach; beyond, bisection.
+const BUCKET_MAX: u32 = 255;
+const BUCKET_WORDS: usize = 16;
+
+#[inline(always)]
+fn extra_words(n: u32) -> usize {
+    if n > LINEAR_MAX && n <= BUCKET_MAX {
+        BUCKET_WORDS
+    } else {
+        0
+    }
+}
 /// A distribution's id is its offset in the pool: one word holding the entry count, then
 /// one word per entry (cumulative frequency | symbol << 16), then a sentinel (4096). A decode
 /// step touches one short contiguous run (the measured cost of decoding is cache misses:
@@ -74,7 +88,8 @@ impl Pool {
                 return None;
             }
             let d = p as u32;
-            p += self.w[p] as usize + 2;
+            let n = self.w[p];
+            p += n as usize + 2 + extra_words(n);
             Some(d)
         })
     }
@@ -101,6 +116,23 @@ impl Pool {
             cum += f as u32;
         }
         self.w.push(TOT);
+        let n = entries.len() as u32;
+        if extra_words(n) > 0 {
+            // bucket[k] = the entry holding slot 64 k.
+            let mut buckets = [0u8; 64];
+            let mut i = 0usize;
+            let cums: Vec<u32> =
+                (0..=n as usize).map(|j| self.w[base as usize + 1 + j] & 0xffff).collect();
+            for (k, b) in buckets.iter_mut().enumerate() {
+                while cums[i + 1] <= (k as u32) * 64 {
+                    i += 1;
+                }
+                *b = i as u8;
+            }
+            for c in buckets.chunks(4) {
+                self.w.push(u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+            }
+        }
         self.count += 1;
         Ok(base)
     }
@@ -137,23 +169,31 @@ impl Pool {
     }
 
     /// Decode one symbol.
-    #[inline]
+    #[inline(always)]
     pub fn get(&self, d: DistId, dec: &mut Decoder<'_>) -> u16 {
         let (b, n) = (d as usize + 1, self.w[d as usize]);
         let slot = dec.peek(SCALE);
         let mut i = b;
         if n > LINEAR_MAX {
-            let (mut lo, mut hi) = (0usize, n as usize);
-            // Largest entry whose cumulative frequency is <= slot.
-            while hi - lo > 1 {
-                let mid = (lo + hi) / 2;
-                if self.w[b + mid] & 0xffff <= slot {
-                    lo = mid;
-                } else {
-                    hi = mid;
+            if n <= BUCKET_MAX {
+                let word = self.w[b + n as usize + 1 + (slot as usize >> 8)];
+                i = b + (word >> (((slot >> 6) & 3) * 8)) as u8 as usize;
+                while self.w[i + 1] & 0xffff <= slot {
+                    i += 1;
                 }
+            } else {
+                let (mut lo, mut hi) = (0usize, n as usize);
+                // Largest entry whose cumulative frequency is <= slot.
+                while hi - lo > 1 {
+                    let mid = (lo + hi) / 2;
+                    if self.w[b + mid] & 0xffff <= slot {
+                        lo = mid;
+                    } else {
+                        hi = mid;
+                    }
+                }
+                i = b + lo;
             }
-            i = b + lo;
         } else {
             while self.w[i + 1] & 0xffff <= slot {
                 i += 1;
