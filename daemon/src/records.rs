@@ -478,12 +478,18 @@ impl RecStore {
     pub fn attach(rf: RecFile, train_after: u64) -> Result<RecStore> {
         let mut tables = LogTables::default();
         tables.refresh(&rf)?;
+        // Retired chunks waiting for readers when the last daemon stopped: wait again (the
+        // reclaim pass stamps them with the current epoch).
+        let retired = (0..rf.nchunks)
+            .filter(|&c| rf.ctl(c).state.load(Ordering::Relaxed) == C_RETIRED)
+            .map(|c| (c, 0))
+            .collect();
         Ok(RecStore {
             rf,
             tables,
             enc: RecordEncoder::new(),
             buf: Vec::new(),
-            retired: Vec::new(),
+            retired,
             train_after,
             samples: Vec::new(),
         })
@@ -519,6 +525,14 @@ impl RecStore {
         h.live.store(live, Ordering::Relaxed);
         h.live_bytes.store(live_bytes, Ordering::Relaxed);
         h.used_bytes.store(used, Ordering::Relaxed);
+    }
+
+    /// Retire full chunks left without live records (a stop between the last remove and the
+    /// retirement). Call after [`RecStore::recount`].
+    pub fn retire_empty(&mut self) {
+        for c in 0..self.rf.nchunks {
+            self.maybe_retire(c);
+        }
     }
 
     fn current_model(&self) -> u32 {
@@ -670,7 +684,8 @@ impl RecStore {
             if e == 0 || min.is_some_and(|m| m <= e) {
                 return true;
             }
-            // Space is released to the OS as well: a freed chunk costs no disk.
+            // The chunk keeps its disk blocks until it is refilled (punching a hole to give
+            // them back is future work).
             rf.ctl(c).state.store(C_FREE, Ordering::Release);
             false
         });

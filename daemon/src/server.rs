@@ -145,9 +145,10 @@ impl Daemon {
             RecFile::create(&rp, cfg.records_size, cfg.data_mode, cfg.compact)?;
             log::info(&format!("created records file path={}", rp.display()));
         }
-        let recs = RecStore::attach(RecFile::open(&rp, true)?, cfg.train_after)?;
+        let mut recs = RecStore::attach(RecFile::open(&rp, true)?, cfg.train_after)?;
         if !was_clean {
             recs.recount();
+            recs.retire_empty();
         }
         set_owner_mode(&rp, gid, cfg.data_mode)?;
         store.recs = Some(recs);
@@ -305,7 +306,8 @@ impl Daemon {
             if self.cfg.durability == Durability::Periodic
                 && now.duration_since(last_flush) >= self.cfg.flush_interval
             {
-                if let Err(e) = self.store.seg.region.flush_async() {
+                let recs = self.store.recs.as_ref().map(|r| r.rf.region.flush_async());
+                if let Err(e) = self.store.seg.region.flush_async().and(recs.unwrap_or(Ok(()))) {
                     log::error(&format!("msync failed: {e}"));
                 }
                 last_flush = now;
