@@ -20,16 +20,14 @@
 //! - A chunk whose records are all removed is retired at the current reader epoch and reused
 //!   (generation + 1) once no reader can still be inside it.
 
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-use crate::codec::{self, Model, RecordEncoder, Tables};
+use crate::codec::{self, MemTables, Model, Names, RecordEncoder, Tables};
 use crate::error::{Error, Result};
 use crate::layout::PAGE;
 use crate::shm::{self, Region};
@@ -176,17 +174,8 @@ impl RecFile {
         let tables_off = (chunk_tab_off + nchunks * 32).div_ceil(PAGE) * PAGE;
         let chunks_off = (tables_off + tables_cap).div_ceil(CHUNK) * CHUNK;
         let total = chunks_off + nchunks * CHUNK;
-        let tmp = path.with_extension("surp.tmp");
-        let _ = std::fs::remove_file(&tmp);
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(|e| Error::io(format!("cannot create {}", tmp.display()), e))?;
-        f.set_len(total).map_err(|e| Error::io("cannot size the records file", e))?;
-        let region = Region::map_rw(&f).map_err(|e| Error::io("cannot map the records file", e))?;
+        let nf = shm::NewFile::create(path, mode, total)?;
+        let region = &nf.region;
         let h: &RecFileHeader = region.get(0);
         h.version.store(RECORDS_VERSION, Ordering::Relaxed);
         h.layout_sig.store(REC_LAYOUT_SIG, Ordering::Relaxed);
@@ -200,11 +189,7 @@ impl RecFile {
         h.created_ms.store(shm::now_ms(), Ordering::Relaxed);
         h.compact.store(compact as u32, Ordering::Relaxed);
         h.magic.store(REC_MAGIC, Ordering::Release);
-        region.flush().map_err(|e| Error::io("cannot flush the records file", e))?;
-        drop(region);
-        f.sync_all().map_err(|e| Error::io("cannot sync the records file", e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io("cannot rename the records file", e))?;
-        Ok(())
+        nf.install(true)
     }
 
     pub fn open(path: &Path, writable: bool) -> Result<RecFile> {
@@ -321,11 +306,8 @@ impl RecFile {
 /// Tables and models as read from the table log.
 #[derive(Default)]
 pub struct LogTables {
-    pub fields: Vec<String>,
-    pub domains: Vec<String>,
+    pub names: MemTables,
     pub models: Vec<Arc<Model>>,
-    pub field_ids: HashMap<String, u32>,
-    pub domain_ids: HashMap<String, u32>,
     pub parsed: u64,
 }
 
@@ -346,15 +328,8 @@ impl LogTables {
             match kind {
                 T_FIELD | T_DOMAIN => {
                     let s = std::str::from_utf8(body)
-                        .map_err(|_| Error::Corrupted("table log: bad UTF-8".into()))?
-                        .to_owned();
-                    let (v, ids) = if kind == T_FIELD {
-                        (&mut self.fields, &mut self.field_ids)
-                    } else {
-                        (&mut self.domains, &mut self.domain_ids)
-                    };
-                    ids.insert(s.clone(), v.len() as u32);
-                    v.push(s);
+                        .map_err(|_| Error::Corrupted("table log: bad UTF-8".into()))?;
+                    self.names.of(kind).add(s);
                 }
                 T_MODEL => self.models.push(Arc::new(Model::from_bytes(body)?)),
                 k => return Err(Error::Corrupted(format!("table log: unknown entry kind {k}"))),
@@ -365,18 +340,34 @@ impl LogTables {
     }
 }
 
+/// The names table a table-log entry kind goes to.
+trait NamesOf {
+    fn of(&mut self, kind: u8) -> &mut Names;
+}
+
+impl NamesOf for MemTables {
+    fn of(&mut self, kind: u8) -> &mut Names {
+        if kind == T_FIELD {
+            &mut self.fields
+        } else {
+            &mut self.domains
+        }
+    }
+}
+
+/// Readers only look names up; only the daemon's [`Appender`] adds them.
 impl Tables for LogTables {
     fn field_id(&mut self, name: &str) -> Result<u32> {
-        self.field_ids.get(name).copied().ok_or_else(|| Error::Corrupted("read-only tables".into()))
+        self.names.fields.id(name).ok_or_else(|| Error::Corrupted("read-only tables".into()))
     }
     fn domain_id(&mut self, d: &str) -> Result<u32> {
-        self.domain_ids.get(d).copied().ok_or_else(|| Error::Corrupted("read-only tables".into()))
+        self.names.domains.id(d).ok_or_else(|| Error::Corrupted("read-only tables".into()))
     }
     fn field_name(&self, id: u32) -> Option<&str> {
-        self.fields.get(id as usize).map(|s| s.as_str())
+        self.names.field_name(id)
     }
     fn domain(&self, id: u32) -> Option<&str> {
-        self.domains.get(id as usize).map(|s| s.as_str())
+        self.names.domain(id)
     }
 }
 
@@ -420,26 +411,24 @@ impl Appender<'_> {
     }
 }
 
+impl Appender<'_> {
+    /// The id of a name, logged first if new (the log entry is published before any record
+    /// that uses the id).
+    fn intern(&mut self, kind: u8, name: &str) -> Result<u32> {
+        if let Some(i) = self.t.names.of(kind).id(name) {
+            return Ok(i);
+        }
+        self.append(kind, name.as_bytes())?;
+        Ok(self.t.names.of(kind).add(name))
+    }
+}
+
 impl Tables for Appender<'_> {
     fn field_id(&mut self, name: &str) -> Result<u32> {
-        if let Some(&i) = self.t.field_ids.get(name) {
-            return Ok(i);
-        }
-        self.append(T_FIELD, name.as_bytes())?;
-        let i = self.t.fields.len() as u32;
-        self.t.fields.push(name.to_owned());
-        self.t.field_ids.insert(name.to_owned(), i);
-        Ok(i)
+        self.intern(T_FIELD, name)
     }
     fn domain_id(&mut self, d: &str) -> Result<u32> {
-        if let Some(&i) = self.t.domain_ids.get(d) {
-            return Ok(i);
-        }
-        self.append(T_DOMAIN, d.as_bytes())?;
-        let i = self.t.domains.len() as u32;
-        self.t.domains.push(d.to_owned());
-        self.t.domain_ids.insert(d.to_owned(), i);
-        Ok(i)
+        self.intern(T_DOMAIN, d)
     }
     fn field_name(&self, id: u32) -> Option<&str> {
         self.t.field_name(id)

@@ -19,7 +19,6 @@
 //! memmap2 maps it the same way as the segment.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
@@ -81,21 +80,8 @@ impl Ring {
     /// Create a ring file (under a temporary name, then renamed over `path`).
     pub fn create(path: &Path, p: &RingParams, mode: u32) -> Result<()> {
         let o = offsets(p).ok_or_else(|| Error::Config("ring parameters overflow".into()))?;
-        let tmp = path.with_extension("surp.tmp");
-        let _ = std::fs::remove_file(&tmp);
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(|e| Error::io(format!("cannot create {}", tmp.display()), e))?;
-        // open() applies the umask; set the mode explicitly so group members can write.
-        use std::os::unix::fs::PermissionsExt;
-        f.set_permissions(std::fs::Permissions::from_mode(mode))
-            .map_err(|e| Error::io("cannot set the ring's mode", e))?;
-        f.set_len(o.total).map_err(|e| Error::io("cannot size the ring file", e))?;
-        let region = Region::map_rw(&f).map_err(|e| Error::io("cannot map the ring", e))?;
+        let nf = shm::NewFile::create(path, mode, o.total)?;
+        let region = &nf.region;
         let h: &RingHeader = region.get(0);
         h.nboxes.store(p.nboxes, Ordering::Relaxed);
         h.nresults.store(p.nresults, Ordering::Relaxed);
@@ -110,9 +96,7 @@ impl Ring {
         h.format_version.store(FORMAT_VERSION, Ordering::Relaxed);
         h.layout_sig.store(LAYOUT_SIG, Ordering::Relaxed);
         h.magic.store(RING_MAGIC, Ordering::Release);
-        drop(region);
-        std::fs::rename(&tmp, path).map_err(|e| Error::io("cannot rename the new ring", e))?;
-        Ok(())
+        nf.install(false)
     }
 
     pub fn open(path: &Path) -> Result<Ring> {

@@ -8,7 +8,6 @@
 //! so that a client never sees a half-written header.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -80,17 +79,8 @@ impl Segment {
         policy: u32,
         mode: u32,
     ) -> Result<()> {
-        let tmp = path.with_extension("surp.tmp");
-        let _ = std::fs::remove_file(&tmp);
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(|e| open_err(&tmp, e))?;
-        f.set_len(geo.size).map_err(|e| Error::io("cannot size the segment file", e))?;
-        let region = Region::map_rw(&f).map_err(|e| Error::io("cannot map the segment", e))?;
+        let nf = shm::NewFile::create(path, mode, geo.size)?;
+        let region = &nf.region;
         let h: &SegHeader = region.get(0);
         h.seed.store(shm::random_u64(), Ordering::Relaxed);
         h.size.store(geo.size, Ordering::Relaxed);
@@ -108,11 +98,7 @@ impl Segment {
         h.layout_sig.store(LAYOUT_SIG, Ordering::Relaxed);
         // Magic last: a file with a magic is a fully initialised one.
         h.magic.store(SEG_MAGIC, Ordering::Release);
-        region.flush().map_err(|e| Error::io("cannot flush the new segment", e))?;
-        drop(region);
-        f.sync_all().map_err(|e| Error::io("cannot sync the new segment", e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io("cannot rename the new segment", e))?;
-        Ok(())
+        nf.install(true)
     }
 
     /// Open and validate an existing segment.

@@ -402,6 +402,54 @@ pub fn boot_id() -> [u64; 2] {
     [a, b]
 }
 
+/// A shared file being created: made under `<name>.surp.tmp`, sized (sparse) and mapped;
+/// [`NewFile::install`] renames it into place once its header is written (magic last), so no
+/// process ever maps a half-initialised file.
+pub struct NewFile {
+    pub region: Region,
+    file: File,
+    tmp: std::path::PathBuf,
+    path: std::path::PathBuf,
+}
+
+impl NewFile {
+    pub fn create(path: &std::path::Path, mode: u32, len: u64) -> crate::error::Result<NewFile> {
+        use crate::error::Error;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let tmp = path.with_extension("surp.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(|e| Error::io(format!("cannot create {}", tmp.display()), e))?;
+        // open() applies the umask; set the mode explicitly (group members may need to write).
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io(format!("cannot set the mode of {}", tmp.display()), e))?;
+        file.set_len(len).map_err(|e| Error::io(format!("cannot size {}", tmp.display()), e))?;
+        let region = Region::map_rw(&file)
+            .map_err(|e| Error::io(format!("cannot map {}", tmp.display()), e))?;
+        Ok(NewFile { region, file, tmp, path: path.to_path_buf() })
+    }
+
+    /// Rename into place; with `durable`, flush the mapping and fsync the file first.
+    pub fn install(self, durable: bool) -> crate::error::Result<()> {
+        use crate::error::Error;
+        let NewFile { region, file, tmp, path } = self;
+        if durable {
+            region.flush().map_err(|e| Error::io(format!("cannot flush {}", tmp.display()), e))?;
+        }
+        drop(region);
+        if durable {
+            file.sync_all().map_err(|e| Error::io(format!("cannot sync {}", tmp.display()), e))?;
+        }
+        std::fs::rename(&tmp, &path)
+            .map_err(|e| Error::io(format!("cannot rename {} into place", tmp.display()), e))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1176,23 +1176,9 @@ impl Client {
     /// Store many records (pipelined through the ring); their ids, in order. Raises on the
     /// first failure after every request has been answered, naming how many were stored.
     fn insert_many(&self, py: Python<'_>, records: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
-        let mut tickets = Vec::new();
-        let mut buf = Vec::with_capacity(256);
-        for rec in records.try_iter()? {
-            let rec = rec?;
-            buf.clear();
-            encode(&rec, &mut buf, 0)?;
-            let t = self
-                .core
-                .enqueue(op::INSERT, 0, b"", &buf, 0, buf.len() as u64)
-                .map_err(to_py_err)?;
-            tickets.push(t);
-        }
-        let mut ids = Vec::with_capacity(tickets.len());
+        let replies = self.pipeline_values(py, records, op::INSERT, 0, false)?;
+        let mut ids = Vec::with_capacity(replies.len());
         let mut first_err: Option<PyErr> = None;
-        let core = &self.core;
-        let replies: Vec<surpd::Result<Reply>> =
-            py.allow_threads(|| tickets.iter().map(|&t| core.wait(t)).collect());
         for (i, r) in replies.into_iter().enumerate() {
             match r.map_err(to_py_err).and_then(|r| self.record_reply(r, None)) {
                 Ok(id) => ids.push(id),
@@ -1273,24 +1259,8 @@ impl Client {
         compact: bool,
     ) -> PyResult<u64> {
         if let Some(sample) = sample {
-            let mut tickets = Vec::new();
-            let mut buf = Vec::with_capacity(256);
-            for rec in sample.try_iter()? {
-                buf.clear();
-                encode(&rec?, &mut buf, 0)?;
-                if buf.len() as u64 > self.core.max_value() {
-                    continue;
-                }
-                let t = self
-                    .core
-                    .enqueue(op::TRAIN, flag::SAMPLE, b"", &buf, 0, buf.len() as u64)
-                    .map_err(to_py_err)?;
-                tickets.push(t);
-            }
-            let core = &self.core;
-            for t in tickets {
-                let r = py.allow_threads(|| core.wait(t)).map_err(to_py_err)?;
-                self.record_reply(r, None)?;
+            for r in self.pipeline_values(py, sample, op::TRAIN, flag::SAMPLE, true)? {
+                self.record_reply(r.map_err(to_py_err)?, None)?;
             }
         }
         let flags = if compact { flag::COMPACT } else { 0 };
@@ -1332,6 +1302,32 @@ fn record_id(rid: &Bound<'_, PyAny>) -> PyResult<u64> {
 }
 
 impl Client {
+    /// Queue one request per value of `values` (each as the payload of `op`), then wait for
+    /// every answer with the GIL released; the replies in order. `skip_oversized` leaves out
+    /// values over max_value instead of raising ValueTooLarge.
+    fn pipeline_values(
+        &self,
+        py: Python<'_>,
+        values: &Bound<'_, PyAny>,
+        op: u8,
+        flags: u8,
+        skip_oversized: bool,
+    ) -> PyResult<Vec<surpd::Result<Reply>>> {
+        let mut tickets = Vec::new();
+        let mut buf = Vec::with_capacity(256);
+        for v in values.try_iter()? {
+            buf.clear();
+            encode(&v?, &mut buf, 0)?;
+            if skip_oversized && buf.len() as u64 > self.core.max_value() {
+                continue;
+            }
+            let t = self.core.enqueue(op, flags, b"", &buf, 0, buf.len() as u64);
+            tickets.push(t.map_err(to_py_err)?);
+        }
+        let core = &self.core;
+        Ok(py.allow_threads(|| tickets.iter().map(|&t| core.wait(t)).collect()))
+    }
+
     /// Result of a record-store request: the reply's value, or the exception for its status.
     fn record_reply(&self, r: Reply, rid: Option<&Bound<'_, PyAny>>) -> PyResult<u64> {
         match r.status {

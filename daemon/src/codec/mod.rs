@@ -57,39 +57,66 @@ pub trait Tables {
     fn domain(&self, id: u32) -> Option<&str>;
 }
 
-/// Tables held in memory (tests, training tools, the evaluation harness).
+/// An append-only table of names: an id is a name's position, so ids never change.
+#[derive(Default, Debug, Clone)]
+pub struct Names {
+    list: Vec<String>,
+    ids: std::collections::HashMap<String, u32>,
+}
+
+impl Names {
+    pub fn id(&self, name: &str) -> Option<u32> {
+        self.ids.get(name).copied()
+    }
+
+    /// The id of `name`, added at the end if new.
+    pub fn add(&mut self, name: &str) -> u32 {
+        if let Some(i) = self.id(name) {
+            return i;
+        }
+        let i = self.list.len() as u32;
+        self.list.push(name.to_owned());
+        self.ids.insert(name.to_owned(), i);
+        i
+    }
+
+    pub fn name(&self, id: u32) -> Option<&str> {
+        self.list.get(id as usize).map(|s| s.as_str())
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.list.iter().map(|s| s.as_str())
+    }
+}
+
+/// Tables held in memory: tests, training tools, the evaluation harness, and (inside
+/// `records::LogTables`) each process's copy of the records file's table log.
 #[derive(Default, Debug, Clone)]
 pub struct MemTables {
-    pub fields: Vec<String>,
-    pub domains: Vec<String>,
-    pub field_ids: std::collections::HashMap<String, u32>,
-    pub domain_ids: std::collections::HashMap<String, u32>,
+    pub fields: Names,
+    pub domains: Names,
 }
 
 impl Tables for MemTables {
     fn field_id(&mut self, name: &str) -> Result<u32> {
-        if let Some(&i) = self.field_ids.get(name) {
-            return Ok(i);
-        }
-        self.fields.push(name.to_owned());
-        let i = self.fields.len() as u32 - 1;
-        self.field_ids.insert(name.to_owned(), i);
-        Ok(i)
+        Ok(self.fields.add(name))
     }
     fn domain_id(&mut self, d: &str) -> Result<u32> {
-        if let Some(&i) = self.domain_ids.get(d) {
-            return Ok(i);
-        }
-        self.domains.push(d.to_owned());
-        let i = self.domains.len() as u32 - 1;
-        self.domain_ids.insert(d.to_owned(), i);
-        Ok(i)
+        Ok(self.domains.add(d))
     }
     fn field_name(&self, id: u32) -> Option<&str> {
-        self.fields.get(id as usize).map(|s| s.as_str())
+        self.fields.name(id)
     }
     fn domain(&self, id: u32) -> Option<&str> {
-        self.domains.get(id as usize).map(|s| s.as_str())
+        self.domains.name(id)
     }
 }
 
