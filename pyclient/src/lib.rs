@@ -174,6 +174,53 @@ fn corrupt(what: &str) -> PyErr {
     errors::CorruptSegment::new_err(format!("stored value does not decode: {what}"))
 }
 
+thread_local! {
+    /// Recently decoded dict keys (short strings) by a hash of their bytes: records repeat
+    /// the same few field names, and a cached str skips an allocation, a UTF-8 check and the
+    /// dict's hashing of a fresh string (its hash is cached in the object).
+    static KEYS: std::cell::RefCell<Vec<Option<CachedKey>>> =
+        std::cell::RefCell::new((0..KEY_CACHE).map(|_| None).collect());
+}
+type CachedKey = (Box<[u8]>, Py<PyString>);
+const KEY_CACHE: usize = 256;
+const KEY_CACHE_MAX_LEN: usize = 40;
+
+/// A dict key from the key cache, if the next value is a short string.
+fn dict_key<'py>(py: Python<'py>, r: &mut v::Reader<'_>) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let start = r.pos;
+    if r.buf.get(start) != Some(&v::STR) {
+        return Ok(None);
+    }
+    r.pos += 1;
+    let b = match r.lbytes() {
+        Ok(b) if b.len() <= KEY_CACHE_MAX_LEN => b,
+        _ => {
+            r.pos = start;
+            return Ok(None);
+        }
+    };
+    let mut h = b.len() as u64;
+    for &x in b {
+        h = (h ^ x as u64).wrapping_mul(0x100_0000_01b3);
+    }
+    let slot = (h ^ (h >> 29)) as usize % KEY_CACHE;
+    let hit = KEYS.with(|k| {
+        let k = k.borrow();
+        match &k[slot] {
+            Some((bytes, s)) if **bytes == *b => Some(s.bind(py).clone().into_any()),
+            _ => None,
+        }
+    });
+    if hit.is_some() {
+        return Ok(hit);
+    }
+    let s = std::str::from_utf8(b).map_err(|_| corrupt("invalid UTF-8"))?;
+    let obj = PyString::new(py, s);
+    obj.hash()?;
+    KEYS.with(|k| k.borrow_mut()[slot] = Some((b.into(), obj.clone().unbind())));
+    Ok(Some(obj.into_any()))
+}
+
 fn decode<'py>(
     py: Python<'py>,
     r: &mut v::Reader<'_>,
@@ -225,7 +272,10 @@ fn decode<'py>(
             let n = r.count(2).map_err(e)?;
             let d = PyDict::new(py);
             for _ in 0..n {
-                let k = decode(py, r, depth + 1)?;
+                let k = match dict_key(py, r)? {
+                    Some(k) => k,
+                    None => decode(py, r, depth + 1)?,
+                };
                 let val = decode(py, r, depth + 1)?;
                 d.set_item(k, val)?;
             }
