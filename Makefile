@@ -30,9 +30,9 @@ fmt: ## format Rust and Python
 	cargo fmt --all
 	$(PY) -m ruff format python tests benchmarks
 
-bench: ## latency, page, hub, restart and record-store benchmarks beside their anchors (starts redis, memcached)
+bench: ## speed suite, page, hub, restart and record-store benchmarks beside their anchors (starts redis, memcached)
 	$(PY) -m pip install ".[bench]"
-	$(PY) benchmarks/bench_cache.py
+	$(PY) benchmarks/speed.py
 	$(PY) benchmarks/linkrdr_bench.py
 	$(PY) benchmarks/hub_bench.py
 	$(PY) benchmarks/restart_bench.py

@@ -46,6 +46,7 @@ def surpdb_restart(n: int) -> dict[str, float]:
         m = re.search(r"attach_ms=([0-9.]+)", srv.log)
         srv.stop()
         return {
+            "segment_mib": float(size.removesuffix("MiB")),
             "attach_ms": float(m.group(1)) if m else float("nan"),
             "ready_ms": t_ready * 1e3,
             "first_read_ms": t_read * 1e3,

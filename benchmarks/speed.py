@@ -731,7 +731,8 @@ def report(res: dict) -> None:
             print(f"- surpdb acked set of new keys, segment {n} ({r['fill']:.0%} by bytes_used): "
                   f"{fmt_ns(r['median'])} / p99 {fmt_ns(r['p99'])}")  # fmt: skip
         for n, r in res["curve_reattach"].items():
-            print(f"- surpdb re-attach after SIGKILL with {n}: attach {r['attach_ms']:.1f} ms, "
+            print(f"- surpdb re-attach after SIGKILL, {r['segment_mib']:.0f} MiB segment, {n}: "
+                  f"attach {r['attach_ms']:.1f} ms, "
                   f"first read {r['first_read_ms']:.0f} ms (incl. process start)")  # fmt: skip
     rows = targets(res)
     if rows:
