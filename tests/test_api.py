@@ -297,3 +297,19 @@ def test_two_clients_see_each_others_writes(server: surpdb.Server) -> None:
     assert b.get("k") == "from a"
     b.delete("k")
     assert a.get("k") is None
+
+
+def test_dict_keys_decode_exactly_through_the_key_cache(client: surpdb.Client) -> None:
+    # Decoded dict keys are cached (256 slots by a hash of their bytes): thousands of distinct
+    # keys force collisions; each must still come back as exactly its own str.
+    keys = [f"k{i}" for i in range(3000)] + ["é" * 20, "x" * 40, "y" * 41, "", "ключ", "a\x00b"]
+    for round_ in range(2):
+        for i in range(0, len(keys), 50):
+            d = {k: (i, round_) for k in keys[i : i + 50]}
+            d[b"bytes-key"] = 1
+            d[7] = "int key"
+            client.set("d", d)
+            back = client.get("d")
+            assert back == d
+            assert list(back) == list(d)
+            assert all(type(k) is str for k in back if not isinstance(k, (bytes, int)))
