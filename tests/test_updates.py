@@ -38,7 +38,9 @@ def test_append_to_a_non_list_is_a_type_error_and_changes_nothing(
     client: surpdb.Client, stored: object
 ) -> None:
     client.set("k", stored)
-    with pytest.raises(TypeError, match=r'append to key "k": it holds a ' + type(stored).__name__):
+    name = type(stored).__name__
+    article = "an" if name[0] in "aeiou" else "a"
+    with pytest.raises(TypeError, match=f'append to key "k": it holds {article} {name}'):
         client.append("k", 1)
     assert client.get("k") == stored
 

@@ -21,8 +21,8 @@ pub struct Store {
     /// The record store (the daemon attaches one; model tests run without).
     pub recs: Option<RecStore>,
     sweep_cursor: u64,
-    /// (box, ticket, head after) of the request being applied, for the journal.
-    ctx: Option<(u32, u64, u64)>,
+    /// (ring id, box, ticket, head after) of the request being applied, for the journal.
+    ctx: Option<(u64, u32, u64, u64)>,
 }
 
 /// Largest TTL accepted (about 100 years), so that expiry arithmetic never overflows.
@@ -38,7 +38,7 @@ impl Store {
     pub fn apply(&mut self, ring: &Ring, req: &Req<'_>) -> Reply {
         // The previous request is complete (its result is in the ring): the journal is stale.
         self.disarm();
-        self.ctx = Some((req.boxno, req.ticket, req.head_after));
+        self.ctx = Some((req.ring_id, req.boxno, req.ticket, req.head_after));
         let h = self.seg.hdr();
         h.c_requests.fetch_add(1, Ordering::Relaxed);
         h.op_active.store(1, Ordering::Relaxed);
@@ -125,9 +125,10 @@ impl Store {
     }
 
     fn arm_kind(&self, kind: u64, key: &[u8], new_version: u64, old_version: u64, reply: Reply) {
-        let Some((b, t, h)) = self.ctx else { return };
+        let Some((ring_id, b, t, h)) = self.ctx else { return };
         let j = self.journal();
         j.kind.store(kind, Ordering::Relaxed);
+        j.ring_id.store(ring_id, Ordering::Relaxed);
         self.seg.region.write(JOURNAL_KEY_OFF, key);
         j.key_len.store(key.len() as u32, Ordering::Relaxed);
         j.boxno.store(b, Ordering::Relaxed);
@@ -139,16 +140,26 @@ impl Store {
         j.value.store(reply.value, Ordering::Relaxed);
         j.aux.store(reply.aux, Ordering::Relaxed);
         j.armed.store(1, Ordering::Release);
+        crate::crash::point("journal armed");
     }
 
     /// After an unclean stop: if the journal names a request that was not completed, decide
     /// from the index whether its publish happened; if so, answer it (so it is not applied
     /// again), else leave it queued to be applied. Returns what was done, for the log.
-    pub fn recover_journal(&mut self, ring: &Ring) -> Option<String> {
+    pub fn recover_journal(&mut self, rings: &[&Ring]) -> Option<String> {
         let j = self.journal();
         if j.armed.load(Ordering::Acquire) == 0 {
             return None;
         }
+        let ring_id = j.ring_id.load(Ordering::Relaxed);
+        let ring = match rings.iter().find(|r| r.hdr().ring_id.load(Ordering::Relaxed) == ring_id) {
+            Some(r) => *r,
+            None if ring_id == 0 => rings[0],
+            None => {
+                self.disarm();
+                return Some(format!("journal names ring {ring_id:#x}, which is gone; ignored"));
+            }
+        };
         let (b, t, h) = (
             j.boxno.load(Ordering::Relaxed),
             j.ticket.load(Ordering::Relaxed),
@@ -169,7 +180,16 @@ impl Store {
         }
         let c = ring.ctl(b);
         let (done, head) = (c.done.load(Ordering::Acquire), c.head.load(Ordering::Acquire));
-        if done >= t || done + 1 != t || head >= h || h > c.tail.load(Ordering::Acquire) {
+        if done == t && head < h && h <= c.tail.load(Ordering::Acquire) {
+            // Answered, killed before the head moved past it (Ring::complete stores `done`
+            // first): move it now, so the client's next request is the one expected.
+            c.head.store(h, Ordering::Release);
+            return Some(format!(
+                "request box={b} ticket={t} was answered: moved the head past it"
+            ));
+        }
+        if done >= t || done.wrapping_add(1) != t || head >= h || h > c.tail.load(Ordering::Acquire)
+        {
             return None; // completed before the crash, or the box moved on
         }
         let applied = if j.kind.load(Ordering::Relaxed) == JOURNAL_RECORD {
@@ -234,11 +254,14 @@ impl Store {
         let h = self.seg.hdr();
         let version = h.version.fetch_add(1, Ordering::Relaxed);
         self.seg.write_record(off, &NewRec { key, value, hash, version, expires_ms });
+        crate::crash::point("record written");
+        self.heap.publish_head(&self.seg);
         // Cleaning during alloc may have moved index entries: find the slot again.
         let (slot, cur) = self.seg.find_for_write(key, hash);
         let answer = reply(version);
         self.arm(key, version, 0, answer);
         self.seg.publish(slot, hash, off);
+        crate::crash::point("slot published");
         match cur {
             Some(old) => {
                 h.live_bytes.fetch_sub(old.size, Ordering::Relaxed);

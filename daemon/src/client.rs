@@ -15,9 +15,10 @@
 
 #![deny(unsafe_code)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -25,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::index::Probe;
 use crate::layout::*;
 use crate::records::{decode_payload, records_path, LogTables, RecFile};
-use crate::ring::{Reply, Ring};
+use crate::ring::{Reply, Ring, Waited};
 use crate::segment::{Rec, Segment};
 use crate::shm;
 
@@ -47,38 +48,102 @@ pub fn lock_path(dir: &Path) -> PathBuf {
     dir.join("surpd.lock")
 }
 
+/// Where this process sends its requests and keeps its reader pins: one box of one ring
+/// file. A client moves to a new endpoint after a fork (the child's own box), when its box
+/// was poisoned, and when the daemon replaced the ring; old endpoints stay mapped (their
+/// boxes owned) until no read of this process is pinned in them.
+pub struct Endpoint {
+    pub ring: Arc<Ring>,
+    /// [`NO_BOX`] for a read-only client that found every box taken.
+    pub boxno: u32,
+    /// The process that claimed the box (a forked child never touches its parent's).
+    pid: u32,
+    /// Reads in flight pinned in this box (one pin store for any number of them).
+    pins: AtomicU32,
+    /// Last ticket sent through this box, once the client has moved on from it.
+    last: AtomicU64,
+}
+
+/// `Endpoint::boxno` of a client without a box: it reads without pinning (each read is
+/// validated against the heap's head instead) and cannot write.
+pub const NO_BOX: u32 = u32::MAX;
+
+impl Endpoint {
+    fn new(ring: Arc<Ring>, boxno: Option<u32>) -> Endpoint {
+        Endpoint {
+            ring,
+            boxno: boxno.unwrap_or(NO_BOX),
+            pid: shm::getpid(),
+            pins: AtomicU32::new(0),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    #[inline]
+    fn ctl(&self) -> Option<&BoxCtl> {
+        (self.boxno != NO_BOX).then(|| self.ring.ctl(self.boxno))
+    }
+}
+
+/// Producer state, behind the client's mutex. Tickets handed to callers are consecutive
+/// per client: `base + box ticket` of the current box.
 struct Producer {
-    /// Box this process owns, with the fork generation and pid that claimed it.
-    boxno: u32,
     fork_gen: u64,
     tail: u64,
-    next_ticket: u64,
+    /// Next ticket of the current box, and the last one whose result was moved out.
+    next: u64,
+    seen: u64,
+    base: u64,
+    /// Client tickets up to this one were issued by the parent before a fork.
+    parent_upto: u64,
     /// Results drained from the ring before their waiter asked (bounded).
     kept: HashMap<u64, Reply>,
-    /// Tickets handed out and not yet collected, oldest first.
-    wanted: BTreeMap<u64, ()>,
-    /// Last ticket whose result was moved out of the ring.
-    seen: u64,
+    /// Client tickets handed out and not yet collected.
+    wanted: BTreeSet<u64>,
     /// Failures of fire-and-forget requests whose results were dropped before anyone
     /// collected them.
     dropped_errors: u64,
 }
 
+impl Producer {
+    fn fresh(fork_gen: u64, base: u64) -> Producer {
+        Producer {
+            fork_gen,
+            tail: 0,
+            next: 1,
+            seen: 0,
+            base,
+            parent_upto: 0,
+            kept: HashMap::new(),
+            wanted: BTreeSet::new(),
+            dropped_errors: 0,
+        }
+    }
+
+    /// The next client ticket.
+    fn next_ticket(&self) -> u64 {
+        self.base + self.next
+    }
+}
+
 /// Most results kept for tickets nobody waited on yet.
 const MAX_KEPT: usize = 100_000;
+
+/// Requests a pipeline keeps in flight before it collects the oldest answer.
+pub const PIPELINE_WINDOW: usize = 1024;
 
 /// A client attached to one data directory.
 pub struct Client {
     pub dir: PathBuf,
     pub seg: Segment,
-    pub ring: Ring,
     pub timeout: Duration,
+    ep: shm::Swap<Endpoint>,
     prod: Mutex<Producer>,
-    /// Box used by readers (mirrors prod.boxno; read without taking the mutex).
-    reader_box: AtomicU32,
     reader_gen: AtomicU64,
-    pins: AtomicU32,
-    /// The record store's file (opened on first use) and its tables as read so far.
+    /// Epochs of this process's live zero-copy views (epoch -> count); the oldest is
+    /// published in the current box's `view_epoch`.
+    views: Mutex<BTreeMap<u64, usize>>,
+    /// The records file (opened on first use) and its tables as read so far.
     recs: std::sync::OnceLock<RecFile>,
     tables: Mutex<LogTables>,
 }
@@ -93,18 +158,60 @@ fn bump(c: &AtomicU64) {
     c.store(c.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
 }
 
-/// A pinned read section; unpins on drop.
+/// A pinned read section; unpins on drop. Without a box (every box taken), nothing is
+/// pinned: the read is confirmed afterwards instead ([`Pin::confirm`]).
 pub struct Pin<'a> {
-    c: &'a Client,
+    ep: &'a Endpoint,
+    seg: &'a Segment,
+    /// The epoch pinned (boxed), or the heap's published head when the pin began (boxless).
+    mark: u64,
 }
 
 impl Drop for Pin<'_> {
     fn drop(&mut self) {
-        if self.c.pins.fetch_sub(1, Ordering::Relaxed) == 1 {
-            let ctl = self.c.ring.ctl(self.c.reader_box.load(Ordering::Relaxed));
-            // Release: our reads of the record happen before the slot says "not reading".
-            ctl.epoch.store(0, Ordering::Release);
+        if let Some(ctl) = self.ep.ctl() {
+            if self.ep.pins.fetch_sub(1, Ordering::Relaxed) == 1 {
+                // Release: our reads of the record happen before the slot says "not reading".
+                ctl.epoch.store(0, Ordering::Release);
+            }
         }
+    }
+}
+
+impl Pin<'_> {
+    /// The epoch this pin holds (0 without a box).
+    pub fn epoch(&self) -> u64 {
+        if self.ep.ctl().is_some() {
+            self.mark
+        } else {
+            0
+        }
+    }
+
+    /// Whether the pin holds records in place (false: a boxless read, see `confirm`).
+    pub fn holds(&self) -> bool {
+        self.ep.ctl().is_some()
+    }
+
+    /// Whether the bytes of `rec`, read under this pin, were intact for the whole read. Always
+    /// true for a pinned read. A boxless read is confirmed by the heap's head: the daemon only
+    /// writes at or after its published head (at most a pad and a record beyond it), so a
+    /// record whose next reuse lies beyond that frontier was not touched. A false answer
+    /// means: discard what was decoded and read again.
+    pub fn confirm(&self, rec: &Rec<'_>) -> bool {
+        if self.holds() {
+            return true;
+        }
+        // SYNC POINT: Acquire fence; the record bytes were read before this load of the
+        // head (pairs with the Release store of `head` in Heap::publish_head).
+        fence(Ordering::Acquire);
+        let h2 = self.seg.hdr().head.load(Ordering::Relaxed);
+        let cap = self.seg.heap_cap;
+        let rel = rec.off - self.seg.heap_off;
+        // The first position at or after the pin's head that maps onto this record.
+        let next_use = self.mark + (rel + cap - self.mark % cap) % cap;
+        let in_flight = 2 * crate::segment::max_record(self.seg.max_value);
+        h2.saturating_add(in_flight) <= next_use
     }
 }
 
@@ -116,10 +223,28 @@ pub enum Lookup<'a> {
 
 impl Client {
     /// Attach to the daemon's files in `dir`. Reads work even while the daemon is down;
-    /// writes wait up to `timeout` for its answer.
+    /// writes wait up to `timeout` for its answer. When every client box is taken, the
+    /// client still reads (without a box) and claims one for its first write.
     pub fn connect(dir: &Path, timeout: Duration) -> Result<Client> {
         FORK_HOOK.call_once(|| shm::at_fork_child(after_fork_in_child));
         let seg = Segment::open(&data_path(dir), false)?;
+        let ring = Self::open_ring(dir, &seg)?;
+        let gen = FORK_GEN.load(Ordering::SeqCst);
+        let boxno = ring.claim(shm::getpid(), Self::start_time())?;
+        Ok(Client {
+            dir: dir.to_path_buf(),
+            seg,
+            timeout,
+            ep: shm::Swap::new(Endpoint::new(Arc::new(ring), boxno)),
+            prod: Mutex::new(Producer::fresh(gen, 0)),
+            reader_gen: AtomicU64::new(gen),
+            views: Mutex::new(BTreeMap::new()),
+            recs: std::sync::OnceLock::new(),
+            tables: Mutex::new(LogTables::default()),
+        })
+    }
+
+    fn open_ring(dir: &Path, seg: &Segment) -> Result<Ring> {
         let ring = Ring::open(&ring_path(dir))?;
         if ring.hdr().seg_seed.load(Ordering::Relaxed) != seg.seed {
             return Err(Error::Incompatible(format!(
@@ -127,52 +252,78 @@ impl Client {
                 dir.display()
             )));
         }
-        let gen = FORK_GEN.load(Ordering::SeqCst);
-        let boxno =
-            ring.claim(shm::getpid(), shm::process_start_time(shm::getpid()).unwrap_or(0))?;
-        let prod = Producer {
-            boxno,
-            fork_gen: gen,
-            tail: 0,
-            next_ticket: 1,
-            kept: HashMap::new(),
-            wanted: BTreeMap::new(),
-            seen: 0,
-            dropped_errors: 0,
-        };
-        Ok(Client {
-            dir: dir.to_path_buf(),
-            seg,
-            ring,
-            timeout,
-            prod: Mutex::new(prod),
-            reader_box: AtomicU32::new(boxno),
-            reader_gen: AtomicU64::new(gen),
-            pins: AtomicU32::new(0),
-            recs: std::sync::OnceLock::new(),
-            tables: Mutex::new(LogTables::default()),
-        })
+        Ok(ring)
     }
 
-    /// After fork: claim a new box for this (child) process.
+    fn start_time() -> u64 {
+        shm::process_start_time(shm::getpid()).unwrap_or(0)
+    }
+
+    /// The ring this client currently uses.
+    pub fn ring(&self) -> &Ring {
+        &self.ep.get().ring
+    }
+
+    /// This process's box ([`NO_BOX`] without one).
+    pub fn boxno(&self) -> u32 {
+        self.ep.get().boxno
+    }
+
+    /// Move to a new endpoint (a fresh box in `ring`, or none): this process's view pins
+    /// move with it, and boxes of earlier endpoints that no read is pinned in are given up.
+    /// Called with the producer lock held.
+    fn switch_endpoint(&self, ring: Arc<Ring>, boxno: Option<u32>) -> &Endpoint {
+        let old = self.ep.get();
+        let pid = shm::getpid();
+        let new = self.ep.set(Endpoint::new(ring, boxno));
+        let views = self.views.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ctl) = new.ctl() {
+            let oldest = views.keys().next().copied().unwrap_or(0);
+            ctl.view_epoch.store(oldest, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+        }
+        if old.pid == pid {
+            if let Some(ctl) = old.ctl() {
+                ctl.view_epoch.store(0, Ordering::SeqCst);
+            }
+        }
+        drop(views);
+        // The endpoint just left keeps its box until the next move (a read that loaded it a
+        // moment ago may still pin it); older idle ones are given up now.
+        self.release_idle_endpoints(&[old, new]);
+        new
+    }
+
+    /// Give up the boxes of this process's endpoints that no read is pinned in, except
+    /// those in `keep`.
+    fn release_idle_endpoints(&self, keep: &[&Endpoint]) {
+        let pid = shm::getpid();
+        self.ep.for_each(|e| {
+            if keep.iter().any(|k| std::ptr::eq(*k, e)) || e.pid != pid {
+                return;
+            }
+            if e.ctl().is_some() && e.pins.load(Ordering::Acquire) == 0 {
+                let last = e.last.swap(u64::MAX, Ordering::AcqRel);
+                if last != u64::MAX {
+                    e.ring.release(e.boxno, last);
+                }
+            }
+        });
+    }
+
+    /// After fork: the child gets its own box (the parent's box, pins and tickets stay the
+    /// parent's). Views inherited from the parent are pinned in the child's box too.
     fn refresh_after_fork(&self) -> Result<()> {
         let gen = FORK_GEN.load(Ordering::SeqCst);
         let mut p = self.prod.lock().unwrap_or_else(|e| e.into_inner());
         if p.fork_gen != gen {
-            let pid = shm::getpid();
-            let b = self.ring.claim(pid, shm::process_start_time(pid).unwrap_or(0))?;
-            *p = Producer {
-                boxno: b,
-                fork_gen: gen,
-                tail: 0,
-                next_ticket: 1,
-                kept: HashMap::new(),
-                wanted: BTreeMap::new(),
-                seen: 0,
-                dropped_errors: 0,
-            };
-            self.pins.store(0, Ordering::Relaxed);
-            self.reader_box.store(b, Ordering::Relaxed);
+            let issued = p.next_ticket() - 1;
+            let mut fresh = Producer::fresh(gen, issued);
+            fresh.parent_upto = issued;
+            *p = fresh;
+            let ring = self.ep.get().ring.clone();
+            let b = ring.claim(shm::getpid(), Self::start_time())?;
+            self.switch_endpoint(ring, b);
             self.reader_gen.store(gen, Ordering::Relaxed);
         }
         Ok(())
@@ -190,28 +341,60 @@ impl Client {
     #[inline]
     pub fn pin(&self) -> Result<Pin<'_>> {
         self.check_fork()?;
-        if self.pins.fetch_add(1, Ordering::Relaxed) == 0 {
-            let ctl = self.ring.ctl(self.reader_box.load(Ordering::Relaxed));
-            let e = self.seg.hdr().epoch.load(Ordering::SeqCst);
+        let ep = self.ep.get();
+        let h = self.seg.hdr();
+        let Some(ctl) = ep.ctl() else {
+            // SYNC POINT: Acquire; pairs with Heap::publish_head (see Pin::confirm).
+            return Ok(Pin { ep, seg: &self.seg, mark: h.head.load(Ordering::Acquire) });
+        };
+        let e = h.epoch.load(Ordering::SeqCst);
+        if ep.pins.fetch_add(1, Ordering::Relaxed) == 0 {
             // A plain store and one full fence (xchg plus mfence would be two barriers).
             ctl.epoch.store(e, Ordering::Relaxed);
             // SYNC POINT: SeqCst fence; pairs with the fence in heap::min_reader_epoch. Either
             // the daemon sees this pin, or our index reads see its unlinks.
             fence(Ordering::SeqCst);
         }
-        Ok(Pin { c: self })
+        Ok(Pin { ep, seg: &self.seg, mark: e })
     }
 
-    /// Current epoch (for views: they pin it until released).
+    /// Current epoch.
     pub fn epoch(&self) -> u64 {
         self.seg.hdr().epoch.load(Ordering::SeqCst)
     }
 
-    /// Record a view's pin in this process's slot (`oldest` = oldest live view epoch, 0 = none).
-    pub fn set_view_epoch(&self, oldest: u64) {
-        let ctl = self.ring.ctl(self.reader_box.load(Ordering::Relaxed));
+    /// Register a zero-copy view made under `pin`: the space it shows stays in place until
+    /// [`Client::unpin_view`] with the returned epoch. None without a box (nothing can pin
+    /// space then: the caller copies instead).
+    pub fn pin_view(&self, pin: &Pin<'_>) -> Option<u64> {
+        let ctl = pin.ep.ctl()?;
+        let epoch = pin.epoch();
+        let mut views = self.views.lock().unwrap_or_else(|e| e.into_inner());
+        *views.entry(epoch).or_insert(0) += 1;
+        let oldest = *views.keys().next().expect("just inserted");
         ctl.view_epoch.store(oldest, Ordering::SeqCst);
         fence(Ordering::SeqCst);
+        Some(epoch)
+    }
+
+    /// Release a view's pin. In a forked child this updates the child's own box, never the
+    /// parent's.
+    pub fn unpin_view(&self, epoch: u64) {
+        let _ = self.check_fork();
+        let mut views = self.views.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = views.get_mut(&epoch) {
+            *n -= 1;
+            if *n == 0 {
+                views.remove(&epoch);
+            }
+        }
+        let ep = self.ep.get();
+        if ep.pid == shm::getpid() {
+            if let Some(ctl) = ep.ctl() {
+                ctl.view_epoch.store(views.keys().next().copied().unwrap_or(0), Ordering::SeqCst);
+                fence(Ordering::SeqCst);
+            }
+        }
     }
 
     /// Look a key up, reading the clock only for a record that has an expiry. The caller
@@ -223,32 +406,61 @@ impl Client {
 
     /// Look a key up as of `now_ms` (unix ms; [`NOW_LAZY`]: read the clock if needed).
     #[inline]
-    pub fn lookup<'p>(&'p self, _pin: &Pin<'p>, key: &[u8], now_ms: u64) -> Lookup<'p> {
+    pub fn lookup<'p>(&'p self, pin: &Pin<'p>, key: &[u8], now_ms: u64) -> Lookup<'p> {
         let hash = self.seg.hash(key);
-        let ctl = self.ring.ctl(self.reader_box.load(Ordering::Relaxed));
+        let ring = &pin.ep.ring;
+        let count =
+            |which: fn(&BoxCtl) -> &AtomicU64, total: fn(&RingHeader) -> &AtomicU64| match pin
+                .ep
+                .ctl()
+            {
+                Some(ctl) => bump(which(ctl)),
+                None => {
+                    total(ring.hdr()).fetch_add(1, Ordering::Relaxed);
+                }
+            };
         match self.seg.probe(key, hash) {
             Probe::Hit { rec, .. } => {
                 if rec.expires_ms != 0 {
                     let now = if now_ms == NOW_LAZY { shm::now_ms() } else { now_ms };
                     if rec.expired(now) {
-                        bump(&ctl.misses);
+                        count(|c| &c.misses, |h| &h.retired_misses);
                         return Lookup::Miss;
                     }
                 }
-                bump(&ctl.hits);
-                self.ring.touch_hint(rec.off - self.seg.heap_off);
+                count(|c| &c.hits, |h| &h.retired_hits);
+                ring.touch_hint(rec.off - self.seg.heap_off);
                 Lookup::Hit(rec)
             }
             Probe::Miss => {
-                bump(&ctl.misses);
+                count(|c| &c.misses, |h| &h.retired_misses);
                 Lookup::Miss
             }
             Probe::Corrupt => {
-                bump(&ctl.corrupt);
-                bump(&ctl.misses);
+                count(|c| &c.corrupt, |h| &h.retired_corrupt);
+                count(|c| &c.misses, |h| &h.retired_misses);
                 Lookup::Miss
             }
         }
+    }
+
+    /// Look `key` up and hand the record (or None) to `f`; for a boxless read, `f` runs
+    /// again if the record changed under it (what `f` returned then is discarded). A read
+    /// that keeps colliding with the writer gives up after 1000 tries and reads as a miss.
+    pub fn read<R>(&self, key: &[u8], mut f: impl FnMut(Option<&Rec<'_>>) -> R) -> Result<R> {
+        for _ in 0..1000 {
+            let pin = self.pin()?;
+            match self.get(&pin, key) {
+                Lookup::Hit(rec) => {
+                    let r = f(Some(&rec));
+                    if pin.confirm(&rec) {
+                        return Ok(r);
+                    }
+                }
+                Lookup::Miss => return Ok(f(None)),
+            }
+        }
+        Ok(f(None))
     }
 
     /// The records file (the daemon creates it when it attaches).
@@ -268,18 +480,27 @@ impl Client {
         out: &mut Vec<u8>,
     ) -> Result<std::result::Result<(), &'static str>> {
         let rf = self.records()?;
-        let _pin = self.pin()?;
-        let (payload, model) = match rf.lookup(rid) {
-            Ok(x) => x,
-            Err(why) => return Ok(Err(why)),
-        };
-        let mut t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
-        if rf.hdr().tables_end.load(Ordering::Acquire) != t.parsed {
-            t.refresh(rf)?;
+        for _ in 0..1000 {
+            let pin = self.pin()?;
+            let (payload, model) = match rf.lookup(rid) {
+                Ok(x) => x,
+                Err(why) => return Ok(Err(why)),
+            };
+            let mut t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+            if rf.hdr().tables_end.load(Ordering::Acquire) != t.parsed {
+                t.refresh(rf)?;
+            }
+            let r = decode_payload(&t, model, payload, out);
+            // A boxless read: the record's chunk may have been reused meanwhile; looking the
+            // id up again proves it was not (reuse changes the generation, which the id's
+            // check covers).
+            if !pin.holds() && rf.lookup(rid).map(|(p, _)| p.as_ptr()) != Ok(payload.as_ptr()) {
+                continue;
+            }
+            r.map_err(|e| Error::Corrupted(format!("record {rid} in {}: {e}", rf.path.display())))?;
+            return Ok(Ok(()));
         }
-        decode_payload(&t, model, payload, out)
-            .map_err(|e| Error::Corrupted(format!("record {rid} in {}: {e}", rf.path.display())))?;
-        Ok(Ok(()))
+        Ok(Err("no such record (it kept changing while being read)"))
     }
 
     /// Record-store counters: (live records, bytes used by the records file, models).
@@ -307,6 +528,94 @@ impl Client {
         self.seg.max_value
     }
 
+    /// Make sure the current endpoint can take a request: claim a box if this client has
+    /// none, move to a fresh box if the daemon poisoned this one, move to the new ring if the
+    /// daemon replaced it. Called with the producer lock held.
+    fn writable_endpoint(&self, p: &mut Producer) -> Result<&Endpoint> {
+        let ep = self.ep.get();
+        let Some(ctl) = ep.ctl() else {
+            // Every box was taken when this client attached: try again now.
+            let ring = ep.ring.clone();
+            return match ring.claim(shm::getpid(), Self::start_time())? {
+                Some(b) => {
+                    self.abandon(p);
+                    Ok(self.switch_endpoint(ring, Some(b)))
+                }
+                None => Err(Error::Unavailable(format!(
+                    "{}: all {} client slots of the request ring are taken by live processes \
+                     (raise surpd's max_clients); this client can read but not write",
+                    self.dir.display(),
+                    ring.nboxes
+                ))),
+            };
+        };
+        let h = ep.ring.hdr();
+        if h.retired.load(Ordering::Acquire) != 0 && ep.ring.replaced_at(&ring_path(&self.dir)) {
+            return self.move_to_new_ring(p);
+        }
+        if ctl.poisoned.load(Ordering::Acquire) != 0 {
+            crate::log::warn(&format!(
+                "{}: the daemon refused a malformed request in this client's box; moving to a \
+                 fresh box ({} unanswered requests are lost)",
+                self.dir.display(),
+                p.wanted.len()
+            ));
+            let ring = ep.ring.clone();
+            let b = ring.claim(shm::getpid(), Self::start_time())?;
+            self.abandon(p);
+            return match b {
+                Some(_) => Ok(self.switch_endpoint(ring, b)),
+                None => {
+                    self.switch_endpoint(ring, None);
+                    Err(Error::Unavailable("no free client slot to replace a poisoned one".into()))
+                }
+            };
+        }
+        Ok(ep)
+    }
+
+    /// Start a new ticket sequence (the current box is being left): results of tickets not
+    /// answered yet are lost (tickets up to `base` then report so); answered ones are moved
+    /// out of the ring first.
+    fn abandon(&self, p: &mut Producer) {
+        self.drain(p);
+        let ep = self.ep.get();
+        ep.last.store(p.next - 1, Ordering::Release);
+        p.base = p.next_ticket() - 1;
+        p.next = 1;
+        p.seen = 0;
+        p.tail = 0;
+    }
+
+    /// The daemon replaced the ring (restarted with other ring settings): wait until every
+    /// request sent through the old one is answered (it serves both until their clients
+    /// moved), then claim a box in the new one. Requests of this process stay in order.
+    fn move_to_new_ring(&self, p: &mut Producer) -> Result<&Endpoint> {
+        let ep = self.ep.get();
+        let last = p.next - 1;
+        if last > 0 {
+            if let Some(b) = ep.ctl().map(|_| ep.boxno) {
+                if ep.ring.wait_done(b, last, self.timeout) != Waited::Done {
+                    return Err(self.unavailable("waiting for the old request ring to drain"));
+                }
+            }
+        }
+        let ring = Arc::new(Self::open_ring(&self.dir, &self.seg)?);
+        let b = ring.claim(shm::getpid(), Self::start_time())?;
+        self.abandon(p); // everything was answered above: the results are in `kept`
+        crate::log::info(&format!(
+            "{}: moved to the daemon's new request ring",
+            self.dir.display()
+        ));
+        match b {
+            Some(_) => Ok(self.switch_endpoint(ring, b)),
+            None => {
+                self.switch_endpoint(ring, None);
+                Err(Error::Unavailable("the new request ring has no free client slot".into()))
+            }
+        }
+    }
+
     /// Enqueue a request; returns its ticket.
     #[allow(clippy::too_many_arguments)]
     pub fn enqueue(
@@ -326,61 +635,72 @@ impl Client {
             });
         }
         self.check_fork()?;
-        if self.ring.hdr().retired.load(Ordering::Relaxed) != 0 {
-            return Err(Error::Unavailable(format!(
-                "{}: the daemon replaced the request ring; reconnect",
-                self.dir.display()
-            )));
-        }
         let mut p = self.prod.lock().unwrap_or_else(|e| e.into_inner());
-        let b = p.boxno;
+        let ep = self.writable_endpoint(&mut p)?;
+        let (ring, b) = (&ep.ring, ep.boxno);
         // Keep at most nresults-1 results outstanding in the ring: older ones are moved into
         // `kept` before their entries can be overwritten.
-        let ticket = p.next_ticket;
-        if ticket - p.seen >= self.ring.nresults as u64 {
-            let oldest = ticket - self.ring.nresults as u64 + 1;
-            if !self.ring.wait_done(b, oldest, self.timeout) {
-                return Err(self.unavailable("waiting for room in the result ring"));
+        let ticket = p.next;
+        if ticket - p.seen >= ring.nresults as u64 {
+            let oldest = ticket - ring.nresults as u64 + 1;
+            match ring.wait_done(b, oldest, self.timeout) {
+                Waited::Done => self.drain(&mut p),
+                Waited::Poisoned => {
+                    return Err(Error::BadRequest(
+                        "the daemon refused a malformed request from this client".into(),
+                    ))
+                }
+                Waited::TimedOut => {
+                    return Err(self.unavailable("waiting for room in the result ring"))
+                }
             }
-            self.drain(&mut p);
         }
         let mut tail = p.tail;
-        self.ring.enqueue(
-            b,
-            &mut tail,
-            ticket,
-            op,
-            flags,
-            key,
-            payload,
-            arg,
-            arg2,
-            self.timeout,
-        )?;
+        let r =
+            ring.enqueue(b, &mut tail, ticket, op, flags, key, payload, arg, arg2, self.timeout);
+        if let Err(Error::BadRequest(m)) = &r {
+            // The box's words were overwritten by another process: leave the box for good.
+            crate::log::warn(&format!("{}: {m}; moving to a fresh box", self.dir.display()));
+            if let Some(c) = ep.ctl() {
+                c.poisoned.store(1, Ordering::Release);
+            }
+        }
+        r?;
         p.tail = tail;
-        p.next_ticket += 1;
-        p.wanted.insert(ticket, ());
-        Ok(ticket)
+        p.next += 1;
+        let t = p.base + ticket;
+        p.wanted.insert(t);
+        Ok(t)
     }
 
     /// Move completed results out of the ring into `kept` (for tickets still wanted).
+    /// Bounded by what this process sent: the ring's `done` word is shared memory, and a
+    /// value past our last ticket (or a result entry naming another ticket) was not written
+    /// by the daemon.
     fn drain(&self, p: &mut Producer) {
-        let done = self.ring.ctl(p.boxno).done.load(Ordering::Acquire);
+        let ep = self.ep.get();
+        let Some(ctl) = ep.ctl() else { return };
+        let done = ctl.done.load(Ordering::Acquire).min(p.next - 1);
         while p.seen < done {
             let t = p.seen + 1;
-            let r = self.ring.result(p.boxno, t);
-            let reply = Reply {
-                status: r.status.load(Ordering::Relaxed),
-                value: r.value.load(Ordering::Relaxed),
-                aux: r.aux.load(Ordering::Relaxed),
+            let r = ep.ring.result(ep.boxno, t);
+            let reply = if r.ticket.load(Ordering::Relaxed) == t {
+                Reply {
+                    status: r.status.load(Ordering::Relaxed),
+                    value: r.value.load(Ordering::Relaxed),
+                    aux: r.aux.load(Ordering::Relaxed),
+                }
+            } else {
+                Reply::status(status::LOST)
             };
-            if p.wanted.contains_key(&t) {
-                p.kept.insert(t, reply);
+            let ct = p.base + t;
+            if p.wanted.contains(&ct) {
+                p.kept.insert(ct, reply);
             }
             p.seen = t;
         }
         while p.kept.len() > MAX_KEPT {
-            let Some((&oldest, _)) = p.wanted.iter().next() else { break };
+            let Some(&oldest) = p.wanted.iter().next() else { break };
             p.wanted.remove(&oldest);
             if let Some(r) = p.kept.remove(&oldest) {
                 if r.status != status::OK && r.status != status::NOT_DONE {
@@ -395,50 +715,44 @@ impl Client {
             "{}: no answer from surpd after {:.1}s {what}{}",
             self.dir.display(),
             self.timeout.as_secs_f64(),
-            self.ring.daemon_note()
+            self.ring().daemon_note()
         ))
     }
 
-    /// Wait for a ticket's result. Releases nothing itself: the binding calls it with the
-    /// GIL released.
+    /// Wait for a ticket's result, up to the client's timeout. Releases nothing itself: the
+    /// binding calls it with the GIL released.
     pub fn wait(&self, ticket: u64) -> Result<Reply> {
-        let (b, gen) = {
+        self.wait_for(ticket, self.timeout)
+    }
+
+    /// Wait for a ticket's result, up to `timeout`.
+    pub fn wait_for(&self, ticket: u64, timeout: Duration) -> Result<Reply> {
+        let (ring, b, bt, gen) = {
             let mut p = self.prod.lock().unwrap_or_else(|e| e.into_inner());
-            if p.fork_gen != FORK_GEN.load(Ordering::Relaxed)
-                || ticket == 0
-                || ticket >= p.next_ticket
-            {
-                return Err(Error::BadRequest(format!(
-                    "ticket {ticket} was not issued by this client{}",
-                    if p.next_ticket > 1 {
-                        format!(" (last issued: {})", p.next_ticket - 1)
-                    } else {
-                        String::new()
-                    }
-                )));
-            }
-            if let Some(r) = p.kept.remove(&ticket) {
-                p.wanted.remove(&ticket);
+            if let Some(r) = self.collected(&mut p, ticket)? {
                 return Ok(r);
             }
-            if !p.wanted.contains_key(&ticket) {
-                return Err(Error::BadRequest(format!(
-                    "ticket {ticket} was already collected, or its result dropped after \
-                     {MAX_KEPT} newer uncollected results"
-                )));
-            }
-            (p.boxno, p.fork_gen)
+            let ep = self.ep.get();
+            (ep.ring.clone(), ep.boxno, ticket - p.base, p.fork_gen)
         };
-        let deadline = Instant::now() + self.timeout;
+        let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            if self.ring.wait_done(b, ticket, left.min(Duration::from_millis(250))) {
-                break;
-            }
-            if self.ring.ctl(b).poisoned.load(Ordering::Acquire) != 0 {
-                return Err(Error::BadRequest(
-                    "the daemon refused a malformed request from this client".into(),
-                ));
+            match ring.wait_done(b, bt, left.min(Duration::from_millis(250))) {
+                Waited::Done => break,
+                Waited::Poisoned => {
+                    let mut p = self.prod.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(r) = self.collected(&mut p, ticket)? {
+                        return Ok(r); // answered before the poisoning
+                    }
+                    p.wanted.remove(&ticket);
+                    return Err(Error::BadRequest(
+                        "the daemon refused a malformed request from this client; its queue \
+                         was skipped (the client moves to a fresh box on its next request)"
+                            .into(),
+                    ));
+                }
+                Waited::TimedOut => {}
             }
             if Instant::now() >= deadline {
                 return Err(self.unavailable(&format!(
@@ -452,13 +766,48 @@ impl Client {
                 "ticket {ticket} belongs to the parent process"
             )));
         }
-        if p.seen < ticket {
+        if p.base + p.seen < ticket {
             self.drain(&mut p);
         }
-        p.wanted.remove(&ticket);
-        p.kept
-            .remove(&ticket)
-            .ok_or_else(|| Error::BadRequest(format!("result of ticket {ticket} was lost")))
+        match self.collected(&mut p, ticket)? {
+            Some(r) => Ok(r),
+            None => Err(Error::BadRequest(format!("result of ticket {ticket} was lost"))),
+        }
+    }
+
+    /// The result of `ticket` if it was already moved out of the ring (taking it), None if
+    /// it is still to come, an error for a ticket this client cannot answer.
+    fn collected(&self, p: &mut Producer, ticket: u64) -> Result<Option<Reply>> {
+        if p.fork_gen != FORK_GEN.load(Ordering::Relaxed) || ticket <= p.parent_upto {
+            return Err(Error::BadRequest(format!(
+                "ticket {ticket} belongs to the parent process"
+            )));
+        }
+        if ticket == 0 || ticket >= p.next_ticket() {
+            let last = p.next_ticket() - 1;
+            return Err(Error::BadRequest(format!(
+                "ticket {ticket} was not issued by this client{}",
+                if last > 0 { format!(" (last issued: {last})") } else { String::new() }
+            )));
+        }
+        if let Some(r) = p.kept.remove(&ticket) {
+            p.wanted.remove(&ticket);
+            return Ok(Some(r));
+        }
+        if !p.wanted.contains(&ticket) {
+            return Err(Error::BadRequest(format!(
+                "ticket {ticket} was already collected, or its result dropped after \
+                 {MAX_KEPT} newer uncollected results"
+            )));
+        }
+        if ticket <= p.base {
+            p.wanted.remove(&ticket);
+            return Err(Error::BadRequest(format!(
+                "request #{ticket} was lost: the daemon skipped this client's queue after a \
+                 malformed request"
+            )));
+        }
+        Ok(None)
     }
 
     /// Enqueue and wait.
@@ -480,17 +829,88 @@ impl Client {
         self.prod.lock().map(|p| p.dropped_errors).unwrap_or(0)
     }
 
-    /// This process's box (for tests and stats).
-    pub fn boxno(&self) -> u32 {
-        self.reader_box.load(Ordering::Relaxed)
+    /// Whether this client has a box (it can pin and write).
+    pub fn has_box(&self) -> bool {
+        self.ep.get().boxno != NO_BOX
+    }
+}
+
+/// Requests sent back to back, at most [`PIPELINE_WINDOW`] in flight: the oldest answer is
+/// collected before another request goes out, so a pipeline of any length keeps a bounded
+/// number of uncollected results (and never outruns the result ring).
+pub struct Pipeline<'c> {
+    c: &'c Client,
+    pending: std::collections::VecDeque<u64>,
+    /// Answers, in the order the requests were pushed.
+    pub replies: Vec<Result<Reply>>,
+}
+
+impl<'c> Pipeline<'c> {
+    pub fn new(c: &'c Client) -> Pipeline<'c> {
+        Pipeline { c, pending: Default::default(), replies: Vec::new() }
+    }
+
+    /// Whether the next push would first wait for an answer.
+    pub fn full(&self) -> bool {
+        self.pending.len() >= PIPELINE_WINDOW
+    }
+
+    /// Collect answers until there is room for one more request (call without the GIL).
+    pub fn make_room(&mut self) {
+        while self.full() {
+            self.collect_one();
+        }
+    }
+
+    fn collect_one(&mut self) {
+        if let Some(t) = self.pending.pop_front() {
+            self.replies.push(self.c.wait(t));
+        }
+    }
+
+    /// Send one request (collecting the oldest answer first if the window is full). An
+    /// error sending it is that request's answer.
+    #[allow(clippy::too_many_arguments)]
+    pub fn push(&mut self, op: u8, flags: u8, key: &[u8], payload: &[u8], arg: u64, arg2: u64) {
+        self.make_room();
+        match self.c.enqueue(op, flags, key, payload, arg, arg2) {
+            Ok(t) => self.pending.push_back(t),
+            Err(e) => {
+                // Keep the order: answers before this one first.
+                while !self.pending.is_empty() {
+                    self.collect_one();
+                }
+                self.replies.push(Err(e));
+            }
+        }
+    }
+
+    /// Collect every remaining answer.
+    pub fn finish(mut self) -> Vec<Result<Reply>> {
+        while !self.pending.is_empty() {
+            self.collect_one();
+        }
+        self.replies
     }
 }
 
 impl Drop for Client {
     fn drop(&mut self) {
-        // A forked child must not release its parent's box.
-        if self.reader_gen.load(Ordering::Relaxed) == FORK_GEN.load(Ordering::Relaxed) {
-            self.ring.release(self.boxno());
+        // Give up every box this process claimed (a forked child leaves its parent's alone).
+        let p = self.prod.lock().unwrap_or_else(|e| e.into_inner());
+        let cur = self.ep.get();
+        if cur.pid == shm::getpid() && p.fork_gen == FORK_GEN.load(Ordering::Relaxed) {
+            cur.last.store(p.next - 1, Ordering::Release);
         }
+        drop(p);
+        let pid = shm::getpid();
+        self.ep.for_each(|e| {
+            if e.pid == pid && e.ctl().is_some() {
+                let last = e.last.swap(u64::MAX, Ordering::AcqRel);
+                if last != u64::MAX {
+                    e.ring.release(e.boxno, last);
+                }
+            }
+        });
     }
 }

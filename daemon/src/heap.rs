@@ -43,6 +43,9 @@ pub struct Heap {
     pub policy: u32,
     /// How long an allocation may wait for readers to leave old space.
     pub reclaim_wait: Duration,
+    /// Request rings this daemon replaced (restarted with other ring settings) and still
+    /// serves until their clients have moved: their reader slots may still pin epochs.
+    pub retired_rings: Vec<(std::path::PathBuf, Ring)>,
 }
 
 /// What happened to make room.
@@ -67,6 +70,7 @@ impl Heap {
             reserve: 2 * max_rec,
             policy: h.policy.load(Ordering::Relaxed),
             reclaim_wait: Duration::from_millis(500),
+            retired_rings: Vec::new(),
         }
     }
 
@@ -83,7 +87,10 @@ impl Heap {
     }
 
     /// Reserve `n` bytes (a multiple of REC_ALIGN) at the head, or None if it would pass
-    /// `free_limit + cap - keep`.
+    /// `free_limit + cap - keep`. Only the daemon's copy of `head` moves: the caller writes
+    /// the record into the space, then calls [`Heap::publish_head`]. So the header's `head`
+    /// only ever covers entries that are completely written, and a crash in between leaves
+    /// bytes past the head, which nothing reads and the next record overwrites.
     fn try_reserve(&mut self, seg: &Segment, ring: &Ring, n: u64, keep: u64) -> Option<u64> {
         let cap = seg.heap_cap;
         let phys = self.head % cap;
@@ -97,11 +104,19 @@ impl Heap {
         }
         let off = seg.phys(self.head);
         self.head += n;
-        // Publish the new head before the record is written: after a crash, the header's
-        // head is never behind a record that the index can reach.
-        seg.hdr().head.store(self.head, Ordering::Release);
         ring.clear_hint(off - seg.heap_off);
         Some(off)
+    }
+
+    /// Publish everything reserved so far (written by now) as part of the log: the header's
+    /// `head` moves after the bytes it covers, never before (a cleaner or `check` walking
+    /// from the tail after a crash always finds whole entries).
+    pub fn publish_head(&self, seg: &Segment) {
+        // SYNC POINT: Release; the entry bytes written above are visible before the head
+        // that covers them (for readers of the log after a crash: the restarted daemon,
+        // `surpdb check`).
+        seg.hdr().head.store(self.head, Ordering::Release);
+        crate::crash::point("heap head published");
     }
 
     /// Allocate `n` bytes for a new record, cleaning, evicting and waiting for readers as the
@@ -233,7 +248,10 @@ impl Heap {
             // Relocations may use the reserve: that is what it is for.
             if let Some(dst) = self.try_reserve(seg, ring, size, 0) {
                 seg.copy_record(off, dst, size);
+                crate::crash::point("relocated copy written");
+                self.publish_head(seg);
                 seg.publish(slot, rec.hash, dst);
+                crate::crash::point("relocated slot published");
                 st.relocated += 1;
                 return true;
             }
@@ -295,7 +313,7 @@ impl Heap {
         if self.pending.is_empty() {
             return false;
         }
-        let min = min_reader_epoch(ring, self.pending.front().map_or(0, |&(_, e)| e));
+        let min = self.min_reader_epoch(ring, self.pending.front().map_or(0, |&(_, e)| e));
         let mut moved = false;
         while let Some(&(pos, e)) = self.pending.front() {
             if min.is_some_and(|m| m <= e) {
@@ -320,16 +338,29 @@ impl Heap {
 
     fn pinning_reader(&self, ring: &Ring) -> String {
         let oldest = self.pending.front().map(|&(_, e)| e).unwrap_or(0);
-        for b in 0..ring.nboxes {
-            let c = ring.ctl(b);
-            let pid = c.owner_pid.load(Ordering::Relaxed);
-            let e = c.epoch.load(Ordering::Relaxed);
-            let v = c.view_epoch.load(Ordering::Relaxed);
-            if pid != 0 && ((e != 0 && e <= oldest) || (v != 0 && v <= oldest)) {
-                return format!(" (pid {pid} holds a read or a view open)");
+        for r in std::iter::once(ring).chain(self.retired_rings.iter().map(|(_, r)| r)) {
+            for b in 0..r.nboxes {
+                let c = r.ctl(b);
+                let pid = c.owner_pid.load(Ordering::Relaxed);
+                let e = c.epoch.load(Ordering::Relaxed);
+                let v = c.view_epoch.load(Ordering::Relaxed);
+                if pid != 0 && ((e != 0 && e <= oldest) || (v != 0 && v <= oldest)) {
+                    return format!(" (pid {pid} holds a read or a view open)");
+                }
             }
         }
         String::new()
+    }
+
+    /// The oldest epoch pinned by a live reader in `ring` or in a retired ring still served.
+    pub fn min_reader_epoch(&self, ring: &Ring, blocking: u64) -> Option<u64> {
+        let mut min = min_reader_epoch(ring, blocking);
+        for (_, r) in &self.retired_rings {
+            if let Some(e) = min_reader_epoch(r, blocking) {
+                min = Some(min.map_or(e, |m: u64| m.min(e)));
+            }
+        }
+        min
     }
 }
 
@@ -345,7 +376,7 @@ pub fn min_reader_epoch(ring: &Ring, blocking: u64) -> Option<u64> {
     for b in 0..ring.nboxes {
         let c = ring.ctl(b);
         let pid = c.owner_pid.load(Ordering::Relaxed);
-        if pid == 0 {
+        if pid == 0 || pid == crate::ring::OWNER_RESETTING {
             continue;
         }
         for e in [c.epoch.load(Ordering::SeqCst), c.view_epoch.load(Ordering::SeqCst)] {

@@ -166,7 +166,10 @@ pub struct RingHeader {
     /// Seed of the data segment this ring belongs to.
     pub seg_seed: AtomicU64,
     pub max_value: AtomicU64,
-    _pad0: [u64; 5],
+    /// Random per ring file (0 in files made before it existed): names the ring a
+    /// journaled request came from.
+    pub ring_id: AtomicU64,
+    _pad0: [u64; 4],
 
     // ---- offset 128: daemon presence ----
     pub daemon_pid: AtomicU32,
@@ -262,7 +265,10 @@ pub struct Journal {
     /// What `new_version` / `old_version` name: 0 = record versions of `key` in the cache;
     /// [`JOURNAL_RECORD`] = record-store ids (a new id that is live, an old id not live).
     pub kind: AtomicU64,
-    _pad: [u64; 7],
+    /// `RingHeader::ring_id` of the ring the request came from (0: the current ring; a
+    /// daemon may serve a replaced ring until its clients move).
+    pub ring_id: AtomicU64,
+    _pad: [u64; 6],
 }
 
 /// Journal kind for record-store requests.
@@ -354,6 +360,14 @@ pub mod status {
     pub const WRONG_TYPE: u32 = 7;
     /// Applied, but `durability = "sync"` could not flush it to disk.
     pub const NOT_DURABLE: u32 = 8;
+    /// The value the daemon would build is not storable (nested deeper than the decoders
+    /// accept, say): refused, nothing changed.
+    pub const INVALID_RESULT: u32 = 9;
+    /// The disk could not provide blocks for the write (the filesystem is full).
+    pub const NO_DISK_SPACE: u32 = 10;
+    /// Never sent by the daemon: the client found its result entry overwritten (another
+    /// process wrote into this client's box), so the answer is unknown.
+    pub const LOST: u32 = 0xffff_0001;
 }
 
 const _: () = {

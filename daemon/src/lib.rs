@@ -12,6 +12,7 @@ pub mod check;
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod crash;
 pub mod error;
 pub mod heap;
 pub mod index;

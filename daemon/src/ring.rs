@@ -41,6 +41,10 @@ pub struct RingParams {
 /// A mapped ring file.
 pub struct Ring {
     pub region: Region,
+    /// The open file (its blocks are allocated as boxes are claimed) and its identity, to
+    /// tell a ring that was really replaced on disk from a forged `retired` word.
+    file: File,
+    ident: (u64, u64),
     pub nboxes: u32,
     pub nresults: u32,
     pub box_bytes: u64,
@@ -70,6 +74,31 @@ fn offsets(p: &RingParams) -> Option<Offsets> {
     Some(Offsets { boxes, results, data, hints, total })
 }
 
+fn file_ident(f: &File) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = f.metadata()?;
+    Ok((m.dev(), m.ino()))
+}
+
+/// `owner_pid` of a box the daemon is resetting (never a real pid: pids fit in 22 bits).
+pub const OWNER_RESETTING: u32 = u32::MAX;
+
+/// Box states (`BoxCtl::active`).
+pub const BOX_FREE: u32 = 0;
+/// Owned and serving requests.
+pub const BOX_ACTIVE: u32 = 1;
+/// The owner is done with it: the daemon frees it once its queue is empty.
+pub const BOX_RELEASED: u32 = 2;
+
+/// What a wait for a ticket saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Waited {
+    Done,
+    /// The daemon refused a malformed request in this box and skipped its queue.
+    Poisoned,
+    TimedOut,
+}
+
 /// Largest request a box of `box_bytes` accepts: half the box, so that a request always
 /// fits after at most one pad to the buffer's end.
 pub fn max_request(box_bytes: u64) -> u64 {
@@ -81,6 +110,12 @@ impl Ring {
     pub fn create(path: &Path, p: &RingParams, mode: u32) -> Result<()> {
         let o = offsets(p).ok_or_else(|| Error::Config("ring parameters overflow".into()))?;
         let nf = shm::NewFile::create(path, mode, o.total)?;
+        // Blocks for everything but the box data (the header, control blocks, results and
+        // access hints, which the daemon and every client store into); a box's data is
+        // allocated by the client that claims it. A store into a hole of a full filesystem
+        // would be a SIGBUS.
+        nf.allocate(0, o.data)?;
+        nf.allocate(o.hints, o.total - o.hints)?;
         let region = &nf.region;
         let h: &RingHeader = region.get(0);
         h.nboxes.store(p.nboxes, Ordering::Relaxed);
@@ -93,6 +128,7 @@ impl Ring {
         h.hints_len.store(p.hints_len, Ordering::Relaxed);
         h.seg_seed.store(p.seg_seed, Ordering::Relaxed);
         h.max_value.store(p.max_value, Ordering::Relaxed);
+        h.ring_id.store(shm::random_u64() | 1, Ordering::Relaxed);
         h.format_version.store(FORMAT_VERSION, Ordering::Relaxed);
         h.layout_sig.store(LAYOUT_SIG, Ordering::Relaxed);
         h.magic.store(RING_MAGIC, Ordering::Release);
@@ -158,8 +194,12 @@ impl Ring {
         {
             return Err(bad("offsets"));
         }
+        let ident = file_ident(f).map_err(|e| Error::io("cannot stat the ring", e))?;
+        let file = f.try_clone().map_err(|e| Error::io("cannot keep the ring open", e))?;
         Ok(Ring {
             region,
+            file,
+            ident,
             nboxes: p.nboxes,
             nresults: p.nresults,
             box_bytes: p.box_bytes,
@@ -170,6 +210,27 @@ impl Ring {
             hints_len: p.hints_len,
             max_value: p.max_value,
         })
+    }
+
+    /// Allocate the blocks every process stores into (all but the box data), for a ring
+    /// file made before allocation was done at creation.
+    pub fn allocate_shared(&self, path: &Path) -> Result<()> {
+        let hints_end = align_up(self.hints_off + self.hints_len, PAGE);
+        shm::allocate(&self.file, 0, self.data_off)
+            .and_then(|()| shm::allocate(&self.file, self.hints_off, hints_end - self.hints_off))
+            .map_err(|e| shm::allocate_error(path, self.data_off, e))
+    }
+
+    /// Whether the file at `path` is another file than this mapping (the daemon replaced
+    /// the ring), as opposed to a `retired` word some client wrote into a ring still in use.
+    pub fn replaced_at(&self, path: &Path) -> bool {
+        match std::fs::metadata(path) {
+            Ok(m) => {
+                use std::os::unix::fs::MetadataExt;
+                (m.dev(), m.ino()) != self.ident
+            }
+            Err(_) => false,
+        }
     }
 
     pub fn params(&self) -> RingParams {
@@ -242,40 +303,119 @@ impl Ring {
 
     // ------------------------------------------------------------------ client side
 
-    /// Claim a free box for this process. Returns its index.
-    pub fn claim(&self, pid: u32, start: u64) -> Result<u32> {
-        for b in 0..self.nboxes {
-            let c = self.ctl(b);
-            if c.owner_pid.load(Ordering::Relaxed) != 0 {
-                continue;
-            }
-            if c.owner_pid.compare_exchange(0, pid, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+    /// Claim a box for this process: a free one, or else one whose owner provably died
+    /// with nothing left in its queue (its reader slot pins nothing once the owner is dead,
+    /// and no request of it is waiting). Allocates the box's disk blocks. Returns its index,
+    /// or None when every box belongs to a live process or holds queued requests.
+    pub fn claim(&self, pid: u32, start: u64) -> Result<Option<u32>> {
+        for pass in 0..2 {
+            for b in 0..self.nboxes {
+                let c = self.ctl(b);
+                let owner = c.owner_pid.load(Ordering::Relaxed);
+                let take = if pass == 0 {
+                    owner == 0
+                } else {
+                    // A dead owner's box with an empty queue: nothing in it is still owed.
+                    owner != 0
+                        && owner != OWNER_RESETTING
+                        && owner != pid
+                        && c.tail.load(Ordering::Acquire) == c.head.load(Ordering::Acquire)
+                        && !shm::process_alive(owner, c.owner_start.load(Ordering::Relaxed))
+                };
+                if !take {
+                    continue;
+                }
+                if c.owner_pid
+                    .compare_exchange(owner, pid, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_err()
+                {
+                    continue;
+                }
+                // Ours now. Not yet active (the daemon polls only active boxes), so nothing
+                // else touches it while it is reset: whatever a dead owner or a stray
+                // writer left in it is cleared, not trusted.
+                c.active.store(BOX_FREE, Ordering::Release);
+                if owner != 0 {
+                    self.fold_counters(c);
+                }
+                self.reset_fields(c);
                 c.owner_start.store(start, Ordering::Relaxed);
-                c.epoch.store(0, Ordering::Relaxed);
-                c.view_epoch.store(0, Ordering::Relaxed);
-                // head/tail/done were reset by the daemon before it freed the box.
-                // SYNC POINT: Release; the daemon's Acquire load of `active` sees the fields.
-                c.active.store(1, Ordering::Release);
-                return Ok(b);
+                let at = self.box_data(b);
+                if let Err(e) = shm::allocate(&self.file, at, self.box_bytes) {
+                    c.owner_start.store(0, Ordering::Relaxed);
+                    c.owner_pid.store(0, Ordering::Release);
+                    return Err(shm::allocate_error(
+                        &std::path::PathBuf::from("ring.surp (request queue)"),
+                        self.box_bytes,
+                        e,
+                    ));
+                }
+                // SYNC POINT: Release; the daemon's Acquire load of `active` sees the reset
+                // fields before it polls the box.
+                c.active.store(BOX_ACTIVE, Ordering::Release);
+                return Ok(Some(b));
             }
         }
-        Err(Error::Unavailable(format!(
-            "all {} client slots of the request ring are taken (raise surpd's max_clients)",
-            self.nboxes
-        )))
+        Ok(None)
     }
 
-    /// Release a box at clean client exit (the daemon would reap it by pid otherwise). Only
-    /// marks it idle: the daemon resets and frees it once its requests are applied.
-    pub fn release(&self, b: u32) {
+    /// Zero a box's queue, ticket and reader words (its owner is being replaced).
+    fn reset_fields(&self, c: &BoxCtl) {
+        c.epoch.store(0, Ordering::Relaxed);
+        c.view_epoch.store(0, Ordering::Relaxed);
+        c.tail.store(0, Ordering::Relaxed);
+        c.head.store(0, Ordering::Relaxed);
+        c.done.store(0, Ordering::Relaxed);
+        c.done32.store(0, Ordering::Relaxed);
+        c.poisoned.store(0, Ordering::Relaxed);
+        c.errors.store(0, Ordering::Relaxed);
+    }
+
+    /// Move a box's counters into the ring header's totals (the box is changing hands).
+    fn fold_counters(&self, c: &BoxCtl) -> (u64, u64, u64) {
+        let h = self.hdr();
+        let (hits, misses, corrupt) = (
+            c.hits.swap(0, Ordering::Relaxed),
+            c.misses.swap(0, Ordering::Relaxed),
+            c.corrupt.swap(0, Ordering::Relaxed),
+        );
+        h.retired_hits.fetch_add(hits, Ordering::Relaxed);
+        h.retired_misses.fetch_add(misses, Ordering::Relaxed);
+        h.retired_corrupt.fetch_add(corrupt, Ordering::Relaxed);
+        h.retired_queue_waits
+            .fetch_add(c.queue_waits.swap(0, Ordering::Relaxed), Ordering::Relaxed);
+        (hits, misses, corrupt)
+    }
+
+    /// Give up box `b` (its owner is done with it). With everything it sent answered and
+    /// consumed, the owner frees it at once, so that a new client can claim it without
+    /// waiting for the daemon's reaper (or for a daemon at all); otherwise it is marked
+    /// released and the daemon frees it once its queue is empty.
+    pub fn release(&self, b: u32, last_ticket: u64) {
         let c = self.ctl(b);
         c.epoch.store(0, Ordering::Release);
         c.view_epoch.store(0, Ordering::Release);
-        c.active.store(2, Ordering::Release);
+        // SYNC POINT: Acquire; pairs with the daemon's Release stores of `done` and then
+        // `head` in `complete`: once head reaches tail the daemon is done with the box.
+        let drained = c.done.load(Ordering::Acquire) == last_ticket
+            && c.head.load(Ordering::Acquire) == c.tail.load(Ordering::Relaxed)
+            && c.poisoned.load(Ordering::Relaxed) == 0;
+        if !drained {
+            c.active.store(BOX_RELEASED, Ordering::Release);
+            return;
+        }
+        c.active.store(BOX_FREE, Ordering::Release);
+        self.fold_counters(c);
+        self.reset_fields(c);
+        c.owner_start.store(0, Ordering::Relaxed);
+        // SYNC POINT: Release; the next claimer's CAS (AcqRel) sees the reset fields.
+        c.owner_pid.store(0, Ordering::Release);
     }
 
     /// Publish one request into box `b`. `tail` is the producer's private copy of the box's
-    /// tail. Waits up to `timeout` for space, then fails with QueueFull.
+    /// tail (the box's `tail` word is only ever stored from it, never read back: another
+    /// process could have scribbled on it). Waits up to `timeout` for space, then fails
+    /// with QueueFull.
     #[allow(clippy::too_many_arguments)]
     pub fn enqueue(
         &self,
@@ -300,9 +440,9 @@ impl Ring {
         let need = pad + len;
         // SYNC POINT: Acquire; pairs with the daemon's Release store of `head`, after which
         // the consumed bytes may be overwritten.
-        if *tail + need - c.head.load(Ordering::Acquire) > self.box_bytes {
+        if !self.has_room(c, *tail, need)? {
             c.queue_waits.fetch_add(1, Ordering::Relaxed);
-            self.wait_space(c, *tail + need, timeout)?;
+            self.wait_space(c, *tail, need, timeout)?;
         }
         let base = self.box_data(b);
         if pad > 0 {
@@ -332,6 +472,20 @@ impl Ring {
         Ok(())
     }
 
+    /// Whether `need` more bytes fit after `tail`. The consumer's `head` is a shared word:
+    /// one that is ahead of our own tail, or more than a box behind it, was not written by
+    /// the daemon, and the box cannot be trusted any more (the caller claims another).
+    fn has_room(&self, c: &BoxCtl, tail: u64, need: u64) -> Result<bool> {
+        let head = c.head.load(Ordering::Acquire);
+        match tail.checked_sub(head) {
+            Some(used) if used <= self.box_bytes => Ok(used + need <= self.box_bytes),
+            _ => Err(Error::BadRequest(format!(
+                "request queue state is inconsistent (consumer at {head}, producer at {tail}): \
+                 another process wrote into this client's box"
+            ))),
+        }
+    }
+
     /// Wake the daemon if it sleeps.
     #[inline]
     pub fn ring_doorbell(&self) {
@@ -344,15 +498,15 @@ impl Ring {
         }
     }
 
-    fn wait_space(&self, c: &BoxCtl, need_end: u64, timeout: Duration) -> Result<()> {
+    fn wait_space(&self, c: &BoxCtl, tail: u64, need: u64, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            if need_end - c.head.load(Ordering::Acquire) <= self.box_bytes {
+            if self.has_room(c, tail, need)? {
                 return Ok(());
             }
             let now = Instant::now();
             if now >= deadline {
-                let pending = c.tail.load(Ordering::Relaxed) - c.head.load(Ordering::Relaxed);
+                let pending = tail.saturating_sub(c.head.load(Ordering::Relaxed));
                 return Err(Error::QueueFull(format!(
                     "request queue full for {:.1}s: {pending} of {} bytes pending{}",
                     timeout.as_secs_f64(),
@@ -360,41 +514,50 @@ impl Ring {
                     self.daemon_note()
                 )));
             }
-            self.sleep_on_done(c, deadline - now, |c| {
-                need_end - c.head.load(Ordering::Acquire) <= self.box_bytes
-            });
+            self.sleep_on_done(c, deadline - now, |c| self.has_room(c, tail, need).unwrap_or(true));
         }
     }
 
-    /// Wait until box `b` has completed `ticket`, up to `timeout`. Ok(false) on timeout.
-    pub fn wait_done(&self, b: u32, ticket: u64, timeout: Duration) -> bool {
+    /// Wait until box `b` has completed `ticket`, up to `timeout`. Returns early when the
+    /// daemon poisons the box. `done` is a shared word: the caller bounds what it trusts
+    /// by the tickets it issued and checks each result entry's ticket.
+    pub fn wait_done(&self, b: u32, ticket: u64, timeout: Duration) -> Waited {
         let c = self.ctl(b);
         // SYNC POINT: Acquire; pairs with the daemon's Release store of `done` made after it
         // wrote the result entry.
-        if c.done.load(Ordering::Acquire) >= ticket {
-            return true;
+        let state = |c: &BoxCtl| {
+            if c.done.load(Ordering::Acquire) >= ticket {
+                Some(Waited::Done)
+            } else if c.poisoned.load(Ordering::Acquire) != 0 {
+                Some(Waited::Poisoned)
+            } else {
+                None
+            }
+        };
+        if let Some(w) = state(c) {
+            return w;
         }
         // Spin briefly: the daemon usually answers within a few microseconds, far less than
         // a futex sleep and wake-up cost.
-        let spin_until = Instant::now() + Duration::from_micros(30);
+        let spin_until = Instant::now() + Duration::from_micros(30).min(timeout);
         while Instant::now() < spin_until {
             for _ in 0..64 {
                 std::hint::spin_loop();
             }
-            if c.done.load(Ordering::Acquire) >= ticket {
-                return true;
+            if let Some(w) = state(c) {
+                return w;
             }
         }
         let deadline = Instant::now() + timeout;
         loop {
-            if c.done.load(Ordering::Acquire) >= ticket {
-                return true;
+            if let Some(w) = state(c) {
+                return w;
             }
             let now = Instant::now();
             if now >= deadline {
-                return false;
+                return Waited::TimedOut;
             }
-            self.sleep_on_done(c, deadline - now, |c| c.done.load(Ordering::Acquire) >= ticket);
+            self.sleep_on_done(c, deadline - now, |c| state(c).is_some());
         }
     }
 
@@ -435,6 +598,17 @@ impl Ring {
 
     // ------------------------------------------------------------------ daemon side
 
+    /// Whether the daemon should look at box `b`: owned and initialised by its claimer (an
+    /// unclaimed box is never read, whatever its words say).
+    #[inline]
+    pub fn serves(&self, b: u32) -> bool {
+        let c = self.ctl(b);
+        let owner = c.owner_pid.load(Ordering::Acquire);
+        owner != 0
+            && owner != OWNER_RESETTING
+            && matches!(c.active.load(Ordering::Acquire), BOX_ACTIVE | BOX_RELEASED)
+    }
+
     /// Take the requests published in box `b` since `head` (at most `budget`), calling
     /// `apply(header fields, key, payload)` for each, writing its result and advancing the
     /// box. Returns how many requests were applied. A malformed request poisons the box:
@@ -450,6 +624,16 @@ impl Ring {
         let mut head = c.head.load(Ordering::Relaxed);
         // SYNC POINT: Acquire; pairs with the producer's Release store of `tail`.
         let tail = c.tail.load(Ordering::Acquire);
+        if tail < head || tail - head > self.box_bytes {
+            if tail != head {
+                self.poison(
+                    c,
+                    tail,
+                    &format!("queue words inconsistent (head {head}, tail {tail})"),
+                );
+            }
+            return 0;
+        }
         let base = self.box_data(b);
         let mut n = 0;
         while head < tail && n < budget {
@@ -480,7 +664,15 @@ impl Ring {
             let ticket = u64::from_le_bytes(h[8..16].try_into().unwrap());
             let arg = u64::from_le_bytes(h[16..24].try_into().unwrap());
             let arg2 = u64::from_le_bytes(h[24..32].try_into().unwrap());
-            let expected = c.done.load(Ordering::Relaxed) + 1;
+            let done = c.done.load(Ordering::Relaxed);
+            if ticket == done && ticket != 0 {
+                // Answered before a crash that came between storing `done` and moving
+                // `head` past it (see `complete`): skip it, it is not applied twice.
+                head += len;
+                c.head.store(head, Ordering::Release);
+                continue;
+            }
+            let expected = done.wrapping_add(1);
             if ticket != expected
                 || key_len > MAX_KEY_LEN as u64
                 || REQ_HEADER_BYTES + key_len > len
@@ -514,6 +706,7 @@ impl Ring {
             );
             let payload_len = if has_payload { arg2.min(rest.len() as u64) } else { 0 };
             let req = Req {
+                ring_id: self.hdr().ring_id.load(Ordering::Relaxed),
                 boxno: b,
                 ticket,
                 head_after: head + len,
@@ -533,6 +726,11 @@ impl Ring {
     }
 
     /// Publish the result of `ticket` in box `b` and move the box's head to `head`.
+    ///
+    /// Order, and what a crash between two stores leaves: the result entry, then `done`
+    /// (the client may now collect it), then `head`. Killed after `done`, the restarted
+    /// daemon finds the request still at the head with a ticket equal to `done`: it skips
+    /// it (see `poll`), so it is answered once and applied once.
     pub fn complete(&self, b: u32, ticket: u64, head: u64, reply: Reply) {
         let c = self.ctl(b);
         let r = self.result(b, ticket);
@@ -543,11 +741,16 @@ impl Ring {
         if reply.status != status::OK && reply.status != status::NOT_DONE {
             c.errors.fetch_add(1, Ordering::Relaxed);
         }
-        c.head.store(head, Ordering::Release);
+        crate::crash::point("result entry written");
         // SYNC POINT: SeqCst (a Release store, and the store half of the no-lost-wake-up pair
         // with the client's waiters increment): the result entry is visible before `done`.
         c.done.store(ticket, Ordering::SeqCst);
         c.done32.store(ticket as u32, Ordering::SeqCst);
+        crate::crash::point("done stored");
+        // SYNC POINT: Release; pairs with the producer's Acquire load of `head` (the request's
+        // bytes may now be overwritten) and with `release`'s check that the box is drained.
+        c.head.store(head, Ordering::Release);
+        crate::crash::point("box head stored");
         if c.waiters.load(Ordering::SeqCst) != 0 {
             futex_wake(&c.done32, i32::MAX);
         }
@@ -566,36 +769,44 @@ impl Ring {
         futex_wake(&c.done32, i32::MAX);
     }
 
-    /// Reset a box whose owner is gone and whose queue is drained, and free it.
-    pub fn reap(&self, b: u32) -> (u64, u64, u64) {
+    /// Free box `b` if its owner exited (or released it) and its queue is drained. The
+    /// owner word is taken with a CAS first, so a client taking the dead owner's box over at
+    /// the same moment (see `claim`) and the reaper never both think they own it. Returns
+    /// the folded counters when it freed the box.
+    pub fn reap(&self, b: u32) -> Option<(u64, u64, u64)> {
         let c = self.ctl(b);
-        self.hdr()
-            .retired_queue_waits
-            .fetch_add(c.queue_waits.swap(0, Ordering::Relaxed), Ordering::Relaxed);
-        let counts = (
-            c.hits.swap(0, Ordering::Relaxed),
-            c.misses.swap(0, Ordering::Relaxed),
-            c.corrupt.swap(0, Ordering::Relaxed),
-        );
-        c.active.store(0, Ordering::Relaxed);
-        c.epoch.store(0, Ordering::Relaxed);
-        c.view_epoch.store(0, Ordering::Relaxed);
-        c.tail.store(0, Ordering::Relaxed);
-        c.head.store(0, Ordering::Relaxed);
-        c.done.store(0, Ordering::Relaxed);
-        c.done32.store(0, Ordering::Relaxed);
-        c.poisoned.store(0, Ordering::Relaxed);
-        c.errors.store(0, Ordering::Relaxed);
+        let pid = c.owner_pid.load(Ordering::Acquire);
+        if pid == 0 || pid == OWNER_RESETTING {
+            return None;
+        }
+        if c.tail.load(Ordering::Acquire) != c.head.load(Ordering::Relaxed) {
+            return None;
+        }
+        let released = c.active.load(Ordering::Acquire) == BOX_RELEASED;
+        if !released && shm::process_alive(pid, c.owner_start.load(Ordering::Relaxed)) {
+            return None;
+        }
+        if c.owner_pid
+            .compare_exchange(pid, OWNER_RESETTING, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return None;
+        }
+        c.active.store(BOX_FREE, Ordering::Release);
+        let counts = self.fold_counters(c);
+        self.reset_fields(c);
         c.owner_start.store(0, Ordering::Relaxed);
         // SYNC POINT: Release; the next claimer's CAS (AcqRel) sees the reset fields.
         c.owner_pid.store(0, Ordering::Release);
-        counts
+        Some(counts)
     }
 }
 
 /// A request as the daemon sees it (validated framing, copied out of the box).
 pub struct Req<'a> {
-    /// Where it came from, and where its box's head goes once it is done (for the journal).
+    /// Where it came from (ring, box), and where its box's head goes once it is done (for
+    /// the journal).
+    pub ring_id: u64,
     pub boxno: u32,
     pub ticket: u64,
     pub head_after: u64,
@@ -651,7 +862,7 @@ mod tests {
     #[test]
     fn requests_round_trip_in_order_across_wraps() {
         let (r, d) = ring(4096);
-        let b = r.claim(shm::getpid(), 0).unwrap();
+        let b = r.claim(shm::getpid(), 0).unwrap().unwrap();
         let mut tail = 0;
         let mut scratch = Vec::new();
         let mut seen = Vec::new();
@@ -685,7 +896,7 @@ mod tests {
             Reply::ok(q.arg * 2)
         });
         assert_eq!(seen, (1..=500).collect::<Vec<_>>());
-        assert!(r.wait_done(b, 500, Duration::from_millis(10)));
+        assert_eq!(r.wait_done(b, 500, Duration::from_millis(10)), Waited::Done);
         assert_eq!(r.result(b, 500).value.load(Ordering::Relaxed), 1000);
         std::fs::remove_dir_all(d).unwrap();
     }
@@ -693,7 +904,7 @@ mod tests {
     #[test]
     fn full_box_times_out_with_queue_full() {
         let (r, d) = ring(4096);
-        let b = r.claim(shm::getpid(), 0).unwrap();
+        let b = r.claim(shm::getpid(), 0).unwrap().unwrap();
         let mut tail = 0;
         let payload = vec![0u8; 1000];
         let mut t = 1;
@@ -721,7 +932,7 @@ mod tests {
     #[test]
     fn garbage_in_a_box_poisons_it_without_panicking() {
         let (r, d) = ring(4096);
-        let b = r.claim(shm::getpid(), 0).unwrap();
+        let b = r.claim(shm::getpid(), 0).unwrap().unwrap();
         let base = r.data_off + b as u64 * r.box_bytes;
         let mut x = 0x1234_5678_9abc_def0u64;
         let mut scratch = Vec::new();

@@ -80,6 +80,9 @@ impl Segment {
         mode: u32,
     ) -> Result<()> {
         let nf = shm::NewFile::create(path, mode, geo.size)?;
+        // Every block now: the daemon stores into any page of the heap, and a store into a
+        // hole of a sparse file on a full filesystem is a SIGBUS, not an error.
+        nf.allocate(0, geo.size)?;
         let region = &nf.region;
         let h: &SegHeader = region.get(0);
         h.seed.store(shm::random_u64(), Ordering::Relaxed);

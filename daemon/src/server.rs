@@ -60,6 +60,9 @@ pub struct Daemon {
     pub store: Store,
     pub ring: Ring,
     _lock: std::fs::File,
+    /// `data.surp` itself, flock'ed: a second daemon is refused even if `surpd.lock` was
+    /// deleted (a lock on a file that can be unlinked and recreated guards nothing alone).
+    _data_lock: std::fs::File,
     scratch: Vec<u8>,
     /// Boxes with an owner or pending requests; rescanning all of them on every pass costs
     /// a cache line per box, so the list is refreshed every 64 passes and after an empty one.
@@ -97,7 +100,14 @@ impl Daemon {
                 geo.index_slots
             ));
         }
+        let data_lock = lock_data_file(&dp)?;
         let seg = Segment::open(&dp, true)?;
+        if !created {
+            // A segment made before blocks were allocated at creation (or copied sparse):
+            // allocate them now, so that no store into it can fault on a full disk.
+            shm::allocate(&data_lock, 0, seg.size)
+                .map_err(|e| shm::allocate_error(&dp, seg.size, e))?;
+        }
         if !created && seg.size != cfg.size / PAGE * PAGE {
             log::warn(&format!(
                 "using the existing segment bytes={} (the requested size applies to new segments)",
@@ -157,10 +167,19 @@ impl Daemon {
         h.boot_id[1].store(boot[1], Ordering::Relaxed);
         // Readers of a previous run may still hold old epochs: retire what was retired.
         store.heap.retire(&store.seg);
-        let ring = open_ring(&cfg, &store.seg)?;
-        if let Some(what) = store.recover_journal(&ring) {
+        let (ring, retired) = open_ring(&cfg, &store.seg)?;
+        let rings: Vec<&Ring> =
+            std::iter::once(&ring).chain(retired.iter().map(|r| &r.1)).collect();
+        if let Some(what) = store.recover_journal(&rings) {
             log::warn(&format!("recovery: {what}"));
         }
+        for (_, r) in &retired {
+            let h = r.hdr();
+            h.daemon_pid.store(shm::getpid(), Ordering::Relaxed);
+            h.daemon_generation.store(gen, Ordering::Relaxed);
+            h.ready.store(1, Ordering::Release);
+        }
+        store.heap.retired_rings = retired;
         set_owner_mode(&dp, gid, cfg.data_mode)?;
         set_owner_mode(&ring_path(&cfg.dir), gid, cfg.ring_mode)?;
         let rh = ring.hdr();
@@ -178,6 +197,7 @@ impl Daemon {
             store,
             ring,
             _lock: lock,
+            _data_lock: data_lock,
             scratch: Vec::new(),
             active: Vec::new(),
             passes: 0,
@@ -194,25 +214,38 @@ impl Daemon {
         let mut n = 0;
         let sync = self.cfg.durability == Durability::Sync;
         let Daemon { store, ring, scratch, active, .. } = self;
+        let apply = |store: &mut Store, ring: &Ring, req: &crate::ring::Req<'_>| {
+            let reply = store.apply(ring, req);
+            // The result is written only after this returns: in sync mode the request's
+            // changes reach the disk before the client hears of them.
+            if sync {
+                let recs = store.recs.as_ref().map(|r| r.rf.region.flush());
+                if let Err(e) = store.seg.region.flush().and(recs.unwrap_or(Ok(()))) {
+                    log::error(&format!("msync failed: {e}"));
+                    return crate::ring::Reply::status(status::NOT_DURABLE);
+                }
+            }
+            reply
+        };
         for &b in active.iter() {
             let c = ring.ctl(b);
-            if c.tail.load(Ordering::Acquire) == c.head.load(Ordering::Relaxed) {
+            if c.tail.load(Ordering::Acquire) == c.head.load(Ordering::Relaxed) || !ring.serves(b) {
                 continue;
             }
-            n += ring.poll(b, budget, scratch, |req| {
-                let reply = store.apply(ring, req);
-                // The result is written only after this returns: in sync mode the request's
-                // changes reach the disk before the client hears of them.
-                if sync {
-                    let recs = store.recs.as_ref().map(|r| r.rf.region.flush());
-                    if let Err(e) = store.seg.region.flush().and(recs.unwrap_or(Ok(()))) {
-                        log::error(&format!("msync failed: {e}"));
-                        return crate::ring::Reply::status(status::NOT_DURABLE);
-                    }
-                }
-                reply
-            });
+            n += ring.poll(b, budget, scratch, |req| apply(store, ring, req));
         }
+        // Rings replaced at this start, until their clients have moved to the new one.
+        let retired = std::mem::take(&mut store.heap.retired_rings);
+        for (_, old) in &retired {
+            for b in 0..old.nboxes {
+                let c = old.ctl(b);
+                if c.tail.load(Ordering::Acquire) != c.head.load(Ordering::Relaxed) && old.serves(b)
+                {
+                    n += old.poll(b, budget, scratch, |req| apply(store, ring, req));
+                }
+            }
+        }
+        store.heap.retired_rings = retired;
         self.last_empty = n == 0;
         n
     }
@@ -228,7 +261,7 @@ impl Daemon {
             h.epoch.store(e + 1, Ordering::SeqCst);
         }
         if !rs.retired.is_empty() {
-            let min = crate::heap::min_reader_epoch(&self.ring, rs.retired[0].1);
+            let min = self.store.heap.min_reader_epoch(&self.ring, rs.retired[0].1);
             rs.reclaim(min);
         }
     }
@@ -236,33 +269,35 @@ impl Daemon {
     fn refresh_active(&mut self) {
         self.active.clear();
         for b in 0..self.ring.nboxes {
-            let c = self.ring.ctl(b);
-            if c.owner_pid.load(Ordering::Acquire) != 0
-                || c.tail.load(Ordering::Acquire) != c.head.load(Ordering::Relaxed)
-            {
+            if self.ring.ctl(b).owner_pid.load(Ordering::Acquire) != 0 {
                 self.active.push(b);
             }
         }
     }
 
-    /// Free the boxes of clients that exited (or released them) once their queue is empty.
+    /// Free the boxes of clients that exited (or released them) once their queue is empty;
+    /// forget a replaced ring once none of its boxes has an owner.
     pub fn reap(&mut self) {
-        let ring = &self.ring;
-        for b in 0..ring.nboxes {
-            let c = ring.ctl(b);
-            let pid = c.owner_pid.load(Ordering::Acquire);
-            if pid == 0 || c.tail.load(Ordering::Acquire) != c.head.load(Ordering::Relaxed) {
-                continue;
-            }
-            let released = c.active.load(Ordering::Acquire) == 2;
-            if released || !shm::process_alive(pid, c.owner_start.load(Ordering::Relaxed)) {
-                let (hits, misses, corrupt) = ring.reap(b);
-                let h = ring.hdr();
-                h.retired_hits.fetch_add(hits, Ordering::Relaxed);
-                h.retired_misses.fetch_add(misses, Ordering::Relaxed);
-                h.retired_corrupt.fetch_add(corrupt, Ordering::Relaxed);
-            }
+        for b in 0..self.ring.nboxes {
+            self.ring.reap(b);
         }
+        // A `retired` word on the ring in use was written by a client, not by a daemon
+        // (replacing a ring installs a new file): clear it, clients ignore it meanwhile.
+        if self.ring.hdr().retired.load(Ordering::Relaxed) != 0 {
+            log::warn("a client set the request ring's retired word; cleared");
+            self.ring.hdr().retired.store(0, Ordering::Release);
+        }
+        self.store.heap.retired_rings.retain(|(path, old)| {
+            let owned = (0..old.nboxes).any(|b| {
+                old.reap(b);
+                old.ctl(b).owner_pid.load(Ordering::Acquire) != 0
+            });
+            if !owned {
+                let _ = std::fs::remove_file(path);
+                log::info(&format!("retired request ring {} has no clients left", path.display()));
+            }
+            owned
+        });
     }
 
     /// Serve until `STOP` is set (a signal or `request_stop`).
@@ -420,9 +455,13 @@ impl Daemon {
         sd_notify("STOPPING=1\nSTATUS=draining the request ring");
         let deadline = Instant::now() + Duration::from_secs(5);
         while self.poll_once(usize::MAX) > 0 && Instant::now() < deadline {}
-        let rh = self.ring.hdr();
-        rh.ready.store(0, Ordering::Release);
-        rh.daemon_pid.store(0, Ordering::Release);
+        for r in
+            std::iter::once(&self.ring).chain(self.store.heap.retired_rings.iter().map(|r| &r.1))
+        {
+            let rh = r.hdr();
+            rh.ready.store(0, Ordering::Release);
+            rh.daemon_pid.store(0, Ordering::Release);
+        }
         self.store.heap.store(&self.store.seg);
         if let Some(rs) = &self.store.recs {
             rs.rf.region.flush().map_err(|e| Error::io("cannot flush the records file", e))?;
@@ -489,8 +528,56 @@ fn lock_dir(cfg: &Config) -> Result<std::fs::File> {
     Ok(f)
 }
 
+/// Take the data file's own lock (see `Daemon::_data_lock`).
+fn lock_data_file(path: &std::path::Path) -> Result<std::fs::File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+    if !shm::try_lock_exclusive(&f).map_err(|e| Error::io("cannot lock the data segment", e))? {
+        return Err(Error::Locked(format!(
+            "another surpd already serves {} (it holds the lock on the data segment itself, \
+             although {} is gone)",
+            path.display(),
+            lock_path(path.parent().unwrap_or(std::path::Path::new("."))).display()
+        )));
+    }
+    Ok(f)
+}
+
+/// Replaced rings still on disk (`ring.surp.retired-N`), from a daemon that replaced one and
+/// stopped before their clients had moved: they are served again until then.
+fn retired_ring_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut v: Vec<_> = rd
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("ring.surp.retired-"))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 /// Reuse the ring if it matches (its queued requests are then applied), else replace it.
-fn open_ring(cfg: &Config, seg: &Segment) -> Result<Ring> {
+/// A replaced ring is kept (as `ring.surp.retired-<generation>`) and served beside the new
+/// one until its clients have moved: requests queued in it while no daemon ran are applied,
+/// none is dropped. Returns the ring to use and the retired ones.
+fn open_ring(cfg: &Config, seg: &Segment) -> Result<(Ring, Vec<(std::path::PathBuf, Ring)>)> {
+    let mut retired = Vec::new();
+    for p in retired_ring_files(&cfg.dir) {
+        match Ring::open(&p) {
+            Ok(r) if r.hdr().seg_seed.load(Ordering::Relaxed) == seg.seed => retired.push((p, r)),
+            Ok(_) | Err(_) => {
+                log::warn(&format!("removing unusable retired ring {}", p.display()));
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+    }
     let rp = ring_path(&cfg.dir);
     let want = RingParams {
         nboxes: cfg.max_clients,
@@ -500,6 +587,7 @@ fn open_ring(cfg: &Config, seg: &Segment) -> Result<Ring> {
         seg_seed: seg.seed,
         max_value: seg.max_value,
     };
+    let mut replaced = None;
     if rp.exists() {
         match Ring::open(&rp) {
             Ok(r) => {
@@ -510,16 +598,32 @@ fn open_ring(cfg: &Config, seg: &Segment) -> Result<Ring> {
                     && p.seg_seed == want.seg_seed
                     && p.nresults == want.nresults
                 {
-                    return Ok(r);
+                    r.allocate_shared(&rp)?;
+                    return Ok((r, retired));
+                }
+                if p.seg_seed == want.seg_seed {
+                    // Keep it under another name (a hard link: ring.surp never disappears).
+                    let gen = seg.hdr().generation.load(Ordering::Relaxed);
+                    let keep = cfg.dir.join(format!("ring.surp.retired-{gen:08}"));
+                    let _ = std::fs::remove_file(&keep);
+                    match std::fs::hard_link(&rp, &keep) {
+                        Ok(()) => replaced = Some((keep, r)),
+                        Err(e) => log::warn(&format!("cannot keep the old ring: {e}")),
+                    }
                 }
                 log::warn("ring settings changed: replacing the request ring");
-                r.hdr().retired.store(1, Ordering::Release);
             }
             Err(e) => log::warn(&format!("replacing unusable request ring: {e}")),
         }
     }
     Ring::create(&rp, &want, cfg.ring_mode)?;
-    Ring::open(&rp)
+    crate::crash::point("new ring installed");
+    if let Some((keep, r)) = replaced {
+        // Clients see `retired` only now that the new file is in place.
+        r.hdr().retired.store(1, Ordering::Release);
+        retired.push((keep, r));
+    }
+    Ok((Ring::open(&rp)?, retired))
 }
 
 /// Attach and serve until a signal (the whole daemon).

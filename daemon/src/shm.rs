@@ -189,6 +189,57 @@ impl Region {
     }
 }
 
+/// A value other threads read while it may be replaced: [`Swap::get`] is one Acquire load.
+/// Replaced values are kept (not dropped) until the `Swap` itself is, so a reference from
+/// `get` stays valid for as long as the `Swap` lives. For rarely replaced values only (a
+/// client's ring endpoint): each replacement is kept.
+pub struct Swap<T> {
+    cur: std::sync::atomic::AtomicPtr<T>,
+    all: std::sync::Mutex<Vec<Box<T>>>,
+}
+
+// SAFETY: a Swap hands out &T to any thread and moves T values in from any thread, which is
+// what T: Send + Sync allows.
+unsafe impl<T: Send + Sync> Send for Swap<T> {}
+unsafe impl<T: Send + Sync> Sync for Swap<T> {}
+
+impl<T> Swap<T> {
+    pub fn new(v: T) -> Swap<T> {
+        let b = Box::new(v);
+        let p = &*b as *const T as *mut T;
+        Swap { cur: std::sync::atomic::AtomicPtr::new(p), all: std::sync::Mutex::new(vec![b]) }
+    }
+
+    /// The current value.
+    #[inline]
+    pub fn get(&self) -> &T {
+        // SAFETY: `cur` always points into a Box held by `all`, which is only ever pushed
+        // to (never popped or cleared) until self is dropped; the Box's heap allocation does
+        // not move when the Vec reallocates. The Acquire load pairs with the Release store
+        // in `set`, so the value is fully initialised.
+        unsafe { &*self.cur.load(std::sync::atomic::Ordering::Acquire) }
+    }
+
+    /// Make `v` the current value (the old one stays alive). Returns the new current value.
+    pub fn set(&self, v: T) -> &T {
+        let mut all = self.all.lock().unwrap_or_else(|e| e.into_inner());
+        let b = Box::new(v);
+        let p = &*b as *const T as *mut T;
+        all.push(b);
+        self.cur.store(p, std::sync::atomic::Ordering::Release);
+        // SAFETY: as in get: the Box now lives in `all` until self is dropped.
+        unsafe { &*p }
+    }
+
+    /// Run `f` over every value ever set, oldest first (the current one last).
+    pub fn for_each(&self, mut f: impl FnMut(&T)) {
+        let all = self.all.lock().unwrap_or_else(|e| e.into_inner());
+        for b in all.iter() {
+            f(b);
+        }
+    }
+}
+
 /// Sleep while `word == expected`, at most `timeout`. Shared futex (no FUTEX_PRIVATE_FLAG):
 /// the word lives in a MAP_SHARED file mapping and other processes wake us.
 pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
@@ -340,6 +391,80 @@ pub fn write_and_close_fd(fd: i32, bytes: &[u8]) -> io::Result<()> {
     f.write_all(bytes)
 }
 
+/// Give `file` real blocks for `[off, off + len)` (posix_fallocate), so that a later store
+/// through a mapping of that range cannot fault with SIGBUS on a full filesystem: the
+/// failure comes here, as an error, instead. Where the filesystem cannot preallocate,
+/// glibc writes zeros, which allocates the same blocks.
+pub fn allocate(file: &File, off: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: posix_fallocate on a valid open descriptor; it returns the error number
+    // instead of setting errno.
+    let r =
+        unsafe { libc::posix_fallocate(file.as_raw_fd(), off as libc::off_t, len as libc::off_t) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(r))
+    }
+}
+
+/// Free and total bytes of the filesystem holding `path` (statvfs), for error messages.
+pub fn fs_space(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: a zeroed statvfs is a valid out-parameter; c is a NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let frsize = st.f_frsize as u64;
+    Some((st.f_bavail as u64 * frsize, st.f_blocks as u64 * frsize))
+}
+
+/// The error for a failed preallocation: names the file, the bytes wanted and the
+/// filesystem's free space.
+pub fn allocate_error(path: &std::path::Path, len: u64, e: io::Error) -> crate::error::Error {
+    let space = path
+        .parent()
+        .and_then(fs_space)
+        .map(|(free, total)| format!(" (the filesystem has {free} of {total} bytes free)"))
+        .unwrap_or_default();
+    crate::error::Error::io(
+        format!("cannot allocate {len} bytes of disk for {}{space}", path.display()),
+        e,
+    )
+}
+
+/// A pipe whose write end survives exec (for a child's `--ready-fd`); the read end does not.
+pub fn inheritable_pipe() -> io::Result<(File, File)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 fills two descriptors we then own; O_CLOEXEC is cleared on the write
+    // end only, with fcntl on a descriptor we just created.
+    unsafe {
+        if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let (r, w) = (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1]));
+        if libc::fcntl(fds[1], libc::F_SETFD, 0) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((r, w))
+    }
+}
+
+/// Send signal `sig` to process `pid`.
+pub fn signal(pid: u32, sig: i32) -> io::Result<()> {
+    // SAFETY: kill has no memory effects in this process.
+    if unsafe { libc::kill(pid as libc::pid_t, sig) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Group id of a group name (or a numeric gid given as text).
 pub fn group_id(name: &str) -> crate::error::Result<u32> {
     if let Ok(gid) = name.parse::<u32>() {
@@ -432,6 +557,11 @@ impl NewFile {
         let region = Region::map_rw(&file)
             .map_err(|e| Error::io(format!("cannot map {}", tmp.display()), e))?;
         Ok(NewFile { region, file, tmp, path: path.to_path_buf() })
+    }
+
+    /// Allocate disk blocks for `[off, off + len)` of the new file (see [`allocate`]).
+    pub fn allocate(&self, off: u64, len: u64) -> crate::error::Result<()> {
+        allocate(&self.file, off, len).map_err(|e| allocate_error(&self.path, len, e))
     }
 
     /// Rename into place; with `durable`, flush the mapping and fsync the file first.

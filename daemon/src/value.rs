@@ -247,6 +247,21 @@ pub fn type_name(buf: &[u8]) -> &'static str {
     }
 }
 
+/// The type of an encoded value with its article, for messages ("a str", "an int"); an
+/// int beyond what incr computes with says so.
+pub fn describe(buf: &[u8]) -> String {
+    if buf.first() == Some(&BIGINT) && decode_int(buf).ok().flatten().is_none() {
+        let mut r = Reader::new(&buf[1..]);
+        let bits = r.lbytes().map_or(0, |b| b.len() * 8);
+        return format!(
+            "an int of about {bits} bits, outside the 128-bit range incr and decr work in"
+        );
+    }
+    let t = type_name(buf);
+    let article = if t.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
+    format!("{article} {t}")
+}
+
 /// One sorted-set member with its score.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ZEntry<'a> {

@@ -43,7 +43,7 @@ fn crash_after_apply(dir: &PathBuf, c: &Client, ticket: u64) -> Daemon {
         });
     }));
     assert!(r.is_err(), "the simulated crash happened");
-    assert!(c.ring.ctl(b).done.load(Ordering::Acquire) < ticket, "no result was written");
+    assert!(c.ring().ctl(b).done.load(Ordering::Acquire) < ticket, "no result was written");
     drop(d); // no shutdown: the segment stays marked unclean
     Daemon::attach(config(dir)).unwrap()
 }

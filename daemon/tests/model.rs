@@ -99,7 +99,7 @@ fn noeviction_churn_matches_the_model() {
     for (k, v) in &model {
         assert_eq!(get(&c, k).as_ref(), Some(v));
     }
-    let st: HashMap<_, _> = surpd::stats::gather(&c.seg, &c.ring).into_iter().collect();
+    let st: HashMap<_, _> = surpd::stats::gather(&c.seg, c.ring()).into_iter().collect();
     assert_eq!(st["items"], model.len() as u64);
     assert_eq!(st["evictions"], 0);
     assert!(st["relocations"] > 0, "live records must have been relocated");
@@ -152,7 +152,7 @@ fn eviction_never_returns_stale_values() {
             );
         }
     }
-    let st: HashMap<_, _> = surpd::stats::gather(&c.seg, &c.ring).into_iter().collect();
+    let st: HashMap<_, _> = surpd::stats::gather(&c.seg, c.ring()).into_iter().collect();
     assert!(st["evictions"] > 10_000, "{st:?}");
     stop.store(true, Ordering::Relaxed);
     h.join().unwrap();

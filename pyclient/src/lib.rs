@@ -3,7 +3,7 @@
 //! into the value encoding and back, maps errors to the exception tree of surpdb.errors, and
 //! releases the GIL around every wait.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::os::raw::c_int;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -14,7 +14,7 @@ use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 
-use surpd::client::{Client as Core, Lookup};
+use surpd::client::{Client as Core, Lookup, Pipeline};
 use surpd::layout::{flag, op, status};
 use surpd::ring::Reply;
 use surpd::value as v;
@@ -353,6 +353,9 @@ fn key_repr(key: &[u8]) -> String {
     }
 }
 
+/// Longest wait for the daemon a client accepts, in seconds (a year).
+const MAX_TIMEOUT_S: f64 = 365.0 * 86_400.0;
+
 /// TTL in seconds (None = never) to milliseconds for the wire (0 = never).
 fn ttl_ms(ttl: Option<f64>) -> PyResult<u64> {
     match ttl {
@@ -366,15 +369,11 @@ fn ttl_ms(ttl: Option<f64>) -> PyResult<u64> {
 
 // ---------------------------------------------------------------- the client
 
-/// Views alive in this process, by pinned epoch (the oldest is published in our slot).
-type ViewPins = Mutex<BTreeMap<u64, usize>>;
-
 /// A connection to one surpdb data directory. Reads come straight from the shared mapping;
 /// writes go through this process's request queue to the daemon.
 #[pyclass(module = "surpdb._native", frozen)]
 struct Client {
     core: Arc<Core>,
-    views: Arc<ViewPins>,
     /// Op of each ticket handed out with wait=False, to shape its result in wait().
     async_ops: Mutex<HashMap<u64, (u8, Vec<u8>)>>,
 }
@@ -421,7 +420,13 @@ impl Client {
 
     fn encode_value(&self, value: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
         let mut buf = Vec::with_capacity(64);
-        encode(value, &mut buf, 0)?;
+        self.encode_into(value, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Encode `value` into `buf`; ValueTooLarge over the segment's max_value.
+    fn encode_into(&self, value: &Bound<'_, PyAny>, buf: &mut Vec<u8>) -> PyResult<()> {
+        encode(value, buf, 0)?;
         let max = self.core.max_value();
         if buf.len() as u64 > max {
             return Err(errors::ValueTooLarge::new_err(format!(
@@ -429,7 +434,7 @@ impl Client {
                 buf.len()
             )));
         }
-        Ok(buf)
+        Ok(())
     }
 
     /// Turn a reply into the Python result of `op`, or raise.
@@ -456,7 +461,7 @@ impl Client {
             (status::NOT_INTEGER, _) => {
                 let ty = self.stored_type(key);
                 Err(PyTypeError::new_err(format!(
-                    "cannot increment key {}: it holds a {ty}, not an int",
+                    "cannot increment key {}: it holds {ty}, not an int",
                     key_repr(key)
                 )))
             }
@@ -468,7 +473,7 @@ impl Client {
                     _ => "update the sorted set at",
                 };
                 Err(PyTypeError::new_err(format!(
-                    "cannot {what} key {}: it holds a {ty}; nothing was changed",
+                    "cannot {what} key {}: it holds {ty}; nothing was changed",
                     key_repr(key)
                 )))
             }
@@ -493,12 +498,12 @@ impl Client {
         }
     }
 
-    fn stored_type(&self, key: &[u8]) -> &'static str {
-        let Ok(pin) = self.core.pin() else { return "unknown" };
-        match self.core.get(&pin, key) {
-            Lookup::Hit(rec) => v::type_name(rec.value),
-            Lookup::Miss => "missing value",
-        }
+    fn stored_type(&self, key: &[u8]) -> String {
+        let ty = self.core.read(key, |rec| match rec {
+            Some(rec) => v::describe(rec.value),
+            None => "missing value".to_string(),
+        });
+        ty.unwrap_or_else(|_| "unknown".into())
     }
 
     /// Run `f` over the entries of the sorted set at `key` (empty if absent), read from
@@ -506,25 +511,22 @@ impl Client {
     fn with_zset<R>(
         &self,
         key: &Bound<'_, PyAny>,
-        f: impl FnOnce(&[v::ZEntry<'_>]) -> PyResult<R>,
+        mut f: impl FnMut(&[v::ZEntry<'_>]) -> PyResult<R>,
     ) -> PyResult<R> {
         with_key(key, |k| {
-            let pin = self.core.pin().map_err(to_py_err)?;
-            match self.core.get(&pin, k) {
-                Lookup::Miss => f(&[]),
-                Lookup::Hit(rec) => {
-                    if rec.value.first() != Some(&v::ZSET) {
-                        return Err(PyTypeError::new_err(format!(
-                            "key {} holds a {}, not a sorted set",
-                            key_repr(k),
-                            v::type_name(rec.value)
-                        )));
-                    }
-                    let entries =
-                        v::zset_entries(rec.value).map_err(|e| corrupt(&e.to_string()))?;
-                    f(&entries)
+            let r = self.core.read(k, |rec| {
+                let Some(rec) = rec else { return f(&[]) };
+                if rec.value.first() != Some(&v::ZSET) {
+                    return Err(PyTypeError::new_err(format!(
+                        "key {} holds a {}, not a sorted set",
+                        key_repr(k),
+                        v::type_name(rec.value)
+                    )));
                 }
-            }
+                let entries = v::zset_entries(rec.value).map_err(|e| corrupt(&e.to_string()))?;
+                f(&entries)
+            });
+            r.map_err(to_py_err)?
         })
     }
 
@@ -547,9 +549,18 @@ impl Client {
     fn get_one<'py>(&self, py: Python<'py>, key: &[u8]) -> PyResult<Option<Bound<'py, PyAny>>> {
         let pin = self.core.pin().map_err(to_py_err)?;
         match self.core.get(&pin, key) {
-            Lookup::Hit(rec) => Ok(Some(decode_value(py, rec.value)?)),
-            Lookup::Miss => Ok(None),
+            Lookup::Hit(rec) => {
+                let r = decode_value(py, rec.value);
+                if pin.confirm(&rec) {
+                    return r.map(Some);
+                }
+            }
+            Lookup::Miss => return Ok(None),
         }
+        // A boxless read that met the writer: read again (what was decoded is discarded).
+        drop(pin);
+        let r = self.core.read(key, |rec| rec.map(|rec| decode_value(py, rec.value)));
+        r.map_err(to_py_err)?.transpose()
     }
 }
 
@@ -560,19 +571,16 @@ impl Client {
     #[new]
     #[pyo3(signature = (path, timeout = 5.0))]
     fn new(py: Python<'_>, path: PathBuf, timeout: f64) -> PyResult<Self> {
-        if !(timeout.is_finite() && timeout > 0.0) {
+        if !(timeout.is_finite() && timeout > 0.0 && timeout <= MAX_TIMEOUT_S) {
             return Err(PyValueError::new_err(format!(
-                "timeout must be positive seconds, got {timeout}"
+                "timeout must be positive seconds, at most {MAX_TIMEOUT_S:.0} (a year), got \
+                 {timeout}"
             )));
         }
         let core = py
             .allow_threads(|| Core::connect(&path, Duration::from_secs_f64(timeout)))
             .map_err(to_py_err)?;
-        Ok(Client {
-            core: Arc::new(core),
-            views: Arc::new(Mutex::new(BTreeMap::new())),
-            async_ops: Mutex::new(HashMap::new()),
-        })
+        Ok(Client { core: Arc::new(core), async_ops: Mutex::new(HashMap::new()) })
     }
 
     /// The data directory.
@@ -612,7 +620,12 @@ impl Client {
             let key = key?;
             with_key(&key, |k| {
                 if let Lookup::Hit(rec) = self.core.lookup(&pin, k, now) {
-                    out.set_item(&key, decode_value(py, rec.value)?)?;
+                    let value = decode_value(py, rec.value);
+                    let value =
+                        if pin.confirm(&rec) { value.map(Some) } else { self.get_one(py, k) };
+                    if let Some(value) = value? {
+                        out.set_item(&key, value)?;
+                    }
                 }
                 Ok(())
             })?;
@@ -641,53 +654,57 @@ impl Client {
         key: &Bound<'py, PyAny>,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
         let exporter = with_key(key, |k| {
-            let pin = self.core.pin().map_err(to_py_err)?;
-            let epoch = self.core.epoch();
-            match self.core.get(&pin, k) {
-                Lookup::Miss => Ok(None),
-                Lookup::Hit(rec) => {
-                    let mut r = v::Reader::new(rec.value);
-                    if rec.value.first() != Some(&v::BYTES) {
-                        return Err(PyTypeError::new_err(format!(
-                            "view() needs a bytes value; key {} holds a {}",
-                            key_repr(k),
-                            v::type_name(rec.value)
-                        )));
+            for _ in 0..1000 {
+                let pin = self.core.pin().map_err(to_py_err)?;
+                let Lookup::Hit(rec) = self.core.get(&pin, k) else { return Ok(None) };
+                if rec.value.first() != Some(&v::BYTES) {
+                    if !pin.confirm(&rec) {
+                        continue;
                     }
-                    r.pos = 1;
-                    let data = r.lbytes().map_err(|e| corrupt(&e.to_string()))?;
-                    // `data` borrows the mapping itself (bounds-checked by Segment::record).
-                    let ptr = data.as_ptr();
-                    // Register the pin before the read pin drops.
-                    let mut views = self.views.lock().unwrap_or_else(|e| e.into_inner());
-                    *views.entry(epoch).or_insert(0) += 1;
-                    let oldest = *views.keys().next().unwrap();
-                    self.core.set_view_epoch(oldest);
-                    Ok(Some(View {
-                        core: self.core.clone(),
-                        views: self.views.clone(),
-                        epoch,
-                        ptr: ptr as usize,
-                        len: data.len(),
-                    }))
+                    return Err(PyTypeError::new_err(format!(
+                        "view() needs a bytes value; key {} holds a {}",
+                        key_repr(k),
+                        v::type_name(rec.value)
+                    )));
                 }
-            }
-        })?;
-        match exporter {
-            None => Ok(None),
-            Some(x) => {
-                let obj = Bound::new(py, x)?;
-                let mv = unsafe {
-                    // SAFETY: PyMemoryView_FromObject on an object implementing the buffer
-                    // protocol; returns a new reference or NULL with an exception set.
-                    Bound::from_owned_ptr_or_err(
-                        py,
-                        pyo3::ffi::PyMemoryView_FromObject(obj.as_ptr()),
-                    )?
+                let mut r = v::Reader::new(rec.value);
+                r.pos = 1;
+                let data = match r.lbytes() {
+                    Ok(d) => d,
+                    Err(_) if !pin.confirm(&rec) => continue,
+                    Err(e) => return Err(corrupt(&e.to_string())),
                 };
-                Ok(Some(mv))
+                let Some(epoch) = self.core.pin_view(&pin) else {
+                    // No client box (every one is taken): nothing can hold the record in
+                    // place, so the view is of a copy, confirmed intact.
+                    let copy = PyBytes::new(py, data);
+                    if !pin.confirm(&rec) {
+                        continue;
+                    }
+                    return Ok(Some(Exported::Copy(copy.into_any().unbind())));
+                };
+                // `data` borrows the mapping itself (bounds-checked by Segment::record); the
+                // view's pin is registered before the read pin drops.
+                return Ok(Some(Exported::View(View {
+                    core: self.core.clone(),
+                    epoch,
+                    ptr: data.as_ptr() as usize,
+                    len: data.len(),
+                })));
             }
-        }
+            Ok(None)
+        })?;
+        let obj = match exporter {
+            None => return Ok(None),
+            Some(Exported::Copy(b)) => b.into_bound(py),
+            Some(Exported::View(x)) => Bound::new(py, x)?.into_any(),
+        };
+        let mv = unsafe {
+            // SAFETY: PyMemoryView_FromObject on an object implementing the buffer protocol
+            // (a View or bytes); returns a new reference or NULL with an exception set.
+            Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyMemoryView_FromObject(obj.as_ptr()))?
+        };
+        Ok(Some(mv))
     }
 
     /// Store `value` under `key`. `ttl` in seconds (None = no expiry). With wait=False,
@@ -771,21 +788,27 @@ impl Client {
     ) -> PyResult<Vec<PyObject>> {
         let ttl = ttl_ms(ttl)?;
         let items = mapping.call_method0("items")?;
-        let mut tickets = Vec::new();
+        let mut keys = Vec::new();
+        let mut pipe = Pipeline::new(&self.core);
+        let mut buf = Vec::with_capacity(64);
         for item in items.try_iter()? {
             let item = item?;
             let (key, value): (Bound<'py, PyAny>, Bound<'py, PyAny>) = item.extract()?;
-            let buf = self.encode_value(&value)?;
-            let t = with_key(&key, |k| {
-                self.core.enqueue(op::SET, 0, k, &buf, ttl, buf.len() as u64).map_err(to_py_err)
+            buf.clear();
+            self.encode_into(&value, &mut buf)?;
+            with_key(&key, |k| {
+                if pipe.full() {
+                    py.allow_threads(|| pipe.make_room());
+                }
+                pipe.push(op::SET, 0, k, &buf, ttl, buf.len() as u64);
+                Ok(())
             })?;
-            tickets.push((key, t));
+            keys.push(key);
         }
+        let replies = py.allow_threads(|| pipe.finish());
         let mut failed = Vec::new();
-        for (key, t) in tickets {
-            let core = &self.core;
-            let r = py.allow_threads(|| core.wait(t)).map_err(to_py_err)?;
-            if r.status != status::OK {
+        for (key, r) in keys.into_iter().zip(replies) {
+            if r.map_err(to_py_err)?.status != status::OK {
                 failed.push(key.unbind());
             }
         }
@@ -794,17 +817,20 @@ impl Client {
 
     /// Delete every key in `keys` (pipelined). Returns how many were present.
     fn delete_many(&self, py: Python<'_>, keys: &Bound<'_, PyAny>) -> PyResult<u64> {
-        let mut tickets = Vec::new();
+        let mut pipe = Pipeline::new(&self.core);
         for key in keys.try_iter()? {
             let key = key?;
-            tickets.push(with_key(&key, |k| {
-                self.core.enqueue(op::DELETE, 0, k, &[], 0, 0).map_err(to_py_err)
-            })?);
+            with_key(&key, |k| {
+                if pipe.full() {
+                    py.allow_threads(|| pipe.make_room());
+                }
+                pipe.push(op::DELETE, 0, k, &[], 0, 0);
+                Ok(())
+            })?;
         }
         let mut n = 0;
-        for t in tickets {
-            let core = &self.core;
-            if py.allow_threads(|| core.wait(t)).map_err(to_py_err)?.status == status::OK {
+        for r in py.allow_threads(|| pipe.finish()) {
+            if r.map_err(to_py_err)?.status == status::OK {
                 n += 1;
             }
         }
@@ -912,13 +938,11 @@ impl Client {
         default: Option<Bound<'py, PyAny>>,
     ) -> PyResult<(Bound<'py, PyAny>, u64)> {
         with_key(key, |k| {
-            let pin = self.core.pin().map_err(to_py_err)?;
-            match self.core.get(&pin, k) {
-                Lookup::Hit(rec) => Ok((decode_value(py, rec.value)?, rec.version)),
-                Lookup::Miss => {
-                    Ok((default.clone().unwrap_or_else(|| py.None().into_bound(py)), 0))
-                }
-            }
+            let r = self.core.read(k, |rec| match rec {
+                Some(rec) => Ok((decode_value(py, rec.value)?, rec.version)),
+                None => Ok((default.clone().unwrap_or_else(|| py.None().into_bound(py)), 0)),
+            });
+            r.map_err(to_py_err)?
         })
     }
 
@@ -1183,7 +1207,7 @@ impl Client {
     /// Counters and gauges: items, bytes, hits, misses, evictions, expirations, ...
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
-        for (k, val) in surpd::stats::gather(&self.core.seg, &self.core.ring) {
+        for (k, val) in surpd::stats::gather(&self.core.seg, self.core.ring()) {
             d.set_item(k, val)?;
         }
         d.set_item(
@@ -1227,27 +1251,38 @@ impl Client {
     /// first failure after every request has been answered, naming how many were stored.
     fn insert_many(&self, py: Python<'_>, records: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
         let replies = self.pipeline_values(py, records, op::INSERT, 0, false)?;
-        let mut ids = Vec::with_capacity(replies.len());
-        let mut first_err: Option<PyErr> = None;
+        let mut ids: Vec<Option<u64>> = Vec::with_capacity(replies.len());
+        let mut first_err: Option<(usize, PyErr)> = None;
         for (i, r) in replies.into_iter().enumerate() {
             match r.map_err(to_py_err).and_then(|r| self.record_reply(r, None)) {
-                Ok(id) => ids.push(id),
+                Ok(id) => ids.push(Some(id)),
                 Err(e) => {
+                    ids.push(None);
                     if first_err.is_none() {
-                        // Same exception type, with which record failed.
-                        let msg = format!("insert_many: record {i}: {}", e.value(py));
-                        first_err = Some(match e.get_type(py).call1((msg,)) {
-                            Ok(x) => PyErr::from_value(x),
-                            Err(_) => e,
-                        });
+                        first_err = Some((i, e));
                     }
                 }
             }
         }
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(ids),
-        }
+        let Some((i, e)) = first_err else { return Ok(ids.into_iter().flatten().collect()) };
+        // Same exception type, naming the record that failed and how many were stored; the
+        // ids of the stored ones are on the exception (`e.ids`, None where one failed), so
+        // nothing stored is left without a way to remove it.
+        let stored = ids.iter().filter(|x| x.is_some()).count();
+        let msg = format!(
+            "insert_many: record {i}: {} ({stored} of {} records were stored; their ids are in \
+             the exception's `ids`)",
+            e.value(py),
+            ids.len()
+        );
+        let err = match e.get_type(py).call1((msg,)) {
+            Ok(x) => {
+                x.setattr("ids", ids)?;
+                PyErr::from_value(x)
+            }
+            Err(_) => e,
+        };
+        Err(err)
     }
 
     /// The record with id `rid`: a fresh dict (or whatever was stored), or with lazy=True a
@@ -1363,7 +1398,7 @@ impl Client {
         flags: u8,
         skip_oversized: bool,
     ) -> PyResult<Vec<surpd::Result<Reply>>> {
-        let mut tickets = Vec::new();
+        let mut pipe = Pipeline::new(&self.core);
         let mut buf = Vec::with_capacity(256);
         for v in values.try_iter()? {
             buf.clear();
@@ -1371,11 +1406,12 @@ impl Client {
             if skip_oversized && buf.len() as u64 > self.core.max_value() {
                 continue;
             }
-            let t = self.core.enqueue(op, flags, b"", &buf, 0, buf.len() as u64);
-            tickets.push(t.map_err(to_py_err)?);
+            if pipe.full() {
+                py.allow_threads(|| pipe.make_room());
+            }
+            pipe.push(op, flags, b"", &buf, 0, buf.len() as u64);
         }
-        let core = &self.core;
-        Ok(py.allow_threads(|| tickets.iter().map(|&t| core.wait(t)).collect()))
+        Ok(py.allow_threads(|| pipe.finish()))
     }
 
     /// Result of a record-store request: the reply's value, or the exception for its status.
@@ -1507,11 +1543,16 @@ impl Record {
     }
 }
 
+/// What `view()` exports: the mapping itself, or a copy for a client without a box.
+enum Exported {
+    View(View),
+    Copy(PyObject),
+}
+
 /// The exporter behind a zero-copy memoryview; releases its pin when dropped.
 #[pyclass(module = "surpdb._native", frozen)]
 struct View {
     core: Arc<Core>,
-    views: Arc<ViewPins>,
     epoch: u64,
     ptr: usize,
     len: usize,
@@ -1550,14 +1591,8 @@ impl View {
 
 impl Drop for View {
     fn drop(&mut self) {
-        let mut views = self.views.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = views.get_mut(&self.epoch) {
-            *n -= 1;
-            if *n == 0 {
-                views.remove(&self.epoch);
-            }
-        }
-        self.core.set_view_epoch(views.keys().next().copied().unwrap_or(0));
+        // In a forked child this releases the child's pin, never the parent's.
+        self.core.unpin_view(self.epoch);
     }
 }
 
