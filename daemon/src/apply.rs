@@ -23,6 +23,9 @@ pub struct Store {
     sweep_cursor: u64,
     /// (ring id, box, ticket, head after) of the request being applied, for the journal.
     ctx: Option<(u64, u32, u64, u64)>,
+    /// Boxes (ring id, box) whose head request is answered later (a training): not polled
+    /// until then.
+    pub held: Vec<(u64, u32)>,
 }
 
 /// Largest TTL accepted (about 100 years), so that expiry arithmetic never overflows.
@@ -31,7 +34,7 @@ const MAX_TTL_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
 impl Store {
     pub fn new(seg: Segment) -> Store {
         let heap = Heap::load(&seg);
-        Store { seg, heap, recs: None, sweep_cursor: 0, ctx: None }
+        Store { seg, heap, recs: None, sweep_cursor: 0, ctx: None, held: Vec::new() }
     }
 
     /// Apply one request and produce its reply. Never panics on bad input.
@@ -207,7 +210,7 @@ impl Store {
             done && (new_v != 0 || !rs.is_live(old_v))
         } else {
             let hash = self.seg.hash(&key);
-            let cur = self.seg.find_for_write(&key, hash).1.map(|r| r.version);
+            let cur = self.seg.current(&key, hash).map(|r| r.version);
             if new_v != 0 {
                 cur == Some(new_v)
             } else {
@@ -242,7 +245,7 @@ impl Store {
         // could reach it before it is published.
         let max_items = self.seg.slots * INDEX_MAX_LOAD_16THS / 16;
         if self.seg.hdr().items.load(Ordering::Relaxed) >= max_items
-            && self.seg.find_for_write(key, hash).1.is_none()
+            && self.seg.current(key, hash).is_none()
             && self.heap.make_index_room(&self.seg, ring, st).is_err()
         {
             return Reply::status(status::SEGMENT_FULL); // counted in stats (full_errors)
@@ -257,7 +260,14 @@ impl Store {
         crate::crash::point("record written");
         self.heap.publish_head(&self.seg);
         // Cleaning during alloc may have moved index entries: find the slot again.
-        let (slot, cur) = self.seg.find_for_write(key, hash);
+        let (slot, cur) = match self.seg.find_for_write(key, hash) {
+            Ok(x) => x,
+            Err(e) => {
+                // The record is in the log but unreachable: dead space for the cleaner.
+                crate::log::error(&format!("set refused: {e}"));
+                return Reply::status(status::SEGMENT_FULL);
+            }
+        };
         let answer = reply(version);
         self.arm(key, version, 0, answer);
         self.seg.publish(slot, hash, off);
@@ -295,6 +305,10 @@ impl Store {
                 crate::log::warn(&m);
                 return Reply::status(status::SEGMENT_FULL);
             }
+            Err(e @ crate::Error::Io { .. }) => {
+                crate::log::error(&format!("insert refused: {e}"));
+                return Reply::status(status::NO_DISK_SPACE);
+            }
             Err(crate::Error::ValueTooLarge { .. }) => return Reply::status(status::TOO_LARGE),
             Err(e) => {
                 crate::log::warn(&format!("insert refused: {e}"));
@@ -310,15 +324,11 @@ impl Store {
         }
         if rs.auto_train_due() {
             let compact = rs.rf.hdr().compact.load(Ordering::Relaxed) != 0;
-            let t0 = std::time::Instant::now();
-            match rs.train(compact) {
-                Ok(bytes) => crate::log::info(&format!(
-                    "trained the record codec records={} model_bytes={bytes} ms={:.0}",
-                    rs.train_after,
-                    t0.elapsed().as_secs_f64() * 1e3
-                )),
-                Err(e) => crate::log::warn(&format!("automatic training failed: {e}")),
-            }
+            crate::log::info(&format!(
+                "training the record codec in the background records={}",
+                rs.train_after
+            ));
+            rs.start_training(compact, None);
         }
         answer
     }
@@ -340,25 +350,16 @@ impl Store {
             if value::validate(req.payload).is_err() {
                 return Reply::status(status::BAD_REQUEST);
             }
-            if rs.samples.len() < crate::records::MAX_SAMPLES {
-                rs.samples.push(req.payload.to_vec());
-            }
-            return Reply::ok(rs.samples.len() as u64);
+            return Reply::ok(rs.add_sample(req.payload) as u64);
         }
-        let t0 = std::time::Instant::now();
-        match rs.train(req.flags & flag::COMPACT != 0) {
-            Ok(bytes) => {
-                crate::log::info(&format!(
-                    "trained the record codec model_bytes={bytes} ms={:.0}",
-                    t0.elapsed().as_secs_f64() * 1e3
-                ));
-                Reply::ok(bytes as u64)
-            }
-            Err(e) => {
-                crate::log::warn(&format!("training failed: {e}"));
-                Reply::status(status::NOT_DONE)
-            }
-        }
+        // Training runs in a background thread; this request is answered when it is done
+        // (its box waits, every other client's requests keep flowing).
+        rs.start_training(
+            req.flags & flag::COMPACT != 0,
+            Some((req.ring_id, req.boxno, req.ticket, req.head_after)),
+        );
+        self.held.push((req.ring_id, req.boxno));
+        Reply::status(status::DEFERRED)
     }
 
     fn set(&mut self, ring: &Ring, req: &Req<'_>, st: &mut CleanStats) -> Reply {
@@ -371,7 +372,7 @@ impl Store {
         let now = shm::now_ms();
         let hash = self.seg.hash(req.key);
         if req.op == op::ADD {
-            if let (_, Some(cur)) = self.seg.find_for_write(req.key, hash) {
+            if let Some(cur) = self.seg.current(req.key, hash) {
                 if !cur.expired(now) {
                     return Reply::status(status::NOT_DONE);
                 }
@@ -382,8 +383,9 @@ impl Store {
 
     fn delete(&mut self, key: &[u8]) -> Reply {
         let hash = self.seg.hash(key);
-        let (slot, cur) = self.seg.find_for_write(key, hash);
-        let Some(cur) = cur else { return Reply::status(status::NOT_DONE) };
+        let Some((slot, cur)) = self.seg.find_key(key, hash) else {
+            return Reply::status(status::NOT_DONE);
+        };
         let expired = cur.expired(shm::now_ms());
         let size = cur.size;
         let answer = if expired { Reply::status(status::NOT_DONE) } else { Reply::ok(1) };
@@ -404,7 +406,7 @@ impl Store {
         let now = shm::now_ms();
         let hash = self.seg.hash(req.key);
         let delta = req.arg as i64 as i128;
-        let (base, expires) = match self.seg.find_for_write(req.key, hash).1 {
+        let (base, expires) = match self.seg.current(req.key, hash) {
             Some(cur) if !cur.expired(now) => match value::decode_int(cur.value) {
                 Ok(Some(v)) => (v, cur.expires_ms),
                 _ => return Reply::status(status::NOT_INTEGER),
@@ -428,7 +430,7 @@ impl Store {
     fn touch(&mut self, ring: &Ring, req: &Req<'_>, st: &mut CleanStats) -> Reply {
         let now = shm::now_ms();
         let hash = self.seg.hash(req.key);
-        let value = match self.seg.find_for_write(req.key, hash).1 {
+        let value = match self.seg.current(req.key, hash) {
             // Copy: allocating the new record may clean and reuse the old one's space.
             Some(cur) if !cur.expired(now) => cur.value.to_vec(),
             _ => return Reply::status(status::NOT_DONE),
@@ -524,34 +526,20 @@ impl Store {
         let seg = &self.seg;
         let h = seg.hdr();
         let (tail, head) = (h.tail.load(Ordering::Relaxed), h.head.load(Ordering::Relaxed));
-        let cap = seg.heap_cap;
-        // 1. The log: every entry from tail to head must parse for the cleaner.
-        let entry_ok = |pos: u64| -> Option<u64> {
-            let off = seg.phys(pos);
-            let (size, kind) = seg.raw_kind(off)?;
-            let fits = size >= 8 && size % REC_ALIGN == 0 && pos + size <= head;
-            match kind {
-                KIND_ITEM if fits && seg.record(off).is_some() => Some(size),
-                // A pad never crosses the heap's end.
-                KIND_PAD if fits && off + size <= seg.heap_off + cap => Some(size),
-                _ => None,
-            }
-        };
+        // 1. The log: every entry from tail to head must parse for the cleaner; a torn
+        //    stretch is padded over up to the next whole entry.
         let mut padded = 0u64;
         let mut pos = tail;
         while pos < head {
-            if let Some(size) = entry_ok(pos) {
-                pos += size;
-                continue;
+            match crate::heap::entry_at(seg, pos, head, true) {
+                crate::heap::Entry::Item(size) | crate::heap::Entry::Pad(size) => pos += size,
+                crate::heap::Entry::Torn => {
+                    let q = crate::heap::next_whole_entry(seg, pos, head);
+                    seg.write_pad(seg.phys(pos), q - pos);
+                    padded += q - pos;
+                    pos = q;
+                }
             }
-            // Torn: pad over it up to the next valid record, the heap's end, or the head.
-            let mut q = pos + REC_ALIGN;
-            while q < head && !q.is_multiple_of(cap) && entry_ok(q).is_none() {
-                q += REC_ALIGN;
-            }
-            seg.write_pad(seg.phys(pos), q - pos);
-            padded += q - pos;
-            pos = q;
         }
         // 2. The index: collect valid entries, newest version per key.
         let in_window = |off: u64| {
@@ -620,18 +608,14 @@ impl Store {
         } else if h.op_active.load(Ordering::Acquire) == 0 {
             return false; // died between operations: the counters are exact
         }
-        let (mut items, mut bytes) = (0u64, 0u64);
-        for i in 0..self.seg.slots {
-            let v = self.seg.slot(i).load(Ordering::Relaxed);
-            if v != 0 {
-                if let Some(rec) = self.seg.record(slot_off(v)) {
-                    items += 1;
-                    bytes += rec.size;
-                }
-            }
+        // Reading the index anyway: a slot that names no valid record in the log window
+        // (damage only: a crash cannot leave one) is unlinked, never left to be counted.
+        let dropped = self.seg.scrub_index();
+        if dropped > 0 {
+            crate::log::warn(&format!(
+                "recovery: unlinked {dropped} index entries that named no valid record"
+            ));
         }
-        h.items.store(items, Ordering::Relaxed);
-        h.live_bytes.store(bytes, Ordering::Relaxed);
         h.op_active.store(0, Ordering::Release);
         true
     }

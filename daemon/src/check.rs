@@ -1,7 +1,8 @@
 //! `surpdb check DIR`: verify a segment without changing it (safe while the daemon runs, though
 //! then counts may move under the check). Every index slot must point at a valid record inside
 //! the heap's live window, reachable from its home slot, once; the log from tail to head must
-//! parse; the header's counters must match.
+//! parse; the header's counters must match. The record store's chunks must parse and every
+//! live record decode with its chunk's model.
 
 #![deny(unsafe_code)]
 
@@ -11,6 +12,7 @@ use std::sync::atomic::Ordering;
 
 use crate::client::data_path;
 use crate::error::Result;
+use crate::heap::{entry_at, next_whole_entry, Entry};
 use crate::layout::*;
 use crate::segment::Segment;
 
@@ -26,6 +28,8 @@ pub struct Report {
     pub log_bytes: u64,
     pub clean: bool,
     pub daemon_pid: u32,
+    /// Live records in the record store.
+    pub records: u64,
     pub problem_count: u64,
     pub problems: Vec<String>,
 }
@@ -100,28 +104,47 @@ pub fn check(dir: &Path) -> Result<Report> {
         r.items += 1;
         r.live_bytes += rec.size;
     }
-    // The log.
+    // The log, with the walker the cleaner uses: every entry from tail to head must parse.
     let mut pos = tail;
     while pos < head {
-        let off = seg.phys(pos);
-        let (size, kind) = seg.raw_kind(off).unwrap_or((0, 0));
-        if size < 8 || size % REC_ALIGN != 0 || pos + size > head || (off + size > seg.size) {
-            r.problem(format!("log position {pos}: unreadable entry (size {size})"));
-            break;
+        match entry_at(&seg, pos, head, false) {
+            Entry::Pad(size) => {
+                r.log_pads += 1;
+                r.log_bytes += size;
+                pos += size;
+            }
+            Entry::Item(size) => {
+                r.log_records += 1;
+                r.log_bytes += size;
+                pos += size;
+            }
+            Entry::Torn => {
+                let (size, kind) = seg.raw_kind(seg.phys(pos)).unwrap_or((0, 0));
+                let next = next_whole_entry(&seg, pos, head);
+                r.problem(format!(
+                    "log position {pos}: unreadable entry (size {size}, kind {kind}); the next \
+                     whole entry is at {next}"
+                ));
+                pos = next;
+            }
         }
-        match kind {
-            KIND_PAD => r.log_pads += 1,
-            KIND_ITEM => r.log_records += 1,
-            k => r.problem(format!("log position {pos}: unknown kind {k}")),
-        }
-        r.log_bytes += size;
-        pos += size;
     }
     if r.clean && (r.items != r.header_items || r.live_bytes != r.header_live_bytes) {
         r.problem(format!(
             "header counts {} items / {} bytes; the index holds {} / {}",
             r.header_items, r.header_live_bytes, r.items, r.live_bytes
         ));
+    }
+    // The record store, if there is one.
+    let rp = crate::records::records_path(dir);
+    if rp.exists() {
+        let rf = crate::records::RecFile::open(&rp, false)?;
+        let mut problems = Vec::new();
+        let (records, _) = rf.check(r.clean, &mut problems);
+        r.records = records;
+        for p in problems {
+            r.problem(format!("records: {p}"));
+        }
     }
     Ok(r)
 }

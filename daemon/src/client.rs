@@ -810,6 +810,20 @@ impl Client {
         Ok(None)
     }
 
+    /// Wait for a ticket's result for as long as the daemon is alive (a training takes what
+    /// it takes); `Unavailable` once a wait of the client's timeout ends with no live daemon.
+    pub fn wait_while_alive(&self, ticket: u64) -> Result<Reply> {
+        loop {
+            match self.wait(ticket) {
+                Err(Error::Unavailable(m)) if !self.ring().daemon_alive() => {
+                    return Err(Error::Unavailable(m))
+                }
+                Err(Error::Unavailable(_)) => continue,
+                r => return r,
+            }
+        }
+    }
+
     /// Enqueue and wait.
     pub fn call(
         &self,

@@ -175,23 +175,25 @@ impl Heap {
         let h = seg.hdr();
         while self.tail < self.head && self.tail - self.free_limit < want {
             let off = seg.phys(self.tail);
-            let (size, kind) = seg.raw_kind(off).unwrap_or((0, 0));
-            if size < 8 || size % REC_ALIGN != 0 || self.tail + size > self.head {
-                // Cannot happen for a heap this daemon wrote; after corruption, drop the rest
-                // of the log rather than misparse it.
-                crate::log::error(&format!(
-                    "unreadable heap entry at position {}, dropping the log tail up to {}",
-                    self.tail, self.head
-                ));
-                self.tail = self.head;
-                break;
-            }
-            if kind == KIND_ITEM && !self.clean_one(seg, ring, off, size, now, st) {
-                break; // a live record that cannot move yet: the tail stays before it
-            }
+            let size = match entry_at(seg, self.tail, self.head, false) {
+                Entry::Pad(size) => size,
+                Entry::Item(size) => {
+                    if !self.clean_one(seg, ring, off, size, now, st) {
+                        break; // a live record that cannot move yet: the tail stays before it
+                    }
+                    size
+                }
+                Entry::Torn => {
+                    // Cannot happen for a log this daemon wrote (a record is whole before the
+                    // head covers it); after outside damage, re-frame instead of guessing.
+                    reframe(seg, self.tail, self.head);
+                    continue;
+                }
+            };
             self.tail += size;
         }
         h.tail.store(self.tail, Ordering::Relaxed);
+        crate::crash::point("tail stored");
         self.retire(seg);
     }
 
@@ -230,11 +232,10 @@ impl Heap {
                 return true;
             }
         };
-        let (slot, cur) = seg.find_for_write(rec.key, rec.hash);
-        match cur {
-            Some(c) if c.off == off => {}
+        let slot = match seg.find_key(rec.key, rec.hash) {
+            Some((slot, c)) if c.off == off => slot,
             _ => return true, // dead: deleted or replaced
-        }
+        };
         let hot = ring.take_hint(off - seg.heap_off);
         if rec.expired(now) {
             seg.unlink(slot);
@@ -362,6 +363,76 @@ impl Heap {
         }
         min
     }
+}
+
+/// One entry of the log, as the walkers (the cleaner, `check`, power-loss repair) see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// A record of this many bytes (framing checked; with `strict`, its checksum too).
+    Item(u64),
+    /// A pad of this many bytes (never crosses the heap's end).
+    Pad(u64),
+    /// Not an entry: damaged bytes.
+    Torn,
+}
+
+/// The entry at log position `pos` (below `head`). `strict` also validates a record's
+/// checksum (re-framing looks for the next entry that is certainly whole).
+pub fn entry_at(seg: &Segment, pos: u64, head: u64, strict: bool) -> Entry {
+    let off = seg.phys(pos);
+    let Some((size, kind)) = seg.raw_kind(off) else { return Entry::Torn };
+    let heap_end = seg.heap_off + seg.heap_cap;
+    if size < 8 || size % REC_ALIGN != 0 || pos + size > head || off + size > heap_end {
+        return Entry::Torn;
+    }
+    match kind {
+        KIND_PAD => Entry::Pad(size),
+        KIND_ITEM if !strict => Entry::Item(size),
+        KIND_ITEM => match seg.record(off) {
+            Some(r) if r.size == size => Entry::Item(size),
+            _ => Entry::Torn,
+        },
+        _ => Entry::Torn,
+    }
+}
+
+/// The first position after `pos` (8-aligned, before `head`, not past the heap's end) where
+/// a whole entry starts: what a torn stretch from `pos` is padded up to.
+pub fn next_whole_entry(seg: &Segment, pos: u64, head: u64) -> u64 {
+    let mut q = pos + REC_ALIGN;
+    while q < head && !q.is_multiple_of(seg.heap_cap) && entry_at(seg, q, head, true) == Entry::Torn
+    {
+        q += REC_ALIGN;
+    }
+    q.min(head)
+}
+
+/// Pad over the torn stretch at `pos` up to the next whole entry, and unlink every index
+/// slot that points into it (none of them can name a valid record), so that no slot keeps
+/// naming space the log no longer accounts for. Counters are recounted. Returns the end of
+/// the padded stretch. Rare (outside damage only): scans the whole index.
+pub fn reframe(seg: &Segment, pos: u64, head: u64) -> u64 {
+    let q = next_whole_entry(seg, pos, head);
+    let (start, len) = (seg.phys(pos), q - pos);
+    seg.write_pad(start, len);
+    let bad: Vec<u64> = (0..seg.slots)
+        .map(|i| seg.slot(i).load(Ordering::Relaxed))
+        .filter(|&v| v != 0 && (start..start + len).contains(&slot_off(v)))
+        .collect();
+    for v in &bad {
+        if let Some(i) = (0..seg.slots).find(|&i| seg.slot(i).load(Ordering::Relaxed) == *v) {
+            seg.unlink(i);
+        }
+    }
+    let h = seg.hdr();
+    h.c_corrupt.fetch_add(bad.len() as u64, Ordering::Relaxed);
+    seg.recount_index();
+    crate::log::error(&format!(
+        "damaged heap entry at log position {pos}: padded {len} bytes up to the next whole \
+         entry, unlinked {} index entries pointing into them",
+        bad.len()
+    ));
+    q
 }
 
 /// The oldest epoch pinned by a live reader, if any. Slots of dead processes are ignored

@@ -74,24 +74,112 @@ impl Segment {
     }
 
     /// Writer-side: the slot holding `key`, or the empty slot where it would go.
-    /// Returns (slot index, Some(record) if present).
-    pub fn find_for_write(&self, key: &[u8], hash: u64) -> (u64, Option<Rec<'_>>) {
+    /// Returns (slot index, Some(record) if present). An index with no empty slot at all
+    /// (the load limit is kept by the counters; damage could break it) is `SegmentFull`,
+    /// never a panic: index state comes from a file.
+    pub fn find_for_write(&self, key: &[u8], hash: u64) -> crate::Result<(u64, Option<Rec<'_>>)> {
         let mut i = hash & self.mask;
         for _ in 0..self.slots {
             let v = self.slot(i).load(Ordering::Relaxed);
             if v == 0 {
-                return (i, None);
+                return Ok((i, None));
             }
             if slot_tag_matches(v, hash) {
                 if let Some(rec) = self.record(slot_off(v)) {
                     if rec.hash == hash && rec.key == key {
-                        return (i, Some(rec));
+                        return Ok((i, Some(rec)));
                     }
                 }
             }
             i = (i + 1) & self.mask;
         }
-        panic!("index has no empty slot: the load factor limit was not enforced");
+        Err(crate::Error::SegmentFull(format!(
+            "the key index has no empty slot among its {} (items counted: {})",
+            self.slots,
+            self.hdr().items.load(Ordering::Relaxed)
+        )))
+    }
+
+    /// Writer-side: the key's slot and record, if present.
+    pub fn find_key(&self, key: &[u8], hash: u64) -> Option<(u64, Rec<'_>)> {
+        let mut i = hash & self.mask;
+        for _ in 0..self.slots {
+            let v = self.slot(i).load(Ordering::Relaxed);
+            if v == 0 {
+                return None;
+            }
+            if slot_tag_matches(v, hash) {
+                if let Some(rec) = self.record(slot_off(v)) {
+                    if rec.hash == hash && rec.key == key {
+                        return Some((i, rec));
+                    }
+                }
+            }
+            i = (i + 1) & self.mask;
+        }
+        None
+    }
+
+    /// Writer-side: the key's current record, if present.
+    pub fn current(&self, key: &[u8], hash: u64) -> Option<Rec<'_>> {
+        self.find_key(key, hash).map(|(_, r)| r)
+    }
+
+    /// Writer-side: unlink every slot whose record fails validation, does not match the
+    /// slot's tag, or lies outside the log window [tail, head) (its space may be reused),
+    /// then recount items and live bytes from what remains. Returns how many were unlinked.
+    /// Reads every slot and its record header: for recovery only.
+    pub fn scrub_index(&self) -> u64 {
+        let h = self.hdr();
+        let (tail, head) = (h.tail.load(Ordering::Relaxed), h.head.load(Ordering::Relaxed));
+        let cap = self.heap_cap;
+        let in_window = |off: u64| {
+            let rel = off - self.heap_off;
+            tail + (rel + cap - tail % cap) % cap < head
+        };
+        let bad = |v: u64| match self.record(slot_off(v)) {
+            Some(r) => !slot_tag_matches(v, r.hash) || !in_window(r.off),
+            None => true,
+        };
+        let mut n = 0;
+        // Backward shift moves later entries into a freed slot (and entries at the start of
+        // the array to its end): look at a slot again after unlinking it, and pass again
+        // until a pass unlinks nothing.
+        loop {
+            let mut this_pass = 0;
+            let mut i = 0;
+            while i < self.slots {
+                let v = self.slot(i).load(Ordering::Relaxed);
+                if v != 0 && bad(v) {
+                    self.unlink(i);
+                    this_pass += 1;
+                    continue;
+                }
+                i += 1;
+            }
+            n += this_pass;
+            if this_pass == 0 {
+                break;
+            }
+        }
+        self.recount_index();
+        n
+    }
+
+    /// Writer-side: set `items` and `live_bytes` from the index (every occupied slot counts
+    /// as an item, so the load limit holds whatever the slots point at).
+    pub fn recount_index(&self) {
+        let (mut items, mut bytes) = (0u64, 0u64);
+        for i in 0..self.slots {
+            let v = self.slot(i).load(Ordering::Relaxed);
+            if v != 0 {
+                items += 1;
+                bytes += self.record(slot_off(v)).map_or(0, |r| r.size);
+            }
+        }
+        let h = self.hdr();
+        h.items.store(items, Ordering::Relaxed);
+        h.live_bytes.store(bytes, Ordering::Relaxed);
     }
 
     /// Writer-side: make the fully written record at `off` reachable from slot `i`.
@@ -126,10 +214,12 @@ impl Segment {
             let dist_hole = j.wrapping_sub(hole) & self.mask;
             if dist_home >= dist_hole {
                 self.slot(hole).store(v, Ordering::Release);
+                crate::crash::point("delete shifted an entry");
                 hole = j;
             }
         }
         self.slot(hole).store(0, Ordering::Release);
+        crate::crash::point("delete emptied a slot");
         // SYNC POINT: Release; pairs with the Acquire sequence load in `probe`.
         seq.store(s + 2, Ordering::Release);
     }
@@ -182,7 +272,7 @@ mod tests {
         for n in 0..600u32 {
             let key = format!("key-{n}").into_bytes();
             let h = s.hash(&key);
-            let (i, old) = s.find_for_write(&key, h);
+            let (i, old) = s.find_for_write(&key, h).unwrap();
             assert!(old.is_none());
             s.write_record(
                 off,

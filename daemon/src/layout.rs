@@ -365,6 +365,8 @@ pub mod status {
     pub const INVALID_RESULT: u32 = 9;
     /// The disk could not provide blocks for the write (the filesystem is full).
     pub const NO_DISK_SPACE: u32 = 10;
+    /// Never sent: the daemon answers this request later (a training); its box waits.
+    pub const DEFERRED: u32 = 0xffff_0002;
     /// Never sent by the daemon: the client found its result entry overwritten (another
     /// process wrote into this client's box), so the answer is unknown.
     pub const LOST: u32 = 0xffff_0001;

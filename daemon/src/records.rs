@@ -34,6 +34,8 @@ use crate::shm::{self, Region};
 use crate::value::{put_varint, Reader};
 
 pub const REC_MAGIC: u64 = u64::from_le_bytes(*b"SURPREC\x01");
+/// The table log's blocks are allocated in steps of this many bytes.
+const TABLES_STEP: u64 = 1 << 20;
 pub const RECORDS_VERSION: u32 = 1;
 pub const CHUNK_SHIFT: u32 = 22;
 pub const CHUNK: u64 = 1 << CHUNK_SHIFT;
@@ -150,6 +152,9 @@ fn put_header(out: &mut Vec<u8>, len: usize) {
 pub struct RecFile {
     pub region: Region,
     pub path: PathBuf,
+    /// The open file: the daemon allocates its blocks as chunks and the table log fill up
+    /// (the file is sparse, but a store into a hole on a full disk would be a SIGBUS).
+    file: File,
     pub seed: u64,
     pub nchunks: u64,
     pub chunk_tab_off: u64,
@@ -175,6 +180,9 @@ impl RecFile {
         let chunks_off = (tables_off + tables_cap).div_ceil(CHUNK) * CHUNK;
         let total = chunks_off + nchunks * CHUNK;
         let nf = shm::NewFile::create(path, mode, total)?;
+        // The header, the chunk table and the start of the table log now; chunks and the
+        // rest of the log as they come into use (RecFile::allocate).
+        nf.allocate(0, (tables_off + TABLES_STEP.min(tables_cap)).min(total))?;
         let region = &nf.region;
         let h: &RecFileHeader = region.get(0);
         h.version.store(RECORDS_VERSION, Ordering::Relaxed);
@@ -221,6 +229,7 @@ impl RecFile {
         }
         let size = h.size.load(Ordering::Relaxed);
         let rf = RecFile {
+            file: f.try_clone().map_err(|e| Error::io("cannot keep the records file open", e))?,
             seed: h.seed.load(Ordering::Relaxed),
             nchunks: h.nchunks.load(Ordering::Relaxed),
             chunk_tab_off: h.chunk_tab_off.load(Ordering::Relaxed),
@@ -244,6 +253,17 @@ impl RecFile {
 
     pub fn hdr(&self) -> &RecFileHeader {
         self.region.get(0)
+    }
+
+    /// Give `[off, off + len)` of the file real blocks before the daemon stores into it.
+    /// A full filesystem is an error naming it here, instead of a SIGBUS later.
+    pub fn allocate(&self, off: u64, len: u64) -> Result<()> {
+        shm::allocate(&self.file, off, len).map_err(|e| shm::allocate_error(&self.path, len, e))
+    }
+
+    /// Allocate a chunk's blocks (when it becomes active).
+    pub fn allocate_chunk(&self, chunk: u64) -> Result<()> {
+        self.allocate(self.chunks_off + chunk * CHUNK, CHUNK)
     }
 
     pub fn ctl(&self, chunk: u64) -> &ChunkCtl {
@@ -284,6 +304,109 @@ impl RecFile {
             return Err("no such record (removed)");
         }
         Ok((payload, ctl.model.load(Ordering::Relaxed)))
+    }
+
+    /// Verify the file (`surpdb check`): the table log parses, every record in a chunk in
+    /// use parses up to the chunk's fill and decodes with the chunk's model, chunk live
+    /// counts match their records (and, after a clean stop, the header's totals). Returns
+    /// (live records, live bytes); problems are appended to `out`.
+    pub fn check(&self, clean: bool, out: &mut Vec<String>) -> (u64, u64) {
+        let mut t = LogTables::default();
+        if let Err(e) = t.refresh(self) {
+            out.push(format!("table log: {e}"));
+            return (0, 0);
+        }
+        let (mut live, mut live_bytes, mut used) = (0u64, 0u64, 0u64);
+        let mut buf = Vec::new();
+        for c in 0..self.nchunks {
+            let ctl = self.ctl(c);
+            let st = ctl.state.load(Ordering::Relaxed);
+            if st != C_ACTIVE && st != C_FULL {
+                continue;
+            }
+            let fill = ctl.fill.load(Ordering::Relaxed) as u64;
+            if fill > CHUNK {
+                out.push(format!("chunk {c}: fill {fill} beyond the chunk"));
+                continue;
+            }
+            let model = ctl.model.load(Ordering::Relaxed);
+            if model as usize > t.models.len() {
+                out.push(format!("chunk {c}: names model {model}, not in the table log"));
+                continue;
+            }
+            used += fill;
+            let data = self.region.slice(self.chunks_off + c * CHUNK, fill).unwrap_or_default();
+            let (mut n, mut p) = (0u32, 0usize);
+            while (p as u64) < fill {
+                let Some((l, hl, len)) = parse_header(&data[p..]) else {
+                    out.push(format!("chunk {c}: unreadable record header at {p}"));
+                    break;
+                };
+                let Some(payload) = data.get(p + hl..p + hl + len) else {
+                    out.push(format!("chunk {c}: record at {p} runs past the fill"));
+                    break;
+                };
+                if l {
+                    n += 1;
+                    live_bytes += (hl + len) as u64;
+                    if let Err(e) = decode_payload(&t, model, payload, &mut buf) {
+                        out.push(format!("chunk {c}: record at {p} does not decode: {e}"));
+                    }
+                }
+                p += hl + len;
+            }
+            if ctl.live.load(Ordering::Relaxed) != n {
+                out.push(format!(
+                    "chunk {c}: counts {} live records, holds {n}",
+                    ctl.live.load(Ordering::Relaxed)
+                ));
+            }
+            live += n as u64;
+        }
+        let h = self.hdr();
+        if clean
+            && (h.live.load(Ordering::Relaxed) != live
+                || h.live_bytes.load(Ordering::Relaxed) != live_bytes
+                || h.used_bytes.load(Ordering::Relaxed) != used)
+        {
+            out.push(format!(
+                "header counts {} records / {} bytes / {} used; the chunks hold {live} / \
+                 {live_bytes} / {used}",
+                h.live.load(Ordering::Relaxed),
+                h.live_bytes.load(Ordering::Relaxed),
+                h.used_bytes.load(Ordering::Relaxed)
+            ));
+        }
+        (live, live_bytes)
+    }
+
+    /// Every live record id, in storage order (dumps, training samples). Safe beside the
+    /// daemon appending (fills are read with Acquire; a record removed meanwhile may be
+    /// listed, and then fails its lookup).
+    pub fn ids(&self, limit: usize) -> Vec<u64> {
+        let mut v = Vec::new();
+        for c in 0..self.nchunks {
+            let ctl = self.ctl(c);
+            let st = ctl.state.load(Ordering::Acquire);
+            if st != C_ACTIVE && st != C_FULL {
+                continue;
+            }
+            let gen = ctl.gen.load(Ordering::Relaxed);
+            let fill = (ctl.fill.load(Ordering::Acquire) as u64).min(CHUNK);
+            let base = self.chunks_off + c * CHUNK;
+            let data = self.region.slice(base, fill).unwrap_or_default();
+            let mut p = 0usize;
+            while (p as u64) < fill && v.len() < limit {
+                let Some((live, hl, len)) = parse_header(&data[p..]) else { break };
+                let Some(payload) = data.get(p + hl..p + hl + len) else { break };
+                if live {
+                    let off = c * CHUNK + p as u64;
+                    v.push(make_id(off, gen, check_of(self.seed, off, gen & 0xff, payload)));
+                }
+                p += hl + len;
+            }
+        }
+        v
     }
 
     fn tables_bytes(&self, from: u64, to: u64) -> Option<&[u8]> {
@@ -404,9 +527,18 @@ impl Appender<'_> {
                 end, self.rf.tables_cap
             )));
         }
+        // Blocks first, in whole steps (a step boundary crossed: allocate the next ones).
+        let new_end = end + e.len() as u64;
+        if new_end.div_ceil(TABLES_STEP) > end.div_ceil(TABLES_STEP) || end == 0 {
+            let from = end / TABLES_STEP * TABLES_STEP;
+            let to = (new_end.div_ceil(TABLES_STEP) * TABLES_STEP).min(self.rf.tables_cap);
+            self.rf.allocate(self.rf.tables_off + from, to - from)?;
+        }
         self.rf.region.write(self.rf.tables_off + end, &e);
-        h.tables_end.store(end + e.len() as u64, Ordering::Release);
-        self.t.parsed = end + e.len() as u64;
+        crate::crash::point("table log entry written");
+        h.tables_end.store(new_end, Ordering::Release);
+        crate::crash::point("table log end stored");
+        self.t.parsed = new_end;
         Ok(())
     }
 }
@@ -438,6 +570,28 @@ impl Tables for Appender<'_> {
     }
 }
 
+/// A model trained in a background thread, waiting to be installed by the daemon.
+pub struct Trained {
+    pub model: Model,
+    /// Field names the trainer met that its snapshot of the table did not have, in the
+    /// order it numbered them from `base_fields`.
+    new_fields: Vec<String>,
+    base_fields: u32,
+    pub sample: usize,
+}
+
+/// The request a training run answers when it is done: (ring id, box, ticket, head after).
+pub type TrainRequest = (u64, u32, u64, u64);
+
+/// A training run in a background thread: the apply loop keeps applying writes (with the
+/// current model) meanwhile.
+pub struct TrainJob {
+    handle: std::thread::JoinHandle<Result<Trained>>,
+    pub started: std::time::Instant,
+    /// The TRAIN request waiting for it, if a client asked (none for automatic training).
+    pub request: Option<TrainRequest>,
+}
+
 /// The daemon's side: appends, removes, trains.
 pub struct RecStore {
     pub rf: RecFile,
@@ -448,12 +602,22 @@ pub struct RecStore {
     pub retired: Vec<(u64, u64)>,
     /// Train automatically once this many records exist (0 = never).
     pub train_after: u64,
-    /// Sample records sent for the next training (instead of the stored ones).
+    /// Sample records sent for the next training (instead of the stored ones), at most
+    /// [`MAX_SAMPLES`] of them and [`MAX_SAMPLE_BYTES`] in all (a reservoir past that).
     pub samples: Vec<Vec<u8>>,
+    sample_bytes: u64,
+    samples_seen: u64,
+    /// The training running in the background, and TRAIN requests waiting for their turn.
+    pub job: Option<TrainJob>,
+    pub waiting: std::collections::VecDeque<(bool, TrainRequest)>,
 }
 
 /// Most sample records kept for one training.
 pub const MAX_SAMPLES: usize = 200_000;
+/// Most sample bytes kept for one training (training takes about 30x this in memory).
+pub const MAX_SAMPLE_BYTES: u64 = 24 << 20;
+/// Stored records read for a training without a sample.
+pub const STORED_SAMPLE: usize = 100_000;
 
 /// What an insert produced.
 pub struct Inserted {
@@ -467,6 +631,16 @@ impl RecStore {
     pub fn attach(rf: RecFile, train_after: u64) -> Result<RecStore> {
         let mut tables = LogTables::default();
         tables.refresh(&rf)?;
+        // Blocks for what the daemon stores into (a file made before allocation was done as
+        // space came into use): header, chunk table, the table log's current step, the
+        // chunk being filled.
+        let end = rf.hdr().tables_end.load(Ordering::Relaxed);
+        let log_end = ((end / TABLES_STEP + 1) * TABLES_STEP).min(rf.tables_cap);
+        rf.allocate(0, rf.tables_off + log_end)?;
+        let active = rf.hdr().active.load(Ordering::Relaxed);
+        if active > 0 && active <= rf.nchunks {
+            rf.allocate_chunk(active - 1)?;
+        }
         // Retired chunks waiting for readers when the last daemon stopped: wait again (the
         // reclaim pass stamps them with the current epoch).
         let retired = (0..rf.nchunks)
@@ -481,7 +655,134 @@ impl RecStore {
             retired,
             train_after,
             samples: Vec::new(),
+            sample_bytes: 0,
+            samples_seen: 0,
+            job: None,
+            waiting: Default::default(),
         })
+    }
+
+    /// Keep one sample record for the next training: all of them up to the count and byte
+    /// bounds, then a uniform reservoir (each later one replaces a random kept one, with
+    /// falling odds), so a sample of any size is spread over everything sent and memory
+    /// stays bounded. Returns how many are kept.
+    pub fn add_sample(&mut self, rec: &[u8]) -> usize {
+        self.samples_seen += 1;
+        let fits = self.samples.len() < MAX_SAMPLES
+            && self.sample_bytes + rec.len() as u64 <= MAX_SAMPLE_BYTES;
+        if fits {
+            self.sample_bytes += rec.len() as u64;
+            self.samples.push(rec.to_vec());
+        } else if !self.samples.is_empty() {
+            let j = shm::random_u64() % self.samples_seen;
+            if (j as usize) < self.samples.len() {
+                let old = &mut self.samples[j as usize];
+                if self.sample_bytes - old.len() as u64 + rec.len() as u64 <= MAX_SAMPLE_BYTES {
+                    self.sample_bytes = self.sample_bytes - old.len() as u64 + rec.len() as u64;
+                    *old = rec.to_vec();
+                }
+            }
+        }
+        self.samples.len()
+    }
+
+    /// Start training in a background thread (from the samples sent, else from stored
+    /// records, which the thread reads through its own mapping). If a run is in progress,
+    /// a request waits for its turn.
+    pub fn start_training(&mut self, compact: bool, request: Option<TrainRequest>) {
+        if self.job.is_some() {
+            if let Some(r) = request {
+                self.waiting.push_back((compact, r));
+            }
+            return;
+        }
+        let samples = std::mem::take(&mut self.samples);
+        self.sample_bytes = 0;
+        self.samples_seen = 0;
+        let names = self.tables.names.clone();
+        let path = self.rf.path.clone();
+        let handle = std::thread::Builder::new()
+            .name("surpd-train".into())
+            .spawn(move || train_in_background(&path, samples, names, compact));
+        match handle {
+            Ok(handle) => {
+                self.job = Some(TrainJob { handle, started: std::time::Instant::now(), request })
+            }
+            Err(e) => {
+                crate::log::error(&format!("cannot start the training thread: {e}"));
+                if let Some(r) = request {
+                    self.waiting.push_front((compact, r));
+                }
+            }
+        }
+    }
+
+    /// If the background training finished, install its model (the apply loop calls this
+    /// between requests). Returns the request it answers with its reply status and value
+    /// (model bytes), if a client asked for it.
+    pub fn poll_training(
+        &mut self,
+    ) -> Option<(Option<TrainRequest>, std::result::Result<u64, String>)> {
+        if !self.job.as_ref().is_some_and(|j| j.handle.is_finished()) {
+            return None;
+        }
+        let job = self.job.take().expect("checked");
+        let result = match job.handle.join() {
+            Ok(Ok(t)) => {
+                let sample = t.sample;
+                self.install(t).map(|bytes| {
+                    crate::log::info(&format!(
+                        "trained the record codec in the background sample={sample} \
+                         model_bytes={bytes} ms={:.0}",
+                        job.started.elapsed().as_secs_f64() * 1e3
+                    ));
+                    bytes as u64
+                })
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::Config("the training thread panicked".into())),
+        };
+        let result = result.map_err(|e| {
+            crate::log::warn(&format!("training failed: {e}"));
+            e.to_string()
+        });
+        if let Some((compact, r)) = self.waiting.pop_front() {
+            self.start_training(compact, Some(r));
+        }
+        Some((job.request, result))
+    }
+
+    /// Wait for a running training to finish (a clean stop, up to `deadline`).
+    pub fn training_done_by(&self, deadline: std::time::Instant) -> bool {
+        while self.job.as_ref().is_some_and(|j| !j.handle.is_finished()) {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        true
+    }
+
+    /// Make a background-trained model current: the field names it met are interned (their
+    /// ids may differ from the trainer's if names were added meanwhile: the model is
+    /// renumbered), then the model is appended to the table log.
+    fn install(&mut self, mut t: Trained) -> Result<usize> {
+        let mut map = std::collections::HashMap::new();
+        let mut ap = Appender { rf: &self.rf, t: &mut self.tables };
+        for (i, name) in t.new_fields.iter().enumerate() {
+            let provisional = t.base_fields + i as u32;
+            let real = ap.intern(T_FIELD, name)?;
+            if real != provisional {
+                map.insert(provisional, real);
+            }
+        }
+        t.model.remap_fields(&map);
+        let bytes = t.model.to_bytes();
+        ap.append(T_MODEL, &bytes)?;
+        self.tables.models.push(Arc::new(t.model));
+        self.rf.hdr().nmodels.store(self.tables.models.len() as u64, Ordering::Relaxed);
+        crate::crash::point("model installed");
+        Ok(bytes.len())
     }
 
     /// Recount the header's counters from the chunks (after an unclean stop).
@@ -560,6 +861,7 @@ impl RecStore {
         let at = self.rf.chunks_off + off;
         self.rf.region.write(at, &hdr);
         self.rf.region.write(at + hdr.len() as u64, &self.buf);
+        crate::crash::point("record written past the fill");
         Ok(Inserted {
             rid: make_id(off, gen, check),
             publish: (chunk, (fill + total) as u32),
@@ -571,6 +873,7 @@ impl RecStore {
     pub fn publish(&self, ins: &Inserted) {
         let ctl = self.rf.ctl(ins.publish.0);
         ctl.fill.store(ins.publish.1, Ordering::Release);
+        crate::crash::point("chunk fill published");
         ctl.live.fetch_add(1, Ordering::Relaxed);
         let h = self.rf.hdr();
         h.live.fetch_add(1, Ordering::Relaxed);
@@ -591,6 +894,7 @@ impl RecStore {
                 return Ok(a - 1);
             }
             ctl.state.store(C_FULL, Ordering::Release);
+            crate::crash::point("chunk full");
             self.maybe_retire(a - 1);
         }
         let free =
@@ -603,6 +907,7 @@ impl RecStore {
             )));
         };
         let ctl = self.rf.ctl(c);
+        self.rf.allocate_chunk(c)?;
         // Generation first, then the state (Release): a reader that sees the chunk active
         // sees its new generation, so old ids into it fail.
         ctl.gen.store(ctl.gen.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
@@ -610,6 +915,7 @@ impl RecStore {
         ctl.live.store(0, Ordering::Relaxed);
         ctl.model.store(model, Ordering::Relaxed);
         ctl.state.store(C_ACTIVE, Ordering::Release);
+        crate::crash::point("chunk activated");
         self.rf.hdr().active.store(c + 1, Ordering::Relaxed);
         Ok(c)
     }
@@ -630,6 +936,7 @@ impl RecStore {
         let b: &AtomicU8 = self.rf.region.get(at);
         let hdr = self.rf.region.slice(at, 16.min(CHUNK - inner)).and_then(parse_header);
         b.store(b.load(Ordering::Relaxed) & !LIVE, Ordering::Release);
+        crate::crash::point("live bit cleared");
         let ctl = self.rf.ctl(chunk);
         ctl.live.fetch_sub(1, Ordering::Relaxed);
         let h = self.rf.hdr();
@@ -650,6 +957,7 @@ impl RecStore {
             && ctl.live.load(Ordering::Relaxed) == 0
         {
             ctl.state.store(C_RETIRED, Ordering::Release);
+            crate::crash::point("chunk retired");
             let fill = ctl.fill.load(Ordering::Relaxed) as u64;
             self.rf.hdr().used_bytes.fetch_sub(fill, Ordering::Relaxed);
             self.retired.push((chunk, 0));
@@ -676,6 +984,7 @@ impl RecStore {
             // The chunk keeps its disk blocks until it is refilled (punching a hole to give
             // them back is future work).
             rf.ctl(c).state.store(C_FREE, Ordering::Release);
+            crate::crash::point("chunk freed");
             false
         });
     }
@@ -689,63 +998,63 @@ impl RecStore {
 
     /// Every live record id, in storage order (for dumps and training samples).
     pub fn ids(&self, limit: usize) -> Vec<u64> {
-        let mut v = Vec::new();
-        for c in 0..self.rf.nchunks {
-            let ctl = self.rf.ctl(c);
-            let st = ctl.state.load(Ordering::Relaxed);
-            if st != C_ACTIVE && st != C_FULL {
-                continue;
-            }
-            let fill = (ctl.fill.load(Ordering::Relaxed) as u64).min(CHUNK);
-            let gen = ctl.gen.load(Ordering::Relaxed);
-            let base = self.rf.chunks_off + c * CHUNK;
-            let data = self.rf.region.slice(base, fill).unwrap_or_default();
-            let mut p = 0usize;
-            while (p as u64) < fill && v.len() < limit {
-                let Some((live, hl, len)) = parse_header(&data[p..]) else { break };
-                let Some(payload) = data.get(p + hl..p + hl + len) else { break };
-                if live {
-                    let off = c * CHUNK + p as u64;
-                    v.push(make_id(off, gen, check_of(self.rf.seed, off, gen & 0xff, payload)));
-                }
-                p += hl + len;
-            }
-        }
-        v
+        self.rf.ids(limit)
     }
 
-    /// Train a model and make it current: later inserts use it; records already stored keep
-    /// theirs. It learns from the sample records sent since the last training if any, else
-    /// from up to 100,000 evenly spaced stored records. Returns the model's size.
+    /// Train a model now, in this thread, and make it current (tools and tests; the daemon
+    /// trains in the background: [`RecStore::start_training`]).
     pub fn train(&mut self, compact: bool) -> Result<usize> {
-        let mut samples = std::mem::take(&mut self.samples);
-        if samples.is_empty() {
-            let ids = self.ids(usize::MAX);
-            let step = ids.len().div_ceil(100_000).max(1);
-            let mut out = Vec::new();
-            for &rid in ids.iter().step_by(step) {
-                if self.read(rid, &mut out)? {
-                    samples.push(out.clone());
-                }
-            }
-        }
-        if samples.is_empty() {
-            return Err(Error::Config("nothing to train on: no records and no sample".into()));
-        }
-        let refs: Vec<&[u8]> = samples.iter().map(|s| s.as_slice()).collect();
-        let mut ap = Appender { rf: &self.rf, t: &mut self.tables };
-        let m = codec::train(&refs, compact, &mut ap)?;
-        let bytes = m.to_bytes();
-        ap.append(T_MODEL, &bytes)?;
-        self.tables.models.push(Arc::new(m));
-        self.rf.hdr().nmodels.store(self.tables.models.len() as u64, Ordering::Relaxed);
-        Ok(bytes.len())
+        let samples = std::mem::take(&mut self.samples);
+        self.sample_bytes = 0;
+        self.samples_seen = 0;
+        let t = train_in_background(&self.rf.path, samples, self.tables.names.clone(), compact)?;
+        self.install(t)
     }
 
     /// Train automatically when the first `train_after` records exist.
     pub fn auto_train_due(&self) -> bool {
         self.train_after > 0
+            && self.job.is_none()
             && self.tables.models.is_empty()
             && self.rf.hdr().live.load(Ordering::Relaxed) >= self.train_after
     }
+}
+
+/// The training thread: read the sample (the records sent, else up to [`STORED_SAMPLE`]
+/// stored records spread evenly over the store, through a read-only mapping of its own),
+/// train, and hand back the model with the field names it had to number itself.
+fn train_in_background(
+    path: &Path,
+    mut samples: Vec<Vec<u8>>,
+    mut names: MemTables,
+    compact: bool,
+) -> Result<Trained> {
+    if samples.is_empty() {
+        let rf = RecFile::open(path, false)?;
+        let mut t = LogTables::default();
+        t.refresh(&rf)?;
+        let ids = rf.ids(usize::MAX);
+        let step = ids.len().div_ceil(STORED_SAMPLE).max(1);
+        let mut out = Vec::new();
+        let mut bytes = 0u64;
+        for &rid in ids.iter().step_by(step) {
+            // A record removed (or its chunk reused) meanwhile is skipped: the lookup checks.
+            let Ok((payload, model)) = rf.lookup(rid) else { continue };
+            if decode_payload(&t, model, payload, &mut out).is_ok() && rf.lookup(rid).is_ok() {
+                bytes += out.len() as u64;
+                samples.push(out.clone());
+                if bytes > MAX_SAMPLE_BYTES {
+                    break;
+                }
+            }
+        }
+    }
+    if samples.is_empty() {
+        return Err(Error::Config("nothing to train on: no records and no sample".into()));
+    }
+    let base_fields = names.fields.len() as u32;
+    let refs: Vec<&[u8]> = samples.iter().map(|s| s.as_slice()).collect();
+    let model = codec::train(&refs, compact, &mut names)?;
+    let new_fields = names.fields.iter().skip(base_fields as usize).map(str::to_owned).collect();
+    Ok(Trained { model, new_fields, base_fields, sample: samples.len() })
 }

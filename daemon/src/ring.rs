@@ -718,6 +718,10 @@ impl Ring {
                 arg2,
             };
             let reply = apply(&req);
+            if reply.status == status::DEFERRED {
+                // Answered later (Ring::complete from the daemon loop): the box waits here.
+                return n;
+            }
             head += len;
             self.complete(b, ticket, head, reply);
             n += 1;

@@ -227,9 +227,13 @@ impl Daemon {
             }
             reply
         };
+        let ring_id = ring.hdr().ring_id.load(Ordering::Relaxed);
         for &b in active.iter() {
             let c = ring.ctl(b);
-            if c.tail.load(Ordering::Acquire) == c.head.load(Ordering::Relaxed) || !ring.serves(b) {
+            if c.tail.load(Ordering::Acquire) == c.head.load(Ordering::Relaxed)
+                || !ring.serves(b)
+                || store.held.contains(&(ring_id, b))
+            {
                 continue;
             }
             n += ring.poll(b, budget, scratch, |req| apply(store, ring, req));
@@ -237,9 +241,12 @@ impl Daemon {
         // Rings replaced at this start, until their clients have moved to the new one.
         let retired = std::mem::take(&mut store.heap.retired_rings);
         for (_, old) in &retired {
+            let old_id = old.hdr().ring_id.load(Ordering::Relaxed);
             for b in 0..old.nboxes {
                 let c = old.ctl(b);
-                if c.tail.load(Ordering::Acquire) != c.head.load(Ordering::Relaxed) && old.serves(b)
+                if c.tail.load(Ordering::Acquire) != c.head.load(Ordering::Relaxed)
+                    && old.serves(b)
+                    && !store.held.contains(&(old_id, b))
                 {
                     n += old.poll(b, budget, scratch, |req| apply(store, ring, req));
                 }
@@ -250,9 +257,32 @@ impl Daemon {
         n
     }
 
+    /// Install a model the background trainer finished, and answer the TRAIN request that
+    /// asked for it (its box is then polled again).
+    pub fn finish_training(&mut self) {
+        let Some(rs) = self.store.recs.as_mut() else { return };
+        let Some((request, result)) = rs.poll_training() else { return };
+        let Some((ring_id, b, ticket, head_after)) = request else { return };
+        let reply = match result {
+            Ok(bytes) => crate::ring::Reply::ok(bytes),
+            Err(_) => crate::ring::Reply::status(status::NOT_DONE),
+        };
+        let rings =
+            std::iter::once(&self.ring).chain(self.store.heap.retired_rings.iter().map(|r| &r.1));
+        for r in rings {
+            if r.hdr().ring_id.load(Ordering::Relaxed) == ring_id && b < r.nboxes {
+                r.complete(b, ticket, head_after, reply);
+            }
+        }
+        self.store.held.retain(|&h| h != (ring_id, b));
+    }
+
     /// Retire emptied record chunks at the current epoch and free those no reader can see.
     fn reclaim_chunks(&mut self) {
         let Some(rs) = self.store.recs.as_mut() else { return };
+        if rs.job.is_some() {
+            return; // the trainer reads stored records without a reader pin
+        }
         let h = self.store.seg.hdr();
         let e = h.epoch.load(Ordering::Relaxed);
         if rs.stamp_retired(e) {
@@ -320,6 +350,7 @@ impl Daemon {
         while !STOP.load(Ordering::Relaxed) {
             let bell = self.ring.hdr().doorbell.load(Ordering::SeqCst);
             let n = self.poll_once(256);
+            self.finish_training();
             let now = Instant::now();
             // From the apply loop itself: a wedged loop stops the pings and systemd restarts us.
             if let Some(w) = watchdog {
@@ -455,6 +486,14 @@ impl Daemon {
         sd_notify("STOPPING=1\nSTATUS=draining the request ring");
         let deadline = Instant::now() + Duration::from_secs(5);
         while self.poll_once(usize::MAX) > 0 && Instant::now() < deadline {}
+        // A training in progress gets what is left of the drain time; one that takes longer
+        // is abandoned (its TRAIN request stays queued and runs again at the next start).
+        if let Some(rs) = self.store.recs.as_ref() {
+            if rs.training_done_by(deadline) {
+                self.finish_training();
+                while self.poll_once(usize::MAX) > 0 && Instant::now() < deadline {}
+            }
+        }
         for r in
             std::iter::once(&self.ring).chain(self.store.heap.retired_rings.iter().map(|r| &r.1))
         {

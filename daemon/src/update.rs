@@ -4,7 +4,8 @@
 //! with one store (see apply.rs). What Redis needs WATCH/MULTI/EXEC or a Lua script for.
 //!
 //! A value of the wrong type is refused with WRONG_TYPE and left as it is. A result larger
-//! than max_value is refused with TOO_LARGE. The key's TTL is kept.
+//! than max_value is refused with TOO_LARGE, one that would not be a valid value (nested
+//! deeper than readers decode) with INVALID_RESULT. The key's TTL is kept.
 
 #![deny(unsafe_code)]
 
@@ -21,7 +22,7 @@ use crate::value::{self, ZEntry};
 /// the old one's space) and its expiry.
 fn current(store: &Store, key: &[u8], hash: u64) -> Option<(Vec<u8>, u64, u64)> {
     let now = shm::now_ms();
-    match store.seg.find_for_write(key, hash).1 {
+    match store.seg.current(key, hash) {
         Some(r) if !r.expired(now) => Some((r.value.to_vec(), r.expires_ms, r.version)),
         _ => None,
     }
@@ -41,6 +42,11 @@ impl Store {
     ) -> Reply {
         if v.len() as u64 > self.seg.max_value {
             return Reply::status(status::TOO_LARGE);
+        }
+        // The daemon validates what it builds as it validates what it is sent: an append of
+        // a 200-deep item makes a 201-deep list, which no reader (nor `dump`) could decode.
+        if value::validate(v).is_err() {
+            return Reply::status(status::INVALID_RESULT);
         }
         self.put(ring, key, hash, v, exp, st, |_| Reply::ok(ok))
     }

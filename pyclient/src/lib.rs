@@ -486,15 +486,48 @@ impl Client {
                 "increment of key {} leaves the 128-bit integer range",
                 key_repr(key)
             ))),
-            (status::NOT_DURABLE, _) => Err(errors::Error::new_err(format!(
-                "the write of key {} was applied but the daemon could not flush it to disk \
-                 (durability = sync); see the daemon's log",
-                key_repr(key)
-            ))),
-            (s, _) => Err(errors::Error::new_err(format!(
-                "the daemon refused the request for key {} (status {s})",
-                key_repr(key)
-            ))),
+            (s, _) => Err(self.status_err(s, &format!("the request for key {}", key_repr(key)))),
+        }
+    }
+
+    /// The exception for a status that means the same for every request (`what` names the
+    /// request): one table, used by cache and record replies alike.
+    fn status_err(&self, s: u32, what: &str) -> PyErr {
+        match s {
+            status::NOT_DURABLE => errors::Error::new_err(format!(
+                "{what} was applied but the daemon could not flush it to disk (durability = \
+                 sync); see the daemon's log"
+            )),
+            status::NO_DISK_SPACE => {
+                let dir = self.core.dir.display().to_string();
+                let space = surpd::shm::fs_space(&self.core.dir)
+                    .map(|(free, total)| format!(": {free} of {total} bytes free"))
+                    .unwrap_or_default();
+                pyo3::exceptions::PyOSError::new_err((
+                    28, // ENOSPC
+                    format!(
+                        "{what} was refused: the filesystem holding {dir} is full{space}; \
+                         nothing was changed"
+                    ),
+                ))
+            }
+            status::INVALID_RESULT => PyValueError::new_err(format!(
+                "{what} was refused: the value it would build is not storable (nested deeper \
+                 than {} levels); nothing was changed",
+                v::MAX_DEPTH
+            )),
+            status::LOST => errors::Error::new_err(format!(
+                "the answer to {what} was lost: another process overwrote this client's result \
+                 entry in the request ring (the write may or may not have been applied)"
+            )),
+            status::TOO_LARGE => errors::ValueTooLarge::new_err(format!(
+                "{what} exceeds this store's max_value of {} bytes",
+                self.core.max_value()
+            )),
+            status::BAD_REQUEST => errors::Error::new_err(format!(
+                "the daemon refused {what} as malformed (status {s})"
+            )),
+            s => errors::Error::new_err(format!("the daemon refused {what} (status {s})")),
         }
     }
 
@@ -1349,7 +1382,10 @@ impl Client {
             }
         }
         let flags = if compact { flag::COMPACT } else { 0 };
-        let r = self.call(py, op::TRAIN, flags, b"", &[], 0, 0)?;
+        // Training runs in the daemon's background thread; wait for as long as it is alive.
+        let t = self.core.enqueue(op::TRAIN, flags, b"", &[], 0, 0).map_err(to_py_err)?;
+        let core = &self.core;
+        let r = py.allow_threads(|| core.wait_while_alive(t)).map_err(to_py_err)?;
         if r.status == status::NOT_DONE {
             return Err(PyValueError::new_err(
                 "training failed: the record store is empty (see the daemon's log)",
@@ -1430,10 +1466,7 @@ impl Client {
             status::SEGMENT_FULL => Err(errors::SegmentFull::new_err(
                 "the records file is full (records_size); see surpdb stats: records_bytes",
             )),
-            status::NOT_DURABLE => Err(pyo3::exceptions::PyOSError::new_err(
-                "msync failed: the write may not be durable",
-            )),
-            s => Err(PyValueError::new_err(format!("the daemon refused the record (status {s})"))),
+            s => Err(self.status_err(s, "the record request")),
         }
     }
 }

@@ -89,6 +89,28 @@ impl Model {
     pub fn field(&self, id: u32) -> &FieldModel {
         self.fields.get(&id).unwrap_or(&self.generic)
     }
+
+    /// Renumber field ids (`map`: old id -> new id; ids not in it stay). A model trained in
+    /// the background names fields by ids it assigned itself; the daemon, installing it,
+    /// maps them to the ids the table log gave the same names.
+    pub fn remap_fields(&mut self, map: &HashMap<u32, u32>) {
+        if map.is_empty() {
+            return;
+        }
+        let id = |x: u32| map.get(&x).copied().unwrap_or(x);
+        self.fields =
+            std::mem::take(&mut self.fields).into_iter().map(|(k, v)| (id(k), v)).collect();
+        // `trans` keys are previous field id + 1 (0: the start of a dict).
+        self.trans = std::mem::take(&mut self.trans)
+            .into_iter()
+            .map(|(k, mut t)| {
+                for x in t.ids.iter_mut() {
+                    *x = id(*x);
+                }
+                (if k == 0 { 0 } else { id(k - 1) + 1 }, t)
+            })
+            .collect();
+    }
 }
 
 // ---------------------------------------------------------------------------------------
