@@ -45,9 +45,11 @@ impl Store {
         let h = self.seg.hdr();
         h.c_requests.fetch_add(1, Ordering::Relaxed);
         h.op_active.store(1, Ordering::Relaxed);
+        crate::crash::point("operation begun");
         let reply = self.apply_inner(ring, req);
         // Counters are consistent with the index again.
         self.seg.hdr().op_active.store(0, Ordering::Release);
+        crate::crash::point("operation ended");
         reply
     }
 
@@ -117,6 +119,7 @@ impl Store {
         let j = self.journal();
         if j.armed.load(Ordering::Relaxed) != 0 {
             j.armed.store(0, Ordering::Release);
+            crate::crash::point("journal disarmed");
         }
     }
 
@@ -150,17 +153,24 @@ impl Store {
     /// from the index whether its publish happened; if so, answer it (so it is not applied
     /// again), else leave it queued to be applied. Returns what was done, for the log.
     pub fn recover_journal(&mut self, rings: &[&Ring]) -> Option<String> {
-        let j = self.journal();
-        if j.armed.load(Ordering::Acquire) == 0 {
+        if self.journal().armed.load(Ordering::Acquire) == 0 {
             return None;
         }
+        let what = self.settle_journal(rings);
+        // Only now: a crash while settling (say, in the middle of answering) must find the
+        // journal still armed at the next start, or the request would be applied again.
+        self.disarm();
+        what
+    }
+
+    fn settle_journal(&mut self, rings: &[&Ring]) -> Option<String> {
+        let j = self.journal();
         let ring_id = j.ring_id.load(Ordering::Relaxed);
         let ring = match rings.iter().find(|r| r.hdr().ring_id.load(Ordering::Relaxed) == ring_id) {
             Some(r) => *r,
             None if ring_id == 0 => rings[0],
             None => {
-                self.disarm();
-                return Some(format!("journal names ring {ring_id:#x}, which is gone; ignored"));
+                return Some(format!("journal names ring {ring_id:#x}, which is gone; ignored"))
             }
         };
         let (b, t, h) = (
@@ -177,7 +187,7 @@ impl Store {
             value: j.value.load(Ordering::Relaxed),
             aux: j.aux.load(Ordering::Relaxed),
         };
-        self.disarm();
+        let kind = j.kind.load(Ordering::Relaxed);
         if b >= ring.nboxes {
             return Some(format!("journal names box {b} beyond the ring; ignored"));
         }
@@ -195,7 +205,7 @@ impl Store {
         {
             return None; // completed before the crash, or the box moved on
         }
-        let applied = if j.kind.load(Ordering::Relaxed) == JOURNAL_RECORD {
+        let applied = if kind == JOURNAL_RECORD {
             let Some(rs) = self.recs.as_mut() else {
                 return Some(
                     "journal names a record request but no record store is attached".into(),
@@ -282,6 +292,7 @@ impl Store {
         }
         h.live_bytes.fetch_add(size, Ordering::Relaxed);
         h.c_sets.fetch_add(1, Ordering::Relaxed);
+        crate::crash::point("set counted");
         answer
     }
 
@@ -394,6 +405,7 @@ impl Store {
         let h = self.seg.hdr();
         h.items.fetch_sub(1, Ordering::Relaxed);
         h.live_bytes.fetch_sub(size, Ordering::Relaxed);
+        crate::crash::point("delete counted");
         if expired {
             h.c_expirations.fetch_add(1, Ordering::Relaxed);
             return Reply::status(status::NOT_DONE);
@@ -478,6 +490,7 @@ impl Store {
                         let h = self.seg.hdr();
                         h.items.fetch_sub(1, Ordering::Relaxed);
                         h.live_bytes.fetch_sub(size, Ordering::Relaxed);
+                        crate::crash::point("expired by the sweep");
                         n += 1;
                         // Backward shift may have moved another entry into slot i: look again.
                         continue;

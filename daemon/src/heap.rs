@@ -241,6 +241,7 @@ impl Heap {
             seg.unlink(slot);
             h.items.fetch_sub(1, Ordering::Relaxed);
             h.live_bytes.fetch_sub(size, Ordering::Relaxed);
+            crate::crash::point("expired at the tail");
             st.expired += 1;
             return true;
         }
@@ -263,6 +264,7 @@ impl Heap {
         seg.unlink(slot);
         h.items.fetch_sub(1, Ordering::Relaxed);
         h.live_bytes.fetch_sub(size, Ordering::Relaxed);
+        crate::crash::point("evicted at the tail");
         st.evicted += 1;
         true
     }
@@ -307,6 +309,7 @@ impl Heap {
         // SYNC POINT: SeqCst; a reader that loads the new epoch (SeqCst) sees every unlink
         // made before it, so it cannot reach space retired at `e`.
         h.epoch.store(e + 1, Ordering::SeqCst);
+        crate::crash::point("epoch bumped");
     }
 
     /// Move `free_limit` forward past retired space no reader can see. True if it moved.
@@ -326,6 +329,7 @@ impl Heap {
         }
         if moved {
             seg.hdr().free_limit.store(self.free_limit, Ordering::Relaxed);
+            crate::crash::point("free limit stored");
         }
         moved
     }

@@ -802,6 +802,7 @@ impl Ring {
         c.owner_start.store(0, Ordering::Relaxed);
         // SYNC POINT: Release; the next claimer's CAS (AcqRel) sees the reset fields.
         c.owner_pid.store(0, Ordering::Release);
+        crate::crash::point("box reaped");
         Some(counts)
     }
 }

@@ -510,6 +510,9 @@ impl Daemon {
         h.daemon_pid.store(0, Ordering::Relaxed);
         h.clean.store(1, Ordering::Release);
         self.store.seg.region.flush().map_err(|e| Error::io("cannot flush the segment", e))?;
+        if crate::crash::passed() > 0 {
+            log::warn(&format!("crash points passed: {}", crate::crash::passed()));
+        }
         log::info("stopped cleanly");
         Ok(())
     }
