@@ -192,11 +192,11 @@ impl Store {
             return Some(format!("journal names box {b} beyond the ring; ignored"));
         }
         let c = ring.ctl(b);
-        let (done, head) = (c.done.load(Ordering::Acquire), c.head.load(Ordering::Acquire));
+        let (head, done) = ring.consumed(b);
         if done == t && head < h && h <= c.tail.load(Ordering::Acquire) {
             // Answered, killed before the head moved past it (Ring::complete stores `done`
             // first): move it now, so the client's next request is the one expected.
-            c.head.store(h, Ordering::Release);
+            ring.set_head(b, h);
             return Some(format!(
                 "request box={b} ticket={t} was answered: moved the head past it"
             ));

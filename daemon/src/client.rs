@@ -651,7 +651,19 @@ impl Client {
                     ))
                 }
                 Waited::TimedOut => {
-                    return Err(self.unavailable("waiting for room in the result ring"))
+                    if ep.ctl().is_some_and(|c| c.done.load(Ordering::Acquire) >= oldest) {
+                        // The daemon says it answered, but the entry names another ticket:
+                        // someone wrote into this box. Leave it (the next request moves).
+                        if let Some(c) = ep.ctl() {
+                            c.poisoned.store(1, Ordering::Release);
+                        }
+                        return Err(Error::BadRequest(
+                            "this client's result entries were overwritten by another process; \
+                             moving to a fresh box"
+                                .into(),
+                        ));
+                    }
+                    return Err(self.unavailable("waiting for room in the result ring"));
                 }
             }
         }
@@ -684,14 +696,15 @@ impl Client {
         while p.seen < done {
             let t = p.seen + 1;
             let r = ep.ring.result(ep.boxno, t);
-            let reply = if r.ticket.load(Ordering::Relaxed) == t {
-                Reply {
-                    status: r.status.load(Ordering::Relaxed),
-                    value: r.value.load(Ordering::Relaxed),
-                    aux: r.aux.load(Ordering::Relaxed),
-                }
-            } else {
-                Reply::status(status::LOST)
+            if r.ticket.load(Ordering::Relaxed) != t {
+                // Not written yet (`done` was pushed ahead by someone else), or overwritten:
+                // stop here; a wait for it times out rather than read a wrong answer.
+                break;
+            }
+            let reply = Reply {
+                status: r.status.load(Ordering::Relaxed),
+                value: r.value.load(Ordering::Relaxed),
+                aux: r.aux.load(Ordering::Relaxed),
             };
             let ct = p.base + t;
             if p.wanted.contains(&ct) {

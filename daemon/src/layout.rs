@@ -215,7 +215,10 @@ pub struct BoxCtl {
     pub hits: AtomicU64,
     pub misses: AtomicU64,
     pub corrupt: AtomicU64,
-    _pad0: u64,
+    /// Bumped by each claim (0 in rings made before it existed): the daemon keeps its own
+    /// copy of a box's consumer words and takes them from the box again only when this
+    /// changes.
+    pub claims: AtomicU64,
 
     // line 1: producer
     /// Bytes of requests published (monotonic).
@@ -367,9 +370,6 @@ pub mod status {
     pub const NO_DISK_SPACE: u32 = 10;
     /// Never sent: the daemon answers this request later (a training); its box waits.
     pub const DEFERRED: u32 = 0xffff_0002;
-    /// Never sent by the daemon: the client found its result entry overwritten (another
-    /// process wrote into this client's box), so the answer is unknown.
-    pub const LOST: u32 = 0xffff_0001;
 }
 
 const _: () = {

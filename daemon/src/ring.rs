@@ -20,7 +20,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::path::Path;
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -45,6 +45,7 @@ pub struct Ring {
     /// tell a ring that was really replaced on disk from a forged `retired` word.
     file: File,
     ident: (u64, u64),
+    path: std::path::PathBuf,
     pub nboxes: u32,
     pub nresults: u32,
     pub box_bytes: u64,
@@ -54,6 +55,19 @@ pub struct Ring {
     pub hints_off: u64,
     pub hints_len: u64,
     pub max_value: u64,
+    /// The daemon's own copy of each box's consumer state (private memory): it applies
+    /// requests by these, never by `head` and `done` read back from the shared box while it
+    /// runs, so another process writing them cannot make it skip or replay requests.
+    consumers: Vec<Consumer>,
+}
+
+/// The daemon's view of one box's consumer words (see `Ring::consumers`).
+#[derive(Default)]
+struct Consumer {
+    /// `BoxCtl::claims` when last taken from the box; u64::MAX: not taken yet.
+    claims: AtomicU64,
+    head: AtomicU64,
+    done: AtomicU64,
 }
 
 struct Offsets {
@@ -110,11 +124,10 @@ impl Ring {
     pub fn create(path: &Path, p: &RingParams, mode: u32) -> Result<()> {
         let o = offsets(p).ok_or_else(|| Error::Config("ring parameters overflow".into()))?;
         let nf = shm::NewFile::create(path, mode, o.total)?;
-        // Blocks for everything but the box data (the header, control blocks, results and
-        // access hints, which the daemon and every client store into); a box's data is
-        // allocated by the client that claims it. A store into a hole of a full filesystem
-        // would be a SIGBUS.
-        nf.allocate(0, o.data)?;
+        // Blocks for what every process stores into (the header, control blocks and access
+        // hints); a box's queue and result entries are allocated by the client that claims
+        // it. A store into a hole of a full filesystem would be a SIGBUS.
+        nf.allocate(0, o.results)?;
         nf.allocate(o.hints, o.total - o.hints)?;
         let region = &nf.region;
         let h: &RingHeader = region.get(0);
@@ -196,10 +209,15 @@ impl Ring {
         }
         let ident = file_ident(f).map_err(|e| Error::io("cannot stat the ring", e))?;
         let file = f.try_clone().map_err(|e| Error::io("cannot keep the ring open", e))?;
+        let consumers = (0..p.nboxes)
+            .map(|_| Consumer { claims: AtomicU64::new(u64::MAX), ..Default::default() })
+            .collect();
         Ok(Ring {
+            consumers,
             region,
             file,
             ident,
+            path: path.to_path_buf(),
             nboxes: p.nboxes,
             nresults: p.nresults,
             box_bytes: p.box_bytes,
@@ -216,9 +234,9 @@ impl Ring {
     /// file made before allocation was done at creation.
     pub fn allocate_shared(&self, path: &Path) -> Result<()> {
         let hints_end = align_up(self.hints_off + self.hints_len, PAGE);
-        shm::allocate(&self.file, 0, self.data_off)
+        shm::allocate(&self.file, 0, self.results_off)
             .and_then(|()| shm::allocate(&self.file, self.hints_off, hints_end - self.hints_off))
-            .map_err(|e| shm::allocate_error(path, self.data_off, e))
+            .map_err(|e| shm::allocate_error(path, self.results_off, e))
     }
 
     /// Whether the file at `path` is another file than this mapping (the daemon replaced
@@ -340,15 +358,14 @@ impl Ring {
                 }
                 self.reset_fields(c);
                 c.owner_start.store(start, Ordering::Relaxed);
-                let at = self.box_data(b);
-                if let Err(e) = shm::allocate(&self.file, at, self.box_bytes) {
+                c.claims.fetch_add(1, Ordering::Relaxed);
+                let results = self.results_off + b as u64 * self.nresults as u64 * 32;
+                let allocated = shm::allocate(&self.file, self.box_data(b), self.box_bytes)
+                    .and_then(|()| shm::allocate(&self.file, results, self.nresults as u64 * 32));
+                if let Err(e) = allocated {
                     c.owner_start.store(0, Ordering::Relaxed);
                     c.owner_pid.store(0, Ordering::Release);
-                    return Err(shm::allocate_error(
-                        &std::path::PathBuf::from("ring.surp (request queue)"),
-                        self.box_bytes,
-                        e,
-                    ));
+                    return Err(shm::allocate_error(&self.path, self.box_bytes, e));
                 }
                 // SYNC POINT: Release; the daemon's Acquire load of `active` sees the reset
                 // fields before it polls the box.
@@ -523,10 +540,15 @@ impl Ring {
     /// by the tickets it issued and checks each result entry's ticket.
     pub fn wait_done(&self, b: u32, ticket: u64, timeout: Duration) -> Waited {
         let c = self.ctl(b);
+        let entry = self.result(b, ticket);
         // SYNC POINT: Acquire; pairs with the daemon's Release store of `done` made after it
-        // wrote the result entry.
+        // wrote the result entry. Done means `done` reached the ticket *and* the entry names
+        // it: a `done` word another process pushed ahead does not make us read an entry the
+        // daemon has not written yet (we keep waiting, up to the timeout).
         let state = |c: &BoxCtl| {
-            if c.done.load(Ordering::Acquire) >= ticket {
+            if c.done.load(Ordering::Acquire) >= ticket
+                && entry.ticket.load(Ordering::Relaxed) == ticket
+            {
                 Some(Waited::Done)
             } else if c.poisoned.load(Ordering::Acquire) != 0 {
                 Some(Waited::Poisoned)
@@ -598,6 +620,48 @@ impl Ring {
 
     // ------------------------------------------------------------------ daemon side
 
+    /// The daemon's copy of box `b`'s consumer words: taken from the box the first time this
+    /// daemon looks at it (they carry what a previous daemon consumed), and reset to zero
+    /// whenever the box was claimed anew (a claim starts a box from zero), never read back
+    /// from the box otherwise.
+    fn consumer(&self, b: u32) -> &Consumer {
+        let st = &self.consumers[b as usize];
+        let c = self.ctl(b);
+        let claims = c.claims.load(Ordering::Acquire);
+        let known = st.claims.load(Ordering::Relaxed);
+        if known != claims {
+            let (head, done) = if known == u64::MAX {
+                (c.head.load(Ordering::Acquire), c.done.load(Ordering::Acquire))
+            } else {
+                (0, 0)
+            };
+            st.head.store(head, Ordering::Relaxed);
+            st.done.store(done, Ordering::Relaxed);
+            st.claims.store(claims, Ordering::Relaxed);
+        }
+        st
+    }
+
+    /// Take every box's consumer words as a previous daemon left them (the daemon calls
+    /// this once, when it attaches); from then on only a new claim changes them (to zero).
+    pub fn adopt_consumers(&self) {
+        for b in 0..self.nboxes {
+            self.consumer(b);
+        }
+    }
+
+    /// Move box `b`'s consumer position (journal recovery).
+    pub fn set_head(&self, b: u32, head: u64) {
+        self.consumer(b).head.store(head, Ordering::Relaxed);
+        self.ctl(b).head.store(head, Ordering::Release);
+    }
+
+    /// The daemon's consumer position and last completed ticket of box `b`.
+    pub fn consumed(&self, b: u32) -> (u64, u64) {
+        let st = self.consumer(b);
+        (st.head.load(Ordering::Relaxed), st.done.load(Ordering::Relaxed))
+    }
+
     /// Whether the daemon should look at box `b`: owned and initialised by its claimer (an
     /// unclaimed box is never read, whatever its words say).
     #[inline]
@@ -621,13 +685,14 @@ impl Ring {
         mut apply: impl FnMut(&Req<'_>) -> Reply,
     ) -> usize {
         let c = self.ctl(b);
-        let mut head = c.head.load(Ordering::Relaxed);
+        let st = self.consumer(b);
+        let mut head = st.head.load(Ordering::Relaxed);
         // SYNC POINT: Acquire; pairs with the producer's Release store of `tail`.
         let tail = c.tail.load(Ordering::Acquire);
         if tail < head || tail - head > self.box_bytes {
             if tail != head {
                 self.poison(
-                    c,
+                    b,
                     tail,
                     &format!("queue words inconsistent (head {head}, tail {tail})"),
                 );
@@ -642,33 +707,35 @@ impl Ring {
             let mut h = [0u8; REQ_HEADER_BYTES as usize];
             let hlen = (REQ_HEADER_BYTES).min(self.box_bytes - phys).min(avail) as usize;
             if hlen < 8 || !self.region.read(base + phys, &mut h[..hlen]) {
-                self.poison(c, tail, "truncated request header");
+                self.poison(b, tail, "truncated request header");
                 return n;
             }
             let len = u32::from_le_bytes(h[0..4].try_into().unwrap()) as u64;
             let opc = h[4];
             if len < 8 || !len.is_multiple_of(8) || len > avail || phys + len > self.box_bytes {
-                self.poison(c, tail, &format!("request length {len} at {head}"));
+                self.poison(b, tail, &format!("request length {len} at {head}"));
                 return n;
             }
             if opc == op::PAD {
                 head += len;
+                st.head.store(head, Ordering::Relaxed);
                 c.head.store(head, Ordering::Release);
                 continue;
             }
             if len < REQ_HEADER_BYTES || hlen < REQ_HEADER_BYTES as usize {
-                self.poison(c, tail, "short request");
+                self.poison(b, tail, "short request");
                 return n;
             }
             let key_len = u16::from_le_bytes(h[6..8].try_into().unwrap()) as u64;
             let ticket = u64::from_le_bytes(h[8..16].try_into().unwrap());
             let arg = u64::from_le_bytes(h[16..24].try_into().unwrap());
             let arg2 = u64::from_le_bytes(h[24..32].try_into().unwrap());
-            let done = c.done.load(Ordering::Relaxed);
+            let done = st.done.load(Ordering::Relaxed);
             if ticket == done && ticket != 0 {
                 // Answered before a crash that came between storing `done` and moving
                 // `head` past it (see `complete`): skip it, it is not applied twice.
                 head += len;
+                st.head.store(head, Ordering::Relaxed);
                 c.head.store(head, Ordering::Release);
                 continue;
             }
@@ -678,7 +745,7 @@ impl Ring {
                 || REQ_HEADER_BYTES + key_len > len
             {
                 self.poison(
-                    c,
+                    b,
                     tail,
                     &format!("ticket {ticket} (expected {expected}) key {key_len}"),
                 );
@@ -737,6 +804,9 @@ impl Ring {
     /// it (see `poll`), so it is answered once and applied once.
     pub fn complete(&self, b: u32, ticket: u64, head: u64, reply: Reply) {
         let c = self.ctl(b);
+        let st = self.consumer(b);
+        st.done.store(ticket, Ordering::Relaxed);
+        st.head.store(head, Ordering::Relaxed);
         let r = self.result(b, ticket);
         r.status.store(reply.status, Ordering::Relaxed);
         r.value.store(reply.value, Ordering::Relaxed);
@@ -760,12 +830,14 @@ impl Ring {
         }
     }
 
-    fn poison(&self, c: &BoxCtl, tail: u64, why: &str) {
+    fn poison(&self, b: u32, tail: u64, why: &str) {
+        let c = self.ctl(b);
         crate::log::warn(&format!(
             "malformed request, skipping the client's queue owner_pid={} why={why}",
             c.owner_pid.load(Ordering::Relaxed)
         ));
         c.poisoned.store(1, Ordering::Release);
+        self.consumer(b).head.store(tail, Ordering::Relaxed);
         c.head.store(tail, Ordering::Release);
         c.errors.fetch_add(1, Ordering::Relaxed);
         fence(Ordering::SeqCst);
@@ -783,7 +855,7 @@ impl Ring {
         if pid == 0 || pid == OWNER_RESETTING {
             return None;
         }
-        if c.tail.load(Ordering::Acquire) != c.head.load(Ordering::Relaxed) {
+        if c.tail.load(Ordering::Acquire) != self.consumed(b).0 {
             return None;
         }
         let released = c.active.load(Ordering::Acquire) == BOX_RELEASED;
@@ -941,6 +1013,7 @@ mod tests {
         let base = r.data_off + b as u64 * r.box_bytes;
         let mut x = 0x1234_5678_9abc_def0u64;
         let mut scratch = Vec::new();
+        let mut poisoned = 0;
         for round in 0..200 {
             let mut junk = [0u8; 256];
             for byte in junk.iter_mut() {
@@ -953,9 +1026,28 @@ mod tests {
             let c = r.ctl(b);
             c.head.store(0, Ordering::Relaxed);
             c.done.store(0, Ordering::Relaxed);
-            c.tail.store(8 * (1 + round % 32), Ordering::Release);
-            r.poll(b, 10, &mut scratch, |_| Reply::ok(0));
+            c.poisoned.store(0, Ordering::Relaxed);
+            c.claims.fetch_add(1, Ordering::Relaxed); // as a new claim: the daemon resyncs
+            let tail = 8 * (1 + round % 32);
+            c.tail.store(tail, Ordering::Release);
+            let mut applied = 0;
+            r.poll(b, 10, &mut scratch, |q| {
+                applied += 1;
+                assert_eq!(q.ticket, applied, "only a request with the next ticket is applied");
+                Reply::ok(0)
+            });
+            // Garbage is either skipped as a whole (poisoned: head jumps to the tail) or,
+            // rarely, parses as requests with consecutive tickets; it never stops half-way
+            // without a poison.
+            let (head, _) = r.consumed(b);
+            if c.poisoned.load(Ordering::Acquire) == 1 {
+                poisoned += 1;
+                assert_eq!(head, tail, "a poisoned box's queue is skipped to its tail");
+            } else {
+                assert!(head == tail || applied == 10, "round {round}: stopped at {head}");
+            }
         }
+        assert!(poisoned > 150, "random bytes are refused: {poisoned} of 200 poisoned");
         std::fs::remove_dir_all(d).unwrap();
     }
 }

@@ -168,6 +168,10 @@ impl Daemon {
         // Readers of a previous run may still hold old epochs: retire what was retired.
         store.heap.retire(&store.seg);
         let (ring, retired) = open_ring(&cfg, &store.seg)?;
+        ring.adopt_consumers();
+        for (_, r) in &retired {
+            r.adopt_consumers();
+        }
         let rings: Vec<&Ring> =
             std::iter::once(&ring).chain(retired.iter().map(|r| &r.1)).collect();
         if let Some(what) = store.recover_journal(&rings) {
@@ -230,7 +234,7 @@ impl Daemon {
         let ring_id = ring.hdr().ring_id.load(Ordering::Relaxed);
         for &b in active.iter() {
             let c = ring.ctl(b);
-            if c.tail.load(Ordering::Acquire) == c.head.load(Ordering::Relaxed)
+            if c.tail.load(Ordering::Acquire) == ring.consumed(b).0
                 || !ring.serves(b)
                 || store.held.contains(&(ring_id, b))
             {
@@ -244,7 +248,7 @@ impl Daemon {
             let old_id = old.hdr().ring_id.load(Ordering::Relaxed);
             for b in 0..old.nboxes {
                 let c = old.ctl(b);
-                if c.tail.load(Ordering::Acquire) != c.head.load(Ordering::Relaxed)
+                if c.tail.load(Ordering::Acquire) != old.consumed(b).0
                     && old.serves(b)
                     && !store.held.contains(&(old_id, b))
                 {

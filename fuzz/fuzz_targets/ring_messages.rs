@@ -25,11 +25,13 @@ fuzz_target!(|data: &[u8]| {
     let (d, _dir) = &mut *g;
     let ring = &d.ring;
     let c = ring.ctl(0);
-    // Reset box 0 and publish the input as its queue contents.
+    // Reset box 0 as a new claim would, and publish the input as its queue contents.
     c.owner_pid.store(std::process::id(), Ordering::Relaxed);
     c.head.store(0, Ordering::Relaxed);
     c.done.store(0, Ordering::Relaxed);
     c.poisoned.store(0, Ordering::Relaxed);
+    c.claims.fetch_add(1, Ordering::Relaxed);
+    c.active.store(1, Ordering::Release);
     let n = data.len().min(ring.box_bytes as usize) & !7;
     ring.region.write(ring.data_off, &data[..n]);
     c.tail.store(n as u64, Ordering::Release);

@@ -516,10 +516,6 @@ impl Client {
                  than {} levels); nothing was changed",
                 v::MAX_DEPTH
             )),
-            status::LOST => errors::Error::new_err(format!(
-                "the answer to {what} was lost: another process overwrote this client's result \
-                 entry in the request ring (the write may or may not have been applied)"
-            )),
             status::TOO_LARGE => errors::ValueTooLarge::new_err(format!(
                 "{what} exceeds this store's max_value of {} bytes",
                 self.core.max_value()
@@ -614,6 +610,12 @@ impl Client {
             .allow_threads(|| Core::connect(&path, Duration::from_secs_f64(timeout)))
             .map_err(to_py_err)?;
         Ok(Client { core: Arc::new(core), async_ops: Mutex::new(HashMap::new()) })
+    }
+
+    /// This process's box in the request ring (None without one): for tests and tools.
+    #[getter]
+    fn _boxno(&self) -> Option<u32> {
+        self.core.has_box().then(|| self.core.boxno())
     }
 
     /// The data directory.
@@ -1308,7 +1310,12 @@ impl Client {
             e.value(py),
             ids.len()
         );
-        let err = match e.get_type(py).call1((msg,)) {
+        let errno = e.value(py).getattr("errno").ok().filter(|x| !x.is_none());
+        let args = match errno {
+            Some(n) => PyTuple::new(py, [n, msg.into_pyobject(py)?.into_any()])?,
+            None => PyTuple::new(py, [msg])?.into_any().downcast_into()?,
+        };
+        let err = match e.get_type(py).call1(args) {
             Ok(x) => {
                 x.setattr("ids", ids)?;
                 PyErr::from_value(x)

@@ -319,6 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     except Error as e:
         print(f"surpdb: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
+    except OSError as e:
+        # Permissions, a full disk: the message names the file and the numbers.
+        print(f"surpdb: OSError: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

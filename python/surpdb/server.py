@@ -31,11 +31,13 @@ def default_dir() -> str:
     return os.path.join(state, "surpdb")
 
 
-def _startup_error(code: int, log: str) -> Error:
+def _startup_error(code: int, log: str) -> Exception:
     """The typed exception the daemon reported (``surpdb: ClassName: message``) if any."""
     for line in reversed(log.splitlines()):
         if line.startswith("surpdb: "):
             name, _, msg = line[len("surpdb: ") :].partition(": ")
+            if name == "OSError":
+                return OSError(msg)
             cls = getattr(errors, name, None)
             if isinstance(cls, type) and issubclass(cls, Error):
                 return cls(msg)
