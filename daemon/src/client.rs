@@ -103,6 +103,12 @@ struct Producer {
     /// Failures of fire-and-forget requests whose results were dropped before anyone
     /// collected them.
     dropped_errors: u64,
+    /// Box tickets not yet answered, with the box position after each request; and the
+    /// position up to which the daemon has certainly taken requests out (the end of the
+    /// last answered one): the producer's flow control, kept here rather than read from
+    /// the box's shared `head` word.
+    ends: std::collections::VecDeque<(u64, u64)>,
+    consumed: u64,
 }
 
 impl Producer {
@@ -117,6 +123,8 @@ impl Producer {
             kept: HashMap::new(),
             wanted: BTreeSet::new(),
             dropped_errors: 0,
+            ends: Default::default(),
+            consumed: 0,
         }
     }
 
@@ -193,14 +201,18 @@ impl Pin<'_> {
         self.ep.ctl().is_some()
     }
 
-    /// Whether the bytes of `rec`, read under this pin, were intact for the whole read. Always
-    /// true for a pinned read. A boxless read is confirmed by the heap's head: the daemon only
+    /// Whether the bytes of `rec`, read under this pin, were intact for the whole read. A
+    /// pinned read is, unless another process tampered with our box's pin. A boxless read is
+    /// confirmed by the heap's head: the daemon only
     /// writes at or after its published head (at most a pad and a record beyond it), so a
     /// record whose next reuse lies beyond that frontier was not touched. A false answer
     /// means: discard what was decoded and read again.
     pub fn confirm(&self, rec: &Rec<'_>) -> bool {
-        if self.holds() {
-            return true;
+        if let Some(ctl) = self.ep.ctl() {
+            // Our pin is still in our box (a word any group member can write: one zeroed or
+            // an owner changed under us could have let the daemon reuse the space we read).
+            return ctl.epoch.load(Ordering::Relaxed) != 0
+                && ctl.owner_pid.load(Ordering::Relaxed) == self.ep.pid;
         }
         // SYNC POINT: Acquire fence; the record bytes were read before this load of the
         // head (pairs with the Release store of `head` in Heap::publish_head).
@@ -246,6 +258,13 @@ impl Client {
 
     fn open_ring(dir: &Path, seg: &Segment) -> Result<Ring> {
         let ring = Ring::open(&ring_path(dir))?;
+        if ring.legacy {
+            return Err(Error::Incompatible(format!(
+                "{}: the request ring was made by an older surpd (ring format 1); start this \
+                 version's daemon, which replaces it",
+                dir.display()
+            )));
+        }
         if ring.hdr().seg_seed.load(Ordering::Relaxed) != seg.seed {
             return Err(Error::Incompatible(format!(
                 "{}: the ring and the data segment belong to different stores",
@@ -536,22 +555,32 @@ impl Client {
         let Some(ctl) = ep.ctl() else {
             // Every box was taken when this client attached: try again now.
             let ring = ep.ring.clone();
-            return match ring.claim(shm::getpid(), Self::start_time())? {
+            return match self.claim_within_timeout(&ring)? {
                 Some(b) => {
                     self.abandon(p);
                     Ok(self.switch_endpoint(ring, Some(b)))
                 }
                 None => Err(Error::Unavailable(format!(
-                    "{}: all {} client slots of the request ring are taken by live processes \
-                     (raise surpd's max_clients); this client can read but not write",
+                    "{}: all {} client slots of the request ring stayed taken by live \
+                     processes for {:.1}s (raise surpd's max_clients); this client can read but \
+                     not write",
                     self.dir.display(),
-                    ring.nboxes
+                    ring.nboxes,
+                    self.timeout.as_secs_f64()
                 ))),
             };
         };
         let h = ep.ring.hdr();
         if h.retired.load(Ordering::Acquire) != 0 && ep.ring.replaced_at(&ring_path(&self.dir)) {
             return self.move_to_new_ring(p);
+        }
+        // A box whose ownership words are no longer ours (another process wrote them; the
+        // daemon would not serve it, or another client could claim it) is left like a
+        // poisoned one.
+        let tampered = ctl.owner_pid.load(Ordering::Relaxed) != ep.pid
+            || ctl.active.load(Ordering::Relaxed) != crate::ring::BOX_ACTIVE;
+        if tampered {
+            ctl.poisoned.store(1, Ordering::Release);
         }
         if ctl.poisoned.load(Ordering::Acquire) != 0 {
             crate::log::warn(&format!(
@@ -561,17 +590,35 @@ impl Client {
                 p.wanted.len()
             ));
             let ring = ep.ring.clone();
-            let b = ring.claim(shm::getpid(), Self::start_time())?;
+            let b = self.claim_within_timeout(&ring)?;
             self.abandon(p);
             return match b {
                 Some(_) => Ok(self.switch_endpoint(ring, b)),
                 None => {
                     self.switch_endpoint(ring, None);
-                    Err(Error::Unavailable("no free client slot to replace a poisoned one".into()))
+                    Err(Error::Unavailable(format!(
+                        "no client slot freed within {:.1}s to replace a poisoned one",
+                        self.timeout.as_secs_f64()
+                    )))
                 }
             };
         }
         Ok(ep)
+    }
+
+    /// Claim a box, waiting up to the client's timeout for one to free (the daemon frees the
+    /// boxes of exited clients every 200 ms; nothing signals it, so this looks every 2 ms).
+    fn claim_within_timeout(&self, ring: &Ring) -> Result<Option<u32>> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            if let Some(b) = ring.claim(shm::getpid(), Self::start_time())? {
+                return Ok(Some(b));
+            }
+            if Instant::now() >= deadline || !ring.daemon_alive() {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// Start a new ticket sequence (the current box is being left): results of tickets not
@@ -585,6 +632,8 @@ impl Client {
         p.next = 1;
         p.seen = 0;
         p.tail = 0;
+        p.ends.clear();
+        p.consumed = 0;
     }
 
     /// The daemon replaced the ring (restarted with other ring settings): wait until every
@@ -667,22 +716,56 @@ impl Client {
                 }
             }
         }
+        self.make_room(&mut p, ep, key, payload)?;
         let mut tail = p.tail;
-        let r =
-            ring.enqueue(b, &mut tail, ticket, op, flags, key, payload, arg, arg2, self.timeout);
-        if let Err(Error::BadRequest(m)) = &r {
-            // The box's words were overwritten by another process: leave the box for good.
-            crate::log::warn(&format!("{}: {m}; moving to a fresh box", self.dir.display()));
-            if let Some(c) = ep.ctl() {
-                c.poisoned.store(1, Ordering::Release);
-            }
-        }
-        r?;
+        let consumed = p.consumed;
+        ring.enqueue(b, &mut tail, consumed, ticket, op, flags, key, payload, arg, arg2)?;
         p.tail = tail;
+        p.ends.push_back((ticket, tail));
         p.next += 1;
         let t = p.base + ticket;
         p.wanted.insert(t);
         Ok(t)
+    }
+
+    /// Wait (up to the timeout) until the request fits in the box: the oldest unanswered
+    /// requests are answered and their room free.
+    fn make_room(&self, p: &mut Producer, ep: &Endpoint, key: &[u8], payload: &[u8]) -> Result<()> {
+        let ring = &ep.ring;
+        let need = ring.request_bytes(p.tail, key, payload)?;
+        if p.tail + need - p.consumed <= ring.box_bytes {
+            return Ok(());
+        }
+        let ctl = ep.ctl().expect("a writable endpoint has a box");
+        ctl.queue_waits.fetch_add(1, Ordering::Relaxed);
+        let deadline = Instant::now() + self.timeout;
+        while p.tail + need - p.consumed > ring.box_bytes {
+            let Some(&(oldest, _)) = p.ends.front() else { break };
+            let left = deadline.saturating_duration_since(Instant::now());
+            match ring.wait_done(ep.boxno, oldest, left) {
+                Waited::Done => self.drain(p),
+                Waited::Poisoned => {
+                    return Err(Error::BadRequest(
+                        "the daemon refused a malformed request from this client".into(),
+                    ))
+                }
+                Waited::TimedOut => {
+                    if ctl.done.load(Ordering::Acquire) >= oldest {
+                        // Answered, says `done`, but the entry names another ticket: someone
+                        // wrote into this box. Leave it (the next request moves).
+                        ctl.poisoned.store(1, Ordering::Release);
+                    }
+                    return Err(Error::QueueFull(format!(
+                        "request queue full for {:.1}s: {} of {} bytes pending{}",
+                        self.timeout.as_secs_f64(),
+                        p.tail - p.consumed,
+                        ring.box_bytes,
+                        ring.daemon_note()
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Move completed results out of the ring into `kept` (for tickets still wanted).
@@ -711,6 +794,9 @@ impl Client {
                 p.kept.insert(ct, reply);
             }
             p.seen = t;
+            while p.ends.front().is_some_and(|&(et, _)| et <= t) {
+                p.consumed = p.ends.pop_front().expect("checked").1;
+            }
         }
         while p.kept.len() > MAX_KEPT {
             let Some(&oldest) = p.wanted.iter().next() else { break };

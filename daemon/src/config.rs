@@ -212,7 +212,8 @@ impl Config {
     /// Request queue bytes per client: at least twice the largest request (so that one
     /// always fits after a pad to the buffer's end), in whole pages.
     pub fn effective_queue_bytes(&self) -> u64 {
-        let largest = align_up(REQ_HEADER_BYTES + MAX_KEY_LEN as u64 + self.max_value, 8);
+        let largest =
+            align_up(REQ_HEADER_BYTES + MAX_KEY_LEN as u64 + self.max_value, 8) + REQ_CHECK_BYTES;
         align_up(self.queue_bytes.max(2 * largest), PAGE)
     }
 

@@ -19,8 +19,16 @@ use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8};
 pub const SEG_MAGIC: u64 = u64::from_le_bytes(*b"SURPDB\0\x01");
 /// First 8 bytes of a request ring file.
 pub const RING_MAGIC: u64 = u64::from_le_bytes(*b"SURPRNG\x01");
-/// Bumped whenever the meaning of any byte changes. A segment of another version is refused.
+/// Bumped whenever the meaning of any byte of the data segment changes. A segment of another
+/// version is refused.
 pub const FORMAT_VERSION: u32 = 1;
+/// Version of the request ring file, separate from the segment's (a ring is replaced by a
+/// daemon that wants another, never a reason to refuse a good segment). 2: every request
+/// ends with a checksum. A daemon still drains a version-1 ring it finds (as a replaced
+/// ring) before its clients move to the new one.
+pub const RING_VERSION: u32 = 2;
+/// Bytes of the checksum that ends every request (version 2 rings).
+pub const REQ_CHECK_BYTES: u64 = 8;
 
 /// Page size used for alignment of the regions in both files.
 pub const PAGE: u64 = 4096;
@@ -287,7 +295,9 @@ pub struct ResultEntry {
     pub aux: AtomicU64,
 }
 
-/// Request header in a mailbox, 32 bytes, followed by key and payload, padded to 8.
+/// Request header in a mailbox, 32 bytes, followed by key and payload, zeros to a multiple
+/// of 8, and an 8-byte checksum (xxh3 of everything before it, seeded with the ring's id):
+/// a request torn or scribbled on by another process is refused, never applied.
 #[repr(C)]
 pub struct ReqHeader {
     /// Total bytes including header and padding.

@@ -55,19 +55,26 @@ pub struct Ring {
     pub hints_off: u64,
     pub hints_len: u64,
     pub max_value: u64,
+    /// A version-1 ring (requests without checksums), found by a daemon that now drains
+    /// it as a replaced ring; clients do not attach to one.
+    pub legacy: bool,
+    /// Seed of request checksums (the ring file's id).
+    check_seed: u64,
     /// The daemon's own copy of each box's consumer state (private memory): it applies
     /// requests by these, never by `head` and `done` read back from the shared box while it
     /// runs, so another process writing them cannot make it skip or replay requests.
     consumers: Vec<Consumer>,
 }
 
-/// The daemon's view of one box's consumer words (see `Ring::consumers`).
+/// This process's private state for one box: the daemon's view of its consumer words
+/// (see `Ring::consumers`), and, in a client, how many of its threads sleep on it.
 #[derive(Default)]
 struct Consumer {
     /// `BoxCtl::claims` when last taken from the box; u64::MAX: not taken yet.
     claims: AtomicU64,
     head: AtomicU64,
     done: AtomicU64,
+    waiting: std::sync::atomic::AtomicU32,
 }
 
 struct Offsets {
@@ -86,6 +93,11 @@ fn offsets(p: &RingParams) -> Option<Offsets> {
     let hints = align_up(data.checked_add((p.nboxes as u64).checked_mul(p.box_bytes)?)?, PAGE);
     let total = align_up(hints.checked_add(p.hints_len)?, PAGE);
     Some(Offsets { boxes, results, data, hints, total })
+}
+
+/// Bytes of a request with this key and payload, checksum included (before any pad).
+pub fn request_len(key: &[u8], payload: &[u8]) -> u64 {
+    align_up(REQ_HEADER_BYTES + key.len() as u64 + payload.len() as u64, 8) + REQ_CHECK_BYTES
 }
 
 fn file_ident(f: &File) -> std::io::Result<(u64, u64)> {
@@ -142,7 +154,7 @@ impl Ring {
         h.seg_seed.store(p.seg_seed, Ordering::Relaxed);
         h.max_value.store(p.max_value, Ordering::Relaxed);
         h.ring_id.store(shm::random_u64() | 1, Ordering::Relaxed);
-        h.format_version.store(FORMAT_VERSION, Ordering::Relaxed);
+        h.format_version.store(RING_VERSION, Ordering::Relaxed);
         h.layout_sig.store(LAYOUT_SIG, Ordering::Relaxed);
         h.magic.store(RING_MAGIC, Ordering::Release);
         nf.install(false)
@@ -173,16 +185,18 @@ impl Ring {
         if h.magic.load(Ordering::Acquire) != RING_MAGIC {
             return Err(Error::Incompatible(format!("{} is not a surpdb ring", path.display())));
         }
-        if h.format_version.load(Ordering::Relaxed) != FORMAT_VERSION
+        let version = h.format_version.load(Ordering::Relaxed);
+        if !(version == RING_VERSION || version == 1)
             || h.layout_sig.load(Ordering::Relaxed) != LAYOUT_SIG
         {
             return Err(Error::Incompatible(format!(
-                "{} has ring format {} layout {:#010x}; this surpdb uses {FORMAT_VERSION} {LAYOUT_SIG:#010x}",
+                "{} has ring format {version} layout {:#010x}; this surpdb uses {RING_VERSION} \
+                 {LAYOUT_SIG:#010x}",
                 path.display(),
-                h.format_version.load(Ordering::Relaxed),
                 h.layout_sig.load(Ordering::Relaxed)
             )));
         }
+        let legacy = version == 1;
         let p = RingParams {
             nboxes: h.nboxes.load(Ordering::Relaxed),
             box_bytes: h.box_bytes.load(Ordering::Relaxed),
@@ -213,6 +227,8 @@ impl Ring {
             .map(|_| Consumer { claims: AtomicU64::new(u64::MAX), ..Default::default() })
             .collect();
         Ok(Ring {
+            legacy,
+            check_seed: h.ring_id.load(Ordering::Relaxed),
             consumers,
             region,
             file,
@@ -429,15 +445,29 @@ impl Ring {
         c.owner_pid.store(0, Ordering::Release);
     }
 
+    /// Bytes a request takes in a box whose tail is at `tail` (with the pad that keeps it
+    /// from wrapping), or ValueTooLarge.
+    pub fn request_bytes(&self, tail: u64, key: &[u8], payload: &[u8]) -> Result<u64> {
+        let len = request_len(key, payload);
+        if len > max_request(self.box_bytes) {
+            return Err(Error::ValueTooLarge { size: payload.len() as u64, max: self.max_value });
+        }
+        let phys = tail % self.box_bytes;
+        Ok(if phys + len > self.box_bytes { self.box_bytes - phys + len } else { len })
+    }
+
     /// Publish one request into box `b`. `tail` is the producer's private copy of the box's
-    /// tail (the box's `tail` word is only ever stored from it, never read back: another
-    /// process could have scribbled on it). Waits up to `timeout` for space, then fails
-    /// with QueueFull.
+    /// tail, `consumed` the position up to which it knows the daemon has taken requests out
+    /// (the end of the last request whose answer it collected): the box's own `head` and
+    /// `tail` words are never trusted, since another process could have written them, and a
+    /// head pushed ahead would make the producer overwrite requests not yet taken. The
+    /// caller has made room (`request_bytes` fits between `consumed` and `tail + box`).
     #[allow(clippy::too_many_arguments)]
     pub fn enqueue(
         &self,
         b: u32,
         tail: &mut u64,
+        consumed: u64,
         ticket: u64,
         op: u8,
         flags: u8,
@@ -445,24 +475,21 @@ impl Ring {
         payload: &[u8],
         arg: u64,
         arg2: u64,
-        timeout: Duration,
     ) -> Result<()> {
-        let len = align_up(REQ_HEADER_BYTES + key.len() as u64 + payload.len() as u64, 8);
-        if len > max_request(self.box_bytes) {
-            return Err(Error::ValueTooLarge { size: payload.len() as u64, max: self.max_value });
+        let need = self.request_bytes(*tail, key, payload)?;
+        if *tail + need - consumed > self.box_bytes {
+            return Err(Error::QueueFull(format!(
+                "no room for a {need}-byte request: {} of {} bytes pending",
+                *tail - consumed,
+                self.box_bytes
+            )));
         }
+        let len = request_len(key, payload);
         let c = self.ctl(b);
         let phys = *tail % self.box_bytes;
-        let pad = if phys + len > self.box_bytes { self.box_bytes - phys } else { 0 };
-        let need = pad + len;
-        // SYNC POINT: Acquire; pairs with the daemon's Release store of `head`, after which
-        // the consumed bytes may be overwritten.
-        if !self.has_room(c, *tail, need)? {
-            c.queue_waits.fetch_add(1, Ordering::Relaxed);
-            self.wait_space(c, *tail, need, timeout)?;
-        }
         let base = self.box_data(b);
-        if pad > 0 {
+        if need > len {
+            let pad = need - len;
             let mut h = [0u8; 8];
             h[0..4].copy_from_slice(&(pad as u32).to_le_bytes());
             h[4] = op::PAD;
@@ -478,29 +505,28 @@ impl Ring {
         h[8..16].copy_from_slice(&ticket.to_le_bytes());
         h[16..24].copy_from_slice(&arg.to_le_bytes());
         h[24..32].copy_from_slice(&arg2.to_le_bytes());
+        // The checksum is computed from our own copies (never from the box, which another
+        // process may be writing), over the bytes exactly as they are laid out.
+        let zeros =
+            (len - REQ_CHECK_BYTES) - (REQ_HEADER_BYTES + (key.len() + payload.len()) as u64);
+        let mut x = xxhash_rust::xxh3::Xxh3::with_seed(self.check_seed);
+        x.update(&h);
+        x.update(key);
+        x.update(payload);
+        x.update(&[0u8; 8][..zeros as usize]);
+        let check = x.digest();
         self.region.write(at, &h);
         self.region.write(at + REQ_HEADER_BYTES, key);
         self.region.write(at + REQ_HEADER_BYTES + key.len() as u64, payload);
+        let end = at + len - REQ_CHECK_BYTES;
+        self.region.write(end - zeros, &[0u8; 8][..zeros as usize]);
+        self.region.write(end, &check.to_le_bytes());
         *tail += len;
         // SYNC POINT: Release; pairs with the daemon's Acquire load of `tail` in `poll`:
         // the request bytes above are visible before the new tail.
         c.tail.store(*tail, Ordering::Release);
         self.ring_doorbell();
         Ok(())
-    }
-
-    /// Whether `need` more bytes fit after `tail`. The consumer's `head` is a shared word:
-    /// one that is ahead of our own tail, or more than a box behind it, was not written by
-    /// the daemon, and the box cannot be trusted any more (the caller claims another).
-    fn has_room(&self, c: &BoxCtl, tail: u64, need: u64) -> Result<bool> {
-        let head = c.head.load(Ordering::Acquire);
-        match tail.checked_sub(head) {
-            Some(used) if used <= self.box_bytes => Ok(used + need <= self.box_bytes),
-            _ => Err(Error::BadRequest(format!(
-                "request queue state is inconsistent (consumer at {head}, producer at {tail}): \
-                 another process wrote into this client's box"
-            ))),
-        }
     }
 
     /// Wake the daemon if it sleeps.
@@ -512,26 +538,6 @@ impl Ring {
         h.doorbell.fetch_add(1, Ordering::SeqCst);
         if h.sleeping.load(Ordering::SeqCst) != 0 {
             futex_wake(&h.doorbell, 1);
-        }
-    }
-
-    fn wait_space(&self, c: &BoxCtl, tail: u64, need: u64, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.has_room(c, tail, need)? {
-                return Ok(());
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                let pending = tail.saturating_sub(c.head.load(Ordering::Relaxed));
-                return Err(Error::QueueFull(format!(
-                    "request queue full for {:.1}s: {pending} of {} bytes pending{}",
-                    timeout.as_secs_f64(),
-                    self.box_bytes,
-                    self.daemon_note()
-                )));
-            }
-            self.sleep_on_done(c, deadline - now, |c| self.has_room(c, tail, need).unwrap_or(true));
         }
     }
 
@@ -579,21 +585,30 @@ impl Ring {
             if now >= deadline {
                 return Waited::TimedOut;
             }
-            self.sleep_on_done(c, deadline - now, |c| state(c).is_some());
+            self.sleep_on_done(b, deadline - now, |c| state(c).is_some());
         }
     }
 
     /// One futex sleep on the box's `done32` word, at most 100 ms (so that callers re-check
     /// the daemon's liveness and their deadline), unless `ready` already holds.
-    fn sleep_on_done(&self, c: &BoxCtl, left: Duration, ready: impl Fn(&BoxCtl) -> bool) {
-        c.waiters.fetch_add(1, Ordering::SeqCst);
+    ///
+    /// The box's `waiters` word tells the daemon to wake us. It is stored from this
+    /// process's own count of its sleeping threads, never incremented in place: a value
+    /// another process wrote into it is replaced at the next sleep instead of skewing every
+    /// later count (a count left at zero would cost each wait a full slice).
+    fn sleep_on_done(&self, b: u32, left: Duration, ready: impl Fn(&BoxCtl) -> bool) {
+        let c = self.ctl(b);
+        let mine = &self.consumers[b as usize].waiting;
+        let n = mine.fetch_add(1, Ordering::SeqCst) + 1;
+        c.waiters.store(n, Ordering::SeqCst);
         let seen = c.done32.load(Ordering::SeqCst);
         // SYNC POINT: SeqCst pair with the daemon's store of done32 then load of waiters:
         // either it sees us waiting and wakes us, or we see the new value and do not sleep.
         if !ready(c) {
             futex_wait(&c.done32, seen, left.min(Duration::from_millis(100)));
         }
-        c.waiters.fetch_sub(1, Ordering::SeqCst);
+        let n = mine.fetch_sub(1, Ordering::SeqCst) - 1;
+        c.waiters.store(n, Ordering::SeqCst);
     }
 
     /// Whether a live daemon serves this ring.
@@ -756,7 +771,24 @@ impl Ring {
             let body = len - REQ_HEADER_BYTES;
             scratch.resize(body as usize, 0);
             self.region.read(base + phys + REQ_HEADER_BYTES, scratch);
-            let (key, rest) = scratch.split_at(key_len as usize);
+            let body = if self.legacy {
+                &scratch[..]
+            } else {
+                let Some(data_len) = body.checked_sub(REQ_CHECK_BYTES) else {
+                    self.poison(b, tail, "request too short for its checksum");
+                    return n;
+                };
+                let (data, check) = scratch.split_at(data_len as usize);
+                let mut x = xxhash_rust::xxh3::Xxh3::with_seed(self.check_seed);
+                x.update(&h);
+                x.update(data);
+                if x.digest().to_le_bytes() != check || REQ_HEADER_BYTES + key_len > len - 8 {
+                    self.poison(b, tail, &format!("request checksum at {head} (ticket {ticket})"));
+                    return n;
+                }
+                data
+            };
+            let (key, rest) = body.split_at(key_len as usize);
             // Ops with a payload carry its length in arg2 (checked again by the apply step).
             let has_payload = matches!(
                 opc,
@@ -845,7 +877,8 @@ impl Ring {
         futex_wake(&c.done32, i32::MAX);
     }
 
-    /// Free box `b` if its owner exited (or released it) and its queue is drained. The
+    /// Free box `b` if its owner exited (or released it) and nothing in its queue can still
+    /// be applied (drained, poisoned, or words no client writes). The
     /// owner word is taken with a CAS first, so a client taking the dead owner's box over at
     /// the same moment (see `claim`) and the reaper never both think they own it. Returns
     /// the folded counters when it freed the box.
@@ -855,10 +888,20 @@ impl Ring {
         if pid == 0 || pid == OWNER_RESETTING {
             return None;
         }
-        if c.tail.load(Ordering::Acquire) != self.consumed(b).0 {
+        let (tail, head) = (c.tail.load(Ordering::Acquire), self.consumed(b).0);
+        let active = c.active.load(Ordering::Acquire);
+        // Nothing in it can still be applied: drained; or refused (poisoned); or words no
+        // client writes (the daemon would never serve it: an active state or a queue that
+        // makes no sense).
+        let nothing_owed = tail == head
+            || c.poisoned.load(Ordering::Acquire) != 0
+            || !matches!(active, BOX_ACTIVE | BOX_RELEASED)
+            || tail < head
+            || tail - head > self.box_bytes;
+        if !nothing_owed {
             return None;
         }
-        let released = c.active.load(Ordering::Acquire) == BOX_RELEASED;
+        let released = active != BOX_ACTIVE;
         if !released && shm::process_alive(pid, c.owner_start.load(Ordering::Relaxed)) {
             return None;
         }
@@ -945,9 +988,12 @@ mod tests {
         let mut seen = Vec::new();
         for t in 1..=500u64 {
             let payload = vec![t as u8; (t % 300) as usize];
+            // The box is drained every third request: what it consumed is its head.
+            let consumed = r.consumed(b).0.max(r.ctl(b).head.load(Ordering::Acquire));
             r.enqueue(
                 b,
                 &mut tail,
+                consumed,
                 t,
                 op::SET,
                 0,
@@ -955,7 +1001,6 @@ mod tests {
                 &payload,
                 t,
                 payload.len() as u64,
-                Duration::from_secs(1),
             )
             .unwrap();
             // Drain every few requests so that the box wraps many times.
@@ -979,25 +1024,14 @@ mod tests {
     }
 
     #[test]
-    fn full_box_times_out_with_queue_full() {
+    fn a_full_box_is_queue_full() {
         let (r, d) = ring(4096);
         let b = r.claim(shm::getpid(), 0).unwrap().unwrap();
         let mut tail = 0;
         let payload = vec![0u8; 1000];
         let mut t = 1;
         let err = loop {
-            match r.enqueue(
-                b,
-                &mut tail,
-                t,
-                op::SET,
-                0,
-                b"k",
-                &payload,
-                0,
-                1000,
-                Duration::from_millis(20),
-            ) {
+            match r.enqueue(b, &mut tail, 0, t, op::SET, 0, b"k", &payload, 0, 1000) {
                 Ok(()) => t += 1,
                 Err(e) => break e,
             }

@@ -638,7 +638,8 @@ fn open_ring(cfg: &Config, seg: &Segment) -> Result<(Ring, Vec<(std::path::PathB
         match Ring::open(&rp) {
             Ok(r) => {
                 let p = r.params();
-                if p.nboxes == want.nboxes
+                if !r.legacy
+                    && p.nboxes == want.nboxes
                     && p.box_bytes == want.box_bytes
                     && p.hints_len == want.hints_len
                     && p.seg_seed == want.seg_seed

@@ -1,5 +1,9 @@
-//! Arbitrary bytes published as requests in a client's box: the daemon's apply loop answers,
-//! skips or poisons, and never panics; the segment stays consistent for the offline check.
+//! Arbitrary bytes through the apply loop, two ways: published raw as a client's queue
+//! contents (the daemon answers, skips or poisons: a request without a valid checksum is
+//! never applied), or cut into well-framed requests with arbitrary ops, flags, keys,
+//! payloads and arguments (what a buggy or hostile client can send through its own box:
+//! the daemon refuses or applies each, and never panics). Afterwards the segment is
+//! consistent for the offline check.
 #![no_main]
 use std::sync::atomic::Ordering;
 use std::sync::{Mutex, OnceLock};
@@ -18,6 +22,7 @@ fuzz_target!(|data: &[u8]| {
         cfg.size = 1 << 20;
         cfg.max_value = 256;
         cfg.max_clients = 2;
+        cfg.records_size = 16 << 20;
         surpd::log::set_level(surpd::log::Level::Error);
         Mutex::new((Daemon::attach(cfg).unwrap(), dir))
     });
@@ -25,17 +30,49 @@ fuzz_target!(|data: &[u8]| {
     let (d, _dir) = &mut *g;
     let ring = &d.ring;
     let c = ring.ctl(0);
-    // Reset box 0 as a new claim would, and publish the input as its queue contents.
+    // Reset box 0 as a new claim would.
     c.owner_pid.store(std::process::id(), Ordering::Relaxed);
     c.head.store(0, Ordering::Relaxed);
+    c.tail.store(0, Ordering::Relaxed);
     c.done.store(0, Ordering::Relaxed);
     c.poisoned.store(0, Ordering::Relaxed);
     c.claims.fetch_add(1, Ordering::Relaxed);
     c.active.store(1, Ordering::Release);
-    let n = data.len().min(ring.box_bytes as usize) & !7;
-    ring.region.write(ring.data_off, &data[..n]);
-    c.tail.store(n as u64, Ordering::Release);
+    let Some((&mode, rest)) = data.split_first() else { return };
+    if mode & 1 == 0 {
+        let n = rest.len().min(ring.box_bytes as usize) & !7;
+        ring.region.write(ring.data_off, &rest[..n]);
+        c.tail.store(n as u64, Ordering::Release);
+    } else {
+        // [op][flags][key_len][payload_len][arg: 8][arg2: 8] key payload, repeated.
+        let (mut tail, mut ticket, mut r) = (0u64, 1u64, rest);
+        while r.len() >= 20 && ticket < 64 {
+            let (op, flags, klen, plen) = (r[0], r[1], r[2] as usize, r[3] as usize);
+            let arg = u64::from_le_bytes(r[4..12].try_into().unwrap());
+            let arg2 = u64::from_le_bytes(r[12..20].try_into().unwrap());
+            r = &r[20..];
+            let (key, rest2) = r.split_at(klen.min(r.len()));
+            let (payload, rest3) = rest2.split_at(plen.min(rest2.len()));
+            r = rest3;
+            let consumed = ring.consumed(0).0;
+            if ring.enqueue(0, &mut tail, consumed, ticket, op, flags, key, payload, arg, arg2).is_err() {
+                break;
+            }
+            ticket += 1;
+        }
+    }
     d.poll_once(usize::MAX);
+    // A TRAIN request is answered when its background training ends.
+    for _ in 0..100 {
+        if d.store.held.is_empty() {
+            break;
+        }
+        if let Some(rs) = d.store.recs.as_ref() {
+            rs.training_done_by(std::time::Instant::now() + std::time::Duration::from_secs(10));
+        }
+        d.finish_training();
+        d.poll_once(usize::MAX);
+    }
     let report = surpd::check::check(&d.cfg.dir).unwrap();
     assert!(
         report.problems.iter().all(|p| !p.contains("fails validation")),

@@ -28,7 +28,7 @@ fn base() -> &'static (Vec<u8>, PathBuf) {
                 off,
                 &NewRec { key: key.as_bytes(), value: &val, hash: h, version: 1, expires_ms: 0 },
             );
-            let (slot, _) = seg.find_for_write(key.as_bytes(), h);
+            let (slot, _) = seg.find_for_write(key.as_bytes(), h).unwrap();
             seg.publish(slot, h, off);
             off += surpd::layout::record_size(key.len() as u64, 3);
         }
