@@ -343,11 +343,12 @@ def test_training_does_not_block_other_writers(store_dir: str) -> None:
     # Before: a 20 MB sample took 30 s in the apply loop; another client's set() waited 29 s
     # and a 5 s timeout raised Unavailable. Now training runs in a background thread.
     sample = [
-        {"url": f"https://example.org/{i}/page", "title": "word " * (i % 40)} for i in range(60_000)
+        {"url": f"https://example.org/{i}/page", "title": f"word {i} " * (i % 40)}
+        for i in range(120_000)
     ]
     with surpdb.Server(store_dir, size="32MiB", train_after=0):
         trainer = surpdb.connect(store_dir)
-        writer = surpdb.connect(store_dir, timeout=2)
+        writer = surpdb.connect(store_dir, timeout=0.5)
         done = threading.Event()
         result: list[int] = []
 
@@ -359,7 +360,7 @@ def test_training_does_not_block_other_writers(store_dir: str) -> None:
         t.start()
         writes = 0
         while not done.is_set() and writes < 200_000:
-            assert writer.set("w", writes) is True  # within the 2 s timeout, each one
+            assert writer.set("w", writes) is True  # within the 0.5 s timeout, each one
             writes += 1
         t.join(timeout=300)
         assert result and result[0] > 0
