@@ -288,6 +288,10 @@ impl Store {
             }
             None => {
                 h.items.fetch_add(1, Ordering::Relaxed);
+                // Evicted not long ago and wanted again: one read's credit (see Ghost).
+                if self.heap.ghost.contains(hash) {
+                    ring.set_hint(off - self.seg.heap_off, 1);
+                }
             }
         }
         h.live_bytes.fetch_add(size, Ordering::Relaxed);

@@ -46,6 +46,51 @@ pub struct Heap {
     /// Request rings this daemon replaced (restarted with other ring settings) and still
     /// serves until their clients have moved: their reader slots may still pin epochs.
     pub retired_rings: Vec<(std::path::PathBuf, Ring)>,
+    /// Keys evicted recently (their hashes): one written again soon after is given a read's
+    /// credit, so that it survives its first pass of the cleaner (S3-FIFO's ghost queue).
+    pub ghost: Ghost,
+}
+
+/// A bounded set of recently evicted key hashes: two generations of a Bloom filter (two bits
+/// per key, eight bits of filter per key); when the current generation has taken its share,
+/// the older one is dropped. False positives (about 5%) only give a new key a read's credit.
+pub struct Ghost {
+    gens: [Vec<u64>; 2],
+    cur: usize,
+    added: usize,
+    per_gen: usize,
+}
+
+impl Ghost {
+    /// A ghost remembering about `n` keys (at least 1024).
+    pub fn new(n: usize) -> Ghost {
+        let per_gen = n.max(1024);
+        let words = (per_gen * 8).div_ceil(64);
+        Ghost { gens: [vec![0; words], vec![0; words]], cur: 0, added: 0, per_gen }
+    }
+
+    fn bits(&self, hash: u64) -> [usize; 2] {
+        let n = self.gens[0].len() * 64;
+        // The key hash is xxh3: its halves are independent enough for two probes.
+        [(hash as u32 as usize) % n, ((hash >> 32) as usize) % n]
+    }
+
+    pub fn insert(&mut self, hash: u64) {
+        if self.added >= self.per_gen {
+            self.cur ^= 1;
+            self.gens[self.cur].iter_mut().for_each(|w| *w = 0);
+            self.added = 0;
+        }
+        for b in self.bits(hash) {
+            self.gens[self.cur][b / 64] |= 1 << (b % 64);
+        }
+        self.added += 1;
+    }
+
+    pub fn contains(&self, hash: u64) -> bool {
+        let bits = self.bits(hash);
+        self.gens.iter().any(|g| bits.iter().all(|&b| g[b / 64] & (1 << (b % 64)) != 0))
+    }
 }
 
 /// What happened to make room.
@@ -71,6 +116,7 @@ impl Heap {
             policy: h.policy.load(Ordering::Relaxed),
             reclaim_wait: Duration::from_millis(500),
             retired_rings: Vec::new(),
+            ghost: Ghost::new((seg.slots * INDEX_MAX_LOAD_16THS / 16 / 4) as usize),
         }
     }
 
@@ -84,6 +130,19 @@ impl Heap {
     /// Bytes between the tail and the head (live, dead and padding).
     pub fn used(&self) -> u64 {
         self.head - self.free_limit
+    }
+
+    /// The high-water mark: while live data (plus the record being made room for) fits under
+    /// it, the cleaner relocates every live record it meets instead of evicting it. Nine
+    /// tenths of the heap outside the cleaner's reserve: relocating needs free space, and a
+    /// log cleaned at 90% live copies about nine bytes for each one it frees.
+    pub fn high_water(&self, seg: &Segment) -> u64 {
+        high_water(seg)
+    }
+
+    /// Whether `n` more bytes put live data over the high-water mark (eviction allowed).
+    pub fn under_pressure(&self, seg: &Segment, n: u64) -> bool {
+        seg.hdr().live_bytes.load(Ordering::Relaxed) + n > self.high_water(seg)
     }
 
     /// Reserve `n` bytes (a multiple of REC_ALIGN) at the head, or None if it would pass
@@ -139,7 +198,8 @@ impl Heap {
                 )));
             }
         }
-        let deadline = Instant::now() + self.reclaim_wait;
+        let start = Instant::now();
+        let deadline = start + self.reclaim_wait;
         loop {
             if let Some(off) = self.try_reserve(seg, ring, n, self.reserve) {
                 return Ok(off);
@@ -148,10 +208,15 @@ impl Heap {
                 continue;
             }
             // Clean ahead of need: at least n, and a batch, so that reclamation is amortised.
-            let want = n + seg.heap_cap / 64;
+            // Without memory pressure the cleaner only relocates; if readers hold the space it
+            // needs for that for half the wait, it evicts after all (counted: it should not
+            // happen) rather than fail the write.
+            let want = n + seg.heap_cap / 512;
+            let pressure = self.policy != POLICY_NOEVICTION
+                && (self.under_pressure(seg, n) || start.elapsed() > self.reclaim_wait / 2);
             if self.tail < self.head && self.tail - self.free_limit < want {
                 let before = self.tail;
-                self.clean(seg, ring, want, st);
+                self.clean(seg, ring, want, pressure, st);
                 if self.tail != before {
                     continue;
                 }
@@ -170,7 +235,7 @@ impl Heap {
     }
 
     /// Advance the tail until `want` bytes lie between free_limit and tail (or tail == head).
-    fn clean(&mut self, seg: &Segment, ring: &Ring, want: u64, st: &mut CleanStats) {
+    fn clean(&mut self, seg: &Segment, ring: &Ring, want: u64, evict: bool, st: &mut CleanStats) {
         let now = shm::now_ms();
         let h = seg.hdr();
         while self.tail < self.head && self.tail - self.free_limit < want {
@@ -178,7 +243,7 @@ impl Heap {
             let size = match entry_at(seg, self.tail, self.head, false) {
                 Entry::Pad(size) => size,
                 Entry::Item(size) => {
-                    if !self.clean_one(seg, ring, off, size, now, st) {
+                    if !self.clean_one(seg, ring, off, size, now, evict, st) {
                         break; // a live record that cannot move yet: the tail stays before it
                     }
                     size
@@ -197,8 +262,11 @@ impl Heap {
         self.retire(seg);
     }
 
-    /// Deal with the item at the tail. False if it is live and must stay (noeviction with no
-    /// room to relocate it yet); true once nothing reachable remains at `off`.
+    /// Deal with the item at the tail. False if it is live and must stay (no eviction allowed
+    /// and no room to relocate it yet); true once nothing reachable remains at `off`. `evict`:
+    /// memory is under pressure (or the cleaner is stuck), so a live record the policy does
+    /// not keep may be evicted.
+    #[allow(clippy::too_many_arguments)]
     fn clean_one(
         &mut self,
         seg: &Segment,
@@ -206,6 +274,7 @@ impl Heap {
         off: u64,
         size: u64,
         now: u64,
+        evict: bool,
         st: &mut CleanStats,
     ) -> bool {
         let h = seg.hdr();
@@ -236,7 +305,8 @@ impl Heap {
             Some((slot, c)) if c.off == off => slot,
             _ => return true, // dead: deleted or replaced
         };
-        let hot = ring.take_hint(off - seg.heap_off);
+        let reads = ring.take_hint(off - seg.heap_off);
+        let hot = reads > 0;
         if rec.expired(now) {
             seg.unlink(slot);
             h.items.fetch_sub(1, Ordering::Relaxed);
@@ -245,7 +315,7 @@ impl Heap {
             st.expired += 1;
             return true;
         }
-        let keep = self.policy == POLICY_NOEVICTION || hot;
+        let keep = !evict || hot;
         if keep {
             // Relocations may use the reserve: that is what it is for.
             if let Some(dst) = self.try_reserve(seg, ring, size, 0) {
@@ -254,18 +324,38 @@ impl Heap {
                 self.publish_head(seg);
                 seg.publish(slot, rec.hash, dst);
                 crate::crash::point("relocated slot published");
+                // FIFO with reinsertion and a 2-bit count (S3-FIFO's main queue): a record
+                // read k times since the last pass keeps k - 1 of them for the next.
+                ring.set_hint(dst - seg.heap_off, reads.saturating_sub(1));
                 st.relocated += 1;
                 return true;
             }
-            if self.policy == POLICY_NOEVICTION {
-                return false;
-            }
+            // No room to move it yet: stop here, so that the caller reclaims what the tail
+            // has passed and comes back (a record worth keeping is never evicted for want of
+            // relocation space; before, each cleaning batch could move only the reserve's
+            // worth of read records and evicted the rest).
+            return false;
         }
         seg.unlink(slot);
         h.items.fetch_sub(1, Ordering::Relaxed);
         h.live_bytes.fetch_sub(size, Ordering::Relaxed);
         crate::crash::point("evicted at the tail");
         st.evicted += 1;
+        self.ghost.insert(rec.hash);
+        let pressure = self.under_pressure(seg, 0);
+        if !pressure {
+            h.c_evictions_no_pressure.fetch_add(1, Ordering::Relaxed);
+        }
+        if crate::log::enabled(crate::log::Level::Debug) {
+            let age = h.version.load(Ordering::Relaxed).saturating_sub(rec.version);
+            crate::log::debug(&format!(
+                "evicted key={:?} bytes={size} age_writes={age} read_since_last_pass={hot} \
+                 live_bytes={} high_water={} pressure={pressure}",
+                String::from_utf8_lossy(&rec.key[..rec.key.len().min(80)]),
+                h.live_bytes.load(Ordering::Relaxed),
+                self.high_water(seg)
+            ));
+        }
         true
     }
 
@@ -289,7 +379,8 @@ impl Heap {
             }
             let before = st.evicted + st.expired;
             let step = seg.heap_cap / 256;
-            self.clean(seg, ring, self.tail - self.free_limit + step, st);
+            // A full index is pressure: evict.
+            self.clean(seg, ring, self.tail - self.free_limit + step, true, st);
             if st.evicted + st.expired == before {
                 guard += 1;
             }
@@ -367,6 +458,13 @@ impl Heap {
         }
         min
     }
+}
+
+/// The high-water mark of a segment's heap (see [`Heap::high_water`]): 90% of the heap less
+/// the cleaner's reserve (two of the largest records).
+pub fn high_water(seg: &Segment) -> u64 {
+    let reserve = 2 * crate::segment::max_record(seg.max_value);
+    seg.heap_cap.saturating_sub(2 * reserve) / 100 * 97
 }
 
 /// One entry of the log, as the walkers (the cleaner, `check`, power-loss repair) see it.

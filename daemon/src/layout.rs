@@ -133,7 +133,10 @@ pub struct SegHeader {
     pub c_full: AtomicU64,
     pub c_reclaim_waits: AtomicU64,
     pub c_corrupt: AtomicU64,
-    _pad3: [u64; 3],
+    /// Evictions made while live data fitted under the high-water mark (the cleaner could not
+    /// relocate in time: space pinned by readers). Expected to stay 0.
+    pub c_evictions_no_pressure: AtomicU64,
+    _pad3: [u64; 2],
 }
 
 /// Header of every heap record, 40 bytes, followed by `key_len` key bytes and `val_len`

@@ -106,6 +106,9 @@ fn file_ident(f: &File) -> std::io::Result<(u64, u64)> {
     Ok((m.dev(), m.ino()))
 }
 
+/// Largest read count an access hint holds.
+pub const HINT_MAX: u8 = 3;
+
 /// `owner_pid` of a box the daemon is resetting (never a real pid: pids fit in 22 bits).
 pub const OWNER_RESETTING: u32 = u32::MAX;
 
@@ -299,28 +302,41 @@ impl Ring {
         self.data_off + b as u64 * self.box_bytes
     }
 
-    /// Mark a heap offset as recently read (a hint for eviction's second chance).
+    /// Count a read of the record at a heap offset: the hint is a saturating count of reads
+    /// (0-3) since the cleaner last passed it, which decides whether it is kept.
     #[inline]
     pub fn touch_hint(&self, heap_rel: u64) {
         let i = heap_rel / HINT_GRANULE;
         if i < self.hints_len {
             let h: &std::sync::atomic::AtomicU8 = self.region.get(self.hints_off + i);
-            // Load first: a line already marked is not written again (no ping-pong).
-            if h.load(Ordering::Relaxed) == 0 {
-                h.store(1, Ordering::Relaxed);
+            // Load first: a count already at its top is not written again (no ping-pong for
+            // hot records). A lost increment between two readers costs nothing that matters.
+            let v = h.load(Ordering::Relaxed);
+            if v < HINT_MAX {
+                h.store(v + 1, Ordering::Relaxed);
             }
         }
     }
 
-    /// Read and clear the hint for a heap offset (daemon).
+    /// Read and clear the read count of a heap offset (daemon).
     #[inline]
-    pub fn take_hint(&self, heap_rel: u64) -> bool {
+    pub fn take_hint(&self, heap_rel: u64) -> u8 {
         let i = heap_rel / HINT_GRANULE;
         if i >= self.hints_len {
-            return false;
+            return 0;
         }
         let h: &std::sync::atomic::AtomicU8 = self.region.get(self.hints_off + i);
-        h.swap(0, Ordering::Relaxed) != 0
+        h.swap(0, Ordering::Relaxed).min(HINT_MAX)
+    }
+
+    /// Set the read count of a heap offset (daemon: a relocated record keeps part of it).
+    #[inline]
+    pub fn set_hint(&self, heap_rel: u64, v: u8) {
+        let i = heap_rel / HINT_GRANULE;
+        if i < self.hints_len {
+            let h: &std::sync::atomic::AtomicU8 = self.region.get(self.hints_off + i);
+            h.store(v.min(HINT_MAX), Ordering::Relaxed);
+        }
     }
 
     /// Clear a hint without reading it (daemon, when space is reused).
