@@ -26,6 +26,8 @@ pub struct Store {
     /// Boxes (ring id, box) whose head request is answered later (a training): not polled
     /// until then.
     pub held: Vec<(u64, u32)>,
+    /// The segment file, open read-write (the daemon grows it; it also holds its lock).
+    pub data_file: Option<std::fs::File>,
 }
 
 /// Largest TTL accepted (about 100 years), so that expiry arithmetic never overflows.
@@ -34,7 +36,15 @@ const MAX_TTL_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
 impl Store {
     pub fn new(seg: Segment) -> Store {
         let heap = Heap::load(&seg);
-        Store { seg, heap, recs: None, sweep_cursor: 0, ctx: None, held: Vec::new() }
+        Store {
+            seg,
+            heap,
+            recs: None,
+            sweep_cursor: 0,
+            ctx: None,
+            held: Vec::new(),
+            data_file: None,
+        }
     }
 
     /// Apply one request and produce its reply. Never panics on bad input.
@@ -76,6 +86,17 @@ impl Store {
             op::INSERT | op::UPDATE => self.insert(req),
             op::REMOVE => self.remove_record(req.arg),
             op::TRAIN => self.train(req),
+            op::RESIZE => match self.grow(req.arg) {
+                Ok(n) if n <= req.arg => Reply::ok(n),
+                Ok(n) => Reply { status: status::NOT_DONE, value: n, aux: 0 },
+                Err(crate::Error::ValueTooLarge { max, .. }) => {
+                    Reply { status: status::TOO_LARGE, value: max, aux: 0 }
+                }
+                Err(e) => {
+                    crate::log::error(&format!("growth refused: {e}"));
+                    Reply::status(status::NO_DISK_SPACE)
+                }
+            },
             _ => Reply::status(status::BAD_REQUEST),
         };
         self.account(&st);
@@ -469,6 +490,52 @@ impl Store {
         self.heap.clear(&self.seg);
     }
 
+    /// Grow the segment file to `new_size` bytes (rounded down to a page; at most the
+    /// segment's max_size, else ValueTooLarge). Blocks are allocated first (a full disk is
+    /// an error here, not a SIGBUS later), then the new size is published (clients accept
+    /// offsets up to it), then the heap's next capacity; the log takes the new space at the
+    /// end of its current lap (`Heap::switch_geometry`). A smaller size changes nothing (a
+    /// segment does not shrink). Returns the size now. A daemon killed part-way leaves a
+    /// longer file, which the next one finishes growing into.
+    pub fn grow(&mut self, new_size: u64) -> crate::Result<u64> {
+        let seg = &self.seg;
+        let (cur, max) = (seg.size(), seg.max_size());
+        let new = new_size / PAGE * PAGE;
+        if new <= cur {
+            // A growth a crash interrupted after publishing the size: the heap takes it.
+            let h = seg.hdr();
+            if seg.target_cap() < cur - seg.heap_off {
+                h.heap_cap_next.store(cur - seg.heap_off, Ordering::Release);
+                h.geom_gen.fetch_add(1, Ordering::Release);
+            }
+            return Ok(cur);
+        }
+        if new > max {
+            return Err(crate::Error::ValueTooLarge { size: new, max });
+        }
+        let Some(f) = self.data_file.as_ref() else {
+            return Err(crate::Error::Config("no writable segment file to grow".into()));
+        };
+        let path = std::path::Path::new("data.surp");
+        f.set_len(new).map_err(|e| shm::allocate_error(path, new - cur, e))?;
+        crate::crash::point("segment file extended");
+        if let Err(e) = shm::allocate(f, cur, new - cur) {
+            let _ = f.set_len(cur);
+            return Err(shm::allocate_error(path, new - cur, e));
+        }
+        seg.region.grow_valid(new);
+        let h = seg.hdr();
+        h.size.store(new, Ordering::Release);
+        crate::crash::point("segment size published");
+        h.heap_cap_next.store(new - seg.heap_off, Ordering::Release);
+        h.geom_gen.fetch_add(1, Ordering::Release);
+        crate::log::info(&format!(
+            "grew the segment bytes={cur} -> {new}; the heap takes the space at the end of its \
+             current lap"
+        ));
+        Ok(new)
+    }
+
     /// Housekeeping: look at up to `budget` index slots and unlink expired items.
     /// Returns how many expired.
     pub fn sweep_expired(&mut self, budget: u64) -> u64 {
@@ -559,11 +626,7 @@ impl Store {
             }
         }
         // 2. The index: collect valid entries, newest version per key.
-        let in_window = |off: u64| {
-            let rel = off - seg.heap_off;
-            let cap = seg.heap_cap;
-            tail + (rel + cap - tail % cap) % cap < head
-        };
+        let in_window = |off: u64| seg.in_window(off, tail, head);
         let mut best: std::collections::HashMap<Vec<u8>, (u64, u64, u64)> = Default::default();
         let mut dropped = 0u64;
         for i in 0..seg.slots {

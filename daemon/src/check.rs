@@ -47,13 +47,6 @@ impl Report {
 }
 
 /// Whether heap offset `off` lies in the log window [tail, head).
-fn in_window(seg: &Segment, off: u64, tail: u64, head: u64) -> bool {
-    let rel = off - seg.heap_off;
-    let cap = seg.heap_cap;
-    let pos = tail + (rel + cap - tail % cap) % cap;
-    pos < head
-}
-
 pub fn check(dir: &Path) -> Result<Report> {
     let seg = Segment::open(&data_path(dir), false)?;
     let h = seg.hdr();
@@ -69,7 +62,7 @@ pub fn check(dir: &Path) -> Result<Report> {
         h.tail.load(Ordering::Relaxed),
         h.free_limit.load(Ordering::Relaxed),
     );
-    if !(free <= tail && tail <= head && head - free <= seg.heap_cap) {
+    if !(free <= tail && tail <= head && head - free <= seg.cap()) {
         r.problem(format!("heap positions inconsistent: free {free}, tail {tail}, head {head}"));
         return Ok(r);
     }
@@ -89,7 +82,7 @@ pub fn check(dir: &Path) -> Result<Report> {
         if !slot_tag_matches(v, rec.hash) {
             r.problem(format!("slot {i}: tag does not match the record's hash"));
         }
-        if !in_window(&seg, off, tail, head) {
+        if !seg.in_window(off, tail, head) {
             r.problem(format!("slot {i}: record at offset {off} is outside the log window"));
         }
         if !seen.insert(off) {

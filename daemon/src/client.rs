@@ -173,6 +173,8 @@ pub struct Pin<'a> {
     seg: &'a Segment,
     /// The epoch pinned (boxed), or the heap's published head when the pin began (boxless).
     mark: u64,
+    /// Boxless: the heap's geometry generation when the pin began.
+    geom: u64,
 }
 
 impl Drop for Pin<'_> {
@@ -217,11 +219,15 @@ impl Pin<'_> {
         // SYNC POINT: Acquire fence; the record bytes were read before this load of the
         // head (pairs with the Release store of `head` in Heap::publish_head).
         fence(Ordering::Acquire);
-        let h2 = self.seg.hdr().head.load(Ordering::Relaxed);
-        let cap = self.seg.heap_cap;
+        let h = self.seg.hdr();
+        let h2 = h.head.load(Ordering::Relaxed);
+        if h.geom_gen.load(Ordering::Acquire) != self.geom {
+            return false; // the heap's geometry changed during the read: read again
+        }
+        let (base, cap) = (h.heap_base.load(Ordering::Relaxed), self.seg.cap());
         let rel = rec.off - self.seg.heap_off;
         // The first position at or after the pin's head that maps onto this record.
-        let next_use = self.mark + (rel + cap - self.mark % cap) % cap;
+        let next_use = self.mark + (rel + cap - self.mark.wrapping_sub(base) % cap) % cap;
         let in_flight = 2 * crate::segment::max_record(self.seg.max_value);
         h2.saturating_add(in_flight) <= next_use
     }
@@ -363,8 +369,9 @@ impl Client {
         let ep = self.ep.get();
         let h = self.seg.hdr();
         let Some(ctl) = ep.ctl() else {
+            let geom = h.geom_gen.load(Ordering::Acquire);
             // SYNC POINT: Acquire; pairs with Heap::publish_head (see Pin::confirm).
-            return Ok(Pin { ep, seg: &self.seg, mark: h.head.load(Ordering::Acquire) });
+            return Ok(Pin { ep, seg: &self.seg, mark: h.head.load(Ordering::Acquire), geom });
         };
         let e = h.epoch.load(Ordering::SeqCst);
         if ep.pins.fetch_add(1, Ordering::Relaxed) == 0 {
@@ -374,7 +381,7 @@ impl Client {
             // the daemon sees this pin, or our index reads see its unlinks.
             fence(Ordering::SeqCst);
         }
-        Ok(Pin { ep, seg: &self.seg, mark: e })
+        Ok(Pin { ep, seg: &self.seg, mark: e, geom: 0 })
     }
 
     /// Current epoch.

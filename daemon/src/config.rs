@@ -5,7 +5,8 @@
 //! | setting | TOML / flag | env | live on SIGHUP |
 //! |---|---|---|---|
 //! | data directory | `dir` / positional | `SURPDB_DIR` | no |
-//! | size of a new segment | `size` / `--size` | `SURPDB_SIZE` | no |
+//! | segment size | `size` / `--size` | `SURPDB_SIZE` | grows (up to `max_size`) |
+//! | largest size to grow to live | `max_size` | `SURPDB_MAX_SIZE` | no (fixed at creation) |
 //! | largest value | `max_value` | `SURPDB_MAX_VALUE` | no |
 //! | eviction policy | `eviction_policy` / `--policy` | `SURPDB_EVICTION_POLICY` | yes |
 //! | client processes at once | `max_clients` | `SURPDB_MAX_CLIENTS` | no |
@@ -38,7 +39,8 @@ pub enum Durability {
 /// Every setting, with whether SIGHUP can change it in a running daemon.
 pub const SETTINGS: &[(&str, bool)] = &[
     ("dir", false),
-    ("size", false),
+    ("size", true),
+    ("max_size", false),
     ("max_value", false),
     ("eviction_policy", true),
     ("max_clients", false),
@@ -55,8 +57,11 @@ pub const SETTINGS: &[(&str, bool)] = &[
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub dir: PathBuf,
-    /// Segment size for a new segment (an existing one keeps its size).
+    /// Segment size: of a new segment, or what an existing one grows to (never shrinks).
     pub size: u64,
+    /// Largest size the segment may grow to while serving (0: four times `size`), fixed
+    /// when the segment is created (every process reserves that much address space).
+    pub max_size: u64,
     pub max_value: u64,
     pub policy: u32,
     /// Client slots (processes attached at once).
@@ -87,6 +92,7 @@ impl Config {
         Config {
             dir: dir.into(),
             size: 256 << 20,
+            max_size: 0,
             max_value: DEFAULT_MAX_VALUE,
             policy: POLICY_EVICT,
             max_clients: 256,
@@ -166,6 +172,7 @@ impl Config {
         match key {
             "dir" => self.dir = PathBuf::from(val),
             "size" => self.size = parse_size(val).map_err(|e| bad(e.to_string()))?,
+            "max_size" => self.max_size = parse_size(val).map_err(|e| bad(e.to_string()))?,
             "max_value" => self.max_value = parse_size(val).map_err(|e| bad(e.to_string()))?,
             "eviction_policy" | "policy" => {
                 self.policy = parse_policy(val).map_err(|e| bad(e.to_string()))?
@@ -211,6 +218,16 @@ impl Config {
 
     /// Request queue bytes per client: at least twice the largest request (so that one
     /// always fits after a pad to the buffer's end), in whole pages.
+    /// The largest size a new segment may grow to: `max_size`, or four times `size`.
+    pub fn effective_max_size(&self) -> u64 {
+        let size = self.size / PAGE * PAGE;
+        if self.max_size == 0 {
+            (4 * size).min(crate::segment::MAX_SEGMENT_SIZE).max(size)
+        } else {
+            self.max_size / PAGE * PAGE
+        }
+    }
+
     pub fn effective_queue_bytes(&self) -> u64 {
         let largest =
             align_up(REQ_HEADER_BYTES + MAX_KEY_LEN as u64 + self.max_value, 8) + REQ_CHECK_BYTES;
@@ -240,6 +257,19 @@ impl Config {
             crate::shm::group_id(g)?;
         }
         crate::segment::Geometry::for_size(self.size, self.max_value)?;
+        if self.max_size != 0 && self.max_size < self.size {
+            return Err(Error::Config(format!(
+                "max_size {} is below size {}",
+                self.max_size, self.size
+            )));
+        }
+        if self.max_size > crate::segment::MAX_SEGMENT_SIZE {
+            return Err(Error::Config(format!(
+                "max_size {} is over {} (1 TiB)",
+                self.max_size,
+                crate::segment::MAX_SEGMENT_SIZE
+            )));
+        }
         if self.records_size < 16 << 20 || self.records_size > 1 << 40 {
             return Err(Error::Config(format!(
                 "records_size {} is out of range (16 MiB to 1 TiB)",
@@ -255,8 +285,11 @@ impl Config {
         if self.dir != new.dir {
             v.push("dir");
         }
-        if self.size != new.size {
-            v.push("size");
+        if new.size < self.size {
+            v.push("size (a segment does not shrink: dump, remove and load it)");
+        }
+        if self.max_size != new.max_size {
+            v.push("max_size");
         }
         if self.max_value != new.max_value {
             v.push("max_value");
@@ -376,7 +409,11 @@ mod tests {
         let a = Config::new("/tmp/a");
         let mut b = a.clone();
         b.policy = POLICY_NOEVICTION;
-        b.size = 1 << 30;
-        assert_eq!(a.restart_only_changes(&b), vec!["size"]);
+        b.size = a.size * 2; // grows while serving
+        assert!(a.restart_only_changes(&b).is_empty());
+        b.size = a.size / 2;
+        b.max_value = a.max_value * 2;
+        let v = a.restart_only_changes(&b);
+        assert!(v.len() == 2 && v[0].starts_with("size (a segment does not shrink"), "{v:?}");
     }
 }

@@ -151,10 +151,21 @@ impl Heap {
     /// only ever covers entries that are completely written, and a crash in between leaves
     /// bytes past the head, which nothing reads and the next record overwrites.
     fn try_reserve(&mut self, seg: &Segment, ring: &Ring, n: u64, keep: u64) -> Option<u64> {
-        let cap = seg.heap_cap;
-        let phys = self.head % cap;
+        // The file grew: the heap takes the new space now (see `Heap::switch_geometry`).
+        self.switch_geometry(seg, ring);
+        let g = seg.geom();
+        let cap = g.cap;
+        let phys = seg.lap_offset(self.head);
         let pad = if phys + n > cap { cap - phys } else { 0 };
-        if self.head + pad + n + keep > self.free_limit + cap {
+        // What the head may not pass: `free_limit` plus a capacity. While positions written
+        // before the last growth are still in the window, the head may not reach their
+        // offsets in this lap either (the old capacity) until it is past the old heap's end.
+        let guard = if g.prev_cap != 0 && self.free_limit < g.base && phys < g.prev_cap {
+            g.prev_cap
+        } else {
+            cap
+        };
+        if self.head + pad + n + keep > self.free_limit + guard {
             return None;
         }
         if pad > 0 {
@@ -165,6 +176,43 @@ impl Heap {
         self.head += n;
         ring.clear_hint(off - seg.heap_off);
         Some(off)
+    }
+
+    /// Take the capacity of a grown file (`heap_cap_next`). Positions are rebased on the
+    /// start of the head's current lap, so every position of that lap keeps its physical
+    /// offset, and the lap goes on past the old heap's end into the new space; positions of
+    /// the lap before (still in the window, below the new base) keep the old geometry
+    /// (`prev_base`, `prev_cap`) until the tail and `free_limit` are past them. Done only
+    /// when no older geometry is still in the window. Stores are ordered so that a crash
+    /// between any two leaves a geometry that maps every position in the window right.
+    fn switch_geometry(&mut self, seg: &Segment, ring: &Ring) -> bool {
+        let h = seg.hdr();
+        let g = seg.geom();
+        let next = h.heap_cap_next.load(Ordering::Acquire);
+        if next <= g.cap || (g.prev_cap != 0 && self.free_limit < g.base) {
+            return false;
+        }
+        // The access hints of the new space (the ring's hint array covers the largest heap;
+        // its blocks are allocated as the heap grows).
+        if let Err(e) = ring.allocate_hints(next) {
+            crate::log::warn(&format!("growth waits: {e}"));
+            return false;
+        }
+        let lap_start = self.head - seg.lap_offset(self.head);
+        h.prev_base.store(g.base, Ordering::Release);
+        h.prev_cap.store(g.cap, Ordering::Release);
+        crate::crash::point("old geometry kept");
+        h.heap_base.store(lap_start, Ordering::Release);
+        crate::crash::point("heap base moved");
+        h.heap_cap.store(next, Ordering::Release);
+        h.heap_cap_next.store(0, Ordering::Release);
+        h.geom_gen.fetch_add(1, Ordering::Release);
+        crate::crash::point("heap capacity switched");
+        crate::log::info(&format!(
+            "the heap grew: capacity {} -> {next} bytes from log position {lap_start}",
+            g.cap
+        ));
+        true
     }
 
     /// Publish everything reserved so far (written by now) as part of the log: the header's
@@ -189,12 +237,14 @@ impl Heap {
     ) -> Result<u64> {
         if self.policy == POLICY_NOEVICTION {
             let live = seg.hdr().live_bytes.load(Ordering::Relaxed);
-            let usable = seg.heap_cap - 2 * self.reserve;
+            // A grown file counts already: the cleaner moves the head to the end of its lap
+            // (relocating), where the log takes the new space.
+            let usable = seg.target_cap() - 2 * self.reserve;
             if live + n > usable {
                 return Err(Error::SegmentFull(format!(
                     "segment full under noeviction: {live} bytes live + {n} new > {usable} usable \
                      of a {}-byte heap",
-                    seg.heap_cap
+                    seg.cap()
                 )));
             }
         }
@@ -211,7 +261,7 @@ impl Heap {
             // Without memory pressure the cleaner only relocates; if readers hold the space it
             // needs for that for half the wait, it evicts after all (counted: it should not
             // happen) rather than fail the write.
-            let want = n + seg.heap_cap / 512;
+            let want = n + seg.cap() / 512;
             let pressure = self.policy != POLICY_NOEVICTION
                 && (self.under_pressure(seg, n) || start.elapsed() > self.reclaim_wait / 2);
             if self.tail < self.head && self.tail - self.free_limit < want {
@@ -378,7 +428,7 @@ impl Heap {
                 )));
             }
             let before = st.evicted + st.expired;
-            let step = seg.heap_cap / 256;
+            let step = seg.cap() / 256;
             // A full index is pressure: evict.
             self.clean(seg, ring, self.tail - self.free_limit + step, true, st);
             if st.evicted + st.expired == before {
@@ -464,7 +514,7 @@ impl Heap {
 /// the cleaner's reserve (two of the largest records).
 pub fn high_water(seg: &Segment) -> u64 {
     let reserve = 2 * crate::segment::max_record(seg.max_value);
-    seg.heap_cap.saturating_sub(2 * reserve) / 100 * 97
+    seg.target_cap().saturating_sub(2 * reserve) / 100 * 97
 }
 
 /// One entry of the log, as the walkers (the cleaner, `check`, power-loss repair) see it.
@@ -483,7 +533,7 @@ pub enum Entry {
 pub fn entry_at(seg: &Segment, pos: u64, head: u64, strict: bool) -> Entry {
     let off = seg.phys(pos);
     let Some((size, kind)) = seg.raw_kind(off) else { return Entry::Torn };
-    let heap_end = seg.heap_off + seg.heap_cap;
+    let heap_end = seg.heap_off + seg.cap();
     if size < 8 || size % REC_ALIGN != 0 || pos + size > head || off + size > heap_end {
         return Entry::Torn;
     }
@@ -502,8 +552,7 @@ pub fn entry_at(seg: &Segment, pos: u64, head: u64, strict: bool) -> Entry {
 /// a whole entry starts: what a torn stretch from `pos` is padded up to.
 pub fn next_whole_entry(seg: &Segment, pos: u64, head: u64) -> u64 {
     let mut q = pos + REC_ALIGN;
-    while q < head && !q.is_multiple_of(seg.heap_cap) && entry_at(seg, q, head, true) == Entry::Torn
-    {
+    while q < head && seg.lap_offset(q) != 0 && entry_at(seg, q, head, true) == Entry::Torn {
         q += REC_ALIGN;
     }
     q.min(head)

@@ -132,11 +132,7 @@ impl Segment {
     pub fn scrub_index(&self) -> u64 {
         let h = self.hdr();
         let (tail, head) = (h.tail.load(Ordering::Relaxed), h.head.load(Ordering::Relaxed));
-        let cap = self.heap_cap;
-        let in_window = |off: u64| {
-            let rel = off - self.heap_off;
-            tail + (rel + cap - tail % cap) % cap < head
-        };
+        let in_window = |off: u64| self.in_window(off, tail, head);
         let bad = |v: u64| match self.record(slot_off(v)) {
             Some(r) => !slot_tag_matches(v, r.hash) || !in_window(r.off),
             None => true,

@@ -70,8 +70,9 @@ pub const INDEX_MAX_LOAD_16THS: u64 = 12;
 pub const POLICY_EVICT: u32 = 0;
 pub const POLICY_NOEVICTION: u32 = 1;
 
-/// Header of the data segment, at offset 0. Fields above `generation` are written once, at
-/// creation, before the file is renamed into place; the rest are written only by the daemon.
+/// Header of the data segment, at offset 0. Fields above `generation` are written at
+/// creation, before the file is renamed into place, and later only by a daemon growing the
+/// file (`size`, `heap_cap` and the geometry words); the rest are written only by the daemon.
 #[repr(C)]
 pub struct SegHeader {
     pub magic: AtomicU64,
@@ -85,10 +86,24 @@ pub struct SegHeader {
     /// Number of index slots, a power of two.
     pub index_slots: AtomicU64,
     pub heap_off: AtomicU64,
+    /// Heap capacity of the current geometry (grows with the file: see `heap_cap_next`).
     pub heap_cap: AtomicU64,
     pub max_value: AtomicU64,
     pub created_ms: AtomicU64,
-    _pad0: [u64; 6],
+    /// Largest size the file may grow to while serving (the address space every process
+    /// reserves for its mapping); 0 in segments made before growth existed: the size.
+    pub max_size: AtomicU64,
+    /// Log position where the current heap geometry starts: positions map to
+    /// `heap_off + (pos - heap_base) % heap_cap`.
+    pub heap_base: AtomicU64,
+    /// Heap capacity the log takes at the end of its current lap, after the file grew; 0: none.
+    pub heap_cap_next: AtomicU64,
+    /// Bumped at each change of size or geometry.
+    pub geom_gen: AtomicU64,
+    /// The geometry before the last switch, for positions below `heap_base` still in the
+    /// log window (0: none).
+    pub prev_base: AtomicU64,
+    pub prev_cap: AtomicU64,
 
     // ---- daemon-written state (offset 128) ----
     /// Incremented each time a daemon attaches.
@@ -346,6 +361,8 @@ pub mod op {
     pub const UPDATE: u8 = 15;
     /// Train a codec model from the stored records (flags: [`flag::COMPACT`]).
     pub const TRAIN: u8 = 16;
+    /// Grow the data segment to `arg` bytes (up to its max_size); value: the new size.
+    pub const RESIZE: u8 = 17;
 }
 
 /// Request flags.

@@ -143,7 +143,6 @@ impl Ring {
         // hints); a box's queue and result entries are allocated by the client that claims
         // it. A store into a hole of a full filesystem would be a SIGBUS.
         nf.allocate(0, o.results)?;
-        nf.allocate(o.hints, o.total - o.hints)?;
         let region = &nf.region;
         let h: &RingHeader = region.get(0);
         h.nboxes.store(p.nboxes, Ordering::Relaxed);
@@ -249,13 +248,19 @@ impl Ring {
         })
     }
 
-    /// Allocate the blocks every process stores into (all but the box data), for a ring
-    /// file made before allocation was done at creation.
+    /// Allocate the blocks every process stores into (header and control blocks), for a
+    /// ring file made before allocation was done at creation.
     pub fn allocate_shared(&self, path: &Path) -> Result<()> {
-        let hints_end = align_up(self.hints_off + self.hints_len, PAGE);
         shm::allocate(&self.file, 0, self.results_off)
-            .and_then(|()| shm::allocate(&self.file, self.hints_off, hints_end - self.hints_off))
             .map_err(|e| shm::allocate_error(path, self.results_off, e))
+    }
+
+    /// Allocate the access hints of a heap of `heap_cap` bytes (the hint array is sized for
+    /// the largest heap the segment may grow to; its blocks come as the heap grows).
+    pub fn allocate_hints(&self, heap_cap: u64) -> Result<()> {
+        let len = heap_cap.div_ceil(HINT_GRANULE).min(self.hints_len);
+        shm::allocate(&self.file, self.hints_off, align_up(len, PAGE))
+            .map_err(|e| shm::allocate_error(&self.path, len, e))
     }
 
     /// Whether the file at `path` is another file than this mapping (the daemon replaced

@@ -15,7 +15,9 @@ use crate::error::{Error, Result};
 use crate::layout::*;
 use crate::shm::{self, Region};
 
-/// A mapped data segment (read-only in clients, read-write in the daemon).
+/// A mapped data segment (read-only in clients, read-write in the daemon). The mapping
+/// reserves address space up to the segment's `max_size`, so a file grown by the daemon is
+/// reached without remapping (`Segment::refresh_size`).
 pub struct Segment {
     pub region: Region,
     pub seed: u64,
@@ -23,9 +25,7 @@ pub struct Segment {
     pub slots: u64,
     pub mask: u64,
     pub heap_off: u64,
-    pub heap_cap: u64,
     pub max_value: u64,
-    pub size: u64,
 }
 
 /// Geometry for a new segment of `size` bytes.
@@ -34,7 +34,34 @@ pub struct Geometry {
     pub index_slots: u64,
     pub heap_off: u64,
     pub heap_cap: u64,
+    /// The most it may grow to while serving (0: `size`).
+    pub max_size: u64,
 }
+
+/// How log positions map onto the heap: `heap_off + (pos - base) % cap`, and, for positions
+/// below `base` written before the heap last grew, the previous base and capacity.
+#[derive(Clone, Copy, Debug)]
+pub struct Geom {
+    pub base: u64,
+    pub cap: u64,
+    pub prev_base: u64,
+    pub prev_cap: u64,
+}
+
+impl Geom {
+    /// (base, capacity) that position `pos` maps with.
+    #[inline]
+    pub fn at(&self, pos: u64) -> (u64, u64) {
+        if pos < self.base && self.prev_cap != 0 {
+            (self.prev_base, self.prev_cap)
+        } else {
+            (self.base, self.cap)
+        }
+    }
+}
+
+/// Largest segment surpdb maps (address space reserved per process, not memory).
+pub const MAX_SEGMENT_SIZE: u64 = 1 << 40;
 
 /// Largest record the segment must be able to hold.
 pub fn max_record(max_value: u64) -> u64 {
@@ -62,7 +89,7 @@ impl Geometry {
         if heap_cap < 8 * max_record(max_value) {
             return Err(Error::Config(format!("segment size {size} leaves too small a heap")));
         }
-        Ok(Geometry { size, index_slots: slots, heap_off, heap_cap })
+        Ok(Geometry { size, index_slots: slots, heap_off, heap_cap, max_size: 0 })
     }
 }
 
@@ -92,6 +119,7 @@ impl Segment {
         h.heap_off.store(geo.heap_off, Ordering::Relaxed);
         h.heap_cap.store(geo.heap_cap, Ordering::Relaxed);
         h.max_value.store(max_value, Ordering::Relaxed);
+        h.max_size.store(geo.max_size.max(geo.size), Ordering::Relaxed);
         h.created_ms.store(shm::now_ms(), Ordering::Relaxed);
         h.clean.store(1, Ordering::Relaxed);
         h.policy.store(policy, Ordering::Relaxed);
@@ -130,8 +158,19 @@ impl Segment {
                 path.display()
             )));
         }
-        let region = if writable { Region::map_rw(f) } else { Region::map_ro(f) }
-            .map_err(|e| Error::io(format!("cannot map {}", path.display()), e))?;
+        // The header first (its `max_size` says how much address space to reserve).
+        let max_size = {
+            let probe = Region::map_ro(f)
+                .map_err(|e| Error::io(format!("cannot map {}", path.display()), e))?;
+            let h: &SegHeader = probe.get(0);
+            h.max_size.load(Ordering::Acquire).min(MAX_SEGMENT_SIZE)
+        };
+        let region = if writable {
+            Region::map_rw_reserving(f, max_size)
+        } else {
+            Region::map_ro_reserving(f, max_size)
+        }
+        .map_err(|e| Error::io(format!("cannot map {}", path.display()), e))?;
         let h: &SegHeader = region.get(0);
         let magic = h.magic.load(Ordering::Acquire);
         if magic != SEG_MAGIC {
@@ -156,21 +195,54 @@ impl Segment {
             slots: h.index_slots.load(Ordering::Relaxed),
             mask: h.index_slots.load(Ordering::Relaxed).wrapping_sub(1),
             heap_off: h.heap_off.load(Ordering::Relaxed),
-            heap_cap: h.heap_cap.load(Ordering::Relaxed),
             max_value: h.max_value.load(Ordering::Relaxed),
-            size: h.size.load(Ordering::Relaxed),
             region,
         };
         seg.check_geometry(len).map_err(|m| {
             Error::Corrupted(format!("{}: bad segment header: {m}", path.display()))
         })?;
+        // Only what the header says the segment holds is read (a file that a killed daemon
+        // was growing may be longer; the next daemon completes the growth).
         Ok(seg)
     }
 
+    /// Current size of the segment file in bytes.
+    #[inline]
+    pub fn size(&self) -> u64 {
+        self.hdr().size.load(Ordering::Acquire)
+    }
+
+    /// Capacity of the heap's current geometry.
+    #[inline]
+    pub fn cap(&self) -> u64 {
+        self.hdr().heap_cap.load(Ordering::Acquire)
+    }
+
+    /// The heap's capacity once a pending growth is taken (at the end of the current lap):
+    /// what the daemon plans with.
+    #[inline]
+    pub fn target_cap(&self) -> u64 {
+        self.cap().max(self.hdr().heap_cap_next.load(Ordering::Acquire))
+    }
+
+    /// Address space reserved for the segment: the most it can grow to while mapped.
+    pub fn max_size(&self) -> u64 {
+        self.region.reserved()
+    }
+
+    /// After the daemon grew the file: accept accesses up to its new size. Cheap to call on a
+    /// miss (one header load); readers call it when an offset lies past what they accept.
+    pub fn refresh_size(&self) -> bool {
+        let size = self.size();
+        size > self.region.len() && self.region.grow_valid(size) >= size
+    }
+
     fn check_geometry(&self, file_len: u64) -> std::result::Result<(), String> {
-        if self.size != file_len {
-            return Err(format!("size {} but the file has {file_len} bytes", self.size));
+        let size = self.size();
+        if size > file_len || size > self.region.reserved() {
+            return Err(format!("size {size} but the file has {file_len} bytes"));
         }
+        let heap_cap = self.cap();
         if !self.slots.is_power_of_two() || self.slots < 2 {
             return Err(format!("index slot count {} is not a power of two", self.slots));
         }
@@ -181,16 +253,19 @@ impl Segment {
         if index_end.is_none_or(|e| e > self.heap_off) {
             return Err("index overlaps the heap".into());
         }
+        let next = self.hdr().heap_cap_next.load(Ordering::Relaxed);
         if !self.heap_off.is_multiple_of(PAGE)
-            || self.heap_off.checked_add(self.heap_cap).is_none_or(|e| e != self.size)
+            || self.heap_off.checked_add(heap_cap).is_none_or(|e| e > size)
+            || (next != 0 && self.heap_off.checked_add(next).is_none_or(|e| e > size))
         {
-            return Err(format!("heap {}+{} does not end the file", self.heap_off, self.heap_cap));
+            return Err(format!("heap {}+{heap_cap} does not fit the file", self.heap_off));
         }
-        if !self.heap_cap.is_multiple_of(REC_ALIGN)
+        if !heap_cap.is_multiple_of(REC_ALIGN)
+            || !next.is_multiple_of(REC_ALIGN)
             || self.max_value == 0
-            || self.max_value > self.heap_cap / 8
+            || self.max_value > heap_cap / 8
         {
-            return Err(format!("heap capacity {} / max_value {}", self.heap_cap, self.max_value));
+            return Err(format!("heap capacity {heap_cap} / max_value {}", self.max_value));
         }
         Ok(())
     }
@@ -210,10 +285,47 @@ impl Segment {
         self.region.get(self.index_off + (i & self.mask) * 8)
     }
 
-    /// Physical offset of a heap position.
+    /// The heap's geometry: how log positions map onto the heap.
+    #[inline]
+    pub fn geom(&self) -> Geom {
+        let h = self.hdr();
+        Geom {
+            base: h.heap_base.load(Ordering::Acquire),
+            cap: h.heap_cap.load(Ordering::Acquire),
+            prev_base: h.prev_base.load(Ordering::Acquire),
+            prev_cap: h.prev_cap.load(Ordering::Acquire),
+        }
+    }
+
+    /// Whether the record at physical offset `off` lies in the log window `[tail, head)`.
+    pub fn in_window(&self, off: u64, tail: u64, head: u64) -> bool {
+        let g = self.geom();
+        let Some(rel) = off.checked_sub(self.heap_off) else { return false };
+        // Positions from `from` (of a geometry with this base and capacity) up to `to`.
+        let hit = |from: u64, to: u64, base: u64, cap: u64| {
+            if rel >= cap || from >= to || from < base {
+                return false;
+            }
+            // The first position at or after `from` that maps onto `off`.
+            from + (rel + cap - (from - base) % cap) % cap < to
+        };
+        hit(tail.max(g.base), head, g.base, g.cap)
+            || (g.prev_cap != 0 && hit(tail, head.min(g.base), g.prev_base, g.prev_cap))
+    }
+
+    /// Offset of position `pos` within its lap.
+    #[inline]
+    pub fn lap_offset(&self, pos: u64) -> u64 {
+        let g = self.geom();
+        let (base, cap) = g.at(pos);
+        pos.wrapping_sub(base) % cap
+    }
+
+    /// Physical offset of a heap position (daemon and offline tools: readers never map
+    /// positions, index slots hold physical offsets).
     #[inline]
     pub fn phys(&self, pos: u64) -> u64 {
-        self.heap_off + pos % self.heap_cap
+        self.heap_off + self.lap_offset(pos)
     }
 
     /// Validate the record at `off` and return its parts. None for anything that is not a
@@ -224,14 +336,24 @@ impl Segment {
         if off < self.heap_off || !off.is_multiple_of(REC_ALIGN) {
             return None;
         }
-        let h: &RecHeader = self.region.at(off)?;
+        let h: &RecHeader = match self.region.at(off) {
+            Some(h) => h,
+            // Past what this process accepts: the daemon may have grown the file.
+            None if off >= self.region.len() && self.refresh_size() => self.region.at(off)?,
+            None => return None,
+        };
         let size = h.size.load(Ordering::Relaxed) as u64;
         if h.kind.load(Ordering::Relaxed) != KIND_ITEM {
             return None;
         }
         let key_len = h.key_len.load(Ordering::Relaxed) as u64;
         let val_len = h.val_len.load(Ordering::Relaxed) as u64;
-        if record_size(key_len, val_len) != size || off + size > self.size {
+        if record_size(key_len, val_len) != size {
+            return None;
+        }
+        if off + size > self.region.len()
+            && !(self.refresh_size() && off + size <= self.region.len())
+        {
             return None;
         }
         let body = self.region.slice(off, REC_HEADER_BYTES + key_len + val_len)?;
@@ -348,7 +470,7 @@ mod tests {
         let geo = Geometry::for_size(8 << 20, 64 << 10).unwrap();
         Segment::create(&p, &geo, 64 << 10, POLICY_EVICT, 0o640).unwrap();
         let s = Segment::open(&p, true).unwrap();
-        assert_eq!(s.size, 8 << 20);
+        assert_eq!(s.size(), 8 << 20);
         assert!(s.slots.is_power_of_two());
         // A record written and read back, then a flipped byte makes it invalid.
         let off = s.heap_off;

@@ -57,12 +57,12 @@ pub fn sd_notify(msg: &str) {
 /// Everything the daemon holds while serving.
 pub struct Daemon {
     pub cfg: Config,
+    /// The store; its `data_file` is `data.surp` itself, flock'ed: a second daemon is refused
+    /// even if `surpd.lock` was deleted (a lock on a file that can be unlinked and recreated
+    /// guards nothing alone).
     pub store: Store,
     pub ring: Ring,
     _lock: std::fs::File,
-    /// `data.surp` itself, flock'ed: a second daemon is refused even if `surpd.lock` was
-    /// deleted (a lock on a file that can be unlinked and recreated guards nothing alone).
-    _data_lock: std::fs::File,
     scratch: Vec<u8>,
     /// Boxes with an owner or pending requests; rescanning all of them on every pass costs
     /// a cache line per box, so the list is refreshed every 64 passes and after an empty one.
@@ -91,7 +91,8 @@ impl Daemon {
         let dp = data_path(&cfg.dir);
         let created = !dp.exists();
         if created {
-            let geo = Geometry::for_size(cfg.size, cfg.max_value)?;
+            let mut geo = Geometry::for_size(cfg.size, cfg.max_value)?;
+            geo.max_size = cfg.effective_max_size();
             Segment::create(&dp, &geo, cfg.max_value, cfg.policy, cfg.data_mode)?;
             log::info(&format!(
                 "created segment path={} bytes={} index_slots={}",
@@ -105,15 +106,11 @@ impl Daemon {
         if !created {
             // A segment made before blocks were allocated at creation (or copied sparse):
             // allocate them now, so that no store into it can fault on a full disk.
-            shm::allocate(&data_lock, 0, seg.size)
-                .map_err(|e| shm::allocate_error(&dp, seg.size, e))?;
+            shm::allocate(&data_lock, 0, seg.size())
+                .map_err(|e| shm::allocate_error(&dp, seg.size(), e))?;
         }
-        if !created && seg.size != cfg.size / PAGE * PAGE {
-            log::warn(&format!(
-                "using the existing segment bytes={} (the requested size applies to new segments)",
-                seg.size
-            ));
-        }
+        let file_len =
+            data_lock.metadata().map_err(|e| Error::io("cannot stat data.surp", e))?.len();
         let h = seg.hdr();
         let was_clean = h.clean.swap(0, Ordering::AcqRel) == 1;
         let gen = h.generation.fetch_add(1, Ordering::Relaxed) + 1;
@@ -124,11 +121,11 @@ impl Daemon {
             h.tail.load(Ordering::Relaxed),
             h.free_limit.load(Ordering::Relaxed),
         );
-        if !(fl <= tail && tail <= head && head - fl <= seg.heap_cap) {
+        if !(fl <= tail && tail <= head && head - fl <= seg.cap()) {
             return Err(Error::Corrupted(format!(
                 "{}: heap positions are inconsistent (free {fl}, tail {tail}, head {head}, capacity {})",
                 dp.display(),
-                seg.heap_cap
+                seg.cap()
             )));
         }
         let boot = shm::boot_id();
@@ -136,6 +133,28 @@ impl Daemon {
             [h.boot_id[0].load(Ordering::Relaxed), h.boot_id[1].load(Ordering::Relaxed)];
         let machine_crash = !was_clean && last_boot != boot;
         let mut store = Store::new(seg);
+        store.data_file = Some(data_lock);
+        // A daemon killed while growing the file left it longer: finish growing into it.
+        // A size asked above the segment's grows it; below, the segment keeps its size.
+        let asked = cfg.size / PAGE * PAGE;
+        let want = asked.max(file_len / PAGE * PAGE);
+        if !created && want >= store.seg.size() {
+            let before = (store.seg.size(), store.seg.target_cap());
+            match store.grow(want) {
+                Ok(n) if (n, store.seg.target_cap()) != before => {
+                    log::info(&format!("segment grown at start bytes={n}"))
+                }
+                Ok(_) => {}
+                Err(e) => log::warn(&format!("cannot grow the segment to {want} bytes: {e}")),
+            }
+        }
+        if !created && asked < store.seg.size() {
+            log::warn(&format!(
+                "using the existing segment bytes={} over the configured size={asked} (a \
+                 segment does not shrink: dump, remove and load it to make a smaller one)",
+                store.seg.size()
+            ));
+        }
         if machine_crash {
             sd_notify("STATUS=repairing after a machine crash");
             let (kept, dropped, padded) = store.repair_after_power_loss();
@@ -201,7 +220,6 @@ impl Daemon {
             store,
             ring,
             _lock: lock,
-            _data_lock: data_lock,
             scratch: Vec::new(),
             active: Vec::new(),
             passes: 0,
@@ -439,9 +457,16 @@ impl Daemon {
                     self.store.seg.hdr().policy.store(new.policy, Ordering::Relaxed);
                     self.store.heap.policy = new.policy;
                 }
+                if new.size / PAGE * PAGE > self.store.seg.size() {
+                    match self.store.grow(new.size) {
+                        Ok(n) => log::info(&format!("reload: segment grown bytes={n}")),
+                        Err(e) => log::error(&format!("reload: cannot grow the segment: {e}")),
+                    }
+                }
                 log::set_level(new.log_level);
                 let c = &mut self.cfg;
                 let changed = [
+                    ("size", c.size < new.size),
                     ("eviction_policy", c.policy != new.policy),
                     ("durability", c.durability != new.durability),
                     ("flush_interval_ms", c.flush_interval != new.flush_interval),
@@ -449,6 +474,7 @@ impl Daemon {
                 ];
                 let changed: Vec<&str> = changed.iter().filter(|x| x.1).map(|x| x.0).collect();
                 c.policy = new.policy;
+                c.size = c.size.max(new.size);
                 c.durability = new.durability;
                 c.flush_interval = new.flush_interval;
                 c.log_level = new.log_level;
@@ -629,7 +655,7 @@ fn open_ring(cfg: &Config, seg: &Segment) -> Result<(Ring, Vec<(std::path::PathB
         nboxes: cfg.max_clients,
         box_bytes: cfg.effective_queue_bytes(),
         nresults: 4096,
-        hints_len: seg.heap_cap.div_ceil(HINT_GRANULE),
+        hints_len: seg.max_size().saturating_sub(seg.heap_off).div_ceil(HINT_GRANULE),
         seg_seed: seg.seed,
         max_value: seg.max_value,
     };
@@ -646,6 +672,7 @@ fn open_ring(cfg: &Config, seg: &Segment) -> Result<(Ring, Vec<(std::path::PathB
                     && p.nresults == want.nresults
                 {
                     r.allocate_shared(&rp)?;
+                    r.allocate_hints(seg.cap())?;
                     return Ok((r, retired));
                 }
                 if p.seg_seed == want.seg_seed {
@@ -665,6 +692,7 @@ fn open_ring(cfg: &Config, seg: &Segment) -> Result<(Ring, Vec<(std::path::PathB
     }
     Ring::create(&rp, &want, cfg.ring_mode)?;
     crate::crash::point("new ring installed");
+    Ring::open(&rp)?.allocate_hints(seg.cap())?;
     if let Some((keep, r)) = replaced {
         // Clients see `retired` only now that the new file is in place.
         r.hdr().retired.store(1, Ordering::Release);

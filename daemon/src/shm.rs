@@ -46,11 +46,15 @@ enum Map {
     Rw(MmapMut),
 }
 
-/// A shared file mapping, read-only (clients' data segment) or read-write.
+/// A shared file mapping, read-only (clients' data segment) or read-write. The mapping may
+/// reserve more address space than the file holds (a segment that can grow): only the
+/// first `valid` bytes, which lie inside the file, are ever touched (a page past the end of
+/// a file is a SIGBUS), and `valid` moves up when the file has grown.
 pub struct Region {
     map: Map,
     base: *mut u8,
     len: usize,
+    valid: std::sync::atomic::AtomicU64,
 }
 
 // SAFETY: the mapping is plain memory shared with other processes anyway; all accesses go
@@ -62,29 +66,57 @@ unsafe impl Sync for Region {}
 impl Region {
     /// Map a whole file read-only.
     pub fn map_ro(file: &File) -> io::Result<Region> {
-        // SAFETY: the file is shared with other processes by design; we never form non-atomic
-        // references over its bytes except through the rules in the module doc.
-        let m = unsafe { MmapOptions::new().map(file)? };
-        let base = m.as_ptr() as *mut u8;
-        let len = m.len();
-        Ok(Region { map: Map::Ro(m), base, len })
+        Self::map_ro_reserving(file, 0)
     }
 
     /// Map a whole file read-write (MAP_SHARED).
     pub fn map_rw(file: &File) -> io::Result<Region> {
-        // SAFETY: as in map_ro.
-        let mut m = unsafe { MmapOptions::new().map_mut(file)? };
-        let base = m.as_mut_ptr();
-        let len = m.len();
-        Ok(Region { map: Map::Rw(m), base, len })
+        Self::map_rw_reserving(file, 0)
     }
 
+    /// Map a file read-only, reserving address space for it to grow to `reserve` bytes.
+    pub fn map_ro_reserving(file: &File, reserve: u64) -> io::Result<Region> {
+        let flen = file.metadata()?.len();
+        let len = flen.max(reserve);
+        // SAFETY: the file is shared with other processes by design; we never form non-atomic
+        // references over its bytes except through the rules in the module doc. Pages past
+        // the file's end are never touched (`valid` bounds every access).
+        let m = unsafe { MmapOptions::new().len(len as usize).map(file)? };
+        let base = m.as_ptr() as *mut u8;
+        let len = m.len();
+        Ok(Region { map: Map::Ro(m), base, len, valid: flen.into() })
+    }
+
+    /// Map a file read-write (MAP_SHARED), reserving address space to grow to `reserve`.
+    pub fn map_rw_reserving(file: &File, reserve: u64) -> io::Result<Region> {
+        let flen = file.metadata()?.len();
+        let len = flen.max(reserve);
+        // SAFETY: as in map_ro_reserving.
+        let mut m = unsafe { MmapOptions::new().len(len as usize).map_mut(file)? };
+        let base = m.as_mut_ptr();
+        let len = m.len();
+        Ok(Region { map: Map::Rw(m), base, len, valid: flen.into() })
+    }
+
+    /// Bytes that may be accessed (inside the file).
     pub fn len(&self) -> u64 {
+        self.valid.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Address space reserved for the file.
+    pub fn reserved(&self) -> u64 {
         self.len as u64
     }
 
+    /// The file grew to `n` bytes (its blocks exist): accept accesses up to there (at most
+    /// what was reserved). Returns the new valid length.
+    pub fn grow_valid(&self, n: u64) -> u64 {
+        let n = n.min(self.len as u64);
+        self.valid.fetch_max(n, std::sync::atomic::Ordering::AcqRel).max(n)
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     pub fn writable(&self) -> bool {
@@ -93,7 +125,8 @@ impl Region {
 
     #[inline]
     fn check(&self, off: u64, len: u64, align: u64) -> bool {
-        off.is_multiple_of(align) && off.checked_add(len).is_some_and(|end| end <= self.len as u64)
+        let valid = self.valid.load(std::sync::atomic::Ordering::Relaxed);
+        off.is_multiple_of(align) && off.checked_add(len).is_some_and(|end| end <= valid)
     }
 
     /// A reference to a shared struct at `off`, or None if out of bounds or misaligned.
@@ -113,7 +146,7 @@ impl Region {
     pub fn get<T: Shared>(&self, off: u64) -> &T {
         match self.at(off) {
             Some(t) => t,
-            None => panic!("internal offset {off} outside a {}-byte mapping", self.len),
+            None => panic!("internal offset {off} outside a {}-byte mapping", self.len()),
         }
     }
 
@@ -172,10 +205,10 @@ impl Region {
         unsafe { std::ptr::write_bytes(self.base.add(off as usize), 0, len as usize) };
     }
 
-    /// Flush the whole mapping to the file (msync MS_SYNC).
+    /// Flush the file's part of the mapping to the file (msync MS_SYNC).
     pub fn flush(&self) -> io::Result<()> {
         match &self.map {
-            Map::Rw(m) => m.flush(),
+            Map::Rw(m) => m.flush_range(0, self.len() as usize),
             Map::Ro(_) => Ok(()),
         }
     }
@@ -183,7 +216,7 @@ impl Region {
     /// Start writeback without waiting (msync MS_ASYNC).
     pub fn flush_async(&self) -> io::Result<()> {
         match &self.map {
-            Map::Rw(m) => m.flush_async(),
+            Map::Rw(m) => m.flush_async_range(0, self.len() as usize),
             Map::Ro(_) => Ok(()),
         }
     }

@@ -44,11 +44,12 @@ pub fn gather(seg: &Segment, ring: &Ring) -> Vec<(&'static str, u64)> {
             let pages = (seg.slots * 8).div_ceil(PAGE) as f64;
             let n = h.items.load(Ordering::Relaxed) as f64;
             let index = (pages * (1.0 - (-n / pages).exp())) as u64 * PAGE;
-            SEG_HEADER_BYTES + index + head.saturating_sub(free_limit).min(seg.heap_cap)
+            SEG_HEADER_BYTES + index + head.saturating_sub(free_limit).min(seg.cap())
         }),
-        ("heap_used", head.saturating_sub(free_limit).min(seg.heap_cap)),
-        ("capacity", seg.size),
-        ("heap_capacity", seg.heap_cap),
+        ("heap_used", head.saturating_sub(free_limit).min(seg.cap())),
+        ("capacity", seg.size()),
+        ("max_size", seg.max_size()),
+        ("heap_capacity", seg.cap()),
         ("high_water", crate::heap::high_water(seg)),
         ("index_slots", seg.slots),
         ("max_items", seg.slots * INDEX_MAX_LOAD_16THS / 16),

@@ -51,6 +51,8 @@ enum Op {
     Update(usize, usize),
     Remove(usize),
     Train,
+    /// Grow the segment to this many bytes.
+    Resize(u64),
 }
 
 /// What the store should hold: cache keys with their encoded values, records by the order
@@ -186,6 +188,7 @@ impl Model {
                 (tk, Expect::Value(1))
             }
             Op::Train => (t(c.enqueue(op::TRAIN, 0, b"", &[], 0, 0)), Expect::Status(status::OK)),
+            Op::Resize(n) => (t(c.enqueue(op::RESIZE, 0, b"", &[], n, 0)), Expect::Value(n)),
         }
     }
 
@@ -298,6 +301,19 @@ fn scenarios() -> Vec<Scenario> {
             ops: vec![Op::Insert(1), Op::Update(0, 2), Op::Remove(1)],
         },
         Scenario {
+            // The heap full of live records (noeviction), the file grown, then writes that
+            // only fit once the log has moved into the new space.
+            name: "grow",
+            setup: (0..58).map(|i| Op::Set(leak(format!("g{i}")), 60_000)).collect(),
+            ops: vec![
+                Op::Resize(8 << 20),
+                Op::Set("after1", 60_000),
+                Op::Set("after2", 60_000),
+                Op::Set("after3", 60_000),
+                Op::Set("after4", 60_000),
+            ],
+        },
+        Scenario {
             name: "train-then-insert",
             setup: (0..300).map(Op::Insert).collect(),
             ops: vec![Op::Train, Op::Insert(1000)],
@@ -327,7 +343,11 @@ fn wait(c: &Client, d: &mut Option<Surpd>, dir: &Path, ticket: u64, rs: &mut Res
             Err(e) => panic!("ticket {ticket}: {e}"),
         }
         if d.as_mut().is_none_or(|d| d.exited()) {
-            d.take().map(|d| d.kill());
+            if let Some(log) = d.take().map(|d| d.kill()) {
+                if std::env::var_os("SURPD_CRASH_ONLY").is_some() {
+                    eprintln!("--- daemon log ---\n{log}");
+                }
+            }
             let env: Vec<(&str, String)> = match rs.then.take() {
                 Some(m) => vec![("SURPD_TEST_CRASH_AT", m.to_string())],
                 None => Vec::new(),
@@ -419,6 +439,14 @@ fn every_crash_point_of_every_scenario_loses_nothing() {
     let mut total = 0;
     for sc in scenarios() {
         if only.as_deref().is_some_and(|o| o != sc.name) {
+            continue;
+        }
+        if let Some((at, then)) = std::env::var("SURPD_CRASH_ONLY")
+            .ok()
+            .and_then(|v| v.split_once(',').map(|(a, b)| (a.parse().ok(), b.parse().ok())))
+        {
+            // Reproduce one run: SURPD_CRASH_ONLY=at,then (then 0: none).
+            run(&sc, at.unwrap_or(0), then.filter(|&t: &u64| t > 0));
             continue;
         }
         let (points, crashed) = run(&sc, 0, None);

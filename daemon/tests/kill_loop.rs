@@ -2,7 +2,8 @@
 //! and the heap wraps, under both eviction policies. After every kill, before the restart,
 //! `check` must find the files as the crash left them consistent; at the end every
 //! acknowledged write is there exactly once (noeviction) or, where eviction may have taken
-//! a key, never replaced by a wrong value (allkeys-lru); records are never evicted.
+//! a key, never replaced by a wrong value (allkeys-lru); records are never evicted; the
+//! segment grows in small steps throughout and never loses an acknowledged growth.
 //!
 //! `SURPD_KILLS` sets the number of kills (default 1000, split over the two policies; CI
 //! runs the default: about a minute on 2 cores).
@@ -68,6 +69,9 @@ struct Model {
     zsets: HashMap<Vec<u8>, std::collections::BTreeMap<Vec<u8>, f64>>,
     records: Vec<(u64, Vec<u8>)>,
     ops: u64,
+    /// The largest segment size a RESIZE acknowledged.
+    grown: u64,
+    trains: u32,
 }
 
 /// One writer: sets of small and large values (the heap wraps every few hundred), deletes,
@@ -88,6 +92,28 @@ fn writer(dir: PathBuf, w: u32, evicts: bool, stop: Arc<AtomicBool>) -> Model {
     }
     while !stop.load(Ordering::Relaxed) {
         m.ops += 1;
+        if w == 1 && rng.below(1000) == 0 {
+            // Growth in 64 KiB steps, from 4 MiB towards the default max_size of 16:
+            // kills land in the middle of some (file extended, size published, heap
+            // switching to the new geometry at the end of its lap).
+            let want = (m.grown.max(4 << 20) + 65_536).min(16 << 20);
+            let t = c.enqueue(op::RESIZE, 0, b"", &[], want, 0).unwrap();
+            let r = wait(&c, t, deadline);
+            match r.status {
+                status::OK => assert!(r.value >= want, "resize to {want}: {r:?}"),
+                _ => panic!("resize to {want}: {r:?}"),
+            }
+            m.grown = m.grown.max(r.value);
+            continue;
+        }
+        if w == 0 && m.trains < 3 && rng.below(2000) == 0 {
+            // A few: each new model starts a chunk of its own (see the records notes).
+            m.trains += 1;
+            let t = c.enqueue(op::TRAIN, 0, b"", &[], 0, 0).unwrap();
+            let r = wait(&c, t, deadline);
+            assert!(matches!(r.status, status::OK | status::NOT_DONE), "train: {r:?}");
+            continue;
+        }
         let k = format!("w{w}:{}", rng.below(40)).into_bytes();
         match rng.below(20) {
             0..=6 => {
@@ -190,11 +216,6 @@ fn writer(dir: PathBuf, w: u32, evicts: bool, stop: Arc<AtomicBool>) -> Model {
                     assert_eq!(r.value, new as u64, "zadd {k:?}: applied exactly once");
                 }
             }
-            _ if w == 0 && rng.below(200) == 0 => {
-                let t = c.enqueue(op::TRAIN, 0, b"", &[], 0, 0).unwrap();
-                let r = wait(&c, t, deadline);
-                assert!(matches!(r.status, status::OK | status::NOT_DONE), "train: {r:?}");
-            }
             _ => {}
         }
     }
@@ -292,14 +313,16 @@ fn kill_loop(policy: &'static str, kills: u32) {
     let ops: u64 = models.iter().map(|m| m.ops).sum();
     let c = Client::connect(&dir, Duration::from_secs(5)).unwrap();
     let st: HashMap<_, _> = surpd::stats::gather(&c.seg, c.ring()).into_iter().collect();
+    let grown = models.iter().map(|m| m.grown).max().unwrap();
+    assert!(st["capacity"] >= grown && grown > 4 << 20, "grown to {grown}: {}", st["capacity"]);
     drop(c);
     d.stop();
     let r = surpd::check::check(&dir).unwrap();
     assert_eq!(r.problem_count, 0, "after the clean stop: {:?}", r.problems);
     eprintln!(
         "{policy}: {kills} kills, {ops} acknowledged operations ({} sets), evictions {}, \
-         relocations {}, generation {}",
-        st["sets"], st["evictions"], st["relocations"], st["generation"]
+         relocations {}, generation {}, grown to {} bytes",
+        st["sets"], st["evictions"], st["relocations"], st["generation"], st["capacity"]
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }

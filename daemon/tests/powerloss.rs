@@ -78,7 +78,7 @@ fn hybrid_images_recover_to_consistent_segments() {
     d.store.seg.region.flush().unwrap();
     let after = std::fs::read(data_path(&dir)).unwrap();
     let head = c.seg.hdr().head.load(Ordering::Relaxed);
-    assert!(head > c.seg.heap_cap, "the heap wrapped between the images ({head} bytes written)");
+    assert!(head > c.seg.cap(), "the heap wrapped between the images ({head} bytes written)");
     assert_eq!(before.len(), after.len());
     drop(c);
     drop(d); // no clean stop

@@ -1217,6 +1217,34 @@ impl Client {
         })
     }
 
+    /// Grow the data segment to `size` bytes (an int, or text such as "1GiB") while serving,
+    /// up to the max_size it was created with. The heap takes the new space at the end of
+    /// its current lap of writes. Returns the segment's size. A segment does not shrink.
+    fn resize(&self, py: Python<'_>, size: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let n = if let Ok(n) = size.extract::<u64>() {
+            n
+        } else if let Ok(t) = size.extract::<String>() {
+            surpd::config::parse_size(&t).map_err(to_py_err)?
+        } else {
+            return Err(PyTypeError::new_err("size must be a number of bytes or text like 1GiB"));
+        };
+        let r = self.call(py, op::RESIZE, 0, b"", &[], n, 0)?;
+        match r.status {
+            status::OK => Ok(r.value),
+            status::NOT_DONE => Err(PyValueError::new_err(format!(
+                "the segment is {} bytes and does not shrink (to make a smaller one: dump, \
+                 remove, load)",
+                r.value
+            ))),
+            status::TOO_LARGE => Err(PyValueError::new_err(format!(
+                "{n} bytes is beyond this segment's max_size of {} bytes (fixed when it was \
+                 created: growing further needs a new segment)",
+                r.value
+            ))),
+            s => Err(self.status_err(s, "growing the segment")),
+        }
+    }
+
     /// Remove every key.
     fn clear(&self, py: Python<'_>) -> PyResult<()> {
         let r = self.call(py, op::CLEAR, 0, b"", &[], 0, 0)?;

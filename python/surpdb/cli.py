@@ -1,4 +1,4 @@
-"""The ``surpdb`` command: serve, stats, check, dump, load, train, demo."""
+"""The ``surpdb`` command: serve, stats, check, dump, load, resize, train, demo."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from .errors import Error
 from .server import Server, default_dir
 
 _SETTINGS = [
-    ("size", "size of a new segment, e.g. 256MiB"),
+    ("size", "segment size, e.g. 256MiB (an existing segment grows to it, never shrinks)"),
+    ("max_size", "largest size a new segment may grow to while serving (default 4 x size)"),
     ("max_value", "largest encoded value, e.g. 1MiB"),
     ("policy", "eviction policy: allkeys-lru or noeviction"),
     ("max_clients", "client processes attached at once"),
@@ -198,6 +199,20 @@ print("reader pid", __import__("os").getpid(), "got", c.get("demo:greeting"))
 """
 
 
+def _resize(a: argparse.Namespace) -> int:
+    import surpdb
+
+    c = surpdb.connect(a.dir)
+    before = c.stats()["capacity"]
+    after = c.resize(a.size)
+    st = c.stats()
+    print(
+        f"{a.dir}: {before} -> {after} bytes (max_size {st['max_size']}); the heap takes the "
+        "new space at the end of its current lap of writes"
+    )
+    return 0
+
+
 def _train(a: argparse.Namespace) -> int:
     import surpdb
 
@@ -289,6 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("dir")
     s.add_argument("file")
     s.set_defaults(func=_load)
+
+    s = sub.add_parser("resize", help="grow a running store's segment (up to its max_size)")
+    s.add_argument("dir", nargs="?", default=None)
+    s.add_argument("size", help="new size, e.g. 1GiB (a segment does not shrink)")
+    s.set_defaults(func=_resize)
 
     s = sub.add_parser("train", help="train the record codec (from stored records or a sample)")
     s.add_argument("dir", nargs="?", default=None)

@@ -57,7 +57,7 @@ class Server:
         self,
         path: str | os.PathLike[str] | None = None,
         *,
-        size: str | int = "256MiB",
+        size: str | int | None = "256MiB",
         config: str | os.PathLike[str] | None = None,
         ready_timeout: float = 30.0,
         env: dict[str, str] | None = None,
@@ -69,7 +69,9 @@ class Server:
         ``train_after``); ``env`` replaces the child's
         environment (e.g. to set NOTIFY_SOCKET)."""
         self.path = os.fspath(path) if path is not None else default_dir()
-        args = [sys.executable, "-m", "surpdb", "serve", self.path, "--size", str(size)]
+        args = [sys.executable, "-m", "surpdb", "serve", self.path]
+        if size is not None:  # None: the config file's (or the default) size
+            args += ["--size", str(size)]
         if config is not None:
             args += ["--config", os.fspath(config)]
         for name, value in settings.items():
