@@ -109,7 +109,7 @@ def replay(
 
 def run_surpdb(memory: int, ks: Iterator[int]) -> tuple[float, int]:
     d = tempfile.mkdtemp(prefix="surp-hit-")
-    with surpdb.Server(d, size=f"{memory}MiB", max_value="64KiB") as srv:
+    with surpdb.Server(d, size=f"{memory}MiB") as srv:  # the defaults, as a user has them
         c = surpdb.connect(srv.path)
 
         def gm(names: list[str]) -> set[str]:

@@ -614,9 +614,14 @@ impl Store {
         //    stretch is padded over up to the next whole entry.
         let mut padded = 0u64;
         let mut pos = tail;
+        let mut largest = crate::segment::max_record(0);
         while pos < head {
             match crate::heap::entry_at(seg, pos, head, true) {
-                crate::heap::Entry::Item(size) | crate::heap::Entry::Pad(size) => pos += size,
+                crate::heap::Entry::Item(size) => {
+                    largest = largest.max(size);
+                    pos += size
+                }
+                crate::heap::Entry::Pad(size) => pos += size,
                 crate::heap::Entry::Torn => {
                     let q = crate::heap::next_whole_entry(seg, pos, head);
                     seg.write_pad(seg.phys(pos), q - pos);
@@ -624,6 +629,11 @@ impl Store {
                     pos = q;
                 }
             }
+        }
+        // The reserve's mark may not have reached the disk before the machine went down.
+        if h.max_record.load(Ordering::Relaxed) != 0 {
+            h.max_record
+                .store(largest.max(h.max_record.load(Ordering::Relaxed)), Ordering::Relaxed);
         }
         // 2. The index: collect valid entries, newest version per key.
         let in_window = |off: u64| seg.in_window(off, tail, head);

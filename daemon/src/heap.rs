@@ -39,7 +39,6 @@ pub struct Heap {
     /// (tail position, epoch at which everything before it was unlinked)
     pending: VecDeque<(u64, u64)>,
     /// Space kept free for relocations, so that cleaning can always make progress.
-    pub reserve: u64,
     pub policy: u32,
     /// How long an allocation may wait for readers to leave old space.
     pub reclaim_wait: Duration,
@@ -104,7 +103,6 @@ pub struct CleanStats {
 impl Heap {
     pub fn load(seg: &Segment) -> Heap {
         let h = seg.hdr();
-        let max_rec = crate::segment::max_record(seg.max_value);
         Heap {
             head: h.head.load(Ordering::Relaxed),
             tail: h.tail.load(Ordering::Relaxed),
@@ -112,7 +110,6 @@ impl Heap {
             // everything before the tail is queued for reclamation again below.
             free_limit: h.free_limit.load(Ordering::Relaxed),
             pending: VecDeque::new(),
-            reserve: 2 * max_rec,
             policy: h.policy.load(Ordering::Relaxed),
             reclaim_wait: Duration::from_millis(500),
             retired_rings: Vec::new(),
@@ -235,11 +232,12 @@ impl Heap {
         n: u64,
         st: &mut CleanStats,
     ) -> Result<u64> {
+        note_record(seg, n);
         if self.policy == POLICY_NOEVICTION {
             let live = seg.hdr().live_bytes.load(Ordering::Relaxed);
             // A grown file counts already: the cleaner moves the head to the end of its lap
             // (relocating), where the log takes the new space.
-            let usable = seg.target_cap() - 2 * self.reserve;
+            let usable = seg.target_cap().saturating_sub(2 * reserve(seg));
             if live + n > usable {
                 return Err(Error::SegmentFull(format!(
                     "segment full under noeviction: {live} bytes live + {n} new > {usable} usable \
@@ -251,7 +249,7 @@ impl Heap {
         let start = Instant::now();
         let deadline = start + self.reclaim_wait;
         loop {
-            if let Some(off) = self.try_reserve(seg, ring, n, self.reserve) {
+            if let Some(off) = self.try_reserve(seg, ring, n, reserve(seg)) {
                 return Ok(off);
             }
             if self.reclaim(seg, ring) {
@@ -355,7 +353,10 @@ impl Heap {
             Some((slot, c)) if c.off == off => slot,
             _ => return true, // dead: deleted or replaced
         };
-        let reads = ring.take_hint(off - seg.heap_off);
+        // Read, not taken: a record that cannot move yet keeps its count for the cleaner's
+        // next look (taking it here cost a read record its credit at every failed try, and
+        // with a small reserve those are frequent).
+        let reads = ring.peek_hint(off - seg.heap_off);
         let hot = reads > 0;
         if rec.expired(now) {
             seg.unlink(slot);
@@ -510,11 +511,30 @@ impl Heap {
     }
 }
 
-/// The high-water mark of a segment's heap (see [`Heap::high_water`]): 90% of the heap less
-/// the cleaner's reserve (two of the largest records).
+/// The high-water mark of a segment's heap (see [`Heap::high_water`]): 97% of the heap less
+/// twice the cleaner's reserve.
 pub fn high_water(seg: &Segment) -> u64 {
-    let reserve = 2 * crate::segment::max_record(seg.max_value);
-    seg.target_cap().saturating_sub(2 * reserve) / 100 * 97
+    seg.target_cap().saturating_sub(2 * reserve(seg)) / 100 * 97
+}
+
+/// Space the cleaner keeps free for relocating: two of the largest records the heap has been
+/// asked to hold (one for a pad at the end of a lap, one for the record), at least two of a
+/// maximum-length key's. Sized by the records that exist, not by max_value: a 1 MiB
+/// max_value no longer keeps 4 MiB of a 32 MiB segment from holding data. It only grows, so
+/// every record in the log is covered (see [`Heap::note_record`]).
+pub fn reserve(seg: &Segment) -> u64 {
+    let m = seg.hdr().max_record.load(Ordering::Relaxed);
+    let m = if m == 0 { crate::segment::max_record(seg.max_value) } else { m };
+    2 * m.max(crate::segment::max_record(0))
+}
+
+/// Raise the largest-record mark to `n` (before the record's space is taken, so that the
+/// reserve covers it by the time it can reach the tail).
+pub fn note_record(seg: &Segment, n: u64) {
+    let h = seg.hdr();
+    if n > h.max_record.load(Ordering::Relaxed) && h.max_record.load(Ordering::Relaxed) != 0 {
+        h.max_record.store(n, Ordering::Relaxed);
+    }
 }
 
 /// One entry of the log, as the walkers (the cleaner, `check`, power-loss repair) see it.

@@ -132,7 +132,11 @@ pub struct SegHeader {
     /// Kernel boot id (two halves of /proc/sys/kernel/random/boot_id) of the last attach:
     /// an unclean stop with another boot id was a machine crash, not a process crash.
     pub boot_id: [AtomicU64; 2],
-    _pad2: [u64; 3],
+    /// Largest record (bytes, header included) the heap has been asked to hold, which sizes
+    /// the cleaner's reserve; only grows. 0 (segments made before it existed): unknown, the
+    /// largest record max_value allows is assumed.
+    pub max_record: AtomicU64,
+    _pad2: [u64; 2],
 
     // ---- counters (offset 256), written by the daemon only ----
     pub c_sets: AtomicU64,

@@ -323,15 +323,15 @@ impl Ring {
         }
     }
 
-    /// Read and clear the read count of a heap offset (daemon).
+    /// The read count of a heap offset, left as it is.
     #[inline]
-    pub fn take_hint(&self, heap_rel: u64) -> u8 {
+    pub fn peek_hint(&self, heap_rel: u64) -> u8 {
         let i = heap_rel / HINT_GRANULE;
         if i >= self.hints_len {
             return 0;
         }
         let h: &std::sync::atomic::AtomicU8 = self.region.get(self.hints_off + i);
-        h.swap(0, Ordering::Relaxed).min(HINT_MAX)
+        h.load(Ordering::Relaxed).min(HINT_MAX)
     }
 
     /// Set the read count of a heap offset (daemon: a relocated record keeps part of it).

@@ -121,6 +121,7 @@ impl Segment {
         h.max_value.store(max_value, Ordering::Relaxed);
         h.max_size.store(geo.max_size.max(geo.size), Ordering::Relaxed);
         h.created_ms.store(shm::now_ms(), Ordering::Relaxed);
+        h.max_record.store(max_record(0), Ordering::Relaxed);
         h.clean.store(1, Ordering::Relaxed);
         h.policy.store(policy, Ordering::Relaxed);
         h.epoch.store(1, Ordering::Relaxed);

@@ -51,6 +51,7 @@ pub fn gather(seg: &Segment, ring: &Ring) -> Vec<(&'static str, u64)> {
         ("max_size", seg.max_size()),
         ("heap_capacity", seg.cap()),
         ("high_water", crate::heap::high_water(seg)),
+        ("cleaner_reserve", crate::heap::reserve(seg)),
         ("index_slots", seg.slots),
         ("max_items", seg.slots * INDEX_MAX_LOAD_16THS / 16),
         ("max_value", seg.max_value),
