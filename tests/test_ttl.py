@@ -21,10 +21,8 @@ def test_items_expire(client: surpdb.Client) -> None:
     client.set("long", "v", ttl=3600)
     client.set("never", "v")
     assert client.get("short") == "v"
-    start = time.monotonic()
     # The TTL itself is what is tested here: time has to pass.
     time.sleep(0.35)
-    assert time.monotonic() - start >= 0.3
     assert client.get("short") is None
     assert not client.has_key("short")
     assert client.get_many(["short", "long", "never"]) == {"long": "v", "never": "v"}

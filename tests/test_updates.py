@@ -124,12 +124,12 @@ def test_concurrent_gets_cas_increments_are_exact(server: surpdb.Server) -> None
     procs = [ctx.Process(target=cas_incrementer, args=(server.path, 300, q)) for _ in range(4)]
     for p in procs:
         p.start()
-    retries = sum(q.get(timeout=120) for _ in procs)
+    for _ in procs:
+        q.get(timeout=120)  # each process's retries (how contended it was; any count is fine)
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
     assert surpdb.connect(server.path).get("total") == 1200
-    assert retries >= 0
 
 
 # ------------------------------------------------------------------ sorted sets
