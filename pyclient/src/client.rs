@@ -1,0 +1,1145 @@
+//! The Python Client: each method converts its arguments, calls the core, shapes the reply.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pyo3::exceptions::{PyKeyError, PyOverflowError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyBytes, PyDict, PyList, PyTuple};
+
+use surpd::client::{Client as Core, Lookup, Pipeline};
+use surpd::layout::{flag, op, status};
+use surpd::ring::Reply;
+use surpd::value as v;
+
+use crate::convert::*;
+use crate::errors;
+use crate::errors::*;
+use crate::record::*;
+use crate::tools::*;
+use crate::view::*;
+
+// ---------------------------------------------------------------- the client
+
+/// A connection to one surpdb data directory. Reads come straight from the shared mapping;
+/// writes go through this process's request queue to the daemon.
+#[pyclass(module = "surpdb._native", frozen)]
+pub(crate) struct Client {
+    pub(crate) core: Arc<Core>,
+    /// Op of each ticket handed out with wait=False, to shape its result in wait().
+    pub(crate) async_ops: Mutex<HashMap<u64, (u8, Vec<u8>)>>,
+}
+
+impl Client {
+    #[allow(clippy::too_many_arguments)]
+    fn call(
+        &self,
+        py: Python<'_>,
+        op: u8,
+        flags: u8,
+        key: &[u8],
+        payload: &[u8],
+        arg: u64,
+        arg2: u64,
+    ) -> PyResult<Reply> {
+        let t = self.core.enqueue(op, flags, key, payload, arg, arg2).map_err(to_py_err)?;
+        let core = &self.core;
+        py.allow_threads(|| core.wait(t)).map_err(to_py_err)
+    }
+
+    fn enqueue(
+        &self,
+        op: u8,
+        flags: u8,
+        key: &[u8],
+        payload: &[u8],
+        arg: u64,
+        arg2: u64,
+    ) -> PyResult<u64> {
+        let t = self.core.enqueue(op, flags, key, payload, arg, arg2).map_err(to_py_err)?;
+        let mut m = self.async_ops.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() >= 100_000 {
+            // Bounded: drop the oldest half (their results can still be waited, untyped).
+            let mut ts: Vec<u64> = m.keys().copied().collect();
+            ts.sort_unstable();
+            for t in &ts[..ts.len() / 2] {
+                m.remove(t);
+            }
+        }
+        m.insert(t, (op, key.to_vec()));
+        Ok(t)
+    }
+
+    fn encode_value(&self, value: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+        let mut buf = Vec::with_capacity(64);
+        self.encode_into(value, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Encode `value` into `buf`; ValueTooLarge over the segment's max_value.
+    fn encode_into(&self, value: &Bound<'_, PyAny>, buf: &mut Vec<u8>) -> PyResult<()> {
+        encode(value, buf, 0)?;
+        let max = self.core.max_value();
+        if buf.len() as u64 > max {
+            return Err(errors::ValueTooLarge::new_err(format!(
+                "value is {} bytes encoded; this segment's max_value is {max} bytes",
+                buf.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Turn a reply into the Python result of `op`, or raise.
+    fn shape(&self, py: Python<'_>, op: u8, key: &[u8], r: Reply) -> PyResult<PyObject> {
+        match (r.status, op) {
+            (status::OK, op::INCR) => {
+                let n = ((r.aux as i128) << 64) | r.value as i128;
+                Ok(n.into_pyobject(py)?.into_any().unbind())
+            }
+            (status::NOT_DONE, op::INCR) => {
+                Err(PyKeyError::new_err(PyBytes::new(py, key).unbind()))
+            }
+            (status::NOT_DONE, _) => Ok(PyBool::new(py, false).to_owned().into_any().unbind()),
+            (status::SEGMENT_FULL, _) => Err(errors::SegmentFull::new_err(format!(
+                "no space for key {}: the segment is full under noeviction, or space is pinned by \
+                 readers (see surpdb stats: items, bytes, heap_capacity)",
+                key_repr(key)
+            ))),
+            (status::TOO_LARGE, _) => Err(errors::ValueTooLarge::new_err(format!(
+                "value for key {} exceeds this segment's max_value of {} bytes",
+                key_repr(key),
+                self.core.max_value()
+            ))),
+            (status::NOT_INTEGER, _) => {
+                let ty = self.stored_type(key);
+                Err(PyTypeError::new_err(format!(
+                    "cannot increment key {}: it holds {ty}, not an int",
+                    key_repr(key)
+                )))
+            }
+            (status::WRONG_TYPE, op) => {
+                let ty = self.stored_type(key);
+                let what = match op {
+                    op::APPEND => "append to",
+                    op::MERGE => "merge into",
+                    _ => "update the sorted set at",
+                };
+                Err(PyTypeError::new_err(format!(
+                    "cannot {what} key {}: it holds {ty}; nothing was changed",
+                    key_repr(key)
+                )))
+            }
+            (status::OK, op::APPEND | op::ZADD | op::ZREM) => {
+                Ok(r.value.into_pyobject(py)?.into_any().unbind())
+            }
+            (status::OK, op::MERGE) => Ok(py.None()),
+            (status::OK, _) => Ok(PyBool::new(py, true).to_owned().into_any().unbind()),
+            (status::OVERFLOW, _) => Err(PyOverflowError::new_err(format!(
+                "increment of key {} leaves the 128-bit integer range",
+                key_repr(key)
+            ))),
+            (s, _) => Err(self.status_err(s, &format!("the request for key {}", key_repr(key)))),
+        }
+    }
+
+    /// The exception for a status that means the same for every request (`what` names the
+    /// request): one table, used by cache and record replies alike.
+    fn status_err(&self, s: u32, what: &str) -> PyErr {
+        match s {
+            status::NOT_DURABLE => errors::Error::new_err(format!(
+                "{what} was applied but the daemon could not flush it to disk (durability = \
+                 sync); see the daemon's log"
+            )),
+            status::NO_DISK_SPACE => {
+                let dir = self.core.dir.display().to_string();
+                let space = surpd::shm::fs_space(&self.core.dir)
+                    .map(|(free, total)| format!(": {free} of {total} bytes free"))
+                    .unwrap_or_default();
+                pyo3::exceptions::PyOSError::new_err((
+                    28, // ENOSPC
+                    format!(
+                        "{what} was refused: the filesystem holding {dir} is full{space}; \
+                         nothing was changed"
+                    ),
+                ))
+            }
+            status::INVALID_RESULT => PyValueError::new_err(format!(
+                "{what} was refused: the value it would build is not storable (nested deeper \
+                 than {} levels); nothing was changed",
+                v::MAX_DEPTH
+            )),
+            status::TOO_LARGE => errors::ValueTooLarge::new_err(format!(
+                "{what} exceeds this store's max_value of {} bytes",
+                self.core.max_value()
+            )),
+            status::BAD_REQUEST => errors::Error::new_err(format!(
+                "the daemon refused {what} as malformed (status {s})"
+            )),
+            s => errors::Error::new_err(format!("the daemon refused {what} (status {s})")),
+        }
+    }
+
+    fn stored_type(&self, key: &[u8]) -> String {
+        let ty = self.core.read(key, |rec| match rec {
+            Some(rec) => v::describe(rec.value),
+            None => "missing value".to_string(),
+        });
+        ty.unwrap_or_else(|_| "unknown".into())
+    }
+
+    /// Run `f` over the entries of the sorted set at `key` (empty if absent), read from
+    /// the mapping under a pin. TypeError if the key holds another type.
+    fn with_zset<R>(
+        &self,
+        key: &Bound<'_, PyAny>,
+        mut f: impl FnMut(&[v::ZEntry<'_>]) -> PyResult<R>,
+    ) -> PyResult<R> {
+        with_key(key, |k| {
+            let r = self.core.read(k, |rec| {
+                let Some(rec) = rec else { return f(&[]) };
+                if rec.value.first() != Some(&v::ZSET) {
+                    return Err(PyTypeError::new_err(format!(
+                        "key {} holds a {}, not a sorted set",
+                        key_repr(k),
+                        v::type_name(rec.value)
+                    )));
+                }
+                let entries = v::zset_entries(rec.value).map_err(|e| corrupt(&e.to_string()))?;
+                f(&entries)
+            });
+            r.map_err(to_py_err)?
+        })
+    }
+
+    fn zitems<'py>(
+        py: Python<'py>,
+        entries: &[&v::ZEntry<'_>],
+        withscores: bool,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        for z in entries {
+            if withscores {
+                out.append((member_obj(py, z), z.score))?;
+            } else {
+                out.append(member_obj(py, z))?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn get_one<'py>(&self, py: Python<'py>, key: &[u8]) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let pin = self.core.pin().map_err(to_py_err)?;
+        match self.core.get(&pin, key) {
+            Lookup::Hit(rec) => {
+                let r = decode_value(py, rec.value);
+                if pin.confirm(&rec) {
+                    return r.map(Some);
+                }
+            }
+            Lookup::Miss => return Ok(None),
+        }
+        // A boxless read that met the writer: read again (what was decoded is discarded).
+        drop(pin);
+        let r = self.core.read(key, |rec| rec.map(|rec| decode_value(py, rec.value)));
+        r.map_err(to_py_err)?.transpose()
+    }
+}
+
+#[pymethods]
+impl Client {
+    /// Attach to the store in `path` (the daemon's data directory). `timeout` bounds every
+    /// wait for the daemon, in seconds.
+    #[new]
+    #[pyo3(signature = (path, timeout = 5.0))]
+    fn new(py: Python<'_>, path: PathBuf, timeout: f64) -> PyResult<Self> {
+        if !(timeout.is_finite() && timeout > 0.0 && timeout <= MAX_TIMEOUT_S) {
+            return Err(PyValueError::new_err(format!(
+                "timeout must be positive seconds, at most {MAX_TIMEOUT_S:.0} (a year), got \
+                 {timeout}"
+            )));
+        }
+        let core = py
+            .allow_threads(|| Core::connect(&path, Duration::from_secs_f64(timeout)))
+            .map_err(to_py_err)?;
+        Ok(Client { core: Arc::new(core), async_ops: Mutex::new(HashMap::new()) })
+    }
+
+    /// This process's box in the request ring (None without one): for tests and tools.
+    #[getter]
+    fn _boxno(&self) -> Option<u32> {
+        self.core.has_box().then(|| self.core.boxno())
+    }
+
+    /// The data directory.
+    #[getter]
+    fn path(&self) -> PathBuf {
+        self.core.dir.clone()
+    }
+
+    /// Largest encoded value this store accepts, in bytes.
+    #[getter]
+    fn max_value(&self) -> u64 {
+        self.core.max_value()
+    }
+
+    /// The value stored under `key`, or `default`. Decoded from shared memory, no IPC.
+    #[pyo3(signature = (key, default = None))]
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        default: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let got = with_key(key, |k| self.get_one(py, k))?;
+        Ok(got.or(default).unwrap_or_else(|| py.None().into_bound(py)))
+    }
+
+    /// A dict of the keys that are present, with their values.
+    fn get_many<'py>(
+        &self,
+        py: Python<'py>,
+        keys: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let out = PyDict::new(py);
+        let now = surpd::shm::now_ms();
+        let pin = self.core.pin().map_err(to_py_err)?;
+        for key in keys.try_iter()? {
+            let key = key?;
+            with_key(&key, |k| {
+                if let Lookup::Hit(rec) = self.core.lookup(&pin, k, now) {
+                    let value = decode_value(py, rec.value);
+                    let value =
+                        if pin.confirm(&rec) { value.map(Some) } else { self.get_one(py, k) };
+                    if let Some(value) = value? {
+                        out.set_item(&key, value)?;
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        Ok(out)
+    }
+
+    /// Whether `key` holds an unexpired value.
+    fn has_key(&self, key: &Bound<'_, PyAny>) -> PyResult<bool> {
+        with_key(key, |k| {
+            let pin = self.core.pin().map_err(to_py_err)?;
+            Ok(matches!(self.core.get(&pin, k), Lookup::Hit(_)))
+        })
+    }
+
+    fn __contains__(&self, key: &Bound<'_, PyAny>) -> PyResult<bool> {
+        self.has_key(key)
+    }
+
+    /// A read-only, zero-copy memoryview of a bytes value (None if absent). The record stays
+    /// in place until the view is released (`with c.view(k) as m:` or `m.release()`); a
+    /// view held for long keeps the daemon from reusing space retired after it was made.
+    fn view<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let exporter = with_key(key, |k| {
+            for _ in 0..1000 {
+                let pin = self.core.pin().map_err(to_py_err)?;
+                let Lookup::Hit(rec) = self.core.get(&pin, k) else { return Ok(None) };
+                if rec.value.first() != Some(&v::BYTES) {
+                    if !pin.confirm(&rec) {
+                        continue;
+                    }
+                    return Err(PyTypeError::new_err(format!(
+                        "view() needs a bytes value; key {} holds a {}",
+                        key_repr(k),
+                        v::type_name(rec.value)
+                    )));
+                }
+                let mut r = v::Reader::new(rec.value);
+                r.pos = 1;
+                let data = match r.lbytes() {
+                    Ok(d) => d,
+                    Err(_) if !pin.confirm(&rec) => continue,
+                    Err(e) => return Err(corrupt(&e.to_string())),
+                };
+                let Some(epoch) = self.core.pin_view(&pin) else {
+                    // No client box (every one is taken): nothing can hold the record in
+                    // place, so the view is of a copy, confirmed intact.
+                    let copy = PyBytes::new(py, data);
+                    if !pin.confirm(&rec) {
+                        continue;
+                    }
+                    return Ok(Some(Exported::Copy(copy.into_any().unbind())));
+                };
+                // `data` borrows the mapping itself (bounds-checked by Segment::record); the
+                // view's pin is registered before the read pin drops.
+                return Ok(Some(Exported::View(View {
+                    core: self.core.clone(),
+                    epoch,
+                    ptr: data.as_ptr() as usize,
+                    len: data.len(),
+                })));
+            }
+            Ok(None)
+        })?;
+        let obj = match exporter {
+            None => return Ok(None),
+            Some(Exported::Copy(b)) => b.into_bound(py),
+            Some(Exported::View(x)) => Bound::new(py, x)?.into_any(),
+        };
+        let mv = unsafe {
+            // SAFETY: PyMemoryView_FromObject on an object implementing the buffer protocol
+            // (a View or bytes); returns a new reference or NULL with an exception set.
+            Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyMemoryView_FromObject(obj.as_ptr()))?
+        };
+        Ok(Some(mv))
+    }
+
+    /// Store `value` under `key`. `ttl` in seconds (None = no expiry). With wait=False,
+    /// returns a ticket at once (pass it to wait()); otherwise waits for the daemon's ack.
+    #[pyo3(signature = (key, value, ttl = None, wait = true))]
+    fn set(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+        ttl: Option<f64>,
+        wait: bool,
+    ) -> PyResult<PyObject> {
+        let buf = self.encode_value(value)?;
+        let ttl = ttl_ms(ttl)?;
+        with_key(key, |k| {
+            if wait {
+                let r = self.call(py, op::SET, 0, k, &buf, ttl, buf.len() as u64)?;
+                self.shape(py, op::SET, k, r)
+            } else {
+                Ok(self
+                    .enqueue(op::SET, 0, k, &buf, ttl, buf.len() as u64)?
+                    .into_pyobject(py)?
+                    .into_any()
+                    .unbind())
+            }
+        })
+    }
+
+    /// Store only if `key` is absent (or expired). True if stored.
+    #[pyo3(signature = (key, value, ttl = None, wait = true))]
+    fn add(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+        ttl: Option<f64>,
+        wait: bool,
+    ) -> PyResult<PyObject> {
+        let buf = self.encode_value(value)?;
+        let ttl = ttl_ms(ttl)?;
+        with_key(key, |k| {
+            if wait {
+                let r = self.call(py, op::ADD, 0, k, &buf, ttl, buf.len() as u64)?;
+                self.shape(py, op::ADD, k, r)
+            } else {
+                Ok(self
+                    .enqueue(op::ADD, 0, k, &buf, ttl, buf.len() as u64)?
+                    .into_pyobject(py)?
+                    .into_any()
+                    .unbind())
+            }
+        })
+    }
+
+    /// Delete `key`. True if it was present.
+    #[pyo3(signature = (key, wait = true))]
+    fn delete(&self, py: Python<'_>, key: &Bound<'_, PyAny>, wait: bool) -> PyResult<PyObject> {
+        with_key(key, |k| {
+            if wait {
+                let r = self.call(py, op::DELETE, 0, k, &[], 0, 0)?;
+                self.shape(py, op::DELETE, k, r)
+            } else {
+                Ok(self
+                    .enqueue(op::DELETE, 0, k, &[], 0, 0)?
+                    .into_pyobject(py)?
+                    .into_any()
+                    .unbind())
+            }
+        })
+    }
+
+    /// Store every item of `mapping` (pipelined: all requests are queued, then awaited).
+    /// Returns the keys that could not be stored (empty when all were).
+    #[pyo3(signature = (mapping, ttl = None))]
+    fn set_many<'py>(
+        &self,
+        py: Python<'py>,
+        mapping: &Bound<'py, PyAny>,
+        ttl: Option<f64>,
+    ) -> PyResult<Vec<PyObject>> {
+        let ttl = ttl_ms(ttl)?;
+        let items = mapping.call_method0("items")?;
+        let mut keys = Vec::new();
+        let mut pipe = Pipeline::new(&self.core);
+        let mut buf = Vec::with_capacity(64);
+        for item in items.try_iter()? {
+            let item = item?;
+            let (key, value): (Bound<'py, PyAny>, Bound<'py, PyAny>) = item.extract()?;
+            buf.clear();
+            self.encode_into(&value, &mut buf)?;
+            with_key(&key, |k| {
+                if pipe.full() {
+                    py.allow_threads(|| pipe.make_room());
+                }
+                pipe.push(op::SET, 0, k, &buf, ttl, buf.len() as u64);
+                Ok(())
+            })?;
+            keys.push(key);
+        }
+        let replies = py.allow_threads(|| pipe.finish());
+        let mut failed = Vec::new();
+        for (key, r) in keys.into_iter().zip(replies) {
+            if r.map_err(to_py_err)?.status != status::OK {
+                failed.push(key.unbind());
+            }
+        }
+        Ok(failed)
+    }
+
+    /// Delete every key in `keys` (pipelined). Returns how many were present.
+    fn delete_many(&self, py: Python<'_>, keys: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let mut pipe = Pipeline::new(&self.core);
+        for key in keys.try_iter()? {
+            let key = key?;
+            with_key(&key, |k| {
+                if pipe.full() {
+                    py.allow_threads(|| pipe.make_room());
+                }
+                pipe.push(op::DELETE, 0, k, &[], 0, 0);
+                Ok(())
+            })?;
+        }
+        let mut n = 0;
+        for r in py.allow_threads(|| pipe.finish()) {
+            if r.map_err(to_py_err)?.status == status::OK {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Atomically add `delta` to an integer value and return the result. A missing key
+    /// starts from `default` (like Redis INCR from 0); with default=None it raises KeyError.
+    /// A value that is not an int raises TypeError; the TTL of the key is kept.
+    #[pyo3(signature = (key, delta = 1, default = Some(0)))]
+    fn incr(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        delta: i64,
+        default: Option<i64>,
+    ) -> PyResult<PyObject> {
+        let flags = if default.is_some() { flag::INCR_CREATE } else { 0 };
+        with_key(key, |k| {
+            let r =
+                self.call(py, op::INCR, flags, k, &[], delta as u64, default.unwrap_or(0) as u64)?;
+            self.shape(py, op::INCR, k, r)
+        })
+    }
+
+    /// Atomically subtract `delta` (see incr).
+    #[pyo3(signature = (key, delta = 1, default = Some(0)))]
+    fn decr(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        delta: i64,
+        default: Option<i64>,
+    ) -> PyResult<PyObject> {
+        let neg =
+            delta.checked_neg().ok_or_else(|| PyOverflowError::new_err("delta out of range"))?;
+        self.incr(py, key, neg, default)
+    }
+
+    /// Set a new TTL (None = never expire) on an existing key. True if the key exists.
+    #[pyo3(signature = (key, ttl = None))]
+    fn touch(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        ttl: Option<f64>,
+    ) -> PyResult<PyObject> {
+        let ttl = ttl_ms(ttl)?;
+        with_key(key, |k| {
+            let r = self.call(py, op::TOUCH, 0, k, &[], ttl, 0)?;
+            self.shape(py, op::TOUCH, k, r)
+        })
+    }
+
+    /// Atomically append `item` to the list stored at `key` (created if absent). With
+    /// `max_len`, keep only the newest `max_len` items. Returns the new length. TypeError if
+    /// the key holds something other than a list (nothing changes).
+    #[pyo3(signature = (key, item, max_len = None))]
+    fn append(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        item: &Bound<'_, PyAny>,
+        max_len: Option<u64>,
+    ) -> PyResult<PyObject> {
+        if max_len == Some(0) {
+            return Err(PyValueError::new_err("max_len must be at least 1"));
+        }
+        let buf = self.encode_value(item)?;
+        with_key(key, |k| {
+            let r =
+                self.call(py, op::APPEND, 0, k, &buf, max_len.unwrap_or(0), buf.len() as u64)?;
+            self.shape(py, op::APPEND, k, r)
+        })
+    }
+
+    /// Atomically update the dict stored at `key` with `mapping` (like dict.update; created
+    /// if absent). With deep=True, nested dicts are merged instead of replaced.
+    #[pyo3(signature = (key, mapping, deep = false))]
+    fn merge(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        mapping: &Bound<'_, PyDict>,
+        deep: bool,
+    ) -> PyResult<PyObject> {
+        let buf = self.encode_value(mapping.as_any())?;
+        if buf.first() != Some(&v::DICT) {
+            return Err(PyTypeError::new_err("merge() needs a plain dict"));
+        }
+        let flags = if deep { flag::DEEP } else { 0 };
+        with_key(key, |k| {
+            let r = self.call(py, op::MERGE, flags, k, &buf, 0, buf.len() as u64)?;
+            self.shape(py, op::MERGE, k, r)
+        })
+    }
+
+    /// (value, version) of `key`; version changes on every write of the key and is 0 when
+    /// the key is absent (then value is `default`). Pass the version to cas().
+    #[pyo3(signature = (key, default = None))]
+    fn gets<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        default: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<(Bound<'py, PyAny>, u64)> {
+        with_key(key, |k| {
+            let r = self.core.read(k, |rec| match rec {
+                Some(rec) => Ok((decode_value(py, rec.value)?, rec.version)),
+                None => Ok((default.clone().unwrap_or_else(|| py.None().into_bound(py)), 0)),
+            });
+            r.map_err(to_py_err)?
+        })
+    }
+
+    /// Store `value` only if the key's version is still `version` (from gets(); 0: only if
+    /// absent). True if stored.
+    #[pyo3(signature = (key, value, version, ttl = None))]
+    fn cas(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+        version: u64,
+        ttl: Option<f64>,
+    ) -> PyResult<PyObject> {
+        let ttl = ttl_ms(ttl)?;
+        let mut buf = version.to_le_bytes().to_vec();
+        buf.extend_from_slice(&self.encode_value(value)?);
+        with_key(key, |k| {
+            let r = self.call(py, op::CAS, 0, k, &buf, ttl, buf.len() as u64)?;
+            self.shape(py, op::CAS, k, r)
+        })
+    }
+
+    /// Add members with scores ({member: score}) to the sorted set at `key`, updating the
+    /// score of members already there. With `max_len`, keep only the `max_len` highest
+    /// scores. Returns how many members were new.
+    #[pyo3(signature = (key, mapping, max_len = None))]
+    fn zadd(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        mapping: &Bound<'_, PyDict>,
+        max_len: Option<u64>,
+    ) -> PyResult<PyObject> {
+        if max_len == Some(0) {
+            return Err(PyValueError::new_err("max_len must be at least 1"));
+        }
+        let mut owned: Vec<(Vec<u8>, bool, f64)> = Vec::with_capacity(mapping.len());
+        for (m, score) in mapping.iter() {
+            let (b, is_str) = member_bytes(&m)?;
+            let score: f64 = score.extract()?;
+            if score.is_nan() {
+                return Err(PyValueError::new_err("a sorted set score cannot be NaN"));
+            }
+            owned.push((b.to_vec(), is_str, score));
+        }
+        let entries: Vec<v::ZEntry<'_>> = owned
+            .iter()
+            .map(|(m, s, sc)| v::ZEntry { score: *sc, member: m, is_str: *s })
+            .collect();
+        let mut buf = Vec::new();
+        v::encode_zset(&mut buf, &entries);
+        if buf.len() as u64 > self.core.max_value() {
+            return Err(errors::ValueTooLarge::new_err(format!(
+                "zadd request is {} bytes encoded; this segment's max_value is {} bytes",
+                buf.len(),
+                self.core.max_value()
+            )));
+        }
+        with_key(key, |k| {
+            let r = self.call(py, op::ZADD, 0, k, &buf, max_len.unwrap_or(0), buf.len() as u64)?;
+            self.shape(py, op::ZADD, k, r)
+        })
+    }
+
+    /// Remove members from the sorted set at `key`. Returns how many were there.
+    fn zrem(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        members: &Bound<'_, PyAny>,
+    ) -> PyResult<PyObject> {
+        let mut list = Vec::new();
+        for m in members.try_iter()? {
+            let m = m?;
+            member_bytes(&m)?;
+            list.push(m);
+        }
+        let buf = self.encode_value(PyList::new(py, list)?.as_any())?;
+        with_key(key, |k| {
+            let r = self.call(py, op::ZREM, 0, k, &buf, 0, buf.len() as u64)?;
+            self.shape(py, op::ZREM, k, r)
+        })
+    }
+
+    /// The members of `members` that are not in the sorted set (in the order given).
+    fn zmissing<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        members: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let wanted: Vec<Bound<'py, PyAny>> = members.try_iter()?.collect::<PyResult<_>>()?;
+        self.with_zset(key, |entries| {
+            let present: std::collections::HashSet<&[u8]> =
+                entries.iter().map(|e| e.member).collect();
+            let out = PyList::empty(py);
+            for m in &wanted {
+                let (b, _) = member_bytes(m)?;
+                if !present.contains(b) {
+                    out.append(m)?;
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Members by rank, `start` and `stop` inclusive, negative from the end (as Redis
+    /// ZRANGE). desc=True ranks from the highest score. withscores: (member, score) pairs.
+    #[pyo3(signature = (key, start, stop, desc = false, withscores = false))]
+    fn zrange<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        start: i64,
+        stop: i64,
+        desc: bool,
+        withscores: bool,
+    ) -> PyResult<Bound<'py, PyList>> {
+        self.with_zset(key, |entries| {
+            let n = entries.len() as i64;
+            let norm = |i: i64| if i < 0 { i + n } else { i };
+            let (a, b) = (norm(start).max(0), norm(stop).min(n - 1));
+            let mut picked: Vec<&v::ZEntry<'_>> = Vec::new();
+            if a <= b && a < n {
+                for i in a..=b {
+                    let idx = if desc { n - 1 - i } else { i };
+                    picked.push(&entries[idx as usize]);
+                }
+            }
+            Self::zitems(py, &picked, withscores)
+        })
+    }
+
+    /// Members with lo <= score <= hi, lowest first (desc=True: highest first).
+    #[pyo3(signature = (key, lo, hi, desc = false, withscores = false))]
+    fn zrangebyscore<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        lo: f64,
+        hi: f64,
+        desc: bool,
+        withscores: bool,
+    ) -> PyResult<Bound<'py, PyList>> {
+        self.with_zset(key, |entries| {
+            let mut picked: Vec<&v::ZEntry<'_>> =
+                entries.iter().filter(|e| lo <= e.score && e.score <= hi).collect();
+            if desc {
+                picked.reverse();
+            }
+            Self::zitems(py, &picked, withscores)
+        })
+    }
+
+    /// Score of `member`, or None.
+    fn zscore(&self, key: &Bound<'_, PyAny>, member: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
+        let (m, _) = member_bytes(member)?;
+        self.with_zset(key, |entries| Ok(entries.iter().find(|e| e.member == m).map(|e| e.score)))
+    }
+
+    /// Rank of `member` (0 = lowest score; desc=True: 0 = highest), or None.
+    #[pyo3(signature = (key, member, desc = false))]
+    fn zrank(
+        &self,
+        key: &Bound<'_, PyAny>,
+        member: &Bound<'_, PyAny>,
+        desc: bool,
+    ) -> PyResult<Option<usize>> {
+        let (m, _) = member_bytes(member)?;
+        self.with_zset(key, |entries| {
+            Ok(entries.iter().position(|e| e.member == m).map(|i| {
+                if desc {
+                    entries.len() - 1 - i
+                } else {
+                    i
+                }
+            }))
+        })
+    }
+
+    /// Number of members (0 if the key is absent).
+    fn zcard(&self, key: &Bound<'_, PyAny>) -> PyResult<usize> {
+        self.with_zset(key, |entries| Ok(entries.len()))
+    }
+
+    /// Raw iteration for dump: from index slot `cursor`, up to `count` unexpired items as
+    /// (key bytes, encoded value bytes, expiry in unix ms or 0). Returns (next cursor or 0
+    /// at the end, items). Keys changed during a scan may be seen twice or missed.
+    #[pyo3(signature = (cursor, count = 1000))]
+    fn _scan<'py>(
+        &self,
+        py: Python<'py>,
+        cursor: u64,
+        count: usize,
+    ) -> PyResult<(u64, Bound<'py, PyList>)> {
+        let out = PyList::empty(py);
+        let seg = &self.core.seg;
+        let now = surpdb_now();
+        let _pin = self.core.pin().map_err(to_py_err)?;
+        let mut i = cursor;
+        while i < seg.slots && out.len() < count {
+            let v = seg.slot(i).load(std::sync::atomic::Ordering::Acquire);
+            i += 1;
+            if v == 0 {
+                continue;
+            }
+            if let Some(rec) = seg.record(surpd::layout::slot_off(v)) {
+                if !rec.expired(now) {
+                    out.append((
+                        PyBytes::new(py, rec.key),
+                        PyBytes::new(py, rec.value),
+                        rec.expires_ms,
+                    ))?;
+                }
+            }
+        }
+        Ok((if i >= seg.slots { 0 } else { i }, out))
+    }
+
+    /// Store an already encoded value (for load); the daemon validates it.
+    #[pyo3(signature = (key, encoded, ttl = None))]
+    fn _set_raw(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        encoded: &[u8],
+        ttl: Option<f64>,
+    ) -> PyResult<PyObject> {
+        let ttl = ttl_ms(ttl)?;
+        if v::validate(encoded).is_err() {
+            return Err(PyValueError::new_err("not a valid surpdb value encoding"));
+        }
+        with_key(key, |k| {
+            let r = self.call(py, op::SET, 0, k, encoded, ttl, encoded.len() as u64)?;
+            self.shape(py, op::SET, k, r)
+        })
+    }
+
+    /// Grow the data segment to `size` bytes (an int, or text such as "1GiB") while serving,
+    /// up to the max_size it was created with. The heap takes the new space at the end of
+    /// its current lap of writes. Returns the segment's size. A segment does not shrink.
+    fn resize(&self, py: Python<'_>, size: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let n = if let Ok(n) = size.extract::<u64>() {
+            n
+        } else if let Ok(t) = size.extract::<String>() {
+            surpd::config::parse_size(&t).map_err(to_py_err)?
+        } else {
+            return Err(PyTypeError::new_err("size must be a number of bytes or text like 1GiB"));
+        };
+        let r = self.call(py, op::RESIZE, 0, b"", &[], n, 0)?;
+        match r.status {
+            status::OK => Ok(r.value),
+            status::NOT_DONE => Err(PyValueError::new_err(format!(
+                "the segment is {} bytes and does not shrink (to make a smaller one: dump, \
+                 remove, load)",
+                r.value
+            ))),
+            status::TOO_LARGE => Err(PyValueError::new_err(format!(
+                "{n} bytes is beyond this segment's max_size of {} bytes (fixed when it was \
+                 created: growing further needs a new segment)",
+                r.value
+            ))),
+            s => Err(self.status_err(s, "growing the segment")),
+        }
+    }
+
+    /// Remove every key.
+    fn clear(&self, py: Python<'_>) -> PyResult<()> {
+        let r = self.call(py, op::CLEAR, 0, b"", &[], 0, 0)?;
+        self.shape(py, op::CLEAR, b"", r).map(|_| ())
+    }
+
+    /// Wait until every request queued so far by this client is applied.
+    fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        self.call(py, op::NOOP, 0, b"", &[], 0, 0).map(|_| ())
+    }
+
+    /// Wait for a ticket from a wait=False call and return that call's result.
+    fn wait(&self, py: Python<'_>, ticket: u64) -> PyResult<PyObject> {
+        let core = &self.core;
+        let r = py.allow_threads(|| core.wait(ticket)).map_err(to_py_err)?;
+        let entry = self.async_ops.lock().unwrap_or_else(|e| e.into_inner()).remove(&ticket);
+        match entry {
+            Some((op, key)) => self.shape(py, op, &key, r),
+            None => self.shape(py, op::SET, b"", r),
+        }
+    }
+
+    /// Counters and gauges: items, bytes, hits, misses, evictions, expirations, ...
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (k, val) in surpd::stats::gather(&self.core.seg, self.core.ring()) {
+            d.set_item(k, val)?;
+        }
+        d.set_item(
+            "eviction_policy",
+            if d.get_item("eviction_policy")?.map(|x| x.extract::<u64>()).transpose()? == Some(1) {
+                "noeviction"
+            } else {
+                "allkeys-lru"
+            },
+        )?;
+        d.set_item("client_dropped_errors", self.core.dropped_errors())?;
+        if let Some((live, bytes, models, inserted, removed)) = self.core.record_stats() {
+            d.set_item("records", live)?;
+            d.set_item("records_bytes", bytes)?;
+            d.set_item("record_models", models)?;
+            d.set_item("records_inserted", inserted)?;
+            d.set_item("records_removed", removed)?;
+            let cache: u64 =
+                d.get_item("bytes_used")?.map(|x| x.extract()).transpose()?.unwrap_or(0);
+            d.set_item("cache_bytes_used", cache)?;
+            d.set_item("bytes_used", cache + bytes)?;
+        }
+        Ok(d)
+    }
+
+    // ------------------------------------------------------------ record store
+
+    /// Store a record (any value; dicts of strings and numbers compress best) and return its
+    /// id, an int derived from where it is stored. With wait=False, return a ticket instead.
+    #[pyo3(signature = (record, wait = true))]
+    fn insert(&self, py: Python<'_>, record: &Bound<'_, PyAny>, wait: bool) -> PyResult<u64> {
+        let buf = self.encode_value(record)?;
+        if !wait {
+            return self.enqueue(op::INSERT, 0, b"", &buf, 0, buf.len() as u64);
+        }
+        let r = self.call(py, op::INSERT, 0, b"", &buf, 0, buf.len() as u64)?;
+        self.record_reply(r, None)
+    }
+
+    /// Store many records (pipelined through the ring); their ids, in order. Raises on the
+    /// first failure after every request has been answered, naming how many were stored.
+    fn insert_many(&self, py: Python<'_>, records: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
+        let replies = self.pipeline_values(py, records, op::INSERT, 0, false)?;
+        let mut ids: Vec<Option<u64>> = Vec::with_capacity(replies.len());
+        let mut first_err: Option<(usize, PyErr)> = None;
+        for (i, r) in replies.into_iter().enumerate() {
+            match r.map_err(to_py_err).and_then(|r| self.record_reply(r, None)) {
+                Ok(id) => ids.push(Some(id)),
+                Err(e) => {
+                    ids.push(None);
+                    if first_err.is_none() {
+                        first_err = Some((i, e));
+                    }
+                }
+            }
+        }
+        let Some((i, e)) = first_err else { return Ok(ids.into_iter().flatten().collect()) };
+        // Same exception type, naming the record that failed and how many were stored; the
+        // ids of the stored ones are on the exception (`e.ids`, None where one failed), so
+        // nothing stored is left without a way to remove it.
+        let stored = ids.iter().filter(|x| x.is_some()).count();
+        let msg = format!(
+            "insert_many: record {i}: {} ({stored} of {} records were stored; their ids are in \
+             the exception's `ids`)",
+            e.value(py),
+            ids.len()
+        );
+        let errno = e.value(py).getattr("errno").ok().filter(|x| !x.is_none());
+        let args = match errno {
+            Some(n) => PyTuple::new(py, [n, msg.into_pyobject(py)?.into_any()])?,
+            None => PyTuple::new(py, [msg])?.into_any().downcast_into()?,
+        };
+        let err = match e.get_type(py).call1(args) {
+            Ok(x) => {
+                x.setattr("ids", ids)?;
+                PyErr::from_value(x)
+            }
+            Err(_) => e,
+        };
+        Err(err)
+    }
+
+    /// The record with id `rid`: a fresh dict (or whatever was stored), or with lazy=True a
+    /// read-only Record mapping that builds Python values only for the fields it is asked.
+    /// KeyError for an id that is not a live record (removed, stale or made up).
+    #[pyo3(signature = (rid, lazy = false))]
+    fn record<'py>(
+        &self,
+        py: Python<'py>,
+        rid: &Bound<'py, PyAny>,
+        lazy: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let id = record_id(rid)?;
+        let mut out = Vec::with_capacity(256);
+        match self.core.record(id, &mut out).map_err(to_py_err)? {
+            Ok(()) => {}
+            Err(why) => return Err(PyKeyError::new_err(format!("{why}: {}", rid.repr()?))),
+        }
+        if lazy {
+            let fields = match v::dict_items(&out) {
+                Ok(f) if out.first() == Some(&v::DICT) => f,
+                _ => return decode_value(py, &out),
+            };
+            return Ok(Bound::new(py, Record { buf: out, fields, rid: id })?.into_any());
+        }
+        decode_value(py, &out)
+    }
+
+    /// Remove a record. True if it was there.
+    fn remove(&self, py: Python<'_>, rid: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let Ok(id) = record_id(rid) else { return Ok(false) };
+        let r = self.call(py, op::REMOVE, 0, b"", &[], id, 0)?;
+        Ok(self.record_reply(r, None)? == 1)
+    }
+
+    /// Replace a record; returns the new id (ids are offsets, so a new value gets a new id).
+    /// The old id then raises KeyError. KeyError if `rid` is not a live record.
+    fn update(
+        &self,
+        py: Python<'_>,
+        rid: &Bound<'_, PyAny>,
+        record: &Bound<'_, PyAny>,
+    ) -> PyResult<u64> {
+        let id = record_id(rid)?;
+        let buf = self.encode_value(record)?;
+        let r = self.call(py, op::UPDATE, 0, b"", &buf, id, buf.len() as u64)?;
+        self.record_reply(r, Some(rid))
+    }
+
+    /// Train the record codec on `sample` (an iterable of records, up to 200,000 used) or,
+    /// without one, on up to 100,000 stored records. Later inserts use the new model; stored
+    /// records keep theirs. compact=True: smaller records, slower to decode. Returns the
+    /// model's size in bytes.
+    #[pyo3(signature = (sample = None, compact = false))]
+    fn train(
+        &self,
+        py: Python<'_>,
+        sample: Option<&Bound<'_, PyAny>>,
+        compact: bool,
+    ) -> PyResult<u64> {
+        if let Some(sample) = sample {
+            for r in self.pipeline_values(py, sample, op::TRAIN, flag::SAMPLE, true)? {
+                self.record_reply(r.map_err(to_py_err)?, None)?;
+            }
+        }
+        let flags = if compact { flag::COMPACT } else { 0 };
+        // Training runs in the daemon's background thread; wait for as long as it is alive.
+        let t = self.core.enqueue(op::TRAIN, flags, b"", &[], 0, 0).map_err(to_py_err)?;
+        let core = &self.core;
+        let r = py.allow_threads(|| core.wait_while_alive(t)).map_err(to_py_err)?;
+        if r.status == status::NOT_DONE {
+            return Err(PyValueError::new_err(
+                "training failed: the record store is empty (see the daemon's log)",
+            ));
+        }
+        self.record_reply(r, None)
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&self, _exc: &Bound<'_, PyTuple>) {}
+
+    fn __repr__(&self) -> String {
+        format!("<surpdb.Client {:?}>", self.core.dir)
+    }
+}
+
+impl Client {
+    /// Queue one request per value of `values` (each as the payload of `op`), then wait for
+    /// every answer with the GIL released; the replies in order. `skip_oversized` leaves out
+    /// values over max_value instead of raising ValueTooLarge.
+    fn pipeline_values(
+        &self,
+        py: Python<'_>,
+        values: &Bound<'_, PyAny>,
+        op: u8,
+        flags: u8,
+        skip_oversized: bool,
+    ) -> PyResult<Vec<surpd::Result<Reply>>> {
+        let mut pipe = Pipeline::new(&self.core);
+        let mut buf = Vec::with_capacity(256);
+        for v in values.try_iter()? {
+            buf.clear();
+            encode(&v?, &mut buf, 0)?;
+            if skip_oversized && buf.len() as u64 > self.core.max_value() {
+                continue;
+            }
+            if pipe.full() {
+                py.allow_threads(|| pipe.make_room());
+            }
+            pipe.push(op, flags, b"", &buf, 0, buf.len() as u64);
+        }
+        Ok(py.allow_threads(|| pipe.finish()))
+    }
+
+    /// Result of a record-store request: the reply's value, or the exception for its status.
+    fn record_reply(&self, r: Reply, rid: Option<&Bound<'_, PyAny>>) -> PyResult<u64> {
+        match r.status {
+            status::OK => Ok(r.value),
+            status::NOT_DONE => Err(PyKeyError::new_err(format!(
+                "no such record: {}",
+                rid.map(|x| x.to_string()).unwrap_or_default()
+            ))),
+            status::TOO_LARGE => Err(errors::ValueTooLarge::new_err(format!(
+                "record exceeds the largest storable record ({} bytes max_value, {} compressed)",
+                self.core.max_value(),
+                surpd::records::MAX_RECORD
+            ))),
+            status::SEGMENT_FULL => Err(errors::SegmentFull::new_err(
+                "the records file is full (records_size); see surpdb stats: records_bytes",
+            )),
+            s => Err(self.status_err(s, "the record request")),
+        }
+    }
+}
