@@ -2,8 +2,6 @@
 //! writer. Readers never see a half-applied request: every change becomes visible through one
 //! Release store into an index slot (or a backward-shift delete under the seqlock).
 
-#![deny(unsafe_code)]
-
 use std::sync::atomic::Ordering;
 
 use crate::heap::{CleanStats, Heap};

@@ -13,8 +13,6 @@
 //! call notices and claims a fresh mailbox and reader slot, so a client created before a
 //! gunicorn pre-fork works in every worker.
 
-#![deny(unsafe_code)]
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
@@ -25,6 +23,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::index::Probe;
 use crate::layout::*;
+use crate::protocol::Request;
 use crate::records::{decode_payload, records_path, LogTables, RecFile};
 use crate::ring::{Reply, Ring, Waited};
 use crate::segment::{Rec, Segment};
@@ -672,7 +671,19 @@ impl Client {
         }
     }
 
-    /// Enqueue a request; returns its ticket.
+    /// Queue a typed request; returns its ticket (see [`Client::wait`]).
+    pub fn send(&self, r: &Request<'_>) -> Result<u64> {
+        self.enqueue(r.op, r.flags, r.key, r.payload, r.arg, r.arg2)
+    }
+
+    /// Queue a typed request and wait for its reply.
+    pub fn call(&self, r: &Request<'_>) -> Result<Reply> {
+        let t = self.send(r)?;
+        self.wait(t)
+    }
+
+    /// Enqueue a request from its raw header fields; returns its ticket. [`Client::send`]
+    /// with a [`Request`] constructor says what each field means.
     #[allow(clippy::too_many_arguments)]
     pub fn enqueue(
         &self,
@@ -930,20 +941,6 @@ impl Client {
         }
     }
 
-    /// Enqueue and wait.
-    pub fn call(
-        &self,
-        op: u8,
-        flags: u8,
-        key: &[u8],
-        payload: &[u8],
-        arg: u64,
-        arg2: u64,
-    ) -> Result<Reply> {
-        let t = self.enqueue(op, flags, key, payload, arg, arg2)?;
-        self.wait(t)
-    }
-
     /// Failures of fire-and-forget requests nobody collected before their results were dropped.
     pub fn dropped_errors(&self) -> u64 {
         self.prod.lock().map(|p| p.dropped_errors).unwrap_or(0)
@@ -986,6 +983,11 @@ impl<'c> Pipeline<'c> {
         if let Some(t) = self.pending.pop_front() {
             self.replies.push(self.c.wait(t));
         }
+    }
+
+    /// Send one typed request (see [`Pipeline::push`]).
+    pub fn push_request(&mut self, r: &Request<'_>) {
+        self.push(r.op, r.flags, r.key, r.payload, r.arg, r.arg2)
     }
 
     /// Send one request (collecting the oldest answer first if the window is full). An

@@ -16,8 +16,6 @@
 //! | group owning the files | `group` | `SURPDB_GROUP` | no |
 //! | log level | `log_level` | `SURPDB_LOG_LEVEL` | yes |
 
-#![deny(unsafe_code)]
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -19,8 +19,6 @@
 //! advances to a recorded tail once no reader holds an epoch at or below its stamp. The head
 //! never passes `free_limit + heap_cap`.
 
-#![deny(unsafe_code)]
-
 use std::collections::VecDeque;
 use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};

@@ -1,11 +1,16 @@
 //! surpdb's core: the shared segment format, the request ring, the value codec, the client
 //! read path and (with the `server` feature) the `surpd` daemon.
 //!
-//! File map: `layout` (every shared byte), `shm` (the only unsafe code: mappings, futexes,
-//! processes), `segment` (the data file), `index` (key index), `heap` (record log and
-//! eviction), `ring` (request mailboxes), `value` (value encoding), `client` (read path and
-//! requests), `apply` (the single writer's operations), `server` (daemon loop), `stats`,
-//! `config`, `error`.
+//! File map: `layout` (every shared byte of the data segment and the ring), `shm` (the only
+//! unsafe code, allowed there alone: mappings, futexes, processes), `segment` (the data file),
+//! `index` (key index), `heap` (record log and eviction), `ring` (request mailboxes),
+//! `protocol` (typed requests: what each op puts in a request), `value` (value encoding),
+//! `client` (read path and requests), `apply` (the single writer's operations), `update`
+//! (atomic updates and sorted sets), `records` and `codec` (the record store and its
+//! compression), `check` (offline verification), `server` (daemon loop), `stats`, `config`,
+//! `crash` (test-only crash points), `log`, `error`.
+
+#![deny(unsafe_code)]
 
 pub mod apply;
 pub mod check;
@@ -18,11 +23,14 @@ pub mod heap;
 pub mod index;
 pub mod layout;
 pub mod log;
+pub mod protocol;
 pub mod records;
 pub mod ring;
 pub mod segment;
 #[cfg(feature = "server")]
 pub mod server;
+// The one module with unsafe code (mappings, atomics over shared bytes, futexes, processes).
+#[allow(unsafe_code)]
 pub mod shm;
 pub mod stats;
 pub mod update;

@@ -2,8 +2,6 @@
 //! `<N>` syslog priority that journald turns into the entry's level; elsewhere lines read
 //! `surpd[pid] LEVEL message`. Messages are `text key=value ...` so they grep and parse.
 
-#![deny(unsafe_code)]
-
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::error::{Error, Result};

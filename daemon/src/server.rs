@@ -1,8 +1,6 @@
 //! The daemon: lock the directory, attach to (or create) the segment and the ring, tell the
 //! world it is ready, then run the apply loop until asked to stop.
 
-#![deny(unsafe_code)]
-
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, Write};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};

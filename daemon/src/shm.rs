@@ -1,5 +1,5 @@
 //! Raw access to shared mappings. Together with nothing else, this module holds the crate's
-//! `unsafe` code; every other module is `#![deny(unsafe_code)]`.
+//! `unsafe` code: the crate root denies `unsafe_code` and allows it in this module alone.
 //!
 //! Rules it enforces for the rest of the crate:
 //! * every offset is bounds- and alignment-checked here, so a bad offset read from shared

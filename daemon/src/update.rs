@@ -7,8 +7,6 @@
 //! than max_value is refused with TOO_LARGE, one that would not be a valid value (nested
 //! deeper than readers decode) with INVALID_RESULT. The key's TTL is kept.
 
-#![deny(unsafe_code)]
-
 use std::collections::HashMap;
 
 use crate::apply::Store;

@@ -14,6 +14,7 @@ mod common;
 use common::{bytes_value, get, tmpdir, Rng};
 use surpd::config::Config;
 use surpd::layout::{op, status, POLICY_EVICT, POLICY_NOEVICTION};
+use surpd::protocol::Request;
 use surpd::server::Daemon;
 
 /// A daemon thread serving `dir` until the returned flag is set.
@@ -49,7 +50,7 @@ fn spawn_daemon(
 }
 
 fn set(c: &Client, key: &[u8], v: &[u8]) -> u32 {
-    c.call(op::SET, 0, key, v, 0, v.len() as u64).unwrap().status
+    c.call(&Request::set(key, v, 0)).unwrap().status
 }
 
 /// Many more bytes written than the segment holds, under noeviction with a live set that
@@ -73,12 +74,12 @@ fn noeviction_churn_matches_the_model() {
         let key = format!("key{}", rng.below(400)).into_bytes();
         match rng.below(10) {
             0 | 1 => {
-                let r = c.call(op::DELETE, 0, &key, &[], 0, 0).unwrap();
+                let r = c.call(&Request::delete(&key)).unwrap();
                 assert_eq!(r.status == status::OK, model.remove(&key).is_some(), "delete {i}");
             }
             2 => {
                 let v = bytes_value(format!("add{i}").as_bytes());
-                let r = c.call(op::ADD, 0, &key, &v, 0, v.len() as u64).unwrap();
+                let r = c.call(&Request::add(&key, &v, 0)).unwrap();
                 let absent = !model.contains_key(&key);
                 assert_eq!(r.status == status::OK, absent, "add {i}");
                 if absent {
@@ -128,7 +129,7 @@ fn eviction_never_returns_stale_values() {
     for i in 0..60_000u64 {
         let key = format!("key{}", rng.below(20_000)).into_bytes();
         if rng.below(10) == 0 {
-            c.call(op::DELETE, 0, &key, &[], 0, 0).unwrap();
+            c.call(&Request::delete(&key)).unwrap();
             model.insert(key.clone(), None);
         } else {
             let v = bytes_value(
@@ -202,7 +203,7 @@ fn concurrent_readers_never_see_reused_space() {
         let v = bytes_value(&payload);
         c.enqueue(op::SET, 0, key.as_bytes(), &v, 0, v.len() as u64).unwrap();
     }
-    c.call(op::NOOP, 0, b"", &[], 0, 0).unwrap();
+    c.call(&Request::noop()).unwrap();
     done.store(true, Ordering::Relaxed);
     for r in readers {
         r.join().unwrap();

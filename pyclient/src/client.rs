@@ -10,7 +10,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyList, PyTuple};
 
 use surpd::client::{Client as Core, Lookup, Pipeline};
-use surpd::layout::{flag, op, status};
+use surpd::layout::{op, status};
+use surpd::protocol::Request;
 use surpd::ring::Reply;
 use surpd::value as v;
 
@@ -33,32 +34,15 @@ pub(crate) struct Client {
 }
 
 impl Client {
-    #[allow(clippy::too_many_arguments)]
-    fn call(
-        &self,
-        py: Python<'_>,
-        op: u8,
-        flags: u8,
-        key: &[u8],
-        payload: &[u8],
-        arg: u64,
-        arg2: u64,
-    ) -> PyResult<Reply> {
-        let t = self.core.enqueue(op, flags, key, payload, arg, arg2).map_err(to_py_err)?;
+    /// Queue `req` and wait for its reply with the GIL released.
+    fn call(&self, py: Python<'_>, req: Request<'_>) -> PyResult<Reply> {
         let core = &self.core;
-        py.allow_threads(|| core.wait(t)).map_err(to_py_err)
+        py.allow_threads(|| core.call(&req)).map_err(to_py_err)
     }
 
-    fn enqueue(
-        &self,
-        op: u8,
-        flags: u8,
-        key: &[u8],
-        payload: &[u8],
-        arg: u64,
-        arg2: u64,
-    ) -> PyResult<u64> {
-        let t = self.core.enqueue(op, flags, key, payload, arg, arg2).map_err(to_py_err)?;
+    /// Queue `req` and return its ticket; wait() shapes its reply by the op kept here.
+    fn enqueue(&self, req: Request<'_>) -> PyResult<u64> {
+        let t = self.core.send(&req).map_err(to_py_err)?;
         let mut m = self.async_ops.lock().unwrap_or_else(|e| e.into_inner());
         if m.len() >= 100_000 {
             // Bounded: drop the oldest half (their results can still be waited, untyped).
@@ -68,8 +52,18 @@ impl Client {
                 m.remove(t);
             }
         }
-        m.insert(t, (op, key.to_vec()));
+        m.insert(t, (req.op, req.key.to_vec()));
         Ok(t)
+    }
+
+    /// `req`'s shaped reply (wait=True) or its ticket (wait=False).
+    fn submit(&self, py: Python<'_>, req: Request<'_>, wait: bool) -> PyResult<PyObject> {
+        if wait {
+            let r = self.call(py, req)?;
+            self.shape(py, req.op, req.key, r)
+        } else {
+            Ok(self.enqueue(req)?.into_pyobject(py)?.into_any().unbind())
+        }
     }
 
     fn encode_value(&self, value: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
@@ -409,18 +403,7 @@ impl Client {
     ) -> PyResult<PyObject> {
         let buf = self.encode_value(value)?;
         let ttl = ttl_ms(ttl)?;
-        with_key(key, |k| {
-            if wait {
-                let r = self.call(py, op::SET, 0, k, &buf, ttl, buf.len() as u64)?;
-                self.shape(py, op::SET, k, r)
-            } else {
-                Ok(self
-                    .enqueue(op::SET, 0, k, &buf, ttl, buf.len() as u64)?
-                    .into_pyobject(py)?
-                    .into_any()
-                    .unbind())
-            }
-        })
+        with_key(key, |k| self.submit(py, Request::set(k, &buf, ttl), wait))
     }
 
     /// Store only if `key` is absent (or expired). True if stored.
@@ -435,35 +418,13 @@ impl Client {
     ) -> PyResult<PyObject> {
         let buf = self.encode_value(value)?;
         let ttl = ttl_ms(ttl)?;
-        with_key(key, |k| {
-            if wait {
-                let r = self.call(py, op::ADD, 0, k, &buf, ttl, buf.len() as u64)?;
-                self.shape(py, op::ADD, k, r)
-            } else {
-                Ok(self
-                    .enqueue(op::ADD, 0, k, &buf, ttl, buf.len() as u64)?
-                    .into_pyobject(py)?
-                    .into_any()
-                    .unbind())
-            }
-        })
+        with_key(key, |k| self.submit(py, Request::add(k, &buf, ttl), wait))
     }
 
     /// Delete `key`. True if it was present.
     #[pyo3(signature = (key, wait = true))]
     fn delete(&self, py: Python<'_>, key: &Bound<'_, PyAny>, wait: bool) -> PyResult<PyObject> {
-        with_key(key, |k| {
-            if wait {
-                let r = self.call(py, op::DELETE, 0, k, &[], 0, 0)?;
-                self.shape(py, op::DELETE, k, r)
-            } else {
-                Ok(self
-                    .enqueue(op::DELETE, 0, k, &[], 0, 0)?
-                    .into_pyobject(py)?
-                    .into_any()
-                    .unbind())
-            }
-        })
+        with_key(key, |k| self.submit(py, Request::delete(k), wait))
     }
 
     /// Store every item of `mapping` (pipelined: all requests are queued, then awaited).
@@ -489,7 +450,7 @@ impl Client {
                 if pipe.full() {
                     py.allow_threads(|| pipe.make_room());
                 }
-                pipe.push(op::SET, 0, k, &buf, ttl, buf.len() as u64);
+                pipe.push_request(&Request::set(k, &buf, ttl));
                 Ok(())
             })?;
             keys.push(key);
@@ -513,7 +474,7 @@ impl Client {
                 if pipe.full() {
                     py.allow_threads(|| pipe.make_room());
                 }
-                pipe.push(op::DELETE, 0, k, &[], 0, 0);
+                pipe.push_request(&Request::delete(k));
                 Ok(())
             })?;
         }
@@ -537,10 +498,8 @@ impl Client {
         delta: i64,
         default: Option<i64>,
     ) -> PyResult<PyObject> {
-        let flags = if default.is_some() { flag::INCR_CREATE } else { 0 };
         with_key(key, |k| {
-            let r =
-                self.call(py, op::INCR, flags, k, &[], delta as u64, default.unwrap_or(0) as u64)?;
+            let r = self.call(py, Request::incr(k, delta, default))?;
             self.shape(py, op::INCR, k, r)
         })
     }
@@ -569,7 +528,7 @@ impl Client {
     ) -> PyResult<PyObject> {
         let ttl = ttl_ms(ttl)?;
         with_key(key, |k| {
-            let r = self.call(py, op::TOUCH, 0, k, &[], ttl, 0)?;
+            let r = self.call(py, Request::touch(k, ttl))?;
             self.shape(py, op::TOUCH, k, r)
         })
     }
@@ -590,8 +549,7 @@ impl Client {
         }
         let buf = self.encode_value(item)?;
         with_key(key, |k| {
-            let r =
-                self.call(py, op::APPEND, 0, k, &buf, max_len.unwrap_or(0), buf.len() as u64)?;
+            let r = self.call(py, Request::append(k, &buf, max_len.unwrap_or(0)))?;
             self.shape(py, op::APPEND, k, r)
         })
     }
@@ -610,9 +568,8 @@ impl Client {
         if buf.first() != Some(&v::DICT) {
             return Err(PyTypeError::new_err("merge() needs a plain dict"));
         }
-        let flags = if deep { flag::DEEP } else { 0 };
         with_key(key, |k| {
-            let r = self.call(py, op::MERGE, flags, k, &buf, 0, buf.len() as u64)?;
+            let r = self.call(py, Request::merge(k, &buf, deep))?;
             self.shape(py, op::MERGE, k, r)
         })
     }
@@ -650,7 +607,7 @@ impl Client {
         let mut buf = version.to_le_bytes().to_vec();
         buf.extend_from_slice(&self.encode_value(value)?);
         with_key(key, |k| {
-            let r = self.call(py, op::CAS, 0, k, &buf, ttl, buf.len() as u64)?;
+            let r = self.call(py, Request::cas(k, &buf, ttl))?;
             self.shape(py, op::CAS, k, r)
         })
     }
@@ -692,7 +649,7 @@ impl Client {
             )));
         }
         with_key(key, |k| {
-            let r = self.call(py, op::ZADD, 0, k, &buf, max_len.unwrap_or(0), buf.len() as u64)?;
+            let r = self.call(py, Request::zadd(k, &buf, max_len.unwrap_or(0)))?;
             self.shape(py, op::ZADD, k, r)
         })
     }
@@ -712,7 +669,7 @@ impl Client {
         }
         let buf = self.encode_value(PyList::new(py, list)?.as_any())?;
         with_key(key, |k| {
-            let r = self.call(py, op::ZREM, 0, k, &buf, 0, buf.len() as u64)?;
+            let r = self.call(py, Request::zrem(k, &buf))?;
             self.shape(py, op::ZREM, k, r)
         })
     }
@@ -866,7 +823,7 @@ impl Client {
             return Err(PyValueError::new_err("not a valid surpdb value encoding"));
         }
         with_key(key, |k| {
-            let r = self.call(py, op::SET, 0, k, encoded, ttl, encoded.len() as u64)?;
+            let r = self.call(py, Request::set(k, encoded, ttl))?;
             self.shape(py, op::SET, k, r)
         })
     }
@@ -882,7 +839,7 @@ impl Client {
         } else {
             return Err(PyTypeError::new_err("size must be a number of bytes or text like 1GiB"));
         };
-        let r = self.call(py, op::RESIZE, 0, b"", &[], n, 0)?;
+        let r = self.call(py, Request::resize(n))?;
         match r.status {
             status::OK => Ok(r.value),
             status::NOT_DONE => Err(PyValueError::new_err(format!(
@@ -901,13 +858,13 @@ impl Client {
 
     /// Remove every key.
     fn clear(&self, py: Python<'_>) -> PyResult<()> {
-        let r = self.call(py, op::CLEAR, 0, b"", &[], 0, 0)?;
+        let r = self.call(py, Request::clear())?;
         self.shape(py, op::CLEAR, b"", r).map(|_| ())
     }
 
     /// Wait until every request queued so far by this client is applied.
     fn flush(&self, py: Python<'_>) -> PyResult<()> {
-        self.call(py, op::NOOP, 0, b"", &[], 0, 0).map(|_| ())
+        self.call(py, Request::noop()).map(|_| ())
     }
 
     /// Wait for a ticket from a wait=False call and return that call's result.
@@ -958,16 +915,16 @@ impl Client {
     fn insert(&self, py: Python<'_>, record: &Bound<'_, PyAny>, wait: bool) -> PyResult<u64> {
         let buf = self.encode_value(record)?;
         if !wait {
-            return self.enqueue(op::INSERT, 0, b"", &buf, 0, buf.len() as u64);
+            return self.enqueue(Request::insert(&buf));
         }
-        let r = self.call(py, op::INSERT, 0, b"", &buf, 0, buf.len() as u64)?;
+        let r = self.call(py, Request::insert(&buf))?;
         self.record_reply(r, None)
     }
 
     /// Store many records (pipelined through the ring); their ids, in order. Raises on the
     /// first failure after every request has been answered, naming how many were stored.
     fn insert_many(&self, py: Python<'_>, records: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
-        let replies = self.pipeline_values(py, records, op::INSERT, 0, false)?;
+        let replies = self.pipeline_values(py, records, |b| Request::insert(b), false)?;
         let mut ids: Vec<Option<u64>> = Vec::with_capacity(replies.len());
         let mut first_err: Option<(usize, PyErr)> = None;
         for (i, r) in replies.into_iter().enumerate() {
@@ -1036,7 +993,7 @@ impl Client {
     /// Remove a record. True if it was there.
     fn remove(&self, py: Python<'_>, rid: &Bound<'_, PyAny>) -> PyResult<bool> {
         let Ok(id) = record_id(rid) else { return Ok(false) };
-        let r = self.call(py, op::REMOVE, 0, b"", &[], id, 0)?;
+        let r = self.call(py, Request::remove(id))?;
         Ok(self.record_reply(r, None)? == 1)
     }
 
@@ -1050,7 +1007,7 @@ impl Client {
     ) -> PyResult<u64> {
         let id = record_id(rid)?;
         let buf = self.encode_value(record)?;
-        let r = self.call(py, op::UPDATE, 0, b"", &buf, id, buf.len() as u64)?;
+        let r = self.call(py, Request::update(id, &buf))?;
         self.record_reply(r, Some(rid))
     }
 
@@ -1066,13 +1023,12 @@ impl Client {
         compact: bool,
     ) -> PyResult<u64> {
         if let Some(sample) = sample {
-            for r in self.pipeline_values(py, sample, op::TRAIN, flag::SAMPLE, true)? {
+            for r in self.pipeline_values(py, sample, |b| Request::train_sample(b), true)? {
                 self.record_reply(r.map_err(to_py_err)?, None)?;
             }
         }
-        let flags = if compact { flag::COMPACT } else { 0 };
         // Training runs in the daemon's background thread; wait for as long as it is alive.
-        let t = self.core.enqueue(op::TRAIN, flags, b"", &[], 0, 0).map_err(to_py_err)?;
+        let t = self.core.send(&Request::train(compact)).map_err(to_py_err)?;
         let core = &self.core;
         let r = py.allow_threads(|| core.wait_while_alive(t)).map_err(to_py_err)?;
         if r.status == status::NOT_DONE {
@@ -1096,15 +1052,14 @@ impl Client {
 }
 
 impl Client {
-    /// Queue one request per value of `values` (each as the payload of `op`), then wait for
+    /// Queue one request per value of `values` (each made by `request`), then wait for
     /// every answer with the GIL released; the replies in order. `skip_oversized` leaves out
     /// values over max_value instead of raising ValueTooLarge.
     fn pipeline_values(
         &self,
         py: Python<'_>,
         values: &Bound<'_, PyAny>,
-        op: u8,
-        flags: u8,
+        request: for<'b> fn(&'b [u8]) -> Request<'b>,
         skip_oversized: bool,
     ) -> PyResult<Vec<surpd::Result<Reply>>> {
         let mut pipe = Pipeline::new(&self.core);
@@ -1118,7 +1073,7 @@ impl Client {
             if pipe.full() {
                 py.allow_threads(|| pipe.make_room());
             }
-            pipe.push(op, flags, b"", &buf, 0, buf.len() as u64);
+            pipe.push_request(&request(&buf));
         }
         Ok(py.allow_threads(|| pipe.finish()))
     }
