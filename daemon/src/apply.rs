@@ -514,7 +514,7 @@ impl Store {
         let Some(f) = self.data_file.as_ref() else {
             return Err(crate::Error::Config("no writable segment file to grow".into()));
         };
-        let path = std::path::Path::new("data.surp");
+        let path = std::path::Path::new(crate::layout::files::DATA);
         f.set_len(new).map_err(|e| shm::allocate_error(path, new - cur, e))?;
         crate::crash::point("segment file extended");
         if let Err(e) = shm::allocate(f, cur, new - cur) {

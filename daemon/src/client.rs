@@ -36,16 +36,7 @@ extern "C" fn after_fork_in_child() {
     FORK_GEN.fetch_add(1, Ordering::SeqCst);
 }
 
-/// File names inside a data directory.
-pub fn data_path(dir: &Path) -> PathBuf {
-    dir.join("data.surp")
-}
-pub fn ring_path(dir: &Path) -> PathBuf {
-    dir.join("ring.surp")
-}
-pub fn lock_path(dir: &Path) -> PathBuf {
-    dir.join("surpd.lock")
-}
+pub use crate::layout::files::{data_path, lock_path, ring_path};
 
 /// Where this process sends its requests and keeps its reader pins: one box of one ring
 /// file. A client moves to a new endpoint after a fork (the child's own box), when its box

@@ -4,11 +4,15 @@
 //! fixed-width atomics (never `usize` or `bool`), little-endian, with compile-time size and
 //! alignment checks. `docs/DESIGN.md` draws the same bytes.
 //!
-//! Two files live in a data directory:
+//! The files of a data directory (their names: [`files`]):
 //! * `data.surp`, the data segment: [`SegHeader`] | key index | record heap. Written only by
-//!   the daemon; clients map it read-only.
+//!   the daemon; clients map it read-only. Version [`FORMAT_VERSION`].
 //! * `ring.surp`, the request ring: [`RingHeader`] | [`BoxCtl`] x nboxes | results | box
-//!   data | access hints. Writable by clients (mode 0660).
+//!   data | access hints. Writable by clients (mode 0660). Version [`RING_VERSION`], its own:
+//!   a ring of another version is replaced (drained first), never the segment refused.
+//! * `records.surp`, the record store: [`RecFileHeader`] | [`ChunkCtl`] x nchunks | table log
+//!   | chunks of records. Written only by the daemon. Version [`RECORDS_VERSION`].
+//! * `surpd.lock`, the daemon's lock (it also holds an flock on `data.surp`).
 //!
 //! Every field is an atomic so that a `&SegHeader` over shared memory is sound even though
 //! another process writes some of its words: all accesses are atomic loads and stores.
@@ -510,5 +514,109 @@ mod tests {
     fn magic_bytes_are_readable() {
         assert_eq!(&SEG_MAGIC.to_le_bytes(), b"SURPDB\0\x01");
         assert_eq!(&RING_MAGIC.to_le_bytes(), b"SURPRNG\x01");
+    }
+}
+
+// ---------------------------------------------------------------- records.surp
+
+pub const REC_MAGIC: u64 = u64::from_le_bytes(*b"SURPREC\x01");
+pub const RECORDS_VERSION: u32 = 1;
+pub const CHUNK_SHIFT: u32 = 22;
+pub const CHUNK: u64 = 1 << CHUNK_SHIFT;
+/// Offsets in ids have 36 bits: the chunk area is at most 64 GiB.
+pub const MAX_AREA: u64 = 1 << 36;
+/// Largest stored (compressed) record.
+pub const MAX_RECORD: u64 = CHUNK - 16;
+
+/// Record header bits: the record is live; the length continues in a second byte.
+pub const REC_LIVE: u8 = 0x80;
+pub const REC_EXT: u8 = 0x40;
+
+/// Table log entry kinds.
+pub const T_FIELD: u8 = 1;
+pub const T_DOMAIN: u8 = 2;
+pub const T_MODEL: u8 = 3;
+
+/// Chunk states.
+pub const C_FREE: u32 = 0;
+pub const C_ACTIVE: u32 = 1;
+pub const C_FULL: u32 = 2;
+pub const C_RETIRED: u32 = 3;
+
+#[repr(C)]
+pub struct RecFileHeader {
+    pub magic: AtomicU64,
+    pub version: AtomicU32,
+    pub layout_sig: AtomicU32,
+    pub size: AtomicU64,
+    pub nchunks: AtomicU64,
+    pub chunk_tab_off: AtomicU64,
+    pub tables_off: AtomicU64,
+    pub tables_cap: AtomicU64,
+    pub chunks_off: AtomicU64,
+    /// Random per file: seeds record checks.
+    pub seed: AtomicU64,
+    pub created_ms: AtomicU64,
+    /// 1 = compact codec for models trained automatically.
+    pub compact: AtomicU32,
+    pub _r0: AtomicU32,
+    pub _pad0: [AtomicU64; 5],
+    // ---- daemon state (offset 128) ----
+    /// End of the published table log (bytes from tables_off).
+    pub tables_end: AtomicU64,
+    /// Chunk being filled + 1 (0: none yet).
+    pub active: AtomicU64,
+    pub nmodels: AtomicU64,
+    pub live: AtomicU64,
+    pub live_bytes: AtomicU64,
+    pub inserted: AtomicU64,
+    pub removed: AtomicU64,
+    /// Bytes of chunk space used (sum of fills of chunks in use).
+    pub used_bytes: AtomicU64,
+    pub _pad1: [AtomicU64; 8],
+}
+
+#[repr(C)]
+pub struct ChunkCtl {
+    pub fill: AtomicU32,
+    pub gen: AtomicU32,
+    /// Model index + 1 its records use; 0 = stored in the plain value encoding.
+    pub model: AtomicU32,
+    pub state: AtomicU32,
+    pub live: AtomicU32,
+    pub _r: AtomicU32,
+    pub retire_epoch: AtomicU64,
+}
+
+const _: () = {
+    assert!(std::mem::size_of::<RecFileHeader>() == 256);
+    assert!(std::mem::offset_of!(RecFileHeader, tables_end) == 128);
+    assert!(std::mem::size_of::<ChunkCtl>() == 32);
+};
+
+pub const REC_LAYOUT_SIG: u32 = (std::mem::size_of::<RecFileHeader>() as u32) << 16
+    | (std::mem::size_of::<ChunkCtl>() as u32) << 8
+    | CHUNK_SHIFT;
+
+/// The names of a data directory's files, in one place.
+pub mod files {
+    use std::path::{Path, PathBuf};
+
+    pub const DATA: &str = "data.surp";
+    pub const RING: &str = "ring.surp";
+    pub const RECORDS: &str = "records.surp";
+    pub const LOCK: &str = "surpd.lock";
+
+    pub fn data_path(dir: &Path) -> PathBuf {
+        dir.join(DATA)
+    }
+    pub fn ring_path(dir: &Path) -> PathBuf {
+        dir.join(RING)
+    }
+    pub fn records_path(dir: &Path) -> PathBuf {
+        dir.join(RECORDS)
+    }
+    pub fn lock_path(dir: &Path) -> PathBuf {
+        dir.join(LOCK)
     }
 }

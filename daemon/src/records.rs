@@ -22,7 +22,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
@@ -33,89 +33,17 @@ use crate::layout::PAGE;
 use crate::shm::{self, Region};
 use crate::value::{put_varint, Reader};
 
-pub const REC_MAGIC: u64 = u64::from_le_bytes(*b"SURPREC\x01");
 /// The table log's blocks are allocated in steps of this many bytes.
 const TABLES_STEP: u64 = 1 << 20;
-pub const RECORDS_VERSION: u32 = 1;
-pub const CHUNK_SHIFT: u32 = 22;
-pub const CHUNK: u64 = 1 << CHUNK_SHIFT;
-/// Offsets in ids have 36 bits: the chunk area is at most 64 GiB.
-pub const MAX_AREA: u64 = 1 << 36;
-/// Largest stored (compressed) record.
-pub const MAX_RECORD: u64 = CHUNK - 16;
+const LIVE: u8 = REC_LIVE;
+const EXT: u8 = REC_EXT;
 
-const LIVE: u8 = 0x80;
-const EXT: u8 = 0x40;
-
-/// Table log entry kinds.
-pub const T_FIELD: u8 = 1;
-pub const T_DOMAIN: u8 = 2;
-pub const T_MODEL: u8 = 3;
-
-/// Chunk states.
-pub const C_FREE: u32 = 0;
-pub const C_ACTIVE: u32 = 1;
-pub const C_FULL: u32 = 2;
-pub const C_RETIRED: u32 = 3;
-
-#[repr(C)]
-pub struct RecFileHeader {
-    pub magic: AtomicU64,
-    pub version: AtomicU32,
-    pub layout_sig: AtomicU32,
-    pub size: AtomicU64,
-    pub nchunks: AtomicU64,
-    pub chunk_tab_off: AtomicU64,
-    pub tables_off: AtomicU64,
-    pub tables_cap: AtomicU64,
-    pub chunks_off: AtomicU64,
-    /// Random per file: seeds record checks.
-    pub seed: AtomicU64,
-    pub created_ms: AtomicU64,
-    /// 1 = compact codec for models trained automatically.
-    pub compact: AtomicU32,
-    pub _r0: AtomicU32,
-    pub _pad0: [AtomicU64; 5],
-    // ---- daemon state (offset 128) ----
-    /// End of the published table log (bytes from tables_off).
-    pub tables_end: AtomicU64,
-    /// Chunk being filled + 1 (0: none yet).
-    pub active: AtomicU64,
-    pub nmodels: AtomicU64,
-    pub live: AtomicU64,
-    pub live_bytes: AtomicU64,
-    pub inserted: AtomicU64,
-    pub removed: AtomicU64,
-    /// Bytes of chunk space used (sum of fills of chunks in use).
-    pub used_bytes: AtomicU64,
-    pub _pad1: [AtomicU64; 8],
-}
-
-#[repr(C)]
-pub struct ChunkCtl {
-    pub fill: AtomicU32,
-    pub gen: AtomicU32,
-    /// Model index + 1 its records use; 0 = stored in the plain value encoding.
-    pub model: AtomicU32,
-    pub state: AtomicU32,
-    pub live: AtomicU32,
-    pub _r: AtomicU32,
-    pub retire_epoch: AtomicU64,
-}
-
-const _: () = {
-    assert!(std::mem::size_of::<RecFileHeader>() == 256);
-    assert!(std::mem::offset_of!(RecFileHeader, tables_end) == 128);
-    assert!(std::mem::size_of::<ChunkCtl>() == 32);
+pub use crate::layout::files::records_path;
+pub use crate::layout::{
+    ChunkCtl, RecFileHeader, CHUNK, CHUNK_SHIFT, C_ACTIVE, C_FREE, C_FULL, C_RETIRED, MAX_AREA,
+    MAX_RECORD, RECORDS_VERSION, REC_EXT, REC_LAYOUT_SIG, REC_LIVE, REC_MAGIC, T_DOMAIN, T_FIELD,
+    T_MODEL,
 };
-
-pub const REC_LAYOUT_SIG: u32 = (std::mem::size_of::<RecFileHeader>() as u32) << 16
-    | (std::mem::size_of::<ChunkCtl>() as u32) << 8
-    | CHUNK_SHIFT;
-
-pub fn records_path(dir: &Path) -> PathBuf {
-    dir.join("records.surp")
-}
 
 /// Pack an id.
 pub fn make_id(off: u64, gen: u32, check: u32) -> u64 {

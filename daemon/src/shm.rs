@@ -17,8 +17,10 @@ use std::time::Duration;
 
 use memmap2::{Mmap, MmapMut, MmapOptions};
 
-use crate::layout::{BoxCtl, Journal, RecHeader, ReqHeader, ResultEntry, RingHeader, SegHeader};
-use crate::records::{ChunkCtl, RecFileHeader};
+use crate::layout::{
+    BoxCtl, ChunkCtl, Journal, RecFileHeader, RecHeader, ReqHeader, ResultEntry, RingHeader,
+    SegHeader,
+};
 
 /// Marker for types that may be viewed in shared memory by reference.
 ///

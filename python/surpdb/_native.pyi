@@ -14,10 +14,14 @@ __all__ = [
     "check",
     "MAX_KEY_LEN",
     "FORMAT_VERSION",
+    "RECORDS_VERSION",
+    "RING_VERSION",
 ]
 
 MAX_KEY_LEN: int
 FORMAT_VERSION: int
+RECORDS_VERSION: int
+RING_VERSION: int
 
 _Key = str | bytes
 

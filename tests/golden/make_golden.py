@@ -1,4 +1,6 @@
-"""Write the golden segment image for the current format version.
+"""Write the golden images for the current format versions: the data segment
+(format-vN.surp.gz) and the records file (records-vN.surp.gz, with the ids and records it
+holds in records-vN.json).
 
     python tests/golden/make_golden.py
 
@@ -9,6 +11,7 @@ refused with IncompatibleSegment (tests/test_golden.py)."""
 from __future__ import annotations
 
 import gzip
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -46,9 +49,52 @@ def write(dest: Path) -> None:
         shutil.rmtree(d)
 
 
+def golden_records() -> list[object]:
+    """Records of every field type, some alike (for the model), some not. Never change them:
+    records-v1.surp.gz holds exactly these."""
+    out: list[object] = []
+    for i in range(300):
+        out.append(
+            {
+                "url": f"https://pypi.org/project/pkg{i % 37}/",
+                "title": f"Package number {i}",
+                "source": ["pypi", "debian", "npm"][i % 3],
+                "n": i - 150,
+                "score": i / 7,
+                "tags": ["a", "b"] if i % 2 else [],
+                "raw": bytes([i % 256]),
+                "none": None,
+            }
+        )
+    out += [{"ünï": "cödé"}, {"nested": {"x": [1, 2, {"y": True}]}}, {}]
+    return out
+
+
+def write_records(dest: Path, ids_file: Path) -> None:
+    """A records file holding records stored before and after a trained model, one removed."""
+    d = Path(tempfile.mkdtemp())
+    try:
+        recs = golden_records()
+        with surpdb.Server(d / "s", size="1MiB", max_value="16KiB", records_size="16MiB"):
+            c = surpdb.connect(d / "s")
+            plain = c.insert_many(recs[:150])  # before any model: the plain encoding
+            c.train()
+            coded = c.insert_many(recs[150:])  # with the trained model
+            assert c.remove(plain[0])
+        ids_file.write_text(json.dumps({"ids": plain + coded, "removed": plain[0]}))
+        with open(d / "s" / "records.surp", "rb") as src, gzip.open(dest, "wb", 9) as out:
+            shutil.copyfileobj(src, out)
+    finally:
+        shutil.rmtree(d)
+
+
 if __name__ == "__main__":
-    out = Path(__file__).with_name(f"format-v{_native.FORMAT_VERSION}.surp.gz")
-    if out.exists():
-        raise SystemExit(f"{out} exists: golden images are never regenerated")
-    write(out)
-    print(f"wrote {out} ({out.stat().st_size} bytes)")
+    here = Path(__file__).parent
+    out = here / f"format-v{_native.FORMAT_VERSION}.surp.gz"
+    if not out.exists():  # golden images are never regenerated
+        write(out)
+        print(f"wrote {out} ({out.stat().st_size} bytes)")
+    rec = here / f"records-v{_native.RECORDS_VERSION}.surp.gz"
+    if not rec.exists():
+        write_records(rec, rec.with_name(f"records-v{_native.RECORDS_VERSION}.json"))
+        print(f"wrote {rec} ({rec.stat().st_size} bytes)")
