@@ -30,13 +30,15 @@ fmt: ## format Rust and Python
 	cargo fmt --all
 	$(PY) -m ruff format python tests benchmarks
 
-bench: ## speed suite, page, hub, restart and record-store benchmarks beside their anchors (starts redis, memcached)
+bench: ## speed suite, page, hub, restart, record-store, Django and hit-ratio benchmarks beside their anchors (starts redis, memcached)
 	$(PY) -m pip install ".[bench]"
 	$(PY) benchmarks/speed.py
 	$(PY) benchmarks/linkrdr_bench.py
 	$(PY) benchmarks/hub_bench.py
 	$(PY) benchmarks/restart_bench.py
 	$(PY) benchmarks/records_bench.py --compact
+	$(PY) benchmarks/django_bench.py
+	$(PY) -m pip install libcachesim && $(PY) benchmarks/hitratio.py --requests 1000000
 
 fuzz: ## a short cargo-fuzz pass of every target (SECONDS_EACH=600 for longer)
 	bash fuzz/run.sh

@@ -313,3 +313,28 @@ def test_dict_keys_decode_exactly_through_the_key_cache(client: surpdb.Client) -
             assert back == d
             assert list(back) == list(d)
             assert all(type(k) is str for k in back if not isinstance(k, (bytes, int)))
+
+
+def test_poll_answers_a_queued_write_and_never_blocks(server: surpdb.Server) -> None:
+    import signal
+    import time
+
+    c = surpdb.connect(server.path)
+    server.signal(signal.SIGSTOP)  # the daemon cannot answer: poll must not wait for it
+    try:
+        t = c.set("polled", 1, wait=False)
+        start = time.monotonic()
+        assert [c.poll(t) for _ in range(1000)] == [None] * 1000
+        assert time.monotonic() - start < 5, "1000 polls of an unanswered ticket"
+    finally:
+        server.signal(signal.SIGCONT)
+    deadline = time.monotonic() + 30
+    r = c.poll(t)
+    while r is None:  # bounded: the daemon runs again
+        assert time.monotonic() < deadline
+        r = c.poll(t)
+    assert r is True and c.get("polled") == 1
+    with pytest.raises(surpdb.Error, match="already collected"):
+        c.poll(t)
+    t2 = c.add("polled", 2, wait=False)
+    assert c.wait(t2) is False  # poll and wait shape a ticket alike

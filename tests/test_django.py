@@ -94,6 +94,91 @@ def test_async_methods(server: surpdb.Server) -> None:
     asyncio.run(go())
 
 
+def _probe(location: str):  # type: ignore[no-untyped-def]
+    """The backend, recording the thread each sync method runs on."""
+    import threading
+
+    from surpdb.django import SurpdbCache
+
+    class Probe(SurpdbCache):
+        threads: dict[str, set[str]] = {}
+
+        def _seen(self, what: str) -> None:
+            self.threads.setdefault(what, set()).add(threading.current_thread().name)
+
+        def get(self, *a, **k):  # type: ignore[no-untyped-def]
+            self._seen("get")
+            return super().get(*a, **k)
+
+        def get_many(self, *a, **k):  # type: ignore[no-untyped-def]
+            self._seen("get_many")
+            return super().get_many(*a, **k)
+
+        def set(self, *a, **k):  # type: ignore[no-untyped-def]
+            self._seen("set")
+            return super().set(*a, **k)
+
+        def incr(self, *a, **k):  # type: ignore[no-untyped-def]
+            self._seen("incr")
+            return super().incr(*a, **k)
+
+    return Probe(location, {"OPTIONS": {}, "TIMEOUT": 300})
+
+
+def test_async_reads_stay_on_the_loop_and_writes_share_one_ack_thread(
+    server: surpdb.Server,
+) -> None:
+    import threading
+
+    c = _probe(server.path)
+
+    async def go() -> list[object]:
+        # 200 writes of one key at once: queued in the order they were made (the last one
+        # wins), their acknowledgements polled on the loop.
+        await asyncio.gather(*(c.aset("k", i) for i in range(200)))
+        await c.aset("n", 0)
+        counts = await asyncio.gather(*(c.aincr("n") for _ in range(50)))
+        return [await c.aget("k"), await c.aget_many(["k"]), await c.ahas_key("k"), counts]
+
+    got = asyncio.run(go())
+    assert got[:3] == [199, {"k": 199}, True]
+    assert sorted(got[3]) == list(range(1, 51)), "every increment applied once"
+    loop_thread = threading.current_thread().name
+    assert c.threads["get"] == {loop_thread}, "a read is a memory load: no thread hop"
+    assert c.threads["get_many"] == {loop_thread}
+    assert "set" not in c.threads, "aset queues on the loop and polls: no thread at all"
+    assert len(c.threads["incr"]) == 1 and loop_thread not in c.threads["incr"], "one ack thread"
+
+
+def _async_child(path: str, q: mp.Queue) -> None:  # type: ignore[type-arg]
+    c = backend(path)
+    asyncio.run(c.aset("child", os.getpid()))
+    q.put(c.get("child"))
+
+
+def test_async_writes_work_in_a_forked_child(server: surpdb.Server) -> None:
+    c = backend(server.path)
+    asyncio.run(c.aset("parent", 1))  # the parent's ack thread exists before the fork
+    q: mp.Queue = mp.get_context("fork").Queue()  # type: ignore[type-arg]
+    p = mp.get_context("fork").Process(target=_async_child, args=(server.path, q))
+    p.start()
+    got = q.get(timeout=60)
+    p.join(timeout=60)
+    assert p.exitcode == 0 and got == p.pid
+    assert asyncio.run(c.aget("parent")) == 1
+
+
+def test_remembered_keys_keep_equal_keys_of_other_types_apart(server: surpdb.Server) -> None:
+    c = backend(server.path)
+    c.set(1, "int")
+    c.set(True, "bool")
+    c.set(1.0, "float")  # Django's key is f"{prefix}:{version}:{key}": three keys
+    assert [c.get(1), c.get(True), c.get(1.0)] == ["int", "bool", "float"]
+    c.set("k", "v1")
+    c.set("k", "v2", version=2)
+    assert (c.get("k"), c.get("k", version=2)) == ("v1", "v2")
+
+
 def test_dead_daemon_raises_unavailable_by_default(store_dir: str) -> None:
     srv = surpdb.Server(store_dir, size="32MiB")
     c = backend(store_dir, CLIENT_TIMEOUT=0.3)

@@ -835,15 +835,27 @@ impl Client {
 
     /// Wait for a ticket's result, up to `timeout`.
     pub fn wait_for(&self, ticket: u64, timeout: Duration) -> Result<Reply> {
+        self.wait_until(ticket, Some(timeout))
+            .map(|r| r.expect("a wait with a deadline ends with an answer or an error"))
+    }
+
+    /// The result of `ticket` if the daemon has answered it (collecting it, as a wait does),
+    /// None if not yet; never sleeps. For event loops: poll, yield, poll again.
+    pub fn poll(&self, ticket: u64) -> Result<Option<Reply>> {
+        self.wait_until(ticket, None)
+    }
+
+    /// Wait for `ticket` up to `timeout`, or with None only look once (Ok(None): not yet).
+    fn wait_until(&self, ticket: u64, timeout: Option<Duration>) -> Result<Option<Reply>> {
         let (ring, b, bt, gen) = {
             let mut p = self.prod.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(r) = self.collected(&mut p, ticket)? {
-                return Ok(r);
+                return Ok(Some(r));
             }
             let ep = self.ep.get();
             (ep.ring.clone(), ep.boxno, ticket - p.base, p.fork_gen)
         };
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + timeout.unwrap_or_default();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match ring.wait_done(b, bt, left.min(Duration::from_millis(250))) {
@@ -851,7 +863,7 @@ impl Client {
                 Waited::Poisoned => {
                     let mut p = self.prod.lock().unwrap_or_else(|e| e.into_inner());
                     if let Some(r) = self.collected(&mut p, ticket)? {
-                        return Ok(r); // answered before the poisoning
+                        return Ok(Some(r)); // answered before the poisoning
                     }
                     p.wanted.remove(&ticket);
                     return Err(Error::BadRequest(
@@ -860,6 +872,7 @@ impl Client {
                             .into(),
                     ));
                 }
+                Waited::TimedOut if timeout.is_none() => return Ok(None),
                 Waited::TimedOut => {}
             }
             if Instant::now() >= deadline {
@@ -878,7 +891,7 @@ impl Client {
             self.drain(&mut p);
         }
         match self.collected(&mut p, ticket)? {
-            Some(r) => Ok(r),
+            Some(r) => Ok(Some(r)),
             None => Err(Error::BadRequest(format!("result of ticket {ticket} was lost"))),
         }
     }

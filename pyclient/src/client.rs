@@ -56,6 +56,15 @@ impl Client {
         Ok(t)
     }
 
+    /// A wait=False ticket's reply, shaped as the call that made it would have.
+    fn shape_ticket(&self, py: Python<'_>, ticket: u64, r: Reply) -> PyResult<PyObject> {
+        let entry = self.async_ops.lock().unwrap_or_else(|e| e.into_inner()).remove(&ticket);
+        match entry {
+            Some((op, key)) => self.shape(py, op, &key, r),
+            None => self.shape(py, op::SET, b"", r),
+        }
+    }
+
     /// `req`'s shaped reply (wait=True) or its ticket (wait=False).
     fn submit(&self, py: Python<'_>, req: Request<'_>, wait: bool) -> PyResult<PyObject> {
         if wait {
@@ -871,11 +880,14 @@ impl Client {
     fn wait(&self, py: Python<'_>, ticket: u64) -> PyResult<PyObject> {
         let core = &self.core;
         let r = py.allow_threads(|| core.wait(ticket)).map_err(to_py_err)?;
-        let entry = self.async_ops.lock().unwrap_or_else(|e| e.into_inner()).remove(&ticket);
-        match entry {
-            Some((op, key)) => self.shape(py, op, &key, r),
-            None => self.shape(py, op::SET, b"", r),
-        }
+        self.shape_ticket(py, ticket, r)
+    }
+
+    /// The result of a wait=False call if the daemon has answered it (as wait() returns it),
+    /// else None: never blocks. An event loop polls, yields, and polls again.
+    fn poll(&self, py: Python<'_>, ticket: u64) -> PyResult<Option<PyObject>> {
+        let Some(r) = self.core.poll(ticket).map_err(to_py_err)? else { return Ok(None) };
+        self.shape_ticket(py, ticket, r).map(Some)
     }
 
     /// Counters and gauges: items, bytes, hits, misses, evictions, expirations, ...

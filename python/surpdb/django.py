@@ -13,19 +13,28 @@
     }
 
 Reads are served from the shared mapping in the calling process; writes are acknowledged by
-the daemon. Every alias pointing at one LOCATION shares one store (keys are kept apart by
-KEY_PREFIX, VERSION and KEY_FUNCTION, as with memcached), and ``clear()`` empties all of it.
+the daemon. The async methods do the same without a thread per call: a read completes on the
+event loop (it is a memory load); aset, aadd and adelete queue the write and poll for its
+acknowledgement between turns of the loop (a slow one is waited for on the process's one ack
+thread); the other writes run on that ack thread. The loop never blocks.
+
+Every alias pointing at one LOCATION shares one store (keys are kept apart by KEY_PREFIX,
+VERSION and KEY_FUNCTION, as with memcached), and ``clear()`` empties all of it.
 MAX_ENTRIES and CULL_FREQUENCY are not used: the daemon evicts by segment size.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
+from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache, memcache_key_warnings
 
 from . import connect, default_dir
 from ._native import Client
@@ -39,6 +48,25 @@ _clients: dict[tuple[str, float], Client] = {}
 _clients_lock = threading.Lock()
 
 T = TypeVar("T")
+
+# Made and validated keys kept per backend instance (Django makes an instance per thread).
+_KEY_CACHE_MAX = 4096
+
+_waiter: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _ack_thread() -> ThreadPoolExecutor:
+    """The process's one thread that waits for write acknowledgements on behalf of async
+    callers (a new one after fork: threads do not survive it)."""
+    global _waiter
+    w = _waiter
+    if w is None or w[0] != os.getpid():
+        with _clients_lock:
+            w = _waiter
+            if w is None or w[0] != os.getpid():
+                w = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="surpdb-ack"))
+                _waiter = w
+    return w[1]
 
 
 def _client_for(location: str, timeout: float) -> Client:
@@ -74,10 +102,41 @@ class SurpdbCache(BaseCache):
         }
         if unknown:
             raise ValueError(f"unknown surpdb cache OPTIONS: {', '.join(sorted(unknown))}")
+        self._made: dict[tuple[type, Any, int | None], str] = {}
+        self._cached_client: Client | None = None
 
     @property
     def _client(self) -> Client:
-        return _client_for(self._location, self._client_timeout)
+        c = self._cached_client
+        if c is None:
+            c = self._cached_client = _client_for(self._location, self._client_timeout)
+        return c
+
+    def _key(self, key: Any, version: int | None) -> str:
+        """make_and_validate_key, remembered: Django's key function, prefix and version are
+        fixed per instance, so a key made once is the same key next time. A key that draws a
+        key warning is not remembered, so it warns on every call as Django's own do."""
+        # The type is part of it: 1, 1.0 and True are equal dict keys but make other keys.
+        ck = (key.__class__, key, version)
+        try:
+            return self._made[ck]
+        except KeyError:
+            pass
+        except TypeError:  # an unhashable key: Django's key function decides
+            return self.make_and_validate_key(key, version=version)
+        k = self.make_and_validate_key(key, version=version)
+        if next(iter(memcache_key_warnings(k)), None) is None:
+            if len(self._made) >= _KEY_CACHE_MAX:
+                self._made.clear()
+            self._made[ck] = k
+        return k
+
+    def _ignored(self, what: str, e: Error, fallback: T) -> T:
+        if not self._ignore_exceptions:
+            raise e
+        if self._log_ignored:
+            log.warning("surpdb cache %s on %s failed, ignored: %s", what, self._location, e)
+        return fallback
 
     def _call(self, what: str, fn: Callable[[], T], fallback: T) -> T:
         """Run a store operation; with IGNORE_EXCEPTIONS, a store failure (daemon down, queue
@@ -88,11 +147,7 @@ class SurpdbCache(BaseCache):
         except (ValueTooLarge, KeyTooLong):
             raise
         except Error as e:
-            if not self._ignore_exceptions:
-                raise
-            if self._log_ignored:
-                log.warning("surpdb cache %s on %s failed, ignored: %s", what, self._location, e)
-            return fallback
+            return self._ignored(what, e, fallback)
 
     def get_backend_timeout(self, timeout: float | None | object = DEFAULT_TIMEOUT) -> float | None:
         """Seconds until expiry (None: never; 0: do not store)."""
@@ -105,24 +160,109 @@ class SurpdbCache(BaseCache):
     # -- reads: from the mapping, no IPC
 
     def get(self, key: Any, default: Any = None, version: int | None = None) -> Any:
-        k = self.make_and_validate_key(key, version=version)
-        return self._call("get", lambda: self._client.get(k, default), default)
+        k = self._key(key, version)
+        try:
+            return self._client.get(k, default)
+        except (ValueTooLarge, KeyTooLong):
+            raise
+        except Error as e:
+            return self._ignored("get", e, default)
 
     def has_key(self, key: Any, version: int | None = None) -> bool:
-        k = self.make_and_validate_key(key, version=version)
+        k = self._key(key, version)
         return self._call("has_key", lambda: self._client.has_key(k), False)
 
     def get_many(self, keys: Iterable[Any], version: int | None = None) -> dict[Any, Any]:
-        made = {self.make_and_validate_key(key, version=version): key for key in keys}
+        made = {self._key(key, version): key for key in keys}
         got = self._call("get_many", lambda: self._client.get_many(list(made)), {})
         return {made[k]: v for k, v in got.items()}
+
+    # -- async: reads on the loop, writes acknowledged on the process's waiter thread
+
+    async def aget(self, key: Any, default: Any = None, version: int | None = None) -> Any:
+        return self.get(key, default, version)
+
+    async def aget_many(self, keys: Iterable[Any], version: int | None = None) -> dict[Any, Any]:
+        return self.get_many(keys, version)
+
+    async def ahas_key(self, key: Any, version: int | None = None) -> bool:
+        return self.has_key(key, version)
+
+    async def _acked(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(_ack_thread(), functools.partial(fn, *args))
+
+    async def _answer(self, ticket: int) -> Any:
+        """A queued write's answer: polled between turns of the loop (the daemon answers in
+        microseconds), then, if it is slow, waited for on the ack thread."""
+        c = self._client
+        for _ in range(64):
+            r = c.poll(ticket)
+            if r is not None:
+                return r
+            await asyncio.sleep(0)
+        return await asyncio.get_running_loop().run_in_executor(_ack_thread(), c.wait, ticket)
+
+    async def _aqueued(self, what: str, op: Callable[[], int], fallback: Any) -> Any:
+        try:
+            return await self._answer(op())
+        except (ValueTooLarge, KeyTooLong):
+            raise
+        except Error as e:
+            return self._ignored(what, e, fallback)
+
+    async def aset(
+        self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> None:
+        k = self._key(key, version)
+        ttl = self.get_backend_timeout(timeout)
+        if ttl == 0:
+            return await self._acked(self.set, key, value, timeout, version)
+        await self._aqueued("set", lambda: self._client.set(k, value, ttl=ttl, wait=False), None)
+
+    async def aadd(
+        self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> bool:
+        k = self._key(key, version)
+        ttl = self.get_backend_timeout(timeout)
+        if ttl == 0:
+            return await self._acked(self.add, key, value, timeout, version)
+        add = lambda: self._client.add(k, value, ttl=ttl, wait=False)  # noqa: E731
+        return bool(await self._aqueued("add", add, False))
+
+    async def atouch(
+        self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> bool:
+        return await self._acked(self.touch, key, timeout, version)
+
+    async def adelete(self, key: Any, version: int | None = None) -> bool:
+        k = self._key(key, version)
+        delete = lambda: self._client.delete(k, wait=False)  # noqa: E731
+        return bool(await self._aqueued("delete", delete, False))
+
+    async def aset_many(
+        self, data: dict[Any, Any], timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> list[Any]:
+        return await self._acked(self.set_many, data, timeout, version)
+
+    async def adelete_many(self, keys: Iterable[Any], version: int | None = None) -> None:
+        return await self._acked(self.delete_many, list(keys), version)
+
+    async def aincr(self, key: Any, delta: int = 1, version: int | None = None) -> int:
+        return await self._acked(self.incr, key, delta, version)
+
+    async def adecr(self, key: Any, delta: int = 1, version: int | None = None) -> int:
+        return await self._acked(self.decr, key, delta, version)
+
+    async def aclear(self) -> None:
+        return await self._acked(self.clear)
 
     # -- writes: acknowledged by the daemon
 
     def set(
         self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
     ) -> None:
-        k = self.make_and_validate_key(key, version=version)
+        k = self._key(key, version)
         ttl = self.get_backend_timeout(timeout)
         if ttl == 0:  # Django: a zero or negative timeout means "do not cache"
             self._call("set", lambda: self._client.delete(k), False)
@@ -132,7 +272,7 @@ class SurpdbCache(BaseCache):
     def add(
         self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
     ) -> bool:
-        k = self.make_and_validate_key(key, version=version)
+        k = self._key(key, version)
         ttl = self.get_backend_timeout(timeout)
         if ttl == 0:
             # Stored and expired at once: it "succeeds" only if the key is absent.
@@ -140,20 +280,20 @@ class SurpdbCache(BaseCache):
         return bool(self._call("add", lambda: self._client.add(k, value, ttl=ttl), False))
 
     def touch(self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
-        k = self.make_and_validate_key(key, version=version)
+        k = self._key(key, version)
         ttl = self.get_backend_timeout(timeout)
         if ttl == 0:
             return bool(self._call("touch", lambda: self._client.delete(k), False))
         return bool(self._call("touch", lambda: self._client.touch(k, ttl=ttl), False))
 
     def delete(self, key: Any, version: int | None = None) -> bool:
-        k = self.make_and_validate_key(key, version=version)
+        k = self._key(key, version)
         return bool(self._call("delete", lambda: self._client.delete(k), False))
 
     def set_many(
         self, data: dict[Any, Any], timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
     ) -> list[Any]:
-        made = {self.make_and_validate_key(key, version=version): key for key in data}
+        made = {self._key(key, version): key for key in data}
         if not made:
             return []
         ttl = self.get_backend_timeout(timeout)
@@ -165,12 +305,12 @@ class SurpdbCache(BaseCache):
         return [made[k] for k in failed]
 
     def delete_many(self, keys: Iterable[Any], version: int | None = None) -> None:
-        made = [self.make_and_validate_key(key, version=version) for key in keys]
+        made = [self._key(key, version) for key in keys]
         if made:
             self._call("delete_many", lambda: self._client.delete_many(made), 0)
 
     def incr(self, key: Any, delta: int = 1, version: int | None = None) -> int:
-        k = self.make_and_validate_key(key, version=version)
+        k = self._key(key, version)
         try:
             return self._call("incr", lambda: self._client.incr(k, delta, default=None), None)  # type: ignore[return-value]
         except KeyError:
