@@ -905,15 +905,15 @@ impl Client {
             },
         )?;
         d.set_item("client_dropped_errors", self.core.dropped_errors())?;
+        // bytes_used: the data segment's bytes in use (cache_bytes_used) plus the records file's.
+        let cache: u64 = d.get_item("bytes_used")?.map(|x| x.extract()).transpose()?.unwrap_or(0);
+        d.set_item("cache_bytes_used", cache)?;
         if let Some((live, bytes, models, inserted, removed)) = self.core.record_stats() {
             d.set_item("records", live)?;
             d.set_item("records_bytes", bytes)?;
             d.set_item("record_models", models)?;
             d.set_item("records_inserted", inserted)?;
             d.set_item("records_removed", removed)?;
-            let cache: u64 =
-                d.get_item("bytes_used")?.map(|x| x.extract()).transpose()?.unwrap_or(0);
-            d.set_item("cache_bytes_used", cache)?;
             d.set_item("bytes_used", cache + bytes)?;
         }
         Ok(d)
