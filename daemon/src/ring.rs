@@ -75,6 +75,9 @@ struct Consumer {
     head: AtomicU64,
     done: AtomicU64,
     waiting: std::sync::atomic::AtomicU32,
+    /// The daemon's reaper: owner words it found implausible at its last pass (see
+    /// [`Ring::reap`]); 0: none.
+    suspect: AtomicU64,
 }
 
 struct Offsets {
@@ -403,6 +406,12 @@ impl Ring {
                     c.owner_start.store(0, Ordering::Relaxed);
                     c.owner_pid.store(0, Ordering::Release);
                     return Err(shm::allocate_error(&self.path, self.box_bytes, e));
+                }
+                // The daemon frees a box whose owner has no start time at two reaper
+                // passes; a claimer stopped between its CAS and the start time's store for
+                // that long finds its box gone and looks further.
+                if c.owner_pid.load(Ordering::Acquire) != pid {
+                    continue;
                 }
                 // SYNC POINT: Release; the daemon's Acquire load of `active` sees the reset
                 // fields before it polls the box.
@@ -906,7 +915,28 @@ impl Ring {
     pub fn reap(&self, b: u32) -> Option<(u64, u64, u64)> {
         let c = self.ctl(b);
         let pid = c.owner_pid.load(Ordering::Acquire);
-        if pid == 0 || pid == OWNER_RESETTING {
+        let start = c.owner_start.load(Ordering::Relaxed);
+        let suspect = &self.consumer(b).suspect;
+        if pid == 0 {
+            suspect.store(0, Ordering::Relaxed);
+            return None;
+        }
+        // Owner words no claim leaves standing: OWNER_RESETTING is written only by this
+        // daemon, inside this function (so it is left over from a crash, or bytes a group
+        // member wrote), and a live owner without a start time, where start times exist, is
+        // a claim between its two stores, which takes microseconds. Seen at two passes of the
+        // reaper (200 ms apart), either is garbage that would hold the box forever: before,
+        // random words that named pid 2 (a kernel thread) or RESETTING took every box.
+        let implausible = pid == OWNER_RESETTING
+            || (start == 0 && shm::process_start_time(shm::getpid()).is_some());
+        let stale = if implausible {
+            let mark = (pid as u64) << 32 | 1;
+            suspect.swap(mark, Ordering::Relaxed) == mark
+        } else {
+            suspect.store(0, Ordering::Relaxed);
+            false
+        };
+        if pid == OWNER_RESETTING && !stale {
             return None;
         }
         let (tail, head) = (c.tail.load(Ordering::Acquire), self.consumed(b).0);
@@ -923,9 +953,10 @@ impl Ring {
             return None;
         }
         let released = active != BOX_ACTIVE;
-        if !released && shm::process_alive(pid, c.owner_start.load(Ordering::Relaxed)) {
+        if !released && !stale && shm::process_alive(pid, start) {
             return None;
         }
+        suspect.store(0, Ordering::Relaxed);
         if c.owner_pid
             .compare_exchange(pid, OWNER_RESETTING, Ordering::AcqRel, Ordering::Relaxed)
             .is_err()

@@ -220,3 +220,34 @@ fn random_writes_into_the_ring_never_hang_or_mislead_honest_clients() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Owner words that make every box look taken for good: a live pid without a start time
+/// (pid 2, the kernel's kthreadd, is always alive) or the daemon's own "resetting" mark.
+/// Found by the random attack above (it failed about one run in ten with "all 16 client
+/// slots stayed taken by live processes"): the daemon now frees such boxes once it has seen
+/// them at two reaper passes, and a new client gets a box within its timeout.
+#[test]
+fn forged_owner_words_do_not_hold_boxes_forever() {
+    let dir = shm_dir("hostile-owners");
+    let args =
+        ["--size", "8MiB", "--max-value", "64KiB", "--max-clients", "4", "--log-level", "error"];
+    let d = Surpd::start(&dir, &args, &[]).unwrap();
+    let ring = surpd::ring::Ring::open(&dir.join("ring.surp")).unwrap();
+    for b in 0..ring.nboxes {
+        let c = ring.ctl(b);
+        let owner = if b % 2 == 0 { 2 } else { surpd::ring::OWNER_RESETTING };
+        c.owner_pid.store(owner, Ordering::Release);
+        c.owner_start.store(0, Ordering::Relaxed);
+        c.active.store(surpd::ring::BOX_ACTIVE, Ordering::Release);
+    }
+    let start = Instant::now();
+    let c = Client::connect(&dir, Duration::from_secs(5)).unwrap();
+    let v = bytes_value(b"after forged owners");
+    let r = c.enqueue(op::SET, 0, b"k", &v, 0, v.len() as u64).and_then(|t| c.wait(t));
+    assert!(matches!(r, Ok(ref r) if r.status == status::OK), "{r:?} after {:?}", start.elapsed());
+    assert!(start.elapsed() < Duration::from_secs(5));
+    drop(c);
+    let log = d.stop();
+    assert!(!log.contains("panicked"), "{log}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
