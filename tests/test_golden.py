@@ -16,9 +16,10 @@ HERE = Path(__file__).with_name("golden")
 IMAGES = sorted(HERE.glob("format-v*.surp.gz"))
 
 
-def unpack(image: Path, dest: Path) -> Path:
+def unpack(image: Path, dest: Path, name: str = "data.surp") -> Path:
+    """A data directory holding the image as its file `name`."""
     dest.mkdir(parents=True)
-    with gzip.open(image) as src, open(dest / "data.surp", "wb") as out:
+    with gzip.open(image) as src, open(dest / name, "wb") as out:
         shutil.copyfileobj(src, out)
     return dest
 
@@ -64,13 +65,6 @@ def test_an_image_with_another_version_number_is_refused(tmp_path: Path) -> None
 RECORD_IMAGES = sorted(HERE.glob("records-v*.surp.gz"))
 
 
-def unpack_records(image: Path, dest: Path) -> Path:
-    dest.mkdir(parents=True)
-    with gzip.open(image) as src, open(dest / "records.surp", "wb") as out:
-        shutil.copyfileobj(src, out)
-    return dest
-
-
 def test_there_is_a_records_image_of_the_current_format() -> None:
     assert HERE / f"records-v{_native.RECORDS_VERSION}.surp.gz" in RECORD_IMAGES
 
@@ -81,7 +75,7 @@ def test_golden_records_image_reads_back_every_record(image: Path, tmp_path: Pat
 
     from golden.make_golden import golden_records
 
-    store = unpack_records(image, tmp_path / "store")
+    store = unpack(image, tmp_path / "store", "records.surp")
     meta = json.loads(image.with_name(image.name.replace(".surp.gz", ".json")).read_text())
     version = int(image.name.split("-v")[1].split(".")[0])
     args = {"size": "1MiB", "max_value": "16KiB", "records_size": "16MiB"}
@@ -103,7 +97,7 @@ def test_golden_records_image_reads_back_every_record(image: Path, tmp_path: Pat
 
 def test_a_records_file_with_another_version_is_refused(tmp_path: Path) -> None:
     image = HERE / f"records-v{_native.RECORDS_VERSION}.surp.gz"
-    store = unpack_records(image, tmp_path / "store")
+    store = unpack(image, tmp_path / "store", "records.surp")
     with open(store / "records.surp", "r+b") as f:
         f.seek(8)
         f.write((_native.RECORDS_VERSION + 1).to_bytes(4, "little"))
