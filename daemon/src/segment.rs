@@ -339,8 +339,13 @@ impl Segment {
         }
         let h: &RecHeader = match self.region.at(off) {
             Some(h) => h,
-            // Past what this process accepts: the daemon may have grown the file.
-            None if off >= self.region.len() && self.refresh_size() => self.region.at(off)?,
+            // Past what this process accepts, or running past its end (a header that starts
+            // in the last bytes accepted): the daemon may have grown the file.
+            None if off.saturating_add(REC_HEADER_BYTES) > self.region.len()
+                && self.refresh_size() =>
+            {
+                self.region.at(off)?
+            }
             None => return None,
         };
         let size = h.size.load(Ordering::Relaxed) as u64;
@@ -490,6 +495,32 @@ mod tests {
         assert!(matches!(Segment::open(&p, false), Err(Error::Incompatible(_))));
         std::fs::write(&p, b"garbage that is not a segment").unwrap();
         assert!(matches!(Segment::open(&p, false), Err(Error::Incompatible(_))));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// A reader mapped before a growth reads a record whose header starts in the last bytes
+    /// it accepted and runs into the new space (before: the header check failed without
+    /// looking at the new size, and the key read as a miss until another access refreshed).
+    #[test]
+    fn a_record_straddling_the_old_end_reads_after_a_growth() {
+        let d = tmpdir();
+        let p = d.join("data.surp");
+        let mut geo = Geometry::for_size(4 << 20, 64 << 10).unwrap();
+        geo.max_size = 8 << 20;
+        Segment::create(&p, &geo, 64 << 10, POLICY_EVICT, 0o640).unwrap();
+        let reader = Segment::open(&p, false).unwrap();
+        let w = Segment::open(&p, true).unwrap();
+        let old = w.size();
+        let new = old + (64 << 10);
+        std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(new).unwrap();
+        w.region.grow_valid(new);
+        w.hdr().size.store(new, Ordering::Release);
+        let off = old - 16; // the 40-byte header runs 24 bytes past the old end
+        let key = b"straddles";
+        let rec = NewRec { key, value: b"\x06\x01x", hash: w.hash(key), version: 3, expires_ms: 0 };
+        w.write_record(off, &rec);
+        let r = reader.record(off).expect("the record past the old end reads");
+        assert_eq!((r.key, r.version), (&key[..], 3));
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -348,6 +348,9 @@ fn wait(c: &Client, d: &mut Option<Surpd>, dir: &Path, ticket: u64, rs: &mut Res
                     eprintln!("--- daemon log ---\n{log}");
                 }
             }
+            // What the crash left, before any recovery: `check` accepts every state a
+            // crash can leave (what recovery repairs is not corruption).
+            assert_check_clean(dir, &format!("{} right after a crash", dir.display()));
             let env: Vec<(&str, String)> = match rs.then.take() {
                 Some(m) => vec![("SURPD_TEST_CRASH_AT", m.to_string())],
                 None => Vec::new(),

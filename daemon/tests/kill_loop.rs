@@ -77,10 +77,6 @@ struct Model {
 /// One writer: sets of small and large values (the heap wraps every few hundred), deletes,
 /// incrs, appends (bounded lists), record inserts and removes, and now and then a training.
 fn writer(dir: PathBuf, w: u32, evicts: bool, stop: Arc<AtomicBool>) -> Model {
-    // Training under kills: off by default (SURPD_KILL_TRAIN=1 turns it on). With it, about
-    // one run in five finds a sorted-set update of the training writer applied twice or
-    // `check` problems after a kill: under investigation, see docs/DESIGN.md.
-    let train = std::env::var("SURPD_KILL_TRAIN").is_ok_and(|v| v == "1");
     let c = Client::connect(&dir, Duration::from_secs(60)).unwrap();
     let mut m = Model::default();
     let mut rng = Rng(0x9e37_79b9 + w as u64);
@@ -110,7 +106,7 @@ fn writer(dir: PathBuf, w: u32, evicts: bool, stop: Arc<AtomicBool>) -> Model {
             m.grown = m.grown.max(r.value);
             continue;
         }
-        if w == 0 && train && m.trains < 3 && rng.below(2000) == 0 {
+        if w == 0 && m.trains < 3 && rng.below(2000) == 0 {
             // A few: each new model starts a chunk of its own (see the records notes).
             m.trains += 1;
             let t = c.enqueue(op::TRAIN, 0, b"", &[], 0, 0).unwrap();
@@ -195,15 +191,19 @@ fn writer(dir: PathBuf, w: u32, evicts: bool, stop: Arc<AtomicBool>) -> Model {
                 p.push(value::STR);
                 value::put_varint(&mut p, member.len() as u64);
                 p.extend_from_slice(member.as_bytes());
+                let mut read = String::from("a miss");
                 if evicts {
                     // What eviction left is only known from the store: start from it.
                     let pin = c.pin().unwrap();
                     let now = match c.get(&pin, &k) {
-                        Lookup::Hit(r) => value::zset_entries(r.value)
-                            .unwrap()
-                            .iter()
-                            .map(|e| (e.member.to_vec(), e.score))
-                            .collect(),
+                        Lookup::Hit(r) => {
+                            read = format!("version {} at {}", r.version, r.off);
+                            value::zset_entries(r.value)
+                                .unwrap()
+                                .iter()
+                                .map(|e| (e.member.to_vec(), e.score))
+                                .collect()
+                        }
                         Lookup::Miss => Default::default(),
                     };
                     m.zsets.insert(k.clone(), now);
@@ -217,7 +217,12 @@ fn writer(dir: PathBuf, w: u32, evicts: bool, stop: Arc<AtomicBool>) -> Model {
                     // Evicted between the read and the add: the set is new.
                     z.retain(|_, s| *s == score);
                 } else {
-                    assert_eq!(r.value, new as u64, "zadd {k:?}: applied exactly once");
+                    // (A false miss of the read above fails here too: a record whose header
+                    // ran past the reader's mapped end read as a miss after a growth.)
+                    assert_eq!(
+                        r.value, new as u64,
+                        "zadd {k:?} ticket {t}: applied exactly once (the read before it: {read})"
+                    );
                 }
             }
             _ => {}
