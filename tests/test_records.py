@@ -191,6 +191,17 @@ def test_removed_stale_and_forged_ids_raise_key_error(client: surpdb.Client) -> 
             client.record(wrong)  # type: ignore[arg-type]
 
 
+def test_an_insert_ticket_waits_to_its_record_id(client: surpdb.Client) -> None:
+    # wait() shapes a fire-and-forget reply from what the core's ticket ledger kept: for an
+    # insert that is the new id (it was True before the ledger knew the op).
+    t = client.insert({"title": "later"}, wait=False)
+    rid = client.wait(t)
+    assert isinstance(rid, int) and not isinstance(rid, bool)
+    assert client.record(rid) == {"title": "later"}
+    with pytest.raises(surpdb.Error, match="already collected"):
+        client.wait(t)
+
+
 def test_update_gives_a_new_id_and_retires_the_old(client: surpdb.Client) -> None:
     rid = client.insert({"v": 1})
     new = client.update(rid, {"v": 2})

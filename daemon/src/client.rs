@@ -13,7 +13,7 @@
 //! call notices and claims a fresh mailbox and reader slot, so a client created before a
 //! gunicorn pre-fork works in every worker.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -86,10 +86,11 @@ struct Producer {
     base: u64,
     /// Client tickets up to this one were issued by the parent before a fork.
     parent_upto: u64,
-    /// Results drained from the ring before their waiter asked (bounded).
-    kept: HashMap<u64, Reply>,
-    /// Client tickets handed out and not yet collected.
-    wanted: BTreeSet<u64>,
+    /// The one ticket ledger: every client ticket handed out and not yet collected, with
+    /// what it asked (for shaping a reply later) and its reply once drained from the ring.
+    ledger: BTreeMap<u64, Ticket>,
+    /// Entries of `ledger` holding a reply (bounded by [`MAX_KEPT`]).
+    answered: usize,
     /// Failures of fire-and-forget requests whose results were dropped before anyone
     /// collected them.
     dropped_errors: u64,
@@ -110,8 +111,8 @@ impl Producer {
             seen: 0,
             base,
             parent_upto: 0,
-            kept: HashMap::new(),
-            wanted: BTreeSet::new(),
+            ledger: BTreeMap::new(),
+            answered: 0,
             dropped_errors: 0,
             ends: Default::default(),
             consumed: 0,
@@ -122,6 +123,15 @@ impl Producer {
     fn next_ticket(&self) -> u64 {
         self.base + self.next
     }
+}
+
+/// What the ledger keeps of one request: its op, its key when the sender asked to keep it
+/// ([`Client::send_kept`]: a reply collected later is shaped by them), its reply once drained.
+#[derive(Debug, Clone, Default)]
+pub struct Ticket {
+    pub op: u8,
+    pub key: Option<Box<[u8]>>,
+    reply: Option<Reply>,
 }
 
 /// Most results kept for tickets nobody waited on yet.
@@ -520,6 +530,54 @@ impl Client {
     }
 
     /// Record-store counters: (live records, bytes used by the records file, models).
+    /// Every statistic a client reports (`surpdb.Client.stats`): the segment's and ring's
+    /// counters ([`crate::stats::gather`]), this client's dropped errors, and the record
+    /// store's counts if it has one. `bytes_used` covers both files; `cache_bytes_used` is
+    /// the data segment's alone. `eviction_policy` is 1 for noeviction, 0 for allkeys-lru.
+    pub fn stats(&self) -> Vec<(&'static str, u64)> {
+        let mut v = crate::stats::gather(&self.seg, self.ring());
+        let cache = v.iter().find(|s| s.0 == "bytes_used").map_or(0, |s| s.1);
+        v.push(("client_dropped_errors", self.dropped_errors()));
+        v.push(("cache_bytes_used", cache));
+        if let Some((live, bytes, models, inserted, removed)) = self.record_stats() {
+            v.extend([
+                ("records", live),
+                ("records_bytes", bytes),
+                ("record_models", models),
+                ("records_inserted", inserted),
+                ("records_removed", removed),
+            ]);
+            for s in v.iter_mut().filter(|s| s.0 == "bytes_used") {
+                s.1 = cache + bytes;
+            }
+        }
+        v
+    }
+
+    /// Walk the index from slot `cursor`, handing up to `count` unexpired items to `f` under
+    /// one pin; returns the cursor to continue from (0: the end). Keys changed during a scan
+    /// may be seen twice or missed (dump and load use it on a quiet store).
+    pub fn scan(&self, cursor: u64, count: usize, mut f: impl FnMut(&Rec<'_>)) -> Result<u64> {
+        let now = shm::now_ms();
+        let _pin = self.pin()?;
+        let seg = &self.seg;
+        let (mut i, mut n) = (cursor, 0);
+        while i < seg.slots && n < count {
+            let v = seg.slot(i).load(Ordering::Acquire);
+            i += 1;
+            if v == 0 {
+                continue;
+            }
+            if let Some(rec) = seg.record(slot_off(v)) {
+                if !rec.expired(now) {
+                    f(&rec);
+                    n += 1;
+                }
+            }
+        }
+        Ok(if i >= seg.slots { 0 } else { i })
+    }
+
     pub fn record_stats(&self) -> Option<(u64, u64, u64, u64, u64)> {
         let rf = self.records().ok()?;
         let h = rf.hdr();
@@ -584,7 +642,7 @@ impl Client {
                 "{}: the daemon refused a malformed request in this client's box; moving to a \
                  fresh box ({} unanswered requests are lost)",
                 self.dir.display(),
-                p.wanted.len()
+                p.ledger.len()
             ));
             let ring = ep.ring.clone();
             let b = self.claim_within_timeout(&ring)?;
@@ -648,7 +706,7 @@ impl Client {
         }
         let ring = Arc::new(Self::open_ring(&self.dir, &self.seg)?);
         let b = ring.claim(shm::getpid(), Self::start_time())?;
-        self.abandon(p); // everything was answered above: the results are in `kept`
+        self.abandon(p); // everything was answered above: the results are in the ledger
         crate::log::info(&format!(
             "{}: moved to the daemon's new request ring",
             self.dir.display()
@@ -664,13 +722,37 @@ impl Client {
 
     /// Queue a typed request; returns its ticket (see [`Client::wait`]).
     pub fn send(&self, r: &Request<'_>) -> Result<u64> {
-        self.enqueue(r.op, r.flags, r.key, r.payload, r.arg, r.arg2)
+        self.enqueue_kept(r, false)
+    }
+
+    /// Queue a typed request whose reply is collected later by whoever holds the ticket: the
+    /// ledger keeps its op and key ([`Client::wait_ticket`] hands them back with the reply).
+    pub fn send_kept(&self, r: &Request<'_>) -> Result<u64> {
+        self.enqueue_kept(r, true)
     }
 
     /// Queue a typed request and wait for its reply.
     pub fn call(&self, r: &Request<'_>) -> Result<Reply> {
         let t = self.send(r)?;
         self.wait(t)
+    }
+
+    /// `r`'s reply as a result: Ok for OK and NOT_DONE, else the error its status means
+    /// (see [`crate::protocol::outcome`], the one mapping).
+    pub fn outcome(&self, r: &Request<'_>, reply: Reply) -> Result<Reply> {
+        let stored = |key: &[u8]| {
+            self.read(key, |rec| match rec {
+                Some(rec) => crate::value::describe(rec.value),
+                None => "missing value".to_string(),
+            })
+            .unwrap_or_else(|_| "unknown".into())
+        };
+        let cx = crate::protocol::Context {
+            max_value: self.max_value(),
+            dir: &self.dir,
+            stored: &stored,
+        };
+        crate::protocol::outcome(r, reply, &cx)
     }
 
     /// Enqueue a request from its raw header fields; returns its ticket. [`Client::send`]
@@ -685,6 +767,11 @@ impl Client {
         arg: u64,
         arg2: u64,
     ) -> Result<u64> {
+        self.enqueue_kept(&Request { op, flags, key, payload, arg, arg2 }, false)
+    }
+
+    fn enqueue_kept(&self, r: &Request<'_>, keep_key: bool) -> Result<u64> {
+        let Request { op, flags, key, payload, arg, arg2 } = *r;
         Self::check_key(key)?;
         if payload.len() as u64 > self.seg.max_value {
             return Err(Error::ValueTooLarge {
@@ -733,7 +820,8 @@ impl Client {
         p.ends.push_back((ticket, tail));
         p.next += 1;
         let t = p.base + ticket;
-        p.wanted.insert(t);
+        let key = keep_key.then(|| key.into());
+        p.ledger.insert(t, Ticket { op, key, reply: None });
         Ok(t)
     }
 
@@ -777,7 +865,7 @@ impl Client {
         Ok(())
     }
 
-    /// Move completed results out of the ring into `kept` (for tickets still wanted).
+    /// Move completed results out of the ring into the ledger (for tickets still in it).
     /// Bounded by what this process sent: the ring's `done` word is shared memory, and a
     /// value past our last ticket (or a result entry naming another ticket) was not written
     /// by the daemon.
@@ -799,18 +887,20 @@ impl Client {
                 aux: r.aux.load(Ordering::Relaxed),
             };
             let ct = p.base + t;
-            if p.wanted.contains(&ct) {
-                p.kept.insert(ct, reply);
+            if let Some(e) = p.ledger.get_mut(&ct) {
+                if e.reply.replace(reply).is_none() {
+                    p.answered += 1;
+                }
             }
             p.seen = t;
             while p.ends.front().is_some_and(|&(et, _)| et <= t) {
                 p.consumed = p.ends.pop_front().expect("checked").1;
             }
         }
-        while p.kept.len() > MAX_KEPT {
-            let Some(&oldest) = p.wanted.iter().next() else { break };
-            p.wanted.remove(&oldest);
-            if let Some(r) = p.kept.remove(&oldest) {
+        while p.answered > MAX_KEPT {
+            let Some((_, e)) = p.ledger.pop_first() else { break };
+            if let Some(r) = e.reply {
+                p.answered -= 1;
                 if r.status != status::OK && r.status != status::NOT_DONE {
                     p.dropped_errors += 1;
                 }
@@ -835,18 +925,24 @@ impl Client {
 
     /// Wait for a ticket's result, up to `timeout`.
     pub fn wait_for(&self, ticket: u64, timeout: Duration) -> Result<Reply> {
-        self.wait_until(ticket, Some(timeout))
-            .map(|r| r.expect("a wait with a deadline ends with an answer or an error"))
+        self.wait_ticket(ticket, Some(timeout))
+            .map(|r| r.expect("a wait with a deadline ends with an answer or an error").0)
     }
 
     /// The result of `ticket` if the daemon has answered it (collecting it, as a wait does),
     /// None if not yet; never sleeps. For event loops: poll, yield, poll again.
     pub fn poll(&self, ticket: u64) -> Result<Option<Reply>> {
-        self.wait_until(ticket, None)
+        Ok(self.wait_ticket(ticket, None)?.map(|r| r.0))
     }
 
     /// Wait for `ticket` up to `timeout`, or with None only look once (Ok(None): not yet).
-    fn wait_until(&self, ticket: u64, timeout: Option<Duration>) -> Result<Option<Reply>> {
+    /// The reply comes with what the ledger kept of the request (its op; its key if it was
+    /// sent with [`Client::send_kept`]).
+    pub fn wait_ticket(
+        &self,
+        ticket: u64,
+        timeout: Option<Duration>,
+    ) -> Result<Option<(Reply, Ticket)>> {
         let (ring, b, bt, gen) = {
             let mut p = self.prod.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(r) = self.collected(&mut p, ticket)? {
@@ -865,7 +961,7 @@ impl Client {
                     if let Some(r) = self.collected(&mut p, ticket)? {
                         return Ok(Some(r)); // answered before the poisoning
                     }
-                    p.wanted.remove(&ticket);
+                    p.ledger.remove(&ticket);
                     return Err(Error::BadRequest(
                         "the daemon refused a malformed request from this client; its queue \
                          was skipped (the client moves to a fresh box on its next request)"
@@ -898,7 +994,7 @@ impl Client {
 
     /// The result of `ticket` if it was already moved out of the ring (taking it), None if
     /// it is still to come, an error for a ticket this client cannot answer.
-    fn collected(&self, p: &mut Producer, ticket: u64) -> Result<Option<Reply>> {
+    fn collected(&self, p: &mut Producer, ticket: u64) -> Result<Option<(Reply, Ticket)>> {
         if p.fork_gen != FORK_GEN.load(Ordering::Relaxed) || ticket <= p.parent_upto {
             return Err(Error::BadRequest(format!(
                 "ticket {ticket} belongs to the parent process"
@@ -911,18 +1007,21 @@ impl Client {
                 if last > 0 { format!(" (last issued: {last})") } else { String::new() }
             )));
         }
-        if let Some(r) = p.kept.remove(&ticket) {
-            p.wanted.remove(&ticket);
-            return Ok(Some(r));
+        if let Some(e) = p.ledger.get_mut(&ticket) {
+            if let Some(r) = e.reply.take() {
+                p.answered -= 1;
+                let e = p.ledger.remove(&ticket).expect("just seen");
+                return Ok(Some((r, e)));
+            }
         }
-        if !p.wanted.contains(&ticket) {
+        if !p.ledger.contains_key(&ticket) {
             return Err(Error::BadRequest(format!(
                 "ticket {ticket} was already collected, or its result dropped after \
                  {MAX_KEPT} newer uncollected results"
             )));
         }
         if ticket <= p.base {
-            p.wanted.remove(&ticket);
+            p.ledger.remove(&ticket);
             return Err(Error::BadRequest(format!(
                 "request #{ticket} was lost: the daemon skipped this client's queue after a \
                  malformed request"

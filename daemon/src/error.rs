@@ -35,6 +35,16 @@ pub enum Error {
     NotInteger(String),
     /// An integer result out of range.
     Overflow(String),
+    /// An update of a value of another type (append to a str...); nothing changed.
+    WrongType(String),
+    /// A value the daemon would build, or an argument, it cannot accept; nothing changed.
+    InvalidValue(String),
+    /// A result the daemon would build (or a record) larger than the store accepts.
+    TooLarge(String),
+    /// Applied, but `durability = "sync"` could not flush it to disk.
+    NotDurable(String),
+    /// The filesystem holding the data directory is full (ENOSPC); nothing changed.
+    DiskFull(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -59,7 +69,12 @@ impl fmt::Display for Error {
             | Error::Config(m)
             | Error::BadRequest(m)
             | Error::NotInteger(m)
-            | Error::Overflow(m) => f.write_str(m),
+            | Error::Overflow(m)
+            | Error::WrongType(m)
+            | Error::InvalidValue(m)
+            | Error::TooLarge(m)
+            | Error::NotDurable(m)
+            | Error::DiskFull(m) => f.write_str(m),
             Error::ValueTooLarge { size, max } => {
                 write!(f, "value is {size} bytes encoded; this segment's max_value is {max} bytes")
             }

@@ -35,5 +35,6 @@ pub mod shm;
 pub mod stats;
 pub mod update;
 pub mod value;
+pub mod zset;
 
 pub use error::{Error, Result};

@@ -4,8 +4,14 @@
 //! it is written here once, by one constructor per operation, instead of at every call site.
 //! `Client::send` queues a [`Request`], `Client::call` queues it and waits for its reply, and
 //! `Pipeline::push_request` windows many.
+//!
+//! Replies come back with a wire status; [`Status`] names it, and [`outcome`] is the one
+//! mapping of statuses onto [`Error`]s (with the key, the limit or the stored type in the
+//! message) that the core client and the Python binding both use.
 
-use crate::layout::{flag, op};
+use crate::error::{Error, Result};
+use crate::layout::{flag, op, status};
+use crate::ring::Reply;
 
 /// One request as a client queues it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,6 +130,161 @@ impl<'a> Request<'a> {
     pub fn train_sample(record: &'a [u8]) -> Self {
         Self::with_value(op::TRAIN, flag::SAMPLE, b"", record, 0)
     }
+
+    /// Only what names a request in an error message (its op and key): for replies
+    /// collected later, shaped from what the ticket ledger kept.
+    pub fn named(op: u8, key: &'a [u8]) -> Self {
+        Self::bare(op, key, 0)
+    }
+
+    /// Whether the request goes to the record store (its errors speak of records).
+    pub fn is_record_op(&self) -> bool {
+        matches!(self.op, op::INSERT | op::UPDATE | op::REMOVE | op::TRAIN)
+    }
+}
+
+/// A reply's status (the wire values are [`crate::layout::status`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    /// Not done, for a reason the op gives: an add of an existing key, a delete, touch or
+    /// incr of a missing one, a cas whose version moved, an update of a removed record.
+    NotDone,
+    SegmentFull,
+    TooLarge,
+    BadRequest,
+    NotInteger,
+    Overflow,
+    WrongType,
+    NotDurable,
+    InvalidResult,
+    NoDiskSpace,
+    /// A status this build does not know (a newer daemon, or a scribbled result entry).
+    Unknown(u32),
+}
+
+impl Status {
+    pub fn of(wire: u32) -> Status {
+        match wire {
+            status::OK => Status::Ok,
+            status::NOT_DONE => Status::NotDone,
+            status::SEGMENT_FULL => Status::SegmentFull,
+            status::TOO_LARGE => Status::TooLarge,
+            status::BAD_REQUEST => Status::BadRequest,
+            status::NOT_INTEGER => Status::NotInteger,
+            status::OVERFLOW => Status::Overflow,
+            status::WRONG_TYPE => Status::WrongType,
+            status::NOT_DURABLE => Status::NotDurable,
+            status::INVALID_RESULT => Status::InvalidResult,
+            status::NO_DISK_SPACE => Status::NoDiskSpace,
+            s => Status::Unknown(s),
+        }
+    }
+}
+
+/// A key as error messages show it: quoted text, cut after 60 characters; bytes that are
+/// not UTF-8 shown lossily.
+pub fn key_repr(key: &[u8]) -> String {
+    match std::str::from_utf8(key) {
+        Ok(s) if s.len() <= 80 => format!("{s:?}"),
+        Ok(s) => format!("{:?}...", &s[..s.char_indices().nth(60).map_or(s.len(), |(i, _)| i)]),
+        Err(_) => format!("{:?}", String::from_utf8_lossy(&key[..key.len().min(60)])),
+    }
+}
+
+/// What an error message about a reply needs from the store it came from.
+pub struct Context<'a> {
+    pub max_value: u64,
+    pub dir: &'a std::path::Path,
+    /// A description of what `key` holds now ("a str of 5 characters", "missing value").
+    pub stored: &'a dyn Fn(&[u8]) -> String,
+}
+
+/// The one mapping of a reply onto a result: `Ok` for OK and NOT_DONE (whose meaning the
+/// op gives: False, a KeyError...), the error every other status means, worded for `req`.
+pub fn outcome(req: &Request<'_>, r: Reply, cx: &Context<'_>) -> Result<Reply> {
+    let k = || key_repr(req.key);
+    let what = || match req.op {
+        _ if req.is_record_op() => "the record request".to_string(),
+        op::RESIZE => "growing the segment".to_string(),
+        op::CLEAR => "the clear".to_string(),
+        _ => format!("the request for key {}", k()),
+    };
+    Err(match Status::of(r.status) {
+        Status::Ok | Status::NotDone => return Ok(r),
+        Status::SegmentFull if req.is_record_op() => Error::SegmentFull(
+            "the records file is full (records_size); see surpdb stats: records_bytes".into(),
+        ),
+        Status::SegmentFull => Error::SegmentFull(format!(
+            "no space for key {}: the segment is full under noeviction, or space is pinned by \
+             readers (see surpdb stats: items, bytes, heap_capacity)",
+            k()
+        )),
+        Status::TooLarge if req.op == op::RESIZE => Error::InvalidValue(format!(
+            "{} bytes is beyond this segment's max_size of {} bytes (fixed when it was \
+             created: growing further needs a new segment)",
+            req.arg, r.value
+        )),
+        Status::TooLarge if req.is_record_op() => Error::TooLarge(format!(
+            "record exceeds the largest storable record ({} bytes max_value, {} compressed)",
+            cx.max_value,
+            crate::records::MAX_RECORD
+        )),
+        Status::TooLarge => Error::TooLarge(format!(
+            "value for key {} exceeds this segment's max_value of {} bytes",
+            k(),
+            cx.max_value
+        )),
+        Status::NotInteger => Error::NotInteger(format!(
+            "cannot increment key {}: it holds {}, not an int",
+            k(),
+            (cx.stored)(req.key)
+        )),
+        Status::WrongType => {
+            let verb = match req.op {
+                op::APPEND => "append to",
+                op::MERGE => "merge into",
+                _ => "update the sorted set at",
+            };
+            Error::WrongType(format!(
+                "cannot {verb} key {}: it holds {}; nothing was changed",
+                k(),
+                (cx.stored)(req.key)
+            ))
+        }
+        Status::Overflow => {
+            Error::Overflow(format!("increment of key {} leaves the 128-bit integer range", k()))
+        }
+        Status::NotDurable => Error::NotDurable(format!(
+            "{} was applied but the daemon could not flush it to disk (durability = sync); \
+             see the daemon's log",
+            what()
+        )),
+        Status::NoDiskSpace => {
+            let space = crate::shm::fs_space(cx.dir)
+                .map(|(free, total)| format!(": {free} of {total} bytes free"))
+                .unwrap_or_default();
+            Error::DiskFull(format!(
+                "{} was refused: the filesystem holding {} is full{space}; nothing was changed",
+                what(),
+                cx.dir.display()
+            ))
+        }
+        Status::InvalidResult => Error::InvalidValue(format!(
+            "{} was refused: the value it would build is not storable (nested deeper than {} \
+             levels); nothing was changed",
+            what(),
+            crate::value::MAX_DEPTH
+        )),
+        Status::BadRequest => Error::BadRequest(format!(
+            "the daemon refused {} as malformed (status {})",
+            what(),
+            r.status
+        )),
+        Status::Unknown(s) => {
+            Error::BadRequest(format!("the daemon refused {} (status {s})", what()))
+        }
+    })
 }
 
 #[cfg(test)]
@@ -141,5 +302,30 @@ mod tests {
         assert_eq!(Request::train(true).flags, flag::COMPACT);
         assert_eq!(Request::train_sample(b"s").flags, flag::SAMPLE);
         assert_eq!(Request::merge(b"k", b"d", true).flags, flag::DEEP);
+    }
+
+    #[test]
+    fn every_error_status_maps_to_its_error_naming_the_request() {
+        let dir = std::path::Path::new("/nonexistent");
+        let stored = |_: &[u8]| "a str".to_string();
+        let cx = Context { max_value: 100, dir, stored: &stored };
+        let set = Request::set(b"user:1", b"v", 0);
+        let out = |req: &Request<'_>, s: u32| outcome(req, Reply::status(s), &cx);
+        assert!(out(&set, status::OK).is_ok() && out(&set, status::NOT_DONE).is_ok());
+        let m = |e: Result<Reply>| e.unwrap_err().to_string();
+        assert!(m(out(&set, status::TOO_LARGE)).contains("max_value of 100"));
+        assert!(m(out(&set, status::SEGMENT_FULL)).contains("\"user:1\""));
+        let incr = Request::incr(b"n", 1, None);
+        assert!(
+            matches!(out(&incr, status::NOT_INTEGER), Err(Error::NotInteger(m)) if m.contains("a str"))
+        );
+        assert!(matches!(out(&set, status::WRONG_TYPE), Err(Error::WrongType(_))));
+        assert!(matches!(out(&set, status::NO_DISK_SPACE), Err(Error::DiskFull(_))));
+        assert!(matches!(out(&set, status::NOT_DURABLE), Err(Error::NotDurable(_))));
+        assert!(matches!(out(&set, status::INVALID_RESULT), Err(Error::InvalidValue(_))));
+        assert!(matches!(out(&set, 77), Err(Error::BadRequest(m)) if m.contains("status 77")));
+        let ins = Request::insert(b"r");
+        assert!(m(out(&ins, status::SEGMENT_FULL)).contains("records file is full"));
+        assert_eq!(Status::of(status::WRONG_TYPE), Status::WrongType);
     }
 }

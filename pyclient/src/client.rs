@@ -1,25 +1,24 @@
 //! The Python Client: each method converts its arguments, calls the core, shapes the reply.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::exceptions::{PyKeyError, PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyList, PyTuple};
 
-use surpd::client::{Client as Core, Lookup, Pipeline};
+use surpd::client::{Client as Core, Lookup, Pipeline, Ticket};
 use surpd::layout::{op, status};
 use surpd::protocol::Request;
 use surpd::ring::Reply;
 use surpd::value as v;
+use surpd::zset;
 
 use crate::convert::*;
 use crate::errors;
 use crate::errors::*;
 use crate::record::*;
-use crate::tools::*;
 use crate::view::*;
 
 // ---------------------------------------------------------------- the client
@@ -29,8 +28,6 @@ use crate::view::*;
 #[pyclass(module = "surpdb._native", frozen)]
 pub(crate) struct Client {
     pub(crate) core: Arc<Core>,
-    /// Op of each ticket handed out with wait=False, to shape its result in wait().
-    pub(crate) async_ops: Mutex<HashMap<u64, (u8, Vec<u8>)>>,
 }
 
 impl Client {
@@ -40,29 +37,16 @@ impl Client {
         py.allow_threads(|| core.call(&req)).map_err(to_py_err)
     }
 
-    /// Queue `req` and return its ticket; wait() shapes its reply by the op kept here.
+    /// Queue `req` and return its ticket; the core's ticket ledger keeps its op and key, so
+    /// that wait() shapes the reply as the call would have.
     fn enqueue(&self, req: Request<'_>) -> PyResult<u64> {
-        let t = self.core.send(&req).map_err(to_py_err)?;
-        let mut m = self.async_ops.lock().unwrap_or_else(|e| e.into_inner());
-        if m.len() >= 100_000 {
-            // Bounded: drop the oldest half (their results can still be waited, untyped).
-            let mut ts: Vec<u64> = m.keys().copied().collect();
-            ts.sort_unstable();
-            for t in &ts[..ts.len() / 2] {
-                m.remove(t);
-            }
-        }
-        m.insert(t, (req.op, req.key.to_vec()));
-        Ok(t)
+        self.core.send_kept(&req).map_err(to_py_err)
     }
 
     /// A wait=False ticket's reply, shaped as the call that made it would have.
-    fn shape_ticket(&self, py: Python<'_>, ticket: u64, r: Reply) -> PyResult<PyObject> {
-        let entry = self.async_ops.lock().unwrap_or_else(|e| e.into_inner()).remove(&ticket);
-        match entry {
-            Some((op, key)) => self.shape(py, op, &key, r),
-            None => self.shape(py, op::SET, b"", r),
-        }
+    fn shape_ticket(&self, py: Python<'_>, r: Reply, t: Ticket) -> PyResult<PyObject> {
+        let key = t.key.as_deref().unwrap_or_default();
+        self.shape(py, t.op, key, r)
     }
 
     /// `req`'s shaped reply (wait=True) or its ticket (wait=False).
@@ -94,8 +78,11 @@ impl Client {
         Ok(())
     }
 
-    /// Turn a reply into the Python result of `op`, or raise.
+    /// Turn a reply into the Python result of `op`, or raise: the error statuses through
+    /// the core's one mapping (`Client::outcome`), then what OK and NOT_DONE mean per op.
     fn shape(&self, py: Python<'_>, op: u8, key: &[u8], r: Reply) -> PyResult<PyObject> {
+        let r = self.core.outcome(&Request::named(op, key), r).map_err(to_py_err)?;
+        let int = |n: u64| Ok(n.into_pyobject(py)?.into_any().unbind());
         match (r.status, op) {
             (status::OK, op::INCR) => {
                 let n = ((r.aux as i128) << 64) | r.value as i128;
@@ -104,92 +91,17 @@ impl Client {
             (status::NOT_DONE, op::INCR) => {
                 Err(PyKeyError::new_err(PyBytes::new(py, key).unbind()))
             }
+            (status::NOT_DONE, op::UPDATE) => Err(PyKeyError::new_err("no such record")),
             (status::NOT_DONE, _) => Ok(PyBool::new(py, false).to_owned().into_any().unbind()),
-            (status::SEGMENT_FULL, _) => Err(errors::SegmentFull::new_err(format!(
-                "no space for key {}: the segment is full under noeviction, or space is pinned by \
-                 readers (see surpdb stats: items, bytes, heap_capacity)",
-                key_repr(key)
-            ))),
-            (status::TOO_LARGE, _) => Err(errors::ValueTooLarge::new_err(format!(
-                "value for key {} exceeds this segment's max_value of {} bytes",
-                key_repr(key),
-                self.core.max_value()
-            ))),
-            (status::NOT_INTEGER, _) => {
-                let ty = self.stored_type(key);
-                Err(PyTypeError::new_err(format!(
-                    "cannot increment key {}: it holds {ty}, not an int",
-                    key_repr(key)
-                )))
+            (status::OK, op::APPEND | op::ZADD | op::ZREM | op::INSERT | op::UPDATE) => {
+                int(r.value)
             }
-            (status::WRONG_TYPE, op) => {
-                let ty = self.stored_type(key);
-                let what = match op {
-                    op::APPEND => "append to",
-                    op::MERGE => "merge into",
-                    _ => "update the sorted set at",
-                };
-                Err(PyTypeError::new_err(format!(
-                    "cannot {what} key {}: it holds {ty}; nothing was changed",
-                    key_repr(key)
-                )))
-            }
-            (status::OK, op::APPEND | op::ZADD | op::ZREM) => {
-                Ok(r.value.into_pyobject(py)?.into_any().unbind())
+            (status::OK, op::REMOVE) => {
+                Ok(PyBool::new(py, r.value == 1).to_owned().into_any().unbind())
             }
             (status::OK, op::MERGE) => Ok(py.None()),
-            (status::OK, _) => Ok(PyBool::new(py, true).to_owned().into_any().unbind()),
-            (status::OVERFLOW, _) => Err(PyOverflowError::new_err(format!(
-                "increment of key {} leaves the 128-bit integer range",
-                key_repr(key)
-            ))),
-            (s, _) => Err(self.status_err(s, &format!("the request for key {}", key_repr(key)))),
+            _ => Ok(PyBool::new(py, true).to_owned().into_any().unbind()),
         }
-    }
-
-    /// The exception for a status that means the same for every request (`what` names the
-    /// request): one table, used by cache and record replies alike.
-    fn status_err(&self, s: u32, what: &str) -> PyErr {
-        match s {
-            status::NOT_DURABLE => errors::Error::new_err(format!(
-                "{what} was applied but the daemon could not flush it to disk (durability = \
-                 sync); see the daemon's log"
-            )),
-            status::NO_DISK_SPACE => {
-                let dir = self.core.dir.display().to_string();
-                let space = surpd::shm::fs_space(&self.core.dir)
-                    .map(|(free, total)| format!(": {free} of {total} bytes free"))
-                    .unwrap_or_default();
-                pyo3::exceptions::PyOSError::new_err((
-                    28, // ENOSPC
-                    format!(
-                        "{what} was refused: the filesystem holding {dir} is full{space}; \
-                         nothing was changed"
-                    ),
-                ))
-            }
-            status::INVALID_RESULT => PyValueError::new_err(format!(
-                "{what} was refused: the value it would build is not storable (nested deeper \
-                 than {} levels); nothing was changed",
-                v::MAX_DEPTH
-            )),
-            status::TOO_LARGE => errors::ValueTooLarge::new_err(format!(
-                "{what} exceeds this store's max_value of {} bytes",
-                self.core.max_value()
-            )),
-            status::BAD_REQUEST => errors::Error::new_err(format!(
-                "the daemon refused {what} as malformed (status {s})"
-            )),
-            s => errors::Error::new_err(format!("the daemon refused {what} (status {s})")),
-        }
-    }
-
-    fn stored_type(&self, key: &[u8]) -> String {
-        let ty = self.core.read(key, |rec| match rec {
-            Some(rec) => v::describe(rec.value),
-            None => "missing value".to_string(),
-        });
-        ty.unwrap_or_else(|_| "unknown".into())
     }
 
     /// Run `f` over the entries of the sorted set at `key` (empty if absent), read from
@@ -266,7 +178,7 @@ impl Client {
         let core = py
             .allow_threads(|| Core::connect(&path, Duration::from_secs_f64(timeout)))
             .map_err(to_py_err)?;
-        Ok(Client { core: Arc::new(core), async_ops: Mutex::new(HashMap::new()) })
+        Ok(Client { core: Arc::new(core) })
     }
 
     /// This process's box in the request ring (None without one): for tests and tools.
@@ -718,17 +630,7 @@ impl Client {
         withscores: bool,
     ) -> PyResult<Bound<'py, PyList>> {
         self.with_zset(key, |entries| {
-            let n = entries.len() as i64;
-            let norm = |i: i64| if i < 0 { i + n } else { i };
-            let (a, b) = (norm(start).max(0), norm(stop).min(n - 1));
-            let mut picked: Vec<&v::ZEntry<'_>> = Vec::new();
-            if a <= b && a < n {
-                for i in a..=b {
-                    let idx = if desc { n - 1 - i } else { i };
-                    picked.push(&entries[idx as usize]);
-                }
-            }
-            Self::zitems(py, &picked, withscores)
+            Self::zitems(py, &zset::by_rank(entries, start, stop, desc), withscores)
         })
     }
 
@@ -744,19 +646,14 @@ impl Client {
         withscores: bool,
     ) -> PyResult<Bound<'py, PyList>> {
         self.with_zset(key, |entries| {
-            let mut picked: Vec<&v::ZEntry<'_>> =
-                entries.iter().filter(|e| lo <= e.score && e.score <= hi).collect();
-            if desc {
-                picked.reverse();
-            }
-            Self::zitems(py, &picked, withscores)
+            Self::zitems(py, &zset::by_score(entries, lo, hi, desc), withscores)
         })
     }
 
     /// Score of `member`, or None.
     fn zscore(&self, key: &Bound<'_, PyAny>, member: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
         let (m, _) = member_bytes(member)?;
-        self.with_zset(key, |entries| Ok(entries.iter().find(|e| e.member == m).map(|e| e.score)))
+        self.with_zset(key, |entries| Ok(zset::score(entries, m)))
     }
 
     /// Rank of `member` (0 = lowest score; desc=True: 0 = highest), or None.
@@ -768,15 +665,7 @@ impl Client {
         desc: bool,
     ) -> PyResult<Option<usize>> {
         let (m, _) = member_bytes(member)?;
-        self.with_zset(key, |entries| {
-            Ok(entries.iter().position(|e| e.member == m).map(|i| {
-                if desc {
-                    entries.len() - 1 - i
-                } else {
-                    i
-                }
-            }))
-        })
+        self.with_zset(key, |entries| Ok(zset::rank(entries, m, desc)))
     }
 
     /// Number of members (0 if the key is absent).
@@ -795,27 +684,20 @@ impl Client {
         count: usize,
     ) -> PyResult<(u64, Bound<'py, PyList>)> {
         let out = PyList::empty(py);
-        let seg = &self.core.seg;
-        let now = surpdb_now();
-        let _pin = self.core.pin().map_err(to_py_err)?;
-        let mut i = cursor;
-        while i < seg.slots && out.len() < count {
-            let v = seg.slot(i).load(std::sync::atomic::Ordering::Acquire);
-            i += 1;
-            if v == 0 {
-                continue;
-            }
-            if let Some(rec) = seg.record(surpd::layout::slot_off(v)) {
-                if !rec.expired(now) {
-                    out.append((
-                        PyBytes::new(py, rec.key),
-                        PyBytes::new(py, rec.value),
-                        rec.expires_ms,
-                    ))?;
+        let mut err = None;
+        let next = self
+            .core
+            .scan(cursor, count, |rec| {
+                let item = (PyBytes::new(py, rec.key), PyBytes::new(py, rec.value), rec.expires_ms);
+                if let Err(e) = out.append(item) {
+                    err.get_or_insert(e);
                 }
-            }
+            })
+            .map_err(to_py_err)?;
+        match err {
+            Some(e) => Err(e),
+            None => Ok((next, out)),
         }
-        Ok((if i >= seg.slots { 0 } else { i }, out))
     }
 
     /// Store an already encoded value (for load); the daemon validates it.
@@ -848,21 +730,17 @@ impl Client {
         } else {
             return Err(PyTypeError::new_err("size must be a number of bytes or text like 1GiB"));
         };
-        let r = self.call(py, Request::resize(n))?;
-        match r.status {
-            status::OK => Ok(r.value),
-            status::NOT_DONE => Err(PyValueError::new_err(format!(
+        let req = Request::resize(n);
+        let r = self.call(py, req)?;
+        let r = self.core.outcome(&req, r).map_err(to_py_err)?;
+        if r.status == status::NOT_DONE {
+            return Err(PyValueError::new_err(format!(
                 "the segment is {} bytes and does not shrink (to make a smaller one: dump, \
                  remove, load)",
                 r.value
-            ))),
-            status::TOO_LARGE => Err(PyValueError::new_err(format!(
-                "{n} bytes is beyond this segment's max_size of {} bytes (fixed when it was \
-                 created: growing further needs a new segment)",
-                r.value
-            ))),
-            s => Err(self.status_err(s, "growing the segment")),
+            )));
         }
+        Ok(r.value)
     }
 
     /// Remove every key.
@@ -879,42 +757,30 @@ impl Client {
     /// Wait for a ticket from a wait=False call and return that call's result.
     fn wait(&self, py: Python<'_>, ticket: u64) -> PyResult<PyObject> {
         let core = &self.core;
-        let r = py.allow_threads(|| core.wait(ticket)).map_err(to_py_err)?;
-        self.shape_ticket(py, ticket, r)
+        let timeout = Some(core.timeout);
+        let r = py.allow_threads(|| core.wait_ticket(ticket, timeout)).map_err(to_py_err)?;
+        let (r, t) = r.expect("a wait with a deadline ends with an answer or an error");
+        self.shape_ticket(py, r, t)
     }
 
     /// The result of a wait=False call if the daemon has answered it (as wait() returns it),
     /// else None: never blocks. An event loop polls, yields, and polls again.
     fn poll(&self, py: Python<'_>, ticket: u64) -> PyResult<Option<PyObject>> {
-        let Some(r) = self.core.poll(ticket).map_err(to_py_err)? else { return Ok(None) };
-        self.shape_ticket(py, ticket, r).map(Some)
+        let Some((r, t)) = self.core.wait_ticket(ticket, None).map_err(to_py_err)? else {
+            return Ok(None);
+        };
+        self.shape_ticket(py, r, t).map(Some)
     }
 
     /// Counters and gauges: items, bytes, hits, misses, evictions, expirations, ...
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
-        for (k, val) in surpd::stats::gather(&self.core.seg, self.core.ring()) {
-            d.set_item(k, val)?;
-        }
-        d.set_item(
-            "eviction_policy",
-            if d.get_item("eviction_policy")?.map(|x| x.extract::<u64>()).transpose()? == Some(1) {
-                "noeviction"
+        for (k, val) in self.core.stats() {
+            if k == "eviction_policy" {
+                d.set_item(k, if val == 1 { "noeviction" } else { "allkeys-lru" })?;
             } else {
-                "allkeys-lru"
-            },
-        )?;
-        d.set_item("client_dropped_errors", self.core.dropped_errors())?;
-        // bytes_used: the data segment's bytes in use (cache_bytes_used) plus the records file's.
-        let cache: u64 = d.get_item("bytes_used")?.map(|x| x.extract()).transpose()?.unwrap_or(0);
-        d.set_item("cache_bytes_used", cache)?;
-        if let Some((live, bytes, models, inserted, removed)) = self.core.record_stats() {
-            d.set_item("records", live)?;
-            d.set_item("records_bytes", bytes)?;
-            d.set_item("record_models", models)?;
-            d.set_item("records_inserted", inserted)?;
-            d.set_item("records_removed", removed)?;
-            d.set_item("bytes_used", cache + bytes)?;
+                d.set_item(k, val)?;
+            }
         }
         Ok(d)
     }
@@ -1092,21 +958,13 @@ impl Client {
 
     /// Result of a record-store request: the reply's value, or the exception for its status.
     fn record_reply(&self, r: Reply, rid: Option<&Bound<'_, PyAny>>) -> PyResult<u64> {
-        match r.status {
-            status::OK => Ok(r.value),
-            status::NOT_DONE => Err(PyKeyError::new_err(format!(
+        let r = self.core.outcome(&Request::named(op::INSERT, b""), r).map_err(to_py_err)?;
+        if r.status == status::NOT_DONE {
+            return Err(PyKeyError::new_err(format!(
                 "no such record: {}",
                 rid.map(|x| x.to_string()).unwrap_or_default()
-            ))),
-            status::TOO_LARGE => Err(errors::ValueTooLarge::new_err(format!(
-                "record exceeds the largest storable record ({} bytes max_value, {} compressed)",
-                self.core.max_value(),
-                surpd::records::MAX_RECORD
-            ))),
-            status::SEGMENT_FULL => Err(errors::SegmentFull::new_err(
-                "the records file is full (records_size); see surpdb stats: records_bytes",
-            )),
-            s => Err(self.status_err(s, "the record request")),
+            )));
         }
+        Ok(r.value)
     }
 }

@@ -292,13 +292,7 @@ pub(crate) fn with_key<R>(
     }
 }
 
-pub(crate) fn key_repr(key: &[u8]) -> String {
-    match std::str::from_utf8(key) {
-        Ok(s) if s.len() <= 80 => format!("{s:?}"),
-        Ok(s) => format!("{:?}...", &s[..s.char_indices().nth(60).map_or(s.len(), |(i, _)| i)]),
-        Err(_) => format!("{:?}", String::from_utf8_lossy(&key[..key.len().min(60)])),
-    }
-}
+pub(crate) use surpd::protocol::key_repr;
 
 /// Longest wait for the daemon a client accepts, in seconds (a year).
 pub(crate) const MAX_TIMEOUT_S: f64 = 365.0 * 86_400.0;

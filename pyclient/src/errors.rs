@@ -1,6 +1,6 @@
 //! The exceptions of surpdb.errors and the mapping of core errors onto them.
 
-use pyo3::exceptions::{PyOverflowError, PyTypeError};
+use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 use surpd::Error as CoreError;
@@ -44,6 +44,10 @@ pub(crate) fn to_py_err(e: CoreError) -> PyErr {
         CoreError::Config(_) => ConfigError::new_err(msg),
         CoreError::NotInteger(_) => PyTypeError::new_err(msg),
         CoreError::Overflow(_) => PyOverflowError::new_err(msg),
+        CoreError::WrongType(_) => PyTypeError::new_err(msg),
+        CoreError::InvalidValue(_) => PyValueError::new_err(msg),
+        CoreError::TooLarge(_) => ValueTooLarge::new_err(msg),
+        CoreError::DiskFull(_) => pyo3::exceptions::PyOSError::new_err((28, msg)), // ENOSPC
         _ => Error::new_err(msg),
     }
 }

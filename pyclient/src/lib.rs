@@ -3,7 +3,8 @@
 //! - `errors`: the exceptions of surpdb.errors, core errors onto them;
 //! - `convert`: Python objects to the value encoding and back, the dict-key cache, keys, TTLs;
 //! - `client`: the Client class (each method converts, calls the core with the GIL released
-//!   around every wait, shapes the reply; one status -> exception table, `status_err`);
+//!   around every wait, and shapes the reply: error statuses through the core's one mapping,
+//!   `surpd::protocol::outcome`; tickets, sorted-set rules, scans and stats are the core's);
 //! - `record`: record ids and the read-only Record mapping;
 //! - `view`: the zero-copy buffer exporter that holds a reader pin;
 //! - `tools`: serve, check, encode/decode for tools and tests.

@@ -25,10 +25,6 @@ pub(crate) fn serve(
     py.allow_threads(|| surpd::server::run(cfg)).map_err(to_py_err)
 }
 
-pub(crate) fn surpdb_now() -> u64 {
-    surpd::shm::now_ms()
-}
-
 /// Verify the segment in `path` without changing it; returns a report dict.
 #[pyfunction]
 pub(crate) fn check<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyDict>> {
