@@ -771,7 +771,7 @@ impl Client {
     }
 
     fn enqueue_kept(&self, r: &Request<'_>, keep_key: bool) -> Result<u64> {
-        let Request { op, flags, key, payload, arg, arg2 } = *r;
+        let Request { op, key, payload, .. } = *r;
         Self::check_key(key)?;
         if payload.len() as u64 > self.seg.max_value {
             return Err(Error::ValueTooLarge {
@@ -815,7 +815,7 @@ impl Client {
         self.make_room(&mut p, ep, key, payload)?;
         let mut tail = p.tail;
         let consumed = p.consumed;
-        ring.enqueue(b, &mut tail, consumed, ticket, op, flags, key, payload, arg, arg2)?;
+        ring.enqueue(b, &mut tail, consumed, ticket, r)?;
         p.tail = tail;
         p.ends.push_back((ticket, tail));
         p.next += 1;

@@ -1,12 +1,14 @@
 //! surpdb's core: the shared segment format, the request ring, the value codec, the client
 //! read path and (with the `server` feature) the `surpd` daemon.
 //!
-//! File map: `layout` (every shared byte of the data segment and the ring), `shm` (the only
-//! unsafe code, allowed there alone: mappings, futexes, processes), `segment` (the data file),
-//! `index` (key index), `heap` (record log and eviction), `ring` (request mailboxes),
-//! `protocol` (typed requests: what each op puts in a request), `value` (value encoding),
-//! `client` (read path and requests), `apply` (the single writer's operations), `update`
-//! (atomic updates and sorted sets), `records` and `codec` (the record store and its
+//! File map (docs/DESIGN.md, "Code map", says who calls what): `layout` (every shared byte
+//! of the three files, and their names), `shm` (the only unsafe code, allowed there alone:
+//! mappings, futexes, processes), `segment` (the data file), `index` (key index), `heap`
+//! (record log and eviction), `ring/` (request mailboxes: geometry, `producer`, `consumer`,
+//! `hints`), `protocol` (typed requests, reply statuses, the one status -> error mapping),
+//! `value` (value encoding), `zset` (sorted-set queries), `client` (read path, requests and
+//! the ticket ledger), `apply` (the single writer's operations and journal), `update`
+//! (atomic updates and sorted-set updates), `records` and `codec` (the record store and its
 //! compression), `check` (offline verification), `server` (daemon loop), `stats`, `config`,
 //! `crash` (test-only crash points), `log`, `error`.
 

@@ -1,0 +1,119 @@
+use super::*;
+use std::time::Duration;
+
+fn ring(box_bytes: u64) -> (Ring, std::path::PathBuf) {
+    let d =
+        std::env::temp_dir().join(format!("surpd-ring-{}-{}", shm::getpid(), shm::random_u64()));
+    std::fs::create_dir_all(&d).unwrap();
+    let p = d.join("ring.surp");
+    let params = RingParams {
+        nboxes: 4,
+        box_bytes,
+        nresults: 64,
+        hints_len: 4096,
+        seg_seed: 1,
+        max_value: 1024,
+    };
+    Ring::create(&p, &params, 0o660).unwrap();
+    (Ring::open(&p).unwrap(), d)
+}
+
+#[test]
+fn requests_round_trip_in_order_across_wraps() {
+    let (r, d) = ring(4096);
+    let b = r.claim(shm::getpid(), 0).unwrap().unwrap();
+    let mut tail = 0;
+    let mut scratch = Vec::new();
+    let mut seen = Vec::new();
+    for t in 1..=500u64 {
+        let payload = vec![t as u8; (t % 300) as usize];
+        // The box is drained every third request: what it consumed is its head.
+        let consumed = r.consumed(b).0.max(r.ctl(b).head.load(Ordering::Acquire));
+        r.enqueue(b, &mut tail, consumed, t, &Request::set(b"key", &payload, t)).unwrap();
+        // Drain every few requests so that the box wraps many times.
+        if t % 3 == 0 {
+            r.poll(b, 100, &mut scratch, |q| {
+                assert_eq!(q.key, b"key");
+                assert!(q.payload.iter().all(|&x| x == q.arg as u8));
+                seen.push(q.arg);
+                Reply::ok(q.arg * 2)
+            });
+        }
+    }
+    r.poll(b, 100, &mut scratch, |q| {
+        seen.push(q.arg);
+        Reply::ok(q.arg * 2)
+    });
+    assert_eq!(seen, (1..=500).collect::<Vec<_>>());
+    assert_eq!(r.wait_done(b, 500, Duration::from_millis(10)), Waited::Done);
+    assert_eq!(r.result(b, 500).value.load(Ordering::Relaxed), 1000);
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+#[test]
+fn a_full_box_is_queue_full() {
+    let (r, d) = ring(4096);
+    let b = r.claim(shm::getpid(), 0).unwrap().unwrap();
+    let mut tail = 0;
+    let payload = vec![0u8; 1000];
+    let mut t = 1;
+    let err = loop {
+        match r.enqueue(
+            b,
+            &mut tail,
+            0,
+            t,
+            &Request { arg2: 1000, ..Request::set(b"k", &payload, 0) },
+        ) {
+            Ok(()) => t += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, Error::QueueFull(ref m) if m.contains("4096")), "{err}");
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+#[test]
+fn garbage_in_a_box_poisons_it_without_panicking() {
+    let (r, d) = ring(4096);
+    let b = r.claim(shm::getpid(), 0).unwrap().unwrap();
+    let base = r.data_off + b as u64 * r.box_bytes;
+    let mut x = 0x1234_5678_9abc_def0u64;
+    let mut scratch = Vec::new();
+    let mut poisoned = 0;
+    for round in 0..200 {
+        let mut junk = [0u8; 256];
+        for byte in junk.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *byte = x as u8;
+        }
+        r.region.write(base, &junk);
+        let c = r.ctl(b);
+        c.head.store(0, Ordering::Relaxed);
+        c.done.store(0, Ordering::Relaxed);
+        c.poisoned.store(0, Ordering::Relaxed);
+        c.claims.fetch_add(1, Ordering::Relaxed); // as a new claim: the daemon resyncs
+        let tail = 8 * (1 + round % 32);
+        c.tail.store(tail, Ordering::Release);
+        let mut applied = 0;
+        r.poll(b, 10, &mut scratch, |q| {
+            applied += 1;
+            assert_eq!(q.ticket, applied, "only a request with the next ticket is applied");
+            Reply::ok(0)
+        });
+        // Garbage is either skipped as a whole (poisoned: head jumps to the tail) or,
+        // rarely, parses as requests with consecutive tickets; it never stops half-way
+        // without a poison.
+        let (head, _) = r.consumed(b);
+        if c.poisoned.load(Ordering::Acquire) == 1 {
+            poisoned += 1;
+            assert_eq!(head, tail, "a poisoned box's queue is skipped to its tail");
+        } else {
+            assert!(head == tail || applied == 10, "round {round}: stopped at {head}");
+        }
+    }
+    assert!(poisoned > 150, "random bytes are refused: {poisoned} of 200 poisoned");
+    std::fs::remove_dir_all(d).unwrap();
+}
