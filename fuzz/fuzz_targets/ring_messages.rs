@@ -55,7 +55,7 @@ fuzz_target!(|data: &[u8]| {
             let (payload, rest3) = rest2.split_at(plen.min(rest2.len()));
             r = rest3;
             let consumed = ring.consumed(0).0;
-            if ring.enqueue(0, &mut tail, consumed, ticket, op, flags, key, payload, arg, arg2).is_err() {
+            if ring.enqueue(0, &mut tail, consumed, ticket, &surpd::protocol::Request { op, flags, key, payload, arg, arg2 }).is_err() {
                 break;
             }
             ticket += 1;
