@@ -50,6 +50,12 @@ pub const SETTINGS: &[(&str, bool)] = &[
     ("records_size", false),
     ("codec", false),
     ("train_after", false),
+    ("upstream", false),
+    ("upstream_prefix", false),
+    ("upstream_timeout_ms", false),
+    ("upstream_user", false),
+    ("upstream_password", false),
+    ("upstream_password_file", false),
 ];
 
 #[derive(Clone, Debug, PartialEq)]
@@ -80,6 +86,17 @@ pub struct Config {
     pub ready_fd: Option<i32>,
     pub data_mode: u32,
     pub ring_mode: u32,
+    /// Tiered mode: the Redis/Valkey URL in front of which this daemon caches (None: a
+    /// standalone store). `redis://[user@]host:port/db` or `unix:///path?db=N`.
+    pub upstream: Option<String>,
+    /// The upstream key space shared by every host: local key `k` is `prefix + k` there.
+    pub upstream_prefix: String,
+    /// Longest wait for an upstream answer, and the staleness bound of local copies.
+    pub upstream_timeout: Duration,
+    pub upstream_user: Option<String>,
+    /// From the config file, `SURPDB_UPSTREAM_PASSWORD` or `upstream_password_file`,
+    /// never from the command line (where every user of the host can read it).
+    pub upstream_password: Option<String>,
     /// Where the settings came from, for SIGHUP reloads.
     pub file: Option<PathBuf>,
     pub flags: Vec<(String, String)>,
@@ -105,6 +122,11 @@ impl Config {
             ready_fd: None,
             data_mode: 0o640,
             ring_mode: 0o660,
+            upstream: None,
+            upstream_prefix: String::new(),
+            upstream_timeout: Duration::from_millis(500),
+            upstream_user: None,
+            upstream_password: None,
             file: None,
             flags: Vec::new(),
         }
@@ -203,6 +225,53 @@ impl Config {
                 }
             }
             "train_after" => self.train_after = num(val)?,
+            "upstream" => {
+                let v = val.trim();
+                if src.starts_with("option")
+                    && v.contains('@')
+                    && v[..v.rfind('@').unwrap_or(0)].contains(':')
+                {
+                    return Err(bad(
+                        "the URL holds a password, which every user of the host could read \
+                         on a command line: give it in upstream_password_file or \
+                         SURPDB_UPSTREAM_PASSWORD instead"
+                            .into(),
+                    ));
+                }
+                if !v.is_empty()
+                    && !["redis://", "unix://", "redis+unix://"].iter().any(|p| v.starts_with(p))
+                {
+                    return Err(bad(format!(
+                        "{v:?} is not a redis://host:port/db or unix:///path URL (rediss:// needs a \
+                         build with TLS, which this one is not)"
+                    )));
+                }
+                self.upstream = (!v.is_empty()).then(|| v.to_string())
+            }
+            "upstream_prefix" => self.upstream_prefix = val.to_string(),
+            "upstream_timeout_ms" => {
+                let ms = num(val)?;
+                if !(10..=60_000).contains(&ms) {
+                    return Err(bad(format!("{ms} is out of range (10 to 60000 ms)")));
+                }
+                self.upstream_timeout = Duration::from_millis(ms)
+            }
+            "upstream_user" => self.upstream_user = (!val.is_empty()).then(|| val.to_string()),
+            "upstream_password" => {
+                if src.starts_with("option") {
+                    return Err(bad(
+                        "a password on the command line can be read by every user of \
+                         the host: give it in upstream_password_file or SURPDB_UPSTREAM_PASSWORD"
+                            .into(),
+                    ));
+                }
+                self.upstream_password = (!val.is_empty()).then(|| val.to_string())
+            }
+            "upstream_password_file" => {
+                let text = std::fs::read_to_string(val.trim())
+                    .map_err(|e| bad(format!("cannot read {}: {e}", val.trim())))?;
+                self.upstream_password = Some(text.trim_end_matches(['\r', '\n']).to_string())
+            }
             _ => {
                 let known: Vec<&str> = SETTINGS.iter().map(|(k, _)| *k).collect();
                 return Err(Error::Config(format!(

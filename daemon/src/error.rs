@@ -37,6 +37,8 @@ pub enum Error {
     Overflow(String),
     /// An update of a value of another type (append to a str...); nothing changed.
     WrongType(String),
+    /// Tiered mode: an operation with no upstream equivalent (the message names it).
+    NotSupported(String),
     /// A value the daemon would build, or an argument, it cannot accept; nothing changed.
     InvalidValue(String),
     /// A result the daemon would build (or a record) larger than the store accepts.
@@ -62,6 +64,7 @@ impl fmt::Display for Error {
             Error::Incompatible(m)
             | Error::Corrupted(m)
             | Error::Unavailable(m)
+            | Error::NotSupported(m)
             | Error::SegmentFull(m)
             | Error::QueueFull(m)
             | Error::Timeout(m)

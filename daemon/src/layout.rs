@@ -19,6 +19,25 @@
 
 use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8};
 
+/// Write `$v` little-endian into `$buf` at the offset of `$ty::$field`, or read it back:
+/// header bytes are built and parsed at the offsets the shared struct itself defines.
+macro_rules! put_le {
+    ($buf:expr, $ty:ty, $field:ident, $v:expr) => {{
+        let o = std::mem::offset_of!($ty, $field);
+        let b = $v.to_le_bytes();
+        $buf[o..o + b.len()].copy_from_slice(&b);
+    }};
+}
+macro_rules! get_le {
+    ($buf:expr, $ty:ty, $field:ident, $t:ty) => {{
+        let o = std::mem::offset_of!($ty, $field);
+        let n = std::mem::size_of::<$t>();
+        let mut b = [0u8; std::mem::size_of::<$t>()];
+        b.copy_from_slice(&$buf[o..o + n]);
+        <$t>::from_le_bytes(b)
+    }};
+}
+
 /// First 8 bytes of a data segment.
 pub const SEG_MAGIC: u64 = u64::from_le_bytes(*b"SURPDB\0\x01");
 /// First 8 bytes of a request ring file.
@@ -140,7 +159,14 @@ pub struct SegHeader {
     /// the cleaner's reserve; only grows. 0 (segments made before it existed): unknown, the
     /// largest record max_value allows is assumed.
     pub max_record: AtomicU64,
-    _pad2: [u64; 2],
+    /// Tiered mode (an `upstream` is configured): records older than this version are not
+    /// provably current (the daemon lost its invalidation stream, or the upstream was
+    /// flushed) and read as absent. A generation bump, not a walk. 0 outside tiered mode.
+    pub up_min_version: AtomicU64,
+    /// Tiered mode: local copies are served only before this wall-clock time (unix ms),
+    /// which the daemon moves forward as its upstream connection proves alive. 0: not
+    /// tiered (every local copy is served).
+    pub up_lease_ms: AtomicU64,
 
     // ---- counters (offset 256), written by the daemon only ----
     pub c_sets: AtomicU64,
@@ -181,6 +207,35 @@ pub struct RecHeader {
 }
 
 pub const REC_HEADER_BYTES: u64 = std::mem::size_of::<RecHeader>() as u64;
+
+/// The header of a record (`size` bytes in all, key and value after it), crc left 0: it is
+/// stored once the whole record is written.
+pub fn rec_header(
+    size: u32,
+    key_len: u16,
+    val_len: u32,
+    hash: u64,
+    version: u64,
+    expires_ms: u64,
+) -> [u8; REC_HEADER_BYTES as usize] {
+    let mut b = [0u8; REC_HEADER_BYTES as usize];
+    put_le!(b, RecHeader, size, size);
+    put_le!(b, RecHeader, kind, KIND_ITEM);
+    put_le!(b, RecHeader, key_len, key_len);
+    put_le!(b, RecHeader, val_len, val_len);
+    put_le!(b, RecHeader, hash, hash);
+    put_le!(b, RecHeader, version, version);
+    put_le!(b, RecHeader, expires_ms, expires_ms);
+    b
+}
+
+/// The 8 bytes that start a heap pad of `len` bytes.
+pub fn rec_pad(len: u32) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    put_le!(b, RecHeader, size, len);
+    put_le!(b, RecHeader, kind, KIND_PAD);
+    b
+}
 
 /// Header of the request ring file.
 #[repr(C)]
@@ -227,7 +282,17 @@ pub struct RingHeader {
     pub retired_misses: AtomicU64,
     pub retired_corrupt: AtomicU64,
     pub retired_queue_waits: AtomicU64,
-    _pad4: [u64; 12],
+    /// Tiered mode, written by the daemon: 1 while connected to the upstream with
+    /// invalidations on, then counters: round trips, read-throughs, invalidated keys,
+    /// generation bumps (everything dropped at once), reconnects, upstream errors.
+    pub up_connected: AtomicU64,
+    pub up_round_trips: AtomicU64,
+    pub up_read_throughs: AtomicU64,
+    pub up_invalidations: AtomicU64,
+    pub up_flushes: AtomicU64,
+    pub up_reconnects: AtomicU64,
+    pub up_errors: AtomicU64,
+    _pad4: [u64; 5],
 }
 
 /// Per-client control block: reader slot + request mailbox. 256 bytes, three cache lines
@@ -340,6 +405,58 @@ pub struct ReqHeader {
 
 pub const REQ_HEADER_BYTES: u64 = std::mem::size_of::<ReqHeader>() as u64;
 
+/// A request header's fields as plain values (the ring copies headers out of shared
+/// memory before looking at them, and builds them in private memory before publishing).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReqFields {
+    pub len: u32,
+    pub op: u8,
+    pub flags: u8,
+    pub key_len: u16,
+    pub ticket: u64,
+    pub arg: u64,
+    pub arg2: u64,
+}
+
+impl ReqFields {
+    pub fn encode(&self) -> [u8; REQ_HEADER_BYTES as usize] {
+        let mut b = [0u8; REQ_HEADER_BYTES as usize];
+        put_le!(b, ReqHeader, len, self.len);
+        put_le!(b, ReqHeader, op, self.op);
+        put_le!(b, ReqHeader, flags, self.flags);
+        put_le!(b, ReqHeader, key_len, self.key_len);
+        put_le!(b, ReqHeader, ticket, self.ticket);
+        put_le!(b, ReqHeader, arg, self.arg);
+        put_le!(b, ReqHeader, arg2, self.arg2);
+        b
+    }
+
+    pub fn decode(b: &[u8; REQ_HEADER_BYTES as usize]) -> ReqFields {
+        ReqFields {
+            len: get_le!(b, ReqHeader, len, u32),
+            op: get_le!(b, ReqHeader, op, u8),
+            flags: get_le!(b, ReqHeader, flags, u8),
+            key_len: get_le!(b, ReqHeader, key_len, u16),
+            ticket: get_le!(b, ReqHeader, ticket, u64),
+            arg: get_le!(b, ReqHeader, arg, u64),
+            arg2: get_le!(b, ReqHeader, arg2, u64),
+        }
+    }
+
+    /// The 8 bytes that start a pad of `len` bytes (a box's filler, op [`op::PAD`]).
+    pub fn pad(len: u32) -> [u8; 8] {
+        let mut b = [0u8; 8];
+        put_le!(b, ReqHeader, len, len);
+        put_le!(b, ReqHeader, op, op::PAD);
+        b
+    }
+
+    /// The length and op of whatever starts with these (at least 8) bytes.
+    pub fn peek(b: &[u8]) -> (u32, u8) {
+        (get_le!(b, ReqHeader, len, u32), get_le!(b, ReqHeader, op, u8))
+    }
+}
+
 /// Request ops.
 pub mod op {
     /// Filler to the end of the mailbox buffer; no ticket.
@@ -371,6 +488,10 @@ pub mod op {
     pub const TRAIN: u8 = 16;
     /// Grow the data segment to `arg` bytes (up to its max_size); value: the new size.
     pub const RESIZE: u8 = 17;
+    /// Tiered mode: read these keys through from the upstream into the local store (payload:
+    /// each key as varint length then bytes). Answered once they are stored locally (or
+    /// stored as absent); outside tiered mode a no-op.
+    pub const FETCH: u8 = 18;
 }
 
 /// Request flags.
@@ -406,6 +527,11 @@ pub mod status {
     pub const INVALID_RESULT: u32 = 9;
     /// The disk could not provide blocks for the write (the filesystem is full).
     pub const NO_DISK_SPACE: u32 = 10;
+    /// Tiered mode: the op has no upstream equivalent (append, merge, cas, sorted sets).
+    pub const NOT_SUPPORTED: u32 = 11;
+    /// Tiered mode: the upstream did not answer (down, or slower than upstream_timeout);
+    /// nothing was acknowledged.
+    pub const UNAVAILABLE: u32 = 12;
     /// Never sent: the daemon answers this request later (a training); its box waits.
     pub const DEFERRED: u32 = 0xffff_0002;
 }
@@ -489,6 +615,26 @@ pub fn slot_tag_matches(slot: u64, hash: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_bytes_sit_where_the_shared_structs_say() {
+        let f = ReqFields { len: 72, op: 1, flags: 2, key_len: 3, ticket: 4, arg: 5, arg2: 6 };
+        let b = f.encode();
+        let want: [u8; 32] = [
+            72, 0, 0, 0, 1, 2, 3, 0, 4, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 6, 0, 0, 0, 0,
+            0, 0, 0,
+        ];
+        assert_eq!(b, want);
+        assert_eq!(ReqFields::decode(&b), f);
+        assert_eq!(ReqFields::peek(&ReqFields::pad(16)), (16, op::PAD));
+        let r = rec_header(64, 3, 9, 0x1122, 7, 99);
+        assert_eq!(&r[..12], &[64, 0, 0, 0, KIND_ITEM, 0, 3, 0, 9, 0, 0, 0]);
+        assert_eq!(&r[12..16], &[0; 4], "crc is stored after the body");
+        assert_eq!(u64::from_le_bytes(r[16..24].try_into().unwrap()), 0x1122);
+        assert_eq!(u64::from_le_bytes(r[24..32].try_into().unwrap()), 7);
+        assert_eq!(u64::from_le_bytes(r[32..40].try_into().unwrap()), 99);
+        assert_eq!(&rec_pad(24)[..5], &[24, 0, 0, 0, KIND_PAD]);
+    }
 
     #[test]
     fn slot_round_trip() {

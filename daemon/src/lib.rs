@@ -6,13 +6,20 @@
 //! mappings, futexes, processes), `segment` (the data file), `index` (key index), `heap`
 //! (record log and eviction), `ring/` (request mailboxes: geometry, `producer`, `consumer`,
 //! `hints`), `protocol` (typed requests, reply statuses, the one status -> error mapping),
-//! `value` (value encoding), `zset` (sorted-set queries), `client` (read path, requests and
-//! the ticket ledger), `apply` (the single writer's operations and journal), `update`
-//! (atomic updates and sorted-set updates), `records` and `codec` (the record store and its
+//! `value` (value encoding), `zset` (sorted-set queries), `client/` (connect, read path,
+//! write path and the ticket ledger), `apply/` (the single writer: dispatch, cache ops,
+//! record ops, journal and recovery, tiered mode's local half), `upstream` and `tier`
+//! (tiered mode: the Redis/Valkey connection thread, the value mapping), `update`
+//! (atomic updates and sorted-set updates), `records/` and `codec` (the record store and its
 //! compression), `check` (offline verification), `server` (daemon loop), `stats`, `config`,
 //! `crash` (test-only crash points), `log`, `error`.
 
 #![deny(unsafe_code)]
+
+// Every shared file is little-endian and read through atomics at fixed offsets: a
+// big-endian build would read every word byte-swapped.
+#[cfg(not(target_endian = "little"))]
+compile_error!("surpd's shared files are little-endian; big-endian targets are not supported");
 
 pub mod apply;
 pub mod check;
@@ -35,7 +42,10 @@ pub mod server;
 #[allow(unsafe_code)]
 pub mod shm;
 pub mod stats;
+pub mod tier;
 pub mod update;
+#[cfg(feature = "server")]
+pub mod upstream;
 pub mod value;
 pub mod zset;
 

@@ -3,7 +3,7 @@
 //! `arg`/`arg2` depends on the op (a TTL, a delta, a max length, a record id, a length), and
 //! it is written here once, by one constructor per operation, instead of at every call site.
 //! `Client::send` queues a [`Request`], `Client::call` queues it and waits for its reply, and
-//! `Pipeline::push_request` windows many.
+//! `Pipeline::push` windows many.
 //!
 //! Replies come back with a wire status; [`Status`] names it, and [`outcome`] is the one
 //! mapping of statuses onto [`Error`]s (with the key, the limit or the stored type in the
@@ -131,16 +131,175 @@ impl<'a> Request<'a> {
         Self::with_value(op::TRAIN, flag::SAMPLE, b"", record, 0)
     }
 
+    /// Tiered mode: read `keys` (framed by [`frame_keys`]) through from the upstream.
+    pub fn fetch(keys: &'a [u8]) -> Self {
+        Self::with_value(op::FETCH, 0, b"", keys, 0)
+    }
+
     /// Only what names a request in an error message (its op and key): for replies
     /// collected later, shaped from what the ticket ledger kept.
     pub fn named(op: u8, key: &'a [u8]) -> Self {
         Self::bare(op, key, 0)
     }
 
+    /// The op this request names (None: a byte no op has).
+    pub fn kind(&self) -> Option<Op> {
+        Op::of(self.op)
+    }
+
     /// Whether the request goes to the record store (its errors speak of records).
     pub fn is_record_op(&self) -> bool {
-        matches!(self.op, op::INSERT | op::UPDATE | op::REMOVE | op::TRAIN)
+        self.kind().is_some_and(Op::is_record_op)
     }
+}
+
+/// An operation (the wire values are [`crate::layout::op`]). Requests carry the wire byte,
+/// since the daemon must answer any byte a client writes; [`Request::kind`] names it, and
+/// the apply step dispatches on the name (an unknown byte is refused as a bad request).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    Set = op::SET,
+    Add = op::ADD,
+    Delete = op::DELETE,
+    Incr = op::INCR,
+    Touch = op::TOUCH,
+    Clear = op::CLEAR,
+    Noop = op::NOOP,
+    Append = op::APPEND,
+    Merge = op::MERGE,
+    Cas = op::CAS,
+    Zadd = op::ZADD,
+    Zrem = op::ZREM,
+    Insert = op::INSERT,
+    Remove = op::REMOVE,
+    Update = op::UPDATE,
+    Train = op::TRAIN,
+    Resize = op::RESIZE,
+    Fetch = op::FETCH,
+}
+
+impl Op {
+    pub const ALL: [Op; 18] = [
+        Op::Set,
+        Op::Add,
+        Op::Delete,
+        Op::Incr,
+        Op::Touch,
+        Op::Clear,
+        Op::Noop,
+        Op::Append,
+        Op::Merge,
+        Op::Cas,
+        Op::Zadd,
+        Op::Zrem,
+        Op::Insert,
+        Op::Remove,
+        Op::Update,
+        Op::Train,
+        Op::Resize,
+        Op::Fetch,
+    ];
+
+    /// The op a wire byte names, None for a byte no op has (or the box filler).
+    #[inline]
+    pub fn of(wire: u8) -> Option<Op> {
+        Some(match wire {
+            op::SET => Op::Set,
+            op::ADD => Op::Add,
+            op::DELETE => Op::Delete,
+            op::INCR => Op::Incr,
+            op::TOUCH => Op::Touch,
+            op::CLEAR => Op::Clear,
+            op::NOOP => Op::Noop,
+            op::APPEND => Op::Append,
+            op::MERGE => Op::Merge,
+            op::CAS => Op::Cas,
+            op::ZADD => Op::Zadd,
+            op::ZREM => Op::Zrem,
+            op::INSERT => Op::Insert,
+            op::REMOVE => Op::Remove,
+            op::UPDATE => Op::Update,
+            op::TRAIN => Op::Train,
+            op::RESIZE => Op::Resize,
+            op::FETCH => Op::Fetch,
+            _ => return None,
+        })
+    }
+
+    /// Whether the request carries a payload whose length travels in `arg2` (the daemon
+    /// checks the two agree).
+    pub fn carries_payload(self) -> bool {
+        matches!(
+            self,
+            Op::Set
+                | Op::Add
+                | Op::Append
+                | Op::Merge
+                | Op::Cas
+                | Op::Zadd
+                | Op::Zrem
+                | Op::Insert
+                | Op::Update
+                | Op::Train
+                | Op::Fetch
+        )
+    }
+
+    /// The op's name as the Python API spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Set => "set",
+            Op::Add => "add",
+            Op::Delete => "delete",
+            Op::Incr => "incr",
+            Op::Touch => "touch",
+            Op::Clear => "clear",
+            Op::Noop => "noop",
+            Op::Append => "append",
+            Op::Merge => "merge",
+            Op::Cas => "cas",
+            Op::Zadd => "zadd",
+            Op::Zrem => "zrem",
+            Op::Insert => "insert",
+            Op::Remove => "remove",
+            Op::Update => "update",
+            Op::Train => "train",
+            Op::Resize => "resize",
+            Op::Fetch => "fetch",
+        }
+    }
+
+    /// Whether it goes to the record store (its errors speak of records).
+    pub fn is_record_op(self) -> bool {
+        matches!(self, Op::Insert | Op::Update | Op::Remove | Op::Train)
+    }
+}
+
+/// The payload of a FETCH: each key as a varint length, then its bytes.
+pub fn frame_keys<'k>(keys: impl IntoIterator<Item = &'k [u8]>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for k in keys {
+        crate::value::put_varint(&mut out, k.len() as u64);
+        out.extend_from_slice(k);
+    }
+    out
+}
+
+/// The keys of a FETCH payload, or None if it is not well framed (or a key is too long).
+pub fn unframe_keys(mut b: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut keys = Vec::new();
+    while !b.is_empty() {
+        let mut r = crate::value::Reader::new(b);
+        let n = r.varint().ok()?;
+        if n > crate::layout::MAX_KEY_LEN as u64 {
+            return None;
+        }
+        let k = r.bytes(n).ok()?;
+        keys.push(k);
+        b = &b[r.pos..];
+    }
+    Some(keys)
 }
 
 /// A reply's status (the wire values are [`crate::layout::status`]).
@@ -159,6 +318,8 @@ pub enum Status {
     NotDurable,
     InvalidResult,
     NoDiskSpace,
+    NotSupported,
+    Unavailable,
     /// A status this build does not know (a newer daemon, or a scribbled result entry).
     Unknown(u32),
 }
@@ -177,6 +338,8 @@ impl Status {
             status::NOT_DURABLE => Status::NotDurable,
             status::INVALID_RESULT => Status::InvalidResult,
             status::NO_DISK_SPACE => Status::NoDiskSpace,
+            status::NOT_SUPPORTED => Status::NotSupported,
+            status::UNAVAILABLE => Status::Unavailable,
             s => Status::Unknown(s),
         }
     }
@@ -204,10 +367,10 @@ pub struct Context<'a> {
 /// op gives: False, a KeyError...), the error every other status means, worded for `req`.
 pub fn outcome(req: &Request<'_>, r: Reply, cx: &Context<'_>) -> Result<Reply> {
     let k = || key_repr(req.key);
-    let what = || match req.op {
+    let what = || match req.kind() {
         _ if req.is_record_op() => "the record request".to_string(),
-        op::RESIZE => "growing the segment".to_string(),
-        op::CLEAR => "the clear".to_string(),
+        Some(Op::Resize) => "growing the segment".to_string(),
+        Some(Op::Clear) => "the clear".to_string(),
         _ => format!("the request for key {}", k()),
     };
     Err(match Status::of(r.status) {
@@ -220,7 +383,7 @@ pub fn outcome(req: &Request<'_>, r: Reply, cx: &Context<'_>) -> Result<Reply> {
              readers (see surpdb stats: items, bytes, heap_capacity)",
             k()
         )),
-        Status::TooLarge if req.op == op::RESIZE => Error::InvalidValue(format!(
+        Status::TooLarge if req.kind() == Some(Op::Resize) => Error::InvalidValue(format!(
             "{} bytes is beyond this segment's max_size of {} bytes (fixed when it was \
              created: growing further needs a new segment)",
             req.arg, r.value
@@ -241,9 +404,9 @@ pub fn outcome(req: &Request<'_>, r: Reply, cx: &Context<'_>) -> Result<Reply> {
             (cx.stored)(req.key)
         )),
         Status::WrongType => {
-            let verb = match req.op {
-                op::APPEND => "append to",
-                op::MERGE => "merge into",
+            let verb = match req.kind() {
+                Some(Op::Append) => "append to",
+                Some(Op::Merge) => "merge into",
                 _ => "update the sorted set at",
             };
             Error::WrongType(format!(
@@ -270,6 +433,16 @@ pub fn outcome(req: &Request<'_>, r: Reply, cx: &Context<'_>) -> Result<Reply> {
                 cx.dir.display()
             ))
         }
+        Status::NotSupported => Error::NotSupported(format!(
+            "{} is not supported in tiered mode (an upstream is configured): it has no \
+             upstream equivalent; nothing was changed",
+            req.kind().map_or("this operation", Op::name)
+        )),
+        Status::Unavailable => Error::Unavailable(format!(
+            "{} got no answer from the upstream in time (see surpdb stats: \
+             upstream_connected); nothing was acknowledged",
+            what()
+        )),
         Status::InvalidResult => Error::InvalidValue(format!(
             "{} was refused: the value it would build is not storable (nested deeper than {} \
              levels); nothing was changed",

@@ -382,14 +382,14 @@ impl Segment {
     /// Write a record at `off` (unpublished space owned by the writer).
     pub fn write_record(&self, off: u64, rec: &NewRec<'_>) {
         let size = record_size(rec.key.len() as u64, rec.value.len() as u64);
-        let mut hdr = [0u8; REC_HEADER_BYTES as usize];
-        hdr[0..4].copy_from_slice(&(size as u32).to_le_bytes());
-        hdr[4] = KIND_ITEM;
-        hdr[6..8].copy_from_slice(&(rec.key.len() as u16).to_le_bytes());
-        hdr[8..12].copy_from_slice(&(rec.value.len() as u32).to_le_bytes());
-        hdr[16..24].copy_from_slice(&rec.hash.to_le_bytes());
-        hdr[24..32].copy_from_slice(&rec.version.to_le_bytes());
-        hdr[32..40].copy_from_slice(&rec.expires_ms.to_le_bytes());
+        let hdr = rec_header(
+            size as u32,
+            rec.key.len() as u16,
+            rec.value.len() as u32,
+            rec.hash,
+            rec.version,
+            rec.expires_ms,
+        );
         self.region.write(off, &hdr);
         self.region.write(off + REC_HEADER_BYTES, rec.key);
         self.region.write(off + REC_HEADER_BYTES + rec.key.len() as u64, rec.value);
@@ -408,10 +408,7 @@ impl Segment {
 
     /// Write a pad record of `len` bytes (>= 8) at `off`.
     pub fn write_pad(&self, off: u64, len: u64) {
-        let mut b = [0u8; 8];
-        b[0..4].copy_from_slice(&(len as u32).to_le_bytes());
-        b[4] = KIND_PAD;
-        self.region.write(off, &b);
+        self.region.write(off, &rec_pad(len as u32));
     }
 
     /// Size and kind of whatever starts at heap offset `off` (writer-side scan).

@@ -67,6 +67,8 @@ pub struct Daemon {
     active: Vec<u32>,
     passes: u64,
     last_empty: bool,
+    /// Tiered mode: the upstream and the requests waiting on it.
+    pub tier: Option<crate::upstream::Tier>,
 }
 
 impl Daemon {
@@ -207,6 +209,29 @@ impl Daemon {
         rh.daemon_pid.store(shm::getpid(), Ordering::Relaxed);
         rh.daemon_generation.store(gen, Ordering::Relaxed);
         rh.ready.store(1, Ordering::Release);
+        store.set_tiered(cfg.upstream.is_some());
+        let tier = match &cfg.upstream {
+            None => None,
+            Some(url) => {
+                let settings = crate::upstream::Settings {
+                    url: url.clone(),
+                    prefix: cfg.upstream_prefix.as_bytes().to_vec(),
+                    timeout: cfg.upstream_timeout,
+                    user: cfg.upstream_user.clone(),
+                    password: cfg.upstream_password.clone(),
+                };
+                // The thread wakes the apply loop through its own mapping of the ring.
+                let bell = Ring::open(&ring_path(&cfg.dir))?;
+                let up = crate::upstream::Upstream::start(settings, move || bell.ring_doorbell())?;
+                log::info(&format!(
+                    "tiered: upstream={} prefix={:?} timeout_ms={}",
+                    crate::upstream::redact(url),
+                    cfg.upstream_prefix,
+                    cfg.upstream_timeout.as_millis()
+                ));
+                Some(crate::upstream::Tier { up, waiting: Default::default() })
+            }
+        };
         log::info(&format!(
             "serving dir={} generation={gen} items={} attach_ms={:.1}",
             cfg.dir.display(),
@@ -222,6 +247,7 @@ impl Daemon {
             active: Vec::new(),
             passes: 0,
             last_empty: true,
+            tier,
         })
     }
 
@@ -233,8 +259,11 @@ impl Daemon {
         }
         let mut n = 0;
         let sync = self.cfg.durability == Durability::Sync;
-        let Daemon { store, ring, scratch, active, .. } = self;
-        let apply = |store: &mut Store, ring: &Ring, req: &crate::ring::Req<'_>| {
+        let Daemon { store, ring, scratch, active, tier, .. } = self;
+        let mut apply = |store: &mut Store, ring: &Ring, req: &crate::ring::Req<'_>| {
+            if let Some(reply) = tier.as_mut().and_then(|t| t.forward(store, req)) {
+                return reply;
+            }
             let reply = store.apply(ring, req);
             // The result is written only after this returns: in sync mode the request's
             // changes reach the disk before the client hears of them.
@@ -275,6 +304,18 @@ impl Daemon {
         store.heap.retired_rings = retired;
         self.last_empty = n == 0;
         n
+    }
+
+    /// Tiered mode: apply what the upstream answered and invalidated, in its order.
+    pub fn finish_upstream(&mut self) {
+        let Some(tier) = self.tier.as_mut() else { return };
+        // The retired rings move out of the store while it is written (as in poll_once).
+        let retired = std::mem::take(&mut self.store.heap.retired_rings);
+        let rings: Vec<&Ring> =
+            std::iter::once(&self.ring).chain(retired.iter().map(|r| &r.1)).collect();
+        tier.finish(&mut self.store, &rings);
+        drop(rings);
+        self.store.heap.retired_rings = retired;
     }
 
     /// Install a model the background trainer finished, and answer the TRAIN request that
@@ -371,6 +412,7 @@ impl Daemon {
             let bell = self.ring.hdr().doorbell.load(Ordering::SeqCst);
             let n = self.poll_once(256);
             self.finish_training();
+            self.finish_upstream();
             let now = Instant::now();
             // From the apply loop itself: a wedged loop stops the pings and systemd restarts us.
             if let Some(w) = watchdog {
@@ -514,6 +556,18 @@ impl Daemon {
         sd_notify("STOPPING=1\nSTATUS=draining the request ring");
         let deadline = Instant::now() + Duration::from_secs(5);
         while self.poll_once(usize::MAX) > 0 && Instant::now() < deadline {}
+        // Tiered: requests waiting on the upstream get what is left of the drain time (one
+        // unanswered by then stays queued and runs again at the next start).
+        while self.tier.as_ref().is_some_and(|t| !t.waiting.is_empty()) && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
+            self.finish_upstream();
+            self.poll_once(usize::MAX);
+        }
+        if self.tier.take().is_some() {
+            // No invalidations arrive once we are gone: stop serving local copies now.
+            self.store.set_tiered(true);
+        }
         // A training in progress gets what is left of the drain time; one that takes longer
         // is abandoned (its TRAIN request stays queued and runs again at the next start).
         if let Some(rs) = self.store.recs.as_ref() {

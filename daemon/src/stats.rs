@@ -32,7 +32,7 @@ pub fn gather(seg: &Segment, ring: &Ring) -> Vec<(&'static str, u64)> {
     let free_limit = h.free_limit.load(Ordering::Relaxed);
     let daemon_pid = r.daemon_pid.load(Ordering::Relaxed);
     let ready = r.ready.load(Ordering::Relaxed);
-    vec![
+    let mut v = vec![
         ("items", h.items.load(Ordering::Relaxed)),
         ("bytes", h.live_bytes.load(Ordering::Relaxed)),
         // Header + the index pages that hold entries + the part of the heap in use (live,
@@ -79,5 +79,21 @@ pub fn gather(seg: &Segment, ring: &Ring) -> Vec<(&'static str, u64)> {
         ("eviction_policy", h.policy.load(Ordering::Relaxed) as u64),
         ("daemon_pid", if ready == 1 { daemon_pid as u64 } else { 0 }),
         ("format_version", FORMAT_VERSION as u64),
-    ]
+    ];
+    // Tiered mode: the upstream connection and what came through it.
+    let lease = h.up_lease_ms.load(Ordering::Relaxed);
+    if lease != 0 {
+        let now = crate::shm::now_ms();
+        v.extend([
+            ("upstream_connected", r.up_connected.load(Ordering::Relaxed)),
+            ("upstream_serving", (now < lease) as u64),
+            ("upstream_round_trips", r.up_round_trips.load(Ordering::Relaxed)),
+            ("upstream_read_throughs", r.up_read_throughs.load(Ordering::Relaxed)),
+            ("upstream_invalidations", r.up_invalidations.load(Ordering::Relaxed)),
+            ("upstream_stale_drops", r.up_flushes.load(Ordering::Relaxed)),
+            ("upstream_reconnects", r.up_reconnects.load(Ordering::Relaxed)),
+            ("upstream_errors", r.up_errors.load(Ordering::Relaxed)),
+        ]);
+    }
+    v
 }

@@ -34,6 +34,10 @@ pub const TUPLE: u8 = 0x09;
 pub const DICT: u8 = 0x0a;
 pub const PICKLE: u8 = 0x0b;
 pub const ZSET: u8 = 0x0c;
+/// Tiered mode: the whole stored value of a key the upstream does not hold, cached as
+/// absent until an invalidation drops it. Only the daemon stores it: it is not a value
+/// ([`validate`] refuses it), so no client can write one.
+pub const ABSENT: u8 = 0x0d;
 
 /// Deepest nesting of containers accepted by encoders and decoders.
 pub const MAX_DEPTH: usize = 200;
@@ -243,6 +247,7 @@ pub fn type_name(buf: &[u8]) -> &'static str {
         Some(&DICT) => "dict",
         Some(&PICKLE) => "pickled object",
         Some(&ZSET) => "sorted set",
+        Some(&ABSENT) => "absent marker",
         _ => "unknown",
     }
 }

@@ -9,11 +9,12 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use surpd::client::Client;
+use surpd::protocol::Request;
 
 mod common;
 use common::{get, tmpdir};
 use surpd::config::Config;
-use surpd::layout::{flag, op, status};
+use surpd::layout::status;
 use surpd::server::Daemon;
 use surpd::value;
 
@@ -53,8 +54,8 @@ fn incr_published_before_a_crash_is_answered_not_applied_again() {
     let dir = tmpdir("incr");
     drop(Daemon::attach(config(&dir)).unwrap());
     let c = Client::connect(&dir, Duration::from_secs(5)).unwrap();
-    let t1 = c.enqueue(op::INCR, flag::INCR_CREATE, b"n", &[], 5, 0).unwrap();
-    let t2 = c.enqueue(op::INCR, flag::INCR_CREATE, b"n", &[], 1, 0).unwrap();
+    let t1 = c.send(&Request::incr(b"n", 5, Some(0))).unwrap();
+    let t2 = c.send(&Request::incr(b"n", 1, Some(0))).unwrap();
     let mut d = crash_after_apply(&dir, &c, t1);
     // The recovered daemon answered t1 from the journal; t2 is still queued.
     let r1 = c.wait(t1).unwrap();
@@ -73,15 +74,15 @@ fn append_and_delete_published_before_a_crash_take_effect_once() {
     drop(Daemon::attach(config(&dir)).unwrap());
     let c = Client::connect(&dir, Duration::from_secs(5)).unwrap();
     let item = [value::INT, 2]; // the int 1
-    let t1 = c.enqueue(op::APPEND, 0, b"l", &item, 0, item.len() as u64).unwrap();
+    let t1 = c.send(&Request::append(b"l", &item, 0)).unwrap();
     let mut d = crash_after_apply(&dir, &c, t1);
     assert_eq!(c.wait(t1).unwrap(), surpd::ring::Reply::ok(1));
     d.poll_once(usize::MAX);
     assert_eq!(get(&c, b"l").unwrap(), vec![value::LIST, 1, value::INT, 2], "one item, not two");
     drop(d);
 
-    let t2 = c.enqueue(op::DELETE, 0, b"l", &[], 0, 0).unwrap();
-    let t3 = c.enqueue(op::APPEND, 0, b"l", &item, 0, item.len() as u64).unwrap();
+    let t2 = c.send(&Request::delete(b"l")).unwrap();
+    let t3 = c.send(&Request::append(b"l", &item, 0)).unwrap();
     let mut d = crash_after_apply(&dir, &c, t2);
     assert_eq!(c.wait(t2).unwrap().status, status::OK, "the delete is reported done");
     d.poll_once(usize::MAX);
@@ -99,7 +100,7 @@ fn a_request_that_crashed_before_its_publish_is_applied_on_restart() {
     let dir = tmpdir("before");
     drop(Daemon::attach(config(&dir)).unwrap());
     let c = Client::connect(&dir, Duration::from_secs(5)).unwrap();
-    let t1 = c.enqueue(op::INCR, flag::INCR_CREATE, b"n", &[], 1, 0).unwrap();
+    let t1 = c.send(&Request::incr(b"n", 1, Some(0))).unwrap();
     {
         let mut d = Daemon::attach(config(&dir)).unwrap();
         let b = c.boxno();

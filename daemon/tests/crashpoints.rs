@@ -14,7 +14,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use surpd::client::{Client, Lookup};
-use surpd::layout::{flag, op, status};
+use surpd::layout::status;
+use surpd::protocol::Request;
 use surpd::ring::Reply;
 use surpd::value;
 
@@ -114,7 +115,7 @@ impl Model {
         match *o {
             Op::Set(k, n) => {
                 let v = blob(self.seq, n);
-                let tk = t(c.enqueue(op::SET, 0, k.as_bytes(), &v, 0, v.len() as u64));
+                let tk = t(c.send(&Request::set(k.as_bytes(), &v, 0)));
                 self.zsets.remove(k.as_bytes());
                 self.keys.insert(k.as_bytes().to_vec(), v);
                 (tk, Expect::Status(status::OK))
@@ -122,7 +123,7 @@ impl Model {
             Op::Delete(k) => {
                 let had = self.keys.remove(k.as_bytes()).is_some();
                 self.zsets.remove(k.as_bytes());
-                let tk = t(c.enqueue(op::DELETE, 0, k.as_bytes(), &[], 0, 0));
+                let tk = t(c.send(&Request::delete(k.as_bytes())));
                 (tk, Expect::Status(if had { status::OK } else { status::NOT_DONE }))
             }
             Op::Incr(k, d) => {
@@ -132,7 +133,7 @@ impl Model {
                 };
                 let new = cur + d as i128;
                 self.keys.insert(k.as_bytes().to_vec(), int_value(new));
-                let tk = t(c.enqueue(op::INCR, flag::INCR_CREATE, k.as_bytes(), &[], d as u64, 0));
+                let tk = t(c.send(&Request::incr(k.as_bytes(), d, Some(0))));
                 (tk, Expect::Value(new as u64))
             }
             Op::Append(k, item) => {
@@ -147,7 +148,7 @@ impl Model {
                 items.push(item);
                 self.keys.insert(k.as_bytes().to_vec(), list_value(&items));
                 let p = int_value(item as i128);
-                let tk = t(c.enqueue(op::APPEND, 0, k.as_bytes(), &p, 0, p.len() as u64));
+                let tk = t(c.send(&Request::append(k.as_bytes(), &p, 0)));
                 (tk, Expect::Value(items.len() as u64))
             }
             Op::Zadd(k, m, score) => {
@@ -155,40 +156,40 @@ impl Model {
                 let new = z.insert(m.as_bytes().to_vec(), score).is_none();
                 self.keys.remove(k.as_bytes());
                 let p = zset_payload(m, score);
-                let tk = t(c.enqueue(op::ZADD, 0, k.as_bytes(), &p, 0, p.len() as u64));
+                let tk = t(c.send(&Request::zadd(k.as_bytes(), &p, 0)));
                 (tk, Expect::Value(new as u64))
             }
             Op::Touch(k) => {
                 let present = self.keys.contains_key(k.as_bytes());
-                let tk = t(c.enqueue(op::TOUCH, 0, k.as_bytes(), &[], 3_600_000, 0));
+                let tk = t(c.send(&Request::touch(k.as_bytes(), 3_600_000)));
                 (tk, Expect::Status(if present { status::OK } else { status::NOT_DONE }))
             }
             Op::Clear => {
                 self.keys.clear();
                 self.zsets.clear();
-                (t(c.enqueue(op::CLEAR, 0, b"", &[], 0, 0)), Expect::Status(status::OK))
+                (t(c.send(&Request::clear())), Expect::Status(status::OK))
             }
             Op::Insert(n) => {
                 let v = record_value(n);
-                let tk = t(c.enqueue(op::INSERT, 0, b"", &v, 0, v.len() as u64));
+                let tk = t(c.send(&Request::insert(&v)));
                 self.records.push((0, Some(v)));
                 (tk, Expect::NewRecord(self.records.len() - 1))
             }
             Op::Update(i, n) => {
                 let v = record_value(n);
                 let old = self.records[i].0;
-                let tk = t(c.enqueue(op::UPDATE, 0, b"", &v, old, v.len() as u64));
+                let tk = t(c.send(&Request::update(old, &v)));
                 self.records[i].1 = None;
                 self.records.push((0, Some(v)));
                 (tk, Expect::NewRecord(self.records.len() - 1))
             }
             Op::Remove(i) => {
-                let tk = t(c.enqueue(op::REMOVE, 0, b"", &[], self.records[i].0, 0));
+                let tk = t(c.send(&Request::remove(self.records[i].0)));
                 self.records[i].1 = None;
                 (tk, Expect::Value(1))
             }
-            Op::Train => (t(c.enqueue(op::TRAIN, 0, b"", &[], 0, 0)), Expect::Status(status::OK)),
-            Op::Resize(n) => (t(c.enqueue(op::RESIZE, 0, b"", &[], n, 0)), Expect::Value(n)),
+            Op::Train => (t(c.send(&Request::train(false))), Expect::Status(status::OK)),
+            Op::Resize(n) => (t(c.send(&Request::resize(n))), Expect::Value(n)),
         }
     }
 
@@ -243,7 +244,7 @@ fn get(c: &Client, key: &[u8]) -> Option<Vec<u8>> {
     let pin = c.pin().unwrap();
     match c.get(&pin, key) {
         Lookup::Hit(r) => Some(r.value.to_vec()),
-        Lookup::Miss => None,
+        Lookup::Miss | Lookup::Unknown => None,
     }
 }
 

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use surpd::client::{Client, Lookup};
-use surpd::layout::{op, status};
+use surpd::layout::status;
+use surpd::protocol::Request;
 
 mod common;
 use common::{bytes_value, shm_dir, Rng, Surpd};
@@ -61,7 +62,7 @@ fn honest(
         let t0 = Instant::now();
         if rng.below(2) == 0 {
             let v = value_for(&key, ops);
-            let r = c.enqueue(op::SET, 0, &key, &v, 0, v.len() as u64).and_then(|t| c.wait(t));
+            let r = c.send(&Request::set(&key, &v, 0)).and_then(|t| c.wait(t));
             match r {
                 Ok(r) if r.status == status::OK => {}
                 _ => {
@@ -182,8 +183,7 @@ fn random_writes_into_the_ring_never_hang_or_mislead_honest_clients() {
     for i in 0..200u64 {
         let k = format!("after{i}").into_bytes();
         let v = value_for(&k, i);
-        let r =
-            survivor.enqueue(op::SET, 0, &k, &v, 0, v.len() as u64).and_then(|t| survivor.wait(t));
+        let r = survivor.send(&Request::set(&k, &v, 0)).and_then(|t| survivor.wait(t));
         if !matches!(r, Ok(r) if r.status == status::OK) && failures.len() < 5 {
             failures.push(format!("write {i}: {r:?}"));
         }
@@ -206,7 +206,7 @@ fn random_writes_into_the_ring_never_hang_or_mislead_honest_clients() {
     let pin = c.pin().unwrap();
     assert!(matches!(c.get(&pin, b"after199"), Lookup::Hit(_)));
     drop(pin);
-    let t = c.enqueue(op::SET, 0, b"k", &value_for(b"k", 1), 0, 0);
+    let t = c.send(&Request::set(b"k", &value_for(b"k", 1), 0));
     drop(t);
     drop(c);
     d.stop();
@@ -243,7 +243,7 @@ fn forged_owner_words_do_not_hold_boxes_forever() {
     let start = Instant::now();
     let c = Client::connect(&dir, Duration::from_secs(5)).unwrap();
     let v = bytes_value(b"after forged owners");
-    let r = c.enqueue(op::SET, 0, b"k", &v, 0, v.len() as u64).and_then(|t| c.wait(t));
+    let r = c.send(&Request::set(b"k", &v, 0)).and_then(|t| c.wait(t));
     assert!(matches!(r, Ok(ref r) if r.status == status::OK), "{r:?} after {:?}", start.elapsed());
     assert!(start.elapsed() < Duration::from_secs(5));
     drop(c);

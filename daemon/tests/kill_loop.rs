@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use surpd::client::{Client, Lookup};
-use surpd::layout::{flag, op, status};
+use surpd::layout::status;
+use surpd::protocol::Request;
 use surpd::ring::Reply;
 use surpd::value;
 
@@ -86,7 +87,7 @@ fn writer(dir: PathBuf, w: u32, evicts: bool, stop: Arc<AtomicBool>) -> Model {
     for i in 0..30 {
         let k = format!("w{w}:static{i}").into_bytes();
         let v = bytes_value(format!("static {w} {i}").repeat(10).as_bytes());
-        let t = c.enqueue(op::SET, 0, &k, &v, 0, v.len() as u64).unwrap();
+        let t = c.send(&Request::set(&k, &v, 0)).unwrap();
         assert_eq!(wait(&c, t, deadline).status, status::OK);
         m.keys.insert(k, v);
     }
@@ -97,7 +98,7 @@ fn writer(dir: PathBuf, w: u32, evicts: bool, stop: Arc<AtomicBool>) -> Model {
             // kills land in the middle of some (file extended, size published, heap
             // switching to the new geometry at the end of its lap).
             let want = (m.grown.max(4 << 20) + 65_536).min(16 << 20);
-            let t = c.enqueue(op::RESIZE, 0, b"", &[], want, 0).unwrap();
+            let t = c.send(&Request::resize(want)).unwrap();
             let r = wait(&c, t, deadline);
             match r.status {
                 status::OK => assert!(r.value >= want, "resize to {want}: {r:?}"),
@@ -109,7 +110,7 @@ fn writer(dir: PathBuf, w: u32, evicts: bool, stop: Arc<AtomicBool>) -> Model {
         if w == 0 && m.trains < 3 && rng.below(2000) == 0 {
             // A few: each new model starts a chunk of its own (see the records notes).
             m.trains += 1;
-            let t = c.enqueue(op::TRAIN, 0, b"", &[], 0, 0).unwrap();
+            let t = c.send(&Request::train(false)).unwrap();
             let r = wait(&c, t, deadline);
             assert!(matches!(r.status, status::OK | status::NOT_DONE), "train: {r:?}");
             continue;
@@ -121,7 +122,7 @@ fn writer(dir: PathBuf, w: u32, evicts: bool, stop: Arc<AtomicBool>) -> Model {
                 let mut p = format!("{w}:{}:", m.ops).into_bytes();
                 p.resize(n, b'v');
                 let v = bytes_value(&p);
-                let t = c.enqueue(op::SET, 0, &k, &v, 0, v.len() as u64).unwrap();
+                let t = c.send(&Request::set(&k, &v, 0)).unwrap();
                 let r = wait(&c, t, deadline);
                 assert_eq!(r.status, status::OK, "set");
                 m.counters.remove(&k);
@@ -130,7 +131,7 @@ fn writer(dir: PathBuf, w: u32, evicts: bool, stop: Arc<AtomicBool>) -> Model {
                 m.keys.insert(k, v);
             }
             7 | 8 => {
-                let t = c.enqueue(op::DELETE, 0, &k, &[], 0, 0).unwrap();
+                let t = c.send(&Request::delete(&k)).unwrap();
                 let r = wait(&c, t, deadline);
                 let had = m.keys.remove(&k).is_some()
                     | m.counters.remove(&k).is_some()
@@ -142,7 +143,7 @@ fn writer(dir: PathBuf, w: u32, evicts: bool, stop: Arc<AtomicBool>) -> Model {
             }
             9..=11 => {
                 let k = format!("w{w}:n{}", rng.below(4)).into_bytes();
-                let t = c.enqueue(op::INCR, flag::INCR_CREATE, &k, &[], 3, 0).unwrap();
+                let t = c.send(&Request::incr(&k, 3, Some(0))).unwrap();
                 let r = wait(&c, t, deadline);
                 assert_eq!(r.status, status::OK, "incr");
                 let want = m.counters.get(&k).copied().unwrap_or(0) + 3;
@@ -154,7 +155,7 @@ fn writer(dir: PathBuf, w: u32, evicts: bool, stop: Arc<AtomicBool>) -> Model {
             12..=14 => {
                 let k = format!("w{w}:l{}", rng.below(3)).into_bytes();
                 let item = int(m.ops as i128);
-                let t = c.enqueue(op::APPEND, 0, &k, &item, 30, item.len() as u64).unwrap();
+                let t = c.send(&Request::append(&k, &item, 30)).unwrap();
                 let r = wait(&c, t, deadline);
                 assert_eq!(r.status, status::OK, "append");
                 let mut l = m.lists.remove(&k).unwrap_or_default();
@@ -171,14 +172,14 @@ fn writer(dir: PathBuf, w: u32, evicts: bool, stop: Arc<AtomicBool>) -> Model {
             15..=17 => {
                 let mut v = vec![value::DICT, 1, value::STR, 1, b'n'];
                 v.extend(int(m.ops as i128));
-                let t = c.enqueue(op::INSERT, 0, b"", &v, 0, v.len() as u64).unwrap();
+                let t = c.send(&Request::insert(&v)).unwrap();
                 let r = wait(&c, t, deadline);
                 assert_eq!(r.status, status::OK, "insert");
                 m.records.push((r.value, v));
             }
             18 if !m.records.is_empty() => {
                 let (id, _) = m.records.swap_remove(rng.below(m.records.len() as u64) as usize);
-                let t = c.enqueue(op::REMOVE, 0, b"", &[], id, 0).unwrap();
+                let t = c.send(&Request::remove(id)).unwrap();
                 let r = wait(&c, t, deadline);
                 assert_eq!((r.status, r.value), (status::OK, 1), "remove {id:#x}: exactly once");
             }
@@ -204,11 +205,11 @@ fn writer(dir: PathBuf, w: u32, evicts: bool, stop: Arc<AtomicBool>) -> Model {
                                 .map(|e| (e.member.to_vec(), e.score))
                                 .collect()
                         }
-                        Lookup::Miss => Default::default(),
+                        Lookup::Miss | Lookup::Unknown => Default::default(),
                     };
                     m.zsets.insert(k.clone(), now);
                 }
-                let t = c.enqueue(op::ZADD, 0, &k, &p, 0, p.len() as u64).unwrap();
+                let t = c.send(&Request::zadd(&k, &p, 0)).unwrap();
                 let r = wait(&c, t, deadline);
                 assert_eq!(r.status, status::OK, "zadd");
                 let z = m.zsets.entry(k.clone()).or_default();
@@ -237,7 +238,7 @@ fn verify(dir: &Path, models: &[Model], evicts: bool) {
         let pin = c.pin().unwrap();
         match c.get(&pin, k) {
             Lookup::Hit(r) => Some(r.value.to_vec()),
-            Lookup::Miss => None,
+            Lookup::Miss | Lookup::Unknown => None,
         }
     };
     let (mut present, mut total) = (0, 0);

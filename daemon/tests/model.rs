@@ -13,7 +13,7 @@ use surpd::client::{Client, Lookup};
 mod common;
 use common::{bytes_value, get, tmpdir, Rng};
 use surpd::config::Config;
-use surpd::layout::{op, status, POLICY_EVICT, POLICY_NOEVICTION};
+use surpd::layout::{status, POLICY_EVICT, POLICY_NOEVICTION};
 use surpd::protocol::Request;
 use surpd::server::Daemon;
 
@@ -201,7 +201,7 @@ fn concurrent_readers_never_see_reused_space() {
         payload.resize(key.len() + 1 + (i % 100) as usize, b'#');
         // Values under 128 bytes: a one-byte varint, so the body starts at offset 2.
         let v = bytes_value(&payload);
-        c.enqueue(op::SET, 0, key.as_bytes(), &v, 0, v.len() as u64).unwrap();
+        c.send(&Request::set(key.as_bytes(), &v, 0)).unwrap();
     }
     c.call(&Request::noop()).unwrap();
     done.store(true, Ordering::Relaxed);

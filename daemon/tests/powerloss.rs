@@ -10,11 +10,12 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use surpd::client::{data_path, Client, Lookup};
+use surpd::protocol::Request;
 
 mod common;
 use common::{str_value, tmpdir, Rng};
 use surpd::config::Config;
-use surpd::layout::{op, status};
+use surpd::layout::status;
 use surpd::segment::Segment;
 use surpd::server::Daemon;
 
@@ -39,9 +40,9 @@ fn apply(
             Some(v) => {
                 let enc = str_value(v);
                 written.entry(k.clone()).or_default().insert(enc.clone());
-                c.enqueue(op::SET, 0, k.as_bytes(), &enc, 0, enc.len() as u64).unwrap()
+                c.send(&Request::set(k.as_bytes(), &enc, 0)).unwrap()
             }
-            None => c.enqueue(op::DELETE, 0, k.as_bytes(), &[], 0, 0).unwrap(),
+            None => c.send(&Request::delete(k.as_bytes())).unwrap(),
         };
         d.poll_once(usize::MAX);
         let r = c.wait(t).unwrap();

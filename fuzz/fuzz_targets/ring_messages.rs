@@ -29,23 +29,22 @@ fuzz_target!(|data: &[u8]| {
     let mut g = cell.lock().unwrap();
     let (d, _dir) = &mut *g;
     let ring = &d.ring;
+    // Free box 0 as a scribbling process could (its owner word cleared), then claim it the
+    // way every client does: the claim resets whatever the last input left in the box.
     let c = ring.ctl(0);
-    // Reset box 0 as a new claim would.
-    c.owner_pid.store(std::process::id(), Ordering::Relaxed);
-    c.head.store(0, Ordering::Relaxed);
-    c.tail.store(0, Ordering::Relaxed);
-    c.done.store(0, Ordering::Relaxed);
-    c.poisoned.store(0, Ordering::Relaxed);
-    c.claims.fetch_add(1, Ordering::Relaxed);
-    c.active.store(1, Ordering::Release);
+    c.owner_pid.store(0, Ordering::Relaxed);
+    c.active.store(surpd::ring::BOX_FREE, Ordering::Release);
+    let Some(mut w) = ring.claim(std::process::id(), 0).unwrap() else { return };
+    let b = w.boxno();
+    let c = ring.ctl(b);
     let Some((&mode, rest)) = data.split_first() else { return };
     if mode & 1 == 0 {
         let n = rest.len().min(ring.box_bytes as usize) & !7;
-        ring.region.write(ring.data_off, &rest[..n]);
+        ring.region.write(ring.data_off + b as u64 * ring.box_bytes, &rest[..n]);
         c.tail.store(n as u64, Ordering::Release);
     } else {
         // [op][flags][key_len][payload_len][arg: 8][arg2: 8] key payload, repeated.
-        let (mut tail, mut ticket, mut r) = (0u64, 1u64, rest);
+        let (mut ticket, mut r) = (1u64, rest);
         while r.len() >= 20 && ticket < 64 {
             let (op, flags, klen, plen) = (r[0], r[1], r[2] as usize, r[3] as usize);
             let arg = u64::from_le_bytes(r[4..12].try_into().unwrap());
@@ -54,8 +53,9 @@ fuzz_target!(|data: &[u8]| {
             let (key, rest2) = r.split_at(klen.min(r.len()));
             let (payload, rest3) = rest2.split_at(plen.min(rest2.len()));
             r = rest3;
-            let consumed = ring.consumed(0).0;
-            if ring.enqueue(0, &mut tail, consumed, ticket, &surpd::protocol::Request { op, flags, key, payload, arg, arg2 }).is_err() {
+            w.consumed_to(ring.consumed(b).0);
+            let req = surpd::protocol::Request { op, flags, key, payload, arg, arg2 };
+            if ring.enqueue(&mut w, ticket, &req).is_err() {
                 break;
             }
             ticket += 1;

@@ -145,18 +145,28 @@ impl Client {
     }
 
     fn get_one<'py>(&self, py: Python<'py>, key: &[u8]) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let pin = self.core.pin().map_err(to_py_err)?;
-        match self.core.get(&pin, key) {
-            Lookup::Hit(rec) => {
-                let r = decode_value(py, rec.value);
-                if pin.confirm(&rec) {
-                    return r.map(Some);
+        let mut fetched = 0;
+        loop {
+            let pin = self.core.pin().map_err(to_py_err)?;
+            match self.core.get(&pin, key) {
+                Lookup::Hit(rec) => {
+                    let r = decode_value(py, rec.value);
+                    if pin.confirm(&rec) {
+                        return r.map(Some);
+                    }
+                    break;
+                }
+                Lookup::Miss => return Ok(None),
+                Lookup::Unknown => {
+                    // Tiered mode: read it through (the GIL released for the round trip).
+                    drop(pin);
+                    let core = &self.core;
+                    py.allow_threads(|| core.read_through(&[key], &mut fetched))
+                        .map_err(to_py_err)?;
                 }
             }
-            Lookup::Miss => return Ok(None),
         }
         // A boxless read that met the writer: read again (what was decoded is discarded).
-        drop(pin);
         let r = self.core.read(key, |rec| rec.map(|rec| decode_value(py, rec.value)));
         r.map_err(to_py_err)?.transpose()
     }
@@ -219,30 +229,48 @@ impl Client {
     ) -> PyResult<Bound<'py, PyDict>> {
         let out = PyDict::new(py);
         let now = surpd::shm::now_ms();
-        let pin = self.core.pin().map_err(to_py_err)?;
-        for key in keys.try_iter()? {
-            let key = key?;
-            with_key(&key, |k| {
-                if let Lookup::Hit(rec) = self.core.lookup(&pin, k, now) {
-                    let value = decode_value(py, rec.value);
-                    let value =
-                        if pin.confirm(&rec) { value.map(Some) } else { self.get_one(py, k) };
-                    if let Some(value) = value? {
-                        out.set_item(&key, value)?;
+        let mut unknown: Vec<(Bound<'py, PyAny>, Vec<u8>)> = Vec::new();
+        {
+            let pin = self.core.pin().map_err(to_py_err)?;
+            for key in keys.try_iter()? {
+                let key = key?;
+                with_key(&key, |k| {
+                    match self.core.lookup(&pin, k, now) {
+                        Lookup::Hit(rec) => {
+                            let value = decode_value(py, rec.value);
+                            let value = if pin.confirm(&rec) {
+                                value.map(Some)
+                            } else {
+                                self.get_one(py, k)
+                            };
+                            if let Some(value) = value? {
+                                out.set_item(&key, value)?;
+                            }
+                        }
+                        Lookup::Miss => {}
+                        Lookup::Unknown => unknown.push((key.clone(), k.to_vec())),
                     }
+                    Ok(())
+                })?;
+            }
+        }
+        if !unknown.is_empty() {
+            // Tiered mode: every key without a current local copy in one read-through.
+            let ks: Vec<&[u8]> = unknown.iter().map(|(_, k)| &k[..]).collect();
+            let core = &self.core;
+            py.allow_threads(|| core.fetch(&ks)).map_err(to_py_err)?;
+            for (key, k) in &unknown {
+                if let Some(value) = self.get_one(py, k)? {
+                    out.set_item(key, value)?;
                 }
-                Ok(())
-            })?;
+            }
         }
         Ok(out)
     }
 
     /// Whether `key` holds an unexpired value.
     fn has_key(&self, key: &Bound<'_, PyAny>) -> PyResult<bool> {
-        with_key(key, |k| {
-            let pin = self.core.pin().map_err(to_py_err)?;
-            Ok(matches!(self.core.get(&pin, k), Lookup::Hit(_)))
-        })
+        with_key(key, |k| self.core.read(k, |rec| rec.is_some()).map_err(to_py_err))
     }
 
     fn __contains__(&self, key: &Bound<'_, PyAny>) -> PyResult<bool> {
@@ -371,7 +399,7 @@ impl Client {
                 if pipe.full() {
                     py.allow_threads(|| pipe.make_room());
                 }
-                pipe.push_request(&Request::set(k, &buf, ttl));
+                pipe.push(&Request::set(k, &buf, ttl));
                 Ok(())
             })?;
             keys.push(key);
@@ -395,7 +423,7 @@ impl Client {
                 if pipe.full() {
                     py.allow_threads(|| pipe.make_room());
                 }
-                pipe.push_request(&Request::delete(k));
+                pipe.push(&Request::delete(k));
                 Ok(())
             })?;
         }
@@ -951,7 +979,7 @@ impl Client {
             if pipe.full() {
                 py.allow_threads(|| pipe.make_room());
             }
-            pipe.push_request(&request(&buf));
+            pipe.push(&request(&buf));
         }
         Ok(py.allow_threads(|| pipe.finish()))
     }

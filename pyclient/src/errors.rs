@@ -16,6 +16,7 @@ pyo3::import_exception!(surpdb.errors, CorruptSegment);
 pyo3::import_exception!(surpdb.errors, IncompatibleSegment);
 pyo3::import_exception!(surpdb.errors, DaemonRunning);
 pyo3::import_exception!(surpdb.errors, ConfigError);
+pyo3::import_exception!(surpdb.errors, NotSupported);
 
 pub(crate) fn to_py_err(e: CoreError) -> PyErr {
     let msg = e.to_string();
@@ -42,6 +43,7 @@ pub(crate) fn to_py_err(e: CoreError) -> PyErr {
         CoreError::Timeout(_) => Timeout::new_err(msg),
         CoreError::Locked(_) => DaemonRunning::new_err(msg),
         CoreError::Config(_) => ConfigError::new_err(msg),
+        CoreError::NotSupported(_) => NotSupported::new_err(msg),
         CoreError::NotInteger(_) => PyTypeError::new_err(msg),
         CoreError::Overflow(_) => PyOverflowError::new_err(msg),
         CoreError::WrongType(_) => PyTypeError::new_err(msg),

@@ -26,6 +26,11 @@ _SETTINGS = [
     ("records_size", "size of a new records file (sparse), e.g. 1GiB"),
     ("codec", "record codec of trained models: fast or compact"),
     ("train_after", "train the record codec once this many records exist (0 = never)"),
+    ("upstream", "tiered mode: redis://host:port/db (or unix:///path) to cache in front of"),
+    ("upstream_prefix", "tiered mode: the upstream key space every host shares, e.g. app:"),
+    ("upstream_timeout_ms", "tiered mode: upstream answer timeout and staleness bound (500)"),
+    ("upstream_user", "tiered mode: the upstream ACL user"),
+    ("upstream_password_file", "tiered mode: a file holding the upstream password"),
 ]
 
 

@@ -14,6 +14,7 @@ __all__ = [
     "IncompatibleSegment",
     "DaemonRunning",
     "ConfigError",
+    "NotSupported",
 ]
 
 
@@ -60,3 +61,8 @@ class DaemonRunning(Error):
 
 class ConfigError(Error, ValueError):
     """A bad setting."""
+
+
+class NotSupported(Error):
+    """Tiered mode (an ``upstream`` is configured): the operation has no upstream
+    equivalent (append, merge, cas, sorted sets); the message names it. Nothing changed."""

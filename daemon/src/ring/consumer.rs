@@ -96,8 +96,8 @@ impl Ring {
                 self.poison(b, tail, "truncated request header");
                 return n;
             }
-            let len = u32::from_le_bytes(h[0..4].try_into().unwrap()) as u64;
-            let opc = h[4];
+            let (len, opc) = ReqFields::peek(&h);
+            let len = len as u64;
             if len < 8 || !len.is_multiple_of(8) || len > avail || phys + len > self.box_bytes {
                 self.poison(b, tail, &format!("request length {len} at {head}"));
                 return n;
@@ -112,10 +112,8 @@ impl Ring {
                 self.poison(b, tail, "short request");
                 return n;
             }
-            let key_len = u16::from_le_bytes(h[6..8].try_into().unwrap()) as u64;
-            let ticket = u64::from_le_bytes(h[8..16].try_into().unwrap());
-            let arg = u64::from_le_bytes(h[16..24].try_into().unwrap());
-            let arg2 = u64::from_le_bytes(h[24..32].try_into().unwrap());
+            let f = ReqFields::decode(&h);
+            let (key_len, ticket, arg, arg2) = (f.key_len as u64, f.ticket, f.arg, f.arg2);
             let done = st.done.load(Ordering::Relaxed);
             if ticket == done && ticket != 0 {
                 // Answered before a crash that came between storing `done` and moving
@@ -161,19 +159,7 @@ impl Ring {
             };
             let (key, rest) = body.split_at(key_len as usize);
             // Ops with a payload carry its length in arg2 (checked again by the apply step).
-            let has_payload = matches!(
-                opc,
-                op::SET
-                    | op::ADD
-                    | op::APPEND
-                    | op::MERGE
-                    | op::CAS
-                    | op::ZADD
-                    | op::ZREM
-                    | op::INSERT
-                    | op::UPDATE
-                    | op::TRAIN
-            );
+            let has_payload = Op::of(opc).is_some_and(Op::carries_payload);
             let payload_len = if has_payload { arg2.min(rest.len() as u64) } else { 0 };
             let req = Req {
                 ring_id: self.hdr().ring_id.load(Ordering::Relaxed),
@@ -182,7 +168,7 @@ impl Ring {
                 head_after: head + len,
                 request: Request {
                     op: opc,
-                    flags: h[5],
+                    flags: f.flags,
                     key,
                     payload: &rest[..payload_len as usize],
                     arg,

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 use crate::layout::*;
-use crate::protocol::Request;
+use crate::protocol::{Op, Request};
 use crate::shm::{self, futex_wait, futex_wake, Region};
 
 /// Ring parameters chosen by the daemon.
@@ -354,5 +354,6 @@ impl Reply {
 mod consumer;
 mod hints;
 mod producer;
+pub use producer::BoxWriter;
 #[cfg(test)]
 mod tests;

@@ -1,17 +1,53 @@
 //! The client side of a box: claim and release it, frame requests into it, wait for their
-//! answers. One producer per box (the core client's mutex keeps it so).
+//! answers. One producer per box, as a type: a claim hands out the box's one [`BoxWriter`].
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::*;
 
+/// The right to write requests into one box, with the producer's private positions in it.
+/// Only a successful [`Ring::claim`] makes one (its compare-and-swap on the box's owner word
+/// makes this the box's only producer on the host), and it is neither `Clone` nor `Copy`:
+/// [`Ring::enqueue`] takes it by `&mut`, so the single-producer rule of a box is kept by the
+/// type system, not by a convention among callers.
+#[derive(Debug)]
+pub struct BoxWriter {
+    boxno: u32,
+    /// The producer's own copy of the box's tail (the shared word is never trusted).
+    tail: u64,
+    /// Where the daemon has certainly taken requests out up to (the end of the last
+    /// request whose answer the producer collected).
+    consumed: u64,
+}
+
+impl BoxWriter {
+    pub fn boxno(&self) -> u32 {
+        self.boxno
+    }
+
+    /// The producer's tail: where the next request goes.
+    pub fn tail(&self) -> u64 {
+        self.tail
+    }
+
+    /// Bytes sent and not yet known to be taken out.
+    pub fn pending(&self) -> u64 {
+        self.tail - self.consumed
+    }
+
+    /// Every request ending at or before `pos` was answered: its room is free again.
+    pub fn consumed_to(&mut self, pos: u64) {
+        self.consumed = self.consumed.max(pos.min(self.tail));
+    }
+}
+
 impl Ring {
     /// Claim a box for this process: a free one, or else one whose owner provably died
     /// with nothing left in its queue (its reader slot pins nothing once the owner is dead,
-    /// and no request of it is waiting). Allocates the box's disk blocks. Returns its index,
-    /// or None when every box belongs to a live process or holds queued requests.
-    pub fn claim(&self, pid: u32, start: u64) -> Result<Option<u32>> {
+    /// and no request of it is waiting). Allocates the box's disk blocks. Returns the box's
+    /// writer, or None when every box belongs to a live process or holds queued requests.
+    pub fn claim(&self, pid: u32, start: u64) -> Result<Option<BoxWriter>> {
         for pass in 0..2 {
             for b in 0..self.nboxes {
                 let c = self.ctl(b);
@@ -62,7 +98,7 @@ impl Ring {
                 // SYNC POINT: Release; the daemon's Acquire load of `active` sees the reset
                 // fields before it polls the box.
                 c.active.store(BOX_ACTIVE, Ordering::Release);
-                return Ok(Some(b));
+                return Ok(Some(BoxWriter { boxno: b, tail: 0, consumed: 0 }));
             }
         }
         Ok(None)
@@ -132,20 +168,13 @@ impl Ring {
         Ok(if phys + len > self.box_bytes { self.box_bytes - phys + len } else { len })
     }
 
-    /// Publish one request into box `b`. `tail` is the producer's private copy of the box's
-    /// tail, `consumed` the position up to which it knows the daemon has taken requests out
-    /// (the end of the last request whose answer it collected): the box's own `head` and
-    /// `tail` words are never trusted, since another process could have written them, and a
-    /// head pushed ahead would make the producer overwrite requests not yet taken. The
-    /// caller has made room (`request_bytes` fits between `consumed` and `tail + box`).
-    pub fn enqueue(
-        &self,
-        b: u32,
-        tail: &mut u64,
-        consumed: u64,
-        ticket: u64,
-        r: &Request<'_>,
-    ) -> Result<()> {
+    /// Publish one request into `w`'s box. The writer's own tail and consumed positions are
+    /// used, never the box's `head` and `tail` words: another process could have written
+    /// them, and a head pushed ahead would make the producer overwrite requests not yet
+    /// taken. The caller has made room (`request_bytes` fits between consumed and the tail
+    /// plus the box size), or this is QueueFull.
+    pub fn enqueue(&self, w: &mut BoxWriter, ticket: u64, r: &Request<'_>) -> Result<()> {
+        let (b, tail, consumed) = (w.boxno, &mut w.tail, w.consumed);
         let Request { op, flags, key, payload, arg, arg2 } = *r;
         let need = self.request_bytes(*tail, key, payload)?;
         if *tail + need - consumed > self.box_bytes {
@@ -161,21 +190,13 @@ impl Ring {
         let base = self.box_data(b);
         if need > len {
             let pad = need - len;
-            let mut h = [0u8; 8];
-            h[0..4].copy_from_slice(&(pad as u32).to_le_bytes());
-            h[4] = op::PAD;
-            self.region.write(base + phys, &h);
+            self.region.write(base + phys, &ReqFields::pad(pad as u32));
             *tail += pad;
         }
         let at = base + *tail % self.box_bytes;
-        let mut h = [0u8; REQ_HEADER_BYTES as usize];
-        h[0..4].copy_from_slice(&(len as u32).to_le_bytes());
-        h[4] = op;
-        h[5] = flags;
-        h[6..8].copy_from_slice(&(key.len() as u16).to_le_bytes());
-        h[8..16].copy_from_slice(&ticket.to_le_bytes());
-        h[16..24].copy_from_slice(&arg.to_le_bytes());
-        h[24..32].copy_from_slice(&arg2.to_le_bytes());
+        let h =
+            ReqFields { len: len as u32, op, flags, key_len: key.len() as u16, ticket, arg, arg2 }
+                .encode();
         // The checksum is computed from our own copies (never from the box, which another
         // process may be writing), over the bytes exactly as they are laid out.
         let zeros =

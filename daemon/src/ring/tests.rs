@@ -21,15 +21,15 @@ fn ring(box_bytes: u64) -> (Ring, std::path::PathBuf) {
 #[test]
 fn requests_round_trip_in_order_across_wraps() {
     let (r, d) = ring(4096);
-    let b = r.claim(shm::getpid(), 0).unwrap().unwrap();
-    let mut tail = 0;
+    let mut w = r.claim(shm::getpid(), 0).unwrap().unwrap();
+    let b = w.boxno();
     let mut scratch = Vec::new();
     let mut seen = Vec::new();
     for t in 1..=500u64 {
         let payload = vec![t as u8; (t % 300) as usize];
         // The box is drained every third request: what it consumed is its head.
-        let consumed = r.consumed(b).0.max(r.ctl(b).head.load(Ordering::Acquire));
-        r.enqueue(b, &mut tail, consumed, t, &Request::set(b"key", &payload, t)).unwrap();
+        w.consumed_to(r.consumed(b).0.max(r.ctl(b).head.load(Ordering::Acquire)));
+        r.enqueue(&mut w, t, &Request::set(b"key", &payload, t)).unwrap();
         // Drain every few requests so that the box wraps many times.
         if t % 3 == 0 {
             r.poll(b, 100, &mut scratch, |q| {
@@ -53,18 +53,11 @@ fn requests_round_trip_in_order_across_wraps() {
 #[test]
 fn a_full_box_is_queue_full() {
     let (r, d) = ring(4096);
-    let b = r.claim(shm::getpid(), 0).unwrap().unwrap();
-    let mut tail = 0;
+    let mut w = r.claim(shm::getpid(), 0).unwrap().unwrap();
     let payload = vec![0u8; 1000];
     let mut t = 1;
     let err = loop {
-        match r.enqueue(
-            b,
-            &mut tail,
-            0,
-            t,
-            &Request { arg2: 1000, ..Request::set(b"k", &payload, 0) },
-        ) {
+        match r.enqueue(&mut w, t, &Request::set(b"k", &payload, 0)) {
             Ok(()) => t += 1,
             Err(e) => break e,
         }
@@ -76,7 +69,7 @@ fn a_full_box_is_queue_full() {
 #[test]
 fn garbage_in_a_box_poisons_it_without_panicking() {
     let (r, d) = ring(4096);
-    let b = r.claim(shm::getpid(), 0).unwrap().unwrap();
+    let b = r.claim(shm::getpid(), 0).unwrap().unwrap().boxno();
     let base = r.data_off + b as u64 * r.box_bytes;
     let mut x = 0x1234_5678_9abc_def0u64;
     let mut scratch = Vec::new();

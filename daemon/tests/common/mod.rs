@@ -54,7 +54,7 @@ pub fn get(c: &Client, key: &[u8]) -> Option<Vec<u8>> {
     let pin = c.pin().unwrap();
     match c.get(&pin, key) {
         Lookup::Hit(r) => Some(r.value.to_vec()),
-        Lookup::Miss => None,
+        Lookup::Miss | Lookup::Unknown => None,
     }
 }
 

@@ -1,0 +1,88 @@
+//! Record-store operations of the single writer (insert, update, remove, train), journaled
+//! like cache writes so that a crash between the two halves of an update is repaired.
+
+use std::sync::atomic::Ordering;
+
+use super::Store;
+use crate::layout::*;
+use crate::ring::{Reply, Req};
+use crate::value;
+
+impl Store {
+    /// Record store: insert (or update: insert, then remove the old id).
+    pub(super) fn insert(&mut self, req: &Req<'_>) -> Reply {
+        if req.arg2 != req.payload.len() as u64 || req.payload.len() as u64 > self.seg.max_value {
+            return Reply::status(if req.payload.len() as u64 > self.seg.max_value {
+                status::TOO_LARGE
+            } else {
+                status::BAD_REQUEST
+            });
+        }
+        let Some(rs) = self.recs.as_mut() else { return Reply::status(status::BAD_REQUEST) };
+        let old = if req.op == op::UPDATE { req.arg } else { 0 };
+        if old != 0 && !rs.is_live(old) {
+            return Reply::status(status::NOT_DONE);
+        }
+        let ins = match rs.prepare(req.payload) {
+            Ok(i) => i,
+            Err(crate::Error::SegmentFull(m)) => {
+                crate::log::warn(&m);
+                return Reply::status(status::SEGMENT_FULL);
+            }
+            Err(e @ crate::Error::Io { .. }) => {
+                crate::log::error(&format!("insert refused: {e}"));
+                return Reply::status(status::NO_DISK_SPACE);
+            }
+            Err(crate::Error::ValueTooLarge { .. }) => return Reply::status(status::TOO_LARGE),
+            Err(e) => {
+                crate::log::warn(&format!("insert refused: {e}"));
+                return Reply::status(status::BAD_REQUEST);
+            }
+        };
+        let answer = Reply::ok(ins.rid);
+        self.arm_kind(JOURNAL_RECORD, b"", ins.rid, old, answer);
+        let rs = self.recs.as_mut().expect("checked above");
+        rs.publish(&ins);
+        if old != 0 {
+            rs.remove(old);
+        }
+        if rs.auto_train_due() {
+            let compact = rs.rf.hdr().compact.load(Ordering::Relaxed) != 0;
+            crate::log::info(&format!(
+                "training the record codec in the background records={}",
+                rs.train_after
+            ));
+            rs.start_training(compact, None);
+        }
+        answer
+    }
+
+    pub(super) fn remove_record(&mut self, rid: u64) -> Reply {
+        let Some(rs) = self.recs.as_mut() else { return Reply::status(status::BAD_REQUEST) };
+        if !rs.is_live(rid) {
+            return Reply::ok(0);
+        }
+        let answer = Reply::ok(1);
+        self.arm_kind(JOURNAL_RECORD, b"", 0, rid, answer);
+        self.recs.as_mut().expect("checked above").remove(rid);
+        answer
+    }
+
+    pub(super) fn train(&mut self, req: &Req<'_>) -> Reply {
+        let Some(rs) = self.recs.as_mut() else { return Reply::status(status::BAD_REQUEST) };
+        if req.flags & flag::SAMPLE != 0 {
+            if value::validate(req.payload).is_err() {
+                return Reply::status(status::BAD_REQUEST);
+            }
+            return Reply::ok(rs.add_sample(req.payload) as u64);
+        }
+        // Training runs in a background thread; this request is answered when it is done
+        // (its box waits, every other client's requests keep flowing).
+        rs.start_training(
+            req.flags & flag::COMPACT != 0,
+            Some((req.ring_id, req.boxno, req.ticket, req.head_after)),
+        );
+        self.held.push((req.ring_id, req.boxno));
+        Reply::status(status::DEFERRED)
+    }
+}

@@ -1,0 +1,394 @@
+//! The read path: pin the reader epoch, probe the index, validate the record, hand it over,
+//! unpin. No syscall and no lock on a hit.
+
+use std::sync::atomic::{fence, AtomicU64, Ordering};
+
+use super::{Client, Endpoint};
+use crate::error::{Error, Result};
+use crate::index::Probe;
+use crate::layout::*;
+use crate::records::{decode_payload, records_path, RecFile};
+use crate::segment::{Rec, Segment};
+use crate::shm;
+
+/// Pass as `now_ms` to read the clock only when a record has an expiry.
+pub const NOW_LAZY: u64 = u64::MAX;
+
+/// Count one event in this process's slot. Only this process writes its slot (and reads hold
+/// the GIL), so a load and a store do, without a locked read-modify-write.
+#[inline]
+fn bump(c: &AtomicU64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+}
+
+/// A pinned read section; unpins on drop. Without a box (every box taken), nothing is
+/// pinned: the read is confirmed afterwards instead ([`Pin::confirm`]).
+pub struct Pin<'a> {
+    ep: &'a Endpoint,
+    seg: &'a Segment,
+    /// The epoch pinned (boxed), or the heap's published head when the pin began (boxless).
+    mark: u64,
+    /// Boxless: the heap's geometry generation when the pin began.
+    geom: u64,
+}
+
+impl Drop for Pin<'_> {
+    fn drop(&mut self) {
+        if let Some(ctl) = self.ep.ctl() {
+            if self.ep.pins.fetch_sub(1, Ordering::Relaxed) == 1 {
+                // Release: our reads of the record happen before the slot says "not reading".
+                ctl.epoch.store(0, Ordering::Release);
+            }
+        }
+    }
+}
+
+impl Pin<'_> {
+    /// The epoch this pin holds (0 without a box).
+    pub fn epoch(&self) -> u64 {
+        if self.ep.ctl().is_some() {
+            self.mark
+        } else {
+            0
+        }
+    }
+
+    /// Whether the pin holds records in place (false: a boxless read, see `confirm`).
+    pub fn holds(&self) -> bool {
+        self.ep.ctl().is_some()
+    }
+
+    /// Whether the bytes of `rec`, read under this pin, were intact for the whole read. A
+    /// pinned read is, unless another process tampered with our box's pin. A boxless read is
+    /// confirmed by the heap's head: the daemon only
+    /// writes at or after its published head (at most a pad and a record beyond it), so a
+    /// record whose next reuse lies beyond that frontier was not touched. A false answer
+    /// means: discard what was decoded and read again.
+    pub fn confirm(&self, rec: &Rec<'_>) -> bool {
+        if let Some(ctl) = self.ep.ctl() {
+            // Our pin is still in our box (a word any group member can write: one zeroed or
+            // an owner changed under us could have let the daemon reuse the space we read).
+            return ctl.epoch.load(Ordering::Relaxed) != 0
+                && ctl.owner_pid.load(Ordering::Relaxed) == self.ep.pid;
+        }
+        // SYNC POINT: Acquire fence; the record bytes were read before this load of the
+        // head (pairs with the Release store of `head` in Heap::publish_head).
+        fence(Ordering::Acquire);
+        let h = self.seg.hdr();
+        let h2 = h.head.load(Ordering::Relaxed);
+        if h.geom_gen.load(Ordering::Acquire) != self.geom {
+            return false; // the heap's geometry changed during the read: read again
+        }
+        let (base, cap) = (h.heap_base.load(Ordering::Relaxed), self.seg.cap());
+        let rel = rec.off - self.seg.heap_off;
+        // The first position at or after the pin's head that maps onto this record.
+        let next_use = self.mark + (rel + cap - self.mark.wrapping_sub(base) % cap) % cap;
+        let in_flight = 2 * crate::segment::max_record(self.seg.max_value);
+        h2.saturating_add(in_flight) <= next_use
+    }
+}
+
+/// Outcome of a lookup.
+pub enum Lookup<'a> {
+    Hit(Rec<'a>),
+    Miss,
+    /// Tiered mode: no local copy that is provably current (none, one from before the
+    /// daemon last lost its invalidation stream, or the upstream has not answered within
+    /// `upstream_timeout`). Read it through ([`Client::fetch`]) and look again.
+    Unknown,
+}
+
+impl Client {
+    /// Pin the reader epoch: records reachable now stay intact until the pin is dropped.
+    #[inline]
+    pub fn pin(&self) -> Result<Pin<'_>> {
+        self.check_fork()?;
+        let ep = self.ep.get();
+        let h = self.seg.hdr();
+        let Some(ctl) = ep.ctl() else {
+            let geom = h.geom_gen.load(Ordering::Acquire);
+            // SYNC POINT: Acquire; pairs with Heap::publish_head (see Pin::confirm).
+            return Ok(Pin { ep, seg: &self.seg, mark: h.head.load(Ordering::Acquire), geom });
+        };
+        let e = h.epoch.load(Ordering::SeqCst);
+        if ep.pins.fetch_add(1, Ordering::Relaxed) == 0 {
+            // A plain store and one full fence (xchg plus mfence would be two barriers).
+            ctl.epoch.store(e, Ordering::Relaxed);
+            // SYNC POINT: SeqCst fence; pairs with the fence in heap::min_reader_epoch. Either
+            // the daemon sees this pin, or our index reads see its unlinks.
+            fence(Ordering::SeqCst);
+        }
+        Ok(Pin { ep, seg: &self.seg, mark: e, geom: 0 })
+    }
+
+    /// Current epoch.
+    pub fn epoch(&self) -> u64 {
+        self.seg.hdr().epoch.load(Ordering::SeqCst)
+    }
+
+    /// Register a zero-copy view made under `pin`: the space it shows stays in place until
+    /// [`Client::unpin_view`] with the returned epoch. None without a box (nothing can pin
+    /// space then: the caller copies instead).
+    pub fn pin_view(&self, pin: &Pin<'_>) -> Option<u64> {
+        let ctl = pin.ep.ctl()?;
+        let epoch = pin.epoch();
+        let mut views = self.views.lock().unwrap_or_else(|e| e.into_inner());
+        *views.entry(epoch).or_insert(0) += 1;
+        let oldest = *views.keys().next().expect("just inserted");
+        ctl.view_epoch.store(oldest, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        Some(epoch)
+    }
+
+    /// Release a view's pin. In a forked child this updates the child's own box, never the
+    /// parent's.
+    pub fn unpin_view(&self, epoch: u64) {
+        let _ = self.check_fork();
+        let mut views = self.views.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = views.get_mut(&epoch) {
+            *n -= 1;
+            if *n == 0 {
+                views.remove(&epoch);
+            }
+        }
+        let ep = self.ep.get();
+        if ep.pid == shm::getpid() {
+            if let Some(ctl) = ep.ctl() {
+                ctl.view_epoch.store(views.keys().next().copied().unwrap_or(0), Ordering::SeqCst);
+                fence(Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Look a key up, reading the clock only for a record that has an expiry. The record
+    /// borrows the pin, so it cannot outlive it:
+    ///
+    /// ```compile_fail,E0505
+    /// fn f(c: &surpd::client::Client) {
+    ///     let pin = c.pin().unwrap();
+    ///     let hit = c.get(&pin, b"k");
+    ///     drop(pin); // error: `pin` is still borrowed by `hit`
+    ///     let _keep = hit;
+    /// }
+    /// ```
+    #[inline]
+    pub fn get<'p>(&self, pin: &'p Pin<'_>, key: &[u8]) -> Lookup<'p> {
+        self.lookup(pin, key, NOW_LAZY)
+    }
+
+    /// Look a key up as of `now_ms` (unix ms; [`NOW_LAZY`]: read the clock if needed).
+    #[inline]
+    pub fn lookup<'p>(&self, pin: &'p Pin<'_>, key: &[u8], now_ms: u64) -> Lookup<'p> {
+        let seg: &'p Segment = pin.seg;
+        let hash = seg.hash(key);
+        let ring = &pin.ep.ring;
+        let count =
+            |which: fn(&BoxCtl) -> &AtomicU64, total: fn(&RingHeader) -> &AtomicU64| match pin
+                .ep
+                .ctl()
+            {
+                Some(ctl) => bump(which(ctl)),
+                None => {
+                    total(ring.hdr()).fetch_add(1, Ordering::Relaxed);
+                }
+            };
+        let h = seg.hdr();
+        // Tiered mode when a lease was ever given (0: a standalone store).
+        let lease = h.up_lease_ms.load(Ordering::Acquire);
+        match seg.probe(key, hash) {
+            Probe::Hit { rec, .. } => {
+                if lease != 0 {
+                    let now = if now_ms == NOW_LAZY { shm::now_ms() } else { now_ms };
+                    if rec.version < h.up_min_version.load(Ordering::Acquire) || now >= lease {
+                        count(|c| &c.misses, |h| &h.retired_misses);
+                        return Lookup::Unknown;
+                    }
+                    if rec.expired(now) {
+                        count(|c| &c.misses, |h| &h.retired_misses);
+                        return Lookup::Unknown;
+                    }
+                    if rec.value == crate::tier::ABSENT_VALUE {
+                        count(|c| &c.hits, |h| &h.retired_hits);
+                        return Lookup::Miss; // known absent upstream
+                    }
+                } else if rec.expires_ms != 0 {
+                    let now = if now_ms == NOW_LAZY { shm::now_ms() } else { now_ms };
+                    if rec.expired(now) {
+                        count(|c| &c.misses, |h| &h.retired_misses);
+                        return Lookup::Miss;
+                    }
+                }
+                count(|c| &c.hits, |h| &h.retired_hits);
+                ring.touch_hint(rec.off - self.seg.heap_off);
+                Lookup::Hit(rec)
+            }
+            Probe::Miss => {
+                count(|c| &c.misses, |h| &h.retired_misses);
+                if lease != 0 {
+                    Lookup::Unknown
+                } else {
+                    Lookup::Miss
+                }
+            }
+            Probe::Corrupt => {
+                count(|c| &c.corrupt, |h| &h.retired_corrupt);
+                count(|c| &c.misses, |h| &h.retired_misses);
+                Lookup::Miss
+            }
+        }
+    }
+
+    /// Look `key` up and hand the record (or None) to `f`; for a boxless read, `f` runs
+    /// again if the record changed under it (what `f` returned then is discarded). A read
+    /// that keeps colliding with the writer gives up after 1000 tries and reads as a miss.
+    pub fn read<R>(&self, key: &[u8], mut f: impl FnMut(Option<&Rec<'_>>) -> R) -> Result<R> {
+        let mut fetched = 0;
+        for _ in 0..1000 {
+            let pin = self.pin()?;
+            match self.get(&pin, key) {
+                Lookup::Hit(rec) => {
+                    let r = f(Some(&rec));
+                    if pin.confirm(&rec) {
+                        return Ok(r);
+                    }
+                }
+                Lookup::Miss => return Ok(f(None)),
+                Lookup::Unknown => {
+                    drop(pin);
+                    self.read_through(&[key], &mut fetched)?;
+                }
+            }
+        }
+        Ok(f(None))
+    }
+
+    /// Whether the store is in tiered mode (its daemon caches in front of an upstream).
+    pub fn tiered(&self) -> bool {
+        self.seg.hdr().up_lease_ms.load(Ordering::Relaxed) != 0
+    }
+
+    /// Tiered mode: have the daemon read `keys` through from the upstream into the local
+    /// store (one round trip for all of them), waiting for it. `Unavailable` if the
+    /// upstream does not answer in time.
+    pub fn fetch(&self, keys: &[&[u8]]) -> Result<()> {
+        let budget = (self.max_value() as usize).max(1);
+        let mut batch: Vec<&[u8]> = Vec::new();
+        let mut size = 0;
+        let send = |batch: &mut Vec<&[u8]>| -> Result<()> {
+            let payload = crate::protocol::frame_keys(batch.iter().copied());
+            let r = crate::protocol::Request::fetch(&payload);
+            let reply = self.call(&r)?;
+            self.outcome(&r, reply).map(|_| ())?;
+            batch.clear();
+            Ok(())
+        };
+        for &k in keys {
+            Self::check_key(k)?;
+            if size + k.len() + 10 > budget && !batch.is_empty() {
+                send(&mut batch)?;
+                size = 0;
+            }
+            size += k.len() + 10;
+            batch.push(k);
+        }
+        if !batch.is_empty() {
+            send(&mut batch)?;
+        }
+        Ok(())
+    }
+
+    /// One read-through for a lookup that found no current copy; after three for the same
+    /// read (each stored copy dropped again before it could be read: a key written that
+    /// often, or a value the local store cannot hold), `Unavailable`.
+    pub fn read_through(&self, keys: &[&[u8]], tries: &mut u32) -> Result<()> {
+        *tries += 1;
+        if *tries > 3 {
+            return Err(Error::Unavailable(format!(
+                "{}: key {} could not be cached locally after 3 reads through the upstream \
+                 (changing on every read, or larger than this store's max_value of {} bytes)",
+                self.dir.display(),
+                crate::protocol::key_repr(keys[0]),
+                self.max_value()
+            )));
+        }
+        self.fetch(keys)
+    }
+
+    /// The records file (the daemon creates it when it attaches).
+    pub fn records(&self) -> Result<&RecFile> {
+        if let Some(r) = self.recs.get() {
+            return Ok(r);
+        }
+        let rf = RecFile::open(&records_path(&self.dir), false)?;
+        Ok(self.recs.get_or_init(|| rf))
+    }
+
+    /// Read record `rid` into `out` (value encoding). Err(reason) when there is no such
+    /// live record (a bad, removed or stale id); other failures are errors.
+    pub fn record(
+        &self,
+        rid: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<std::result::Result<(), &'static str>> {
+        let rf = self.records()?;
+        for _ in 0..1000 {
+            let pin = self.pin()?;
+            let (payload, model) = match rf.lookup(rid) {
+                Ok(x) => x,
+                Err(why) => return Ok(Err(why)),
+            };
+            let mut t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+            if rf.hdr().tables_end.load(Ordering::Acquire) != t.parsed {
+                t.refresh(rf)?;
+            }
+            let r = decode_payload(&t, model, payload, out);
+            // A boxless read: the record's chunk may have been reused meanwhile; looking the
+            // id up again proves it was not (reuse changes the generation, which the id's
+            // check covers).
+            if !pin.holds() && rf.lookup(rid).map(|(p, _)| p.as_ptr()) != Ok(payload.as_ptr()) {
+                continue;
+            }
+            r.map_err(|e| Error::Corrupted(format!("record {rid} in {}: {e}", rf.path.display())))?;
+            return Ok(Ok(()));
+        }
+        Ok(Err("no such record (it kept changing while being read)"))
+    }
+
+    /// Walk the index from slot `cursor`, handing up to `count` unexpired items to `f` under
+    /// one pin; returns the cursor to continue from (0: the end). Keys changed during a scan
+    /// may be seen twice or missed (dump and load use it on a quiet store).
+    pub fn scan(&self, cursor: u64, count: usize, mut f: impl FnMut(&Rec<'_>)) -> Result<u64> {
+        let now = shm::now_ms();
+        let _pin = self.pin()?;
+        let seg = &self.seg;
+        let (mut i, mut n) = (cursor, 0);
+        while i < seg.slots && n < count {
+            let v = seg.slot(i).load(Ordering::Acquire);
+            i += 1;
+            if v == 0 {
+                continue;
+            }
+            if let Some(rec) = seg.record(slot_off(v)) {
+                if !rec.expired(now) {
+                    f(&rec);
+                    n += 1;
+                }
+            }
+        }
+        Ok(if i >= seg.slots { 0 } else { i })
+    }
+
+    /// Record-store counters: (live records, bytes used by the records file, models,
+    /// inserted, removed); None without a records file.
+    pub fn record_stats(&self) -> Option<(u64, u64, u64, u64, u64)> {
+        let rf = self.records().ok()?;
+        let h = rf.hdr();
+        Some((
+            h.live.load(Ordering::Relaxed),
+            rf.bytes_used(),
+            h.nmodels.load(Ordering::Relaxed),
+            h.inserted.load(Ordering::Relaxed),
+            h.removed.load(Ordering::Relaxed),
+        ))
+    }
+}

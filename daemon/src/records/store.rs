@@ -1,0 +1,494 @@
+//! The daemon's writable record store: append records into chunks, remove them, retire and
+//! reuse empty chunks, and keep the codec model current (trained in a background thread).
+
+use super::tables::Appender;
+use super::*;
+
+/// A model trained in a background thread, waiting to be installed by the daemon.
+pub struct Trained {
+    pub model: Model,
+    /// Field names the trainer met that its snapshot of the table did not have, in the
+    /// order it numbered them from `base_fields`.
+    new_fields: Vec<String>,
+    base_fields: u32,
+    pub sample: usize,
+}
+
+/// The request a training run answers when it is done: (ring id, box, ticket, head after).
+pub type TrainRequest = (u64, u32, u64, u64);
+
+/// A training run in a background thread: the apply loop keeps applying writes (with the
+/// current model) meanwhile.
+pub struct TrainJob {
+    handle: std::thread::JoinHandle<Result<Trained>>,
+    pub started: std::time::Instant,
+    /// The TRAIN request waiting for it, if a client asked (none for automatic training).
+    pub request: Option<TrainRequest>,
+}
+
+/// The daemon's side: appends, removes, trains.
+pub struct RecStore {
+    pub rf: RecFile,
+    pub tables: LogTables,
+    enc: RecordEncoder,
+    buf: Vec<u8>,
+    /// Retired chunks waiting for readers to leave: (chunk, epoch).
+    pub retired: Vec<(u64, u64)>,
+    /// Train automatically once this many records exist (0 = never).
+    pub train_after: u64,
+    /// Sample records sent for the next training (instead of the stored ones), at most
+    /// [`MAX_SAMPLES`] of them and [`MAX_SAMPLE_BYTES`] in all (a reservoir past that).
+    pub samples: Vec<Vec<u8>>,
+    sample_bytes: u64,
+    samples_seen: u64,
+    /// The training running in the background, and TRAIN requests waiting for their turn.
+    pub job: Option<TrainJob>,
+    pub waiting: std::collections::VecDeque<(bool, TrainRequest)>,
+}
+
+/// Most sample records kept for one training.
+pub const MAX_SAMPLES: usize = 200_000;
+/// Most sample bytes kept for one training (training takes about 30x this in memory).
+pub const MAX_SAMPLE_BYTES: u64 = 24 << 20;
+/// Stored records read for a training without a sample.
+pub const STORED_SAMPLE: usize = 100_000;
+
+/// What an insert produced.
+pub struct Inserted {
+    pub rid: u64,
+    /// (chunk, new fill) to publish.
+    publish: (u64, u32),
+    len: u64,
+}
+
+impl RecStore {
+    pub fn attach(rf: RecFile, train_after: u64) -> Result<RecStore> {
+        let mut tables = LogTables::default();
+        tables.refresh(&rf)?;
+        // Blocks for what the daemon stores into (a file made before allocation was done as
+        // space came into use): header, chunk table, the table log's current step, the
+        // chunk being filled.
+        let end = rf.hdr().tables_end.load(Ordering::Relaxed);
+        let log_end = ((end / TABLES_STEP + 1) * TABLES_STEP).min(rf.tables_cap);
+        rf.allocate(0, rf.tables_off + log_end)?;
+        let active = rf.hdr().active.load(Ordering::Relaxed);
+        if active > 0 && active <= rf.nchunks {
+            rf.allocate_chunk(active - 1)?;
+        }
+        // Retired chunks waiting for readers when the last daemon stopped: wait again (the
+        // reclaim pass stamps them with the current epoch).
+        let retired = (0..rf.nchunks)
+            .filter(|&c| rf.ctl(c).state.load(Ordering::Relaxed) == C_RETIRED)
+            .map(|c| (c, 0))
+            .collect();
+        Ok(RecStore {
+            rf,
+            tables,
+            enc: RecordEncoder::new(),
+            buf: Vec::new(),
+            retired,
+            train_after,
+            samples: Vec::new(),
+            sample_bytes: 0,
+            samples_seen: 0,
+            job: None,
+            waiting: Default::default(),
+        })
+    }
+
+    /// Keep one sample record for the next training: all of them up to the count and byte
+    /// bounds, then a uniform reservoir (each later one replaces a random kept one, with
+    /// falling odds), so a sample of any size is spread over everything sent and memory
+    /// stays bounded. Returns how many are kept.
+    pub fn add_sample(&mut self, rec: &[u8]) -> usize {
+        self.samples_seen += 1;
+        let fits = self.samples.len() < MAX_SAMPLES
+            && self.sample_bytes + rec.len() as u64 <= MAX_SAMPLE_BYTES;
+        if fits {
+            self.sample_bytes += rec.len() as u64;
+            self.samples.push(rec.to_vec());
+        } else if !self.samples.is_empty() {
+            let j = shm::random_u64() % self.samples_seen;
+            if (j as usize) < self.samples.len() {
+                let old = &mut self.samples[j as usize];
+                if self.sample_bytes - old.len() as u64 + rec.len() as u64 <= MAX_SAMPLE_BYTES {
+                    self.sample_bytes = self.sample_bytes - old.len() as u64 + rec.len() as u64;
+                    *old = rec.to_vec();
+                }
+            }
+        }
+        self.samples.len()
+    }
+
+    /// Start training in a background thread (from the samples sent, else from stored
+    /// records, which the thread reads through its own mapping). If a run is in progress,
+    /// a request waits for its turn.
+    pub fn start_training(&mut self, compact: bool, request: Option<TrainRequest>) {
+        if self.job.is_some() {
+            if let Some(r) = request {
+                self.waiting.push_back((compact, r));
+            }
+            return;
+        }
+        let samples = std::mem::take(&mut self.samples);
+        self.sample_bytes = 0;
+        self.samples_seen = 0;
+        let names = self.tables.names.clone();
+        let path = self.rf.path.clone();
+        let handle = std::thread::Builder::new()
+            .name("surpd-train".into())
+            .spawn(move || train_in_background(&path, samples, names, compact));
+        match handle {
+            Ok(handle) => {
+                self.job = Some(TrainJob { handle, started: std::time::Instant::now(), request })
+            }
+            Err(e) => {
+                crate::log::error(&format!("cannot start the training thread: {e}"));
+                if let Some(r) = request {
+                    self.waiting.push_front((compact, r));
+                }
+            }
+        }
+    }
+
+    /// If the background training finished, install its model (the apply loop calls this
+    /// between requests). Returns the request it answers with its reply status and value
+    /// (model bytes), if a client asked for it.
+    pub fn poll_training(
+        &mut self,
+    ) -> Option<(Option<TrainRequest>, std::result::Result<u64, String>)> {
+        if !self.job.as_ref().is_some_and(|j| j.handle.is_finished()) {
+            return None;
+        }
+        let job = self.job.take().expect("checked");
+        let result = match job.handle.join() {
+            Ok(Ok(t)) => {
+                let sample = t.sample;
+                self.install(t).map(|bytes| {
+                    crate::log::info(&format!(
+                        "trained the record codec in the background sample={sample} \
+                         model_bytes={bytes} ms={:.0}",
+                        job.started.elapsed().as_secs_f64() * 1e3
+                    ));
+                    bytes as u64
+                })
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::Config("the training thread panicked".into())),
+        };
+        let result = result.map_err(|e| {
+            crate::log::warn(&format!("training failed: {e}"));
+            e.to_string()
+        });
+        if let Some((compact, r)) = self.waiting.pop_front() {
+            self.start_training(compact, Some(r));
+        }
+        Some((job.request, result))
+    }
+
+    /// Wait for a running training to finish (a clean stop, up to `deadline`).
+    pub fn training_done_by(&self, deadline: std::time::Instant) -> bool {
+        while self.job.as_ref().is_some_and(|j| !j.handle.is_finished()) {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        true
+    }
+
+    /// Make a background-trained model current: the field names it met are interned (their
+    /// ids may differ from the trainer's if names were added meanwhile: the model is
+    /// renumbered), then the model is appended to the table log.
+    fn install(&mut self, mut t: Trained) -> Result<usize> {
+        let mut map = std::collections::HashMap::new();
+        let mut ap = Appender { rf: &self.rf, t: &mut self.tables };
+        for (i, name) in t.new_fields.iter().enumerate() {
+            let provisional = t.base_fields + i as u32;
+            let real = ap.intern(T_FIELD, name)?;
+            if real != provisional {
+                map.insert(provisional, real);
+            }
+        }
+        t.model.remap_fields(&map);
+        let bytes = t.model.to_bytes();
+        ap.append(T_MODEL, &bytes)?;
+        self.tables.models.push(Arc::new(t.model));
+        self.rf.hdr().nmodels.store(self.tables.models.len() as u64, Ordering::Relaxed);
+        crate::crash::point("model installed");
+        Ok(bytes.len())
+    }
+
+    /// Recount the header's counters from the chunks (after an unclean stop).
+    pub fn recount(&self) {
+        let (mut live, mut live_bytes, mut used) = (0u64, 0u64, 0u64);
+        for c in 0..self.rf.nchunks {
+            let ctl = self.rf.ctl(c);
+            let st = ctl.state.load(Ordering::Relaxed);
+            if st != C_ACTIVE && st != C_FULL {
+                continue;
+            }
+            let fill = (ctl.fill.load(Ordering::Relaxed) as u64).min(CHUNK);
+            used += fill;
+            let (mut n, mut p) = (0u32, 0u64);
+            let base = self.rf.chunks_off + c * CHUNK;
+            let data = self.rf.region.slice(base, fill).unwrap_or_default();
+            while p < fill {
+                let Some((l, hl, len)) = parse_header(&data[p as usize..]) else { break };
+                let sz = (hl + len) as u64;
+                if l {
+                    n += 1;
+                    live_bytes += sz;
+                }
+                p += sz;
+            }
+            ctl.live.store(n, Ordering::Relaxed);
+            live += n as u64;
+        }
+        let h = self.rf.hdr();
+        h.live.store(live, Ordering::Relaxed);
+        h.live_bytes.store(live_bytes, Ordering::Relaxed);
+        h.used_bytes.store(used, Ordering::Relaxed);
+    }
+
+    /// Retire full chunks left without live records (a stop between the last remove and the
+    /// retirement). Call after [`RecStore::recount`].
+    pub fn retire_empty(&mut self) {
+        for c in 0..self.rf.nchunks {
+            self.maybe_retire(c);
+        }
+    }
+
+    fn current_model(&self) -> u32 {
+        self.tables.models.len() as u32
+    }
+
+    /// Compress `val` and write it after the active chunk's fill, unpublished.
+    pub fn prepare(&mut self, val: &[u8]) -> Result<Inserted> {
+        let model = self.current_model();
+        self.buf.clear();
+        if model == 0 {
+            crate::value::validate(val)?;
+            self.buf.extend_from_slice(val);
+        } else {
+            // The encoder parses the whole value and refuses a malformed one.
+            let m = self.tables.models[model as usize - 1].clone();
+            let mut out = std::mem::take(&mut self.buf);
+            let mut ap = Appender { rf: &self.rf, t: &mut self.tables };
+            let r = self.enc.encode(&m, &mut ap, val, &mut out);
+            self.buf = out;
+            r?;
+        }
+        let len = self.buf.len();
+        if len as u64 > MAX_RECORD {
+            return Err(Error::ValueTooLarge { size: len as u64, max: MAX_RECORD });
+        }
+        let mut hdr = Vec::with_capacity(4);
+        put_header(&mut hdr, len);
+        let total = (hdr.len() + len) as u64;
+        let chunk = self.chunk_for(total, model)?;
+        let ctl = self.rf.ctl(chunk);
+        let fill = ctl.fill.load(Ordering::Relaxed) as u64;
+        let off = chunk * CHUNK + fill;
+        let gen = ctl.gen.load(Ordering::Relaxed);
+        let check = check_of(self.rf.seed, off, gen & 0xff, &self.buf);
+        let at = self.rf.chunks_off + off;
+        self.rf.region.write(at, &hdr);
+        self.rf.region.write(at + hdr.len() as u64, &self.buf);
+        crate::crash::point("record written past the fill");
+        Ok(Inserted {
+            rid: make_id(off, gen, check),
+            publish: (chunk, (fill + total) as u32),
+            len: total,
+        })
+    }
+
+    /// Make a prepared record readable (one Release store) and count it.
+    pub fn publish(&self, ins: &Inserted) {
+        let ctl = self.rf.ctl(ins.publish.0);
+        ctl.fill.store(ins.publish.1, Ordering::Release);
+        crate::crash::point("chunk fill published");
+        ctl.live.fetch_add(1, Ordering::Relaxed);
+        let h = self.rf.hdr();
+        h.live.fetch_add(1, Ordering::Relaxed);
+        h.live_bytes.fetch_add(ins.len, Ordering::Relaxed);
+        h.used_bytes.fetch_add(ins.len, Ordering::Relaxed);
+        h.inserted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The chunk to append `n` bytes to with `model`: the active one if it fits and uses the
+    /// model, else a fresh one.
+    fn chunk_for(&mut self, n: u64, model: u32) -> Result<u64> {
+        let a = self.rf.hdr().active.load(Ordering::Relaxed);
+        if a > 0 {
+            let ctl = self.rf.ctl(a - 1);
+            if ctl.model.load(Ordering::Relaxed) == model
+                && ctl.fill.load(Ordering::Relaxed) as u64 + n <= CHUNK
+            {
+                return Ok(a - 1);
+            }
+            ctl.state.store(C_FULL, Ordering::Release);
+            crate::crash::point("chunk full");
+            self.maybe_retire(a - 1);
+        }
+        let free =
+            (0..self.rf.nchunks).find(|&c| self.rf.ctl(c).state.load(Ordering::Relaxed) == C_FREE);
+        let Some(c) = free else {
+            return Err(Error::SegmentFull(format!(
+                "the records file is full: {} chunks of {} MiB in use (records_size)",
+                self.rf.nchunks,
+                CHUNK >> 20
+            )));
+        };
+        let ctl = self.rf.ctl(c);
+        self.rf.allocate_chunk(c)?;
+        // Generation first, then the state (Release): a reader that sees the chunk active
+        // sees its new generation, so old ids into it fail.
+        ctl.gen.store(ctl.gen.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+        ctl.fill.store(0, Ordering::Relaxed);
+        ctl.live.store(0, Ordering::Relaxed);
+        ctl.model.store(model, Ordering::Relaxed);
+        ctl.state.store(C_ACTIVE, Ordering::Release);
+        crate::crash::point("chunk activated");
+        self.rf.hdr().active.store(c + 1, Ordering::Relaxed);
+        Ok(c)
+    }
+
+    /// Whether `rid` names a live record.
+    pub fn is_live(&self, rid: u64) -> bool {
+        self.rf.lookup(rid).is_ok()
+    }
+
+    /// Remove a record: clear its live bit. False if it is not live.
+    pub fn remove(&mut self, rid: u64) -> bool {
+        if self.rf.lookup(rid).is_err() {
+            return false;
+        }
+        let off = rid >> 28;
+        let (chunk, inner) = (off >> CHUNK_SHIFT, off & (CHUNK - 1));
+        let at = self.rf.chunks_off + chunk * CHUNK + inner;
+        let b: &AtomicU8 = self.rf.region.get(at);
+        let hdr = self.rf.region.slice(at, 16.min(CHUNK - inner)).and_then(parse_header);
+        b.store(b.load(Ordering::Relaxed) & !LIVE, Ordering::Release);
+        crate::crash::point("live bit cleared");
+        let ctl = self.rf.ctl(chunk);
+        ctl.live.fetch_sub(1, Ordering::Relaxed);
+        let h = self.rf.hdr();
+        h.live.fetch_sub(1, Ordering::Relaxed);
+        if let Some((_, hl, len)) = hdr {
+            h.live_bytes.fetch_sub((hl + len) as u64, Ordering::Relaxed);
+        }
+        h.removed.fetch_add(1, Ordering::Relaxed);
+        self.maybe_retire(chunk);
+        true
+    }
+
+    fn maybe_retire(&mut self, chunk: u64) {
+        let ctl = self.rf.ctl(chunk);
+        let active = self.rf.hdr().active.load(Ordering::Relaxed) == chunk + 1;
+        if !active
+            && ctl.state.load(Ordering::Relaxed) == C_FULL
+            && ctl.live.load(Ordering::Relaxed) == 0
+        {
+            ctl.state.store(C_RETIRED, Ordering::Release);
+            crate::crash::point("chunk retired");
+            let fill = ctl.fill.load(Ordering::Relaxed) as u64;
+            self.rf.hdr().used_bytes.fetch_sub(fill, Ordering::Relaxed);
+            self.retired.push((chunk, 0));
+        }
+    }
+
+    /// Retired chunks get the epoch they were retired at (the caller bumps the epoch after).
+    pub fn stamp_retired(&mut self, epoch: u64) -> bool {
+        let mut any = false;
+        for r in self.retired.iter_mut().filter(|r| r.1 == 0) {
+            r.1 = epoch;
+            any = true;
+        }
+        any
+    }
+
+    /// Free retired chunks no reader can be inside (`min` = oldest pinned epoch).
+    pub fn reclaim(&mut self, min: Option<u64>) {
+        let rf = &self.rf;
+        self.retired.retain(|&(c, e)| {
+            if e == 0 || min.is_some_and(|m| m <= e) {
+                return true;
+            }
+            // The chunk keeps its disk blocks until it is refilled (punching a hole to give
+            // them back is future work).
+            rf.ctl(c).state.store(C_FREE, Ordering::Release);
+            crate::crash::point("chunk freed");
+            false
+        });
+    }
+
+    /// Decode a live record (daemon side: updates, training, dumps).
+    pub fn read(&mut self, rid: u64, out: &mut Vec<u8>) -> Result<bool> {
+        let Ok((payload, model)) = self.rf.lookup(rid) else { return Ok(false) };
+        decode_payload(&self.tables, model, payload, out)?;
+        Ok(true)
+    }
+
+    /// Every live record id, in storage order (for dumps and training samples).
+    pub fn ids(&self, limit: usize) -> Vec<u64> {
+        self.rf.ids(limit)
+    }
+
+    /// Train a model now, in this thread, and make it current (tools and tests; the daemon
+    /// trains in the background: [`RecStore::start_training`]).
+    pub fn train(&mut self, compact: bool) -> Result<usize> {
+        let samples = std::mem::take(&mut self.samples);
+        self.sample_bytes = 0;
+        self.samples_seen = 0;
+        let t = train_in_background(&self.rf.path, samples, self.tables.names.clone(), compact)?;
+        self.install(t)
+    }
+
+    /// Train automatically when the first `train_after` records exist.
+    pub fn auto_train_due(&self) -> bool {
+        self.train_after > 0
+            && self.job.is_none()
+            && self.tables.models.is_empty()
+            && self.rf.hdr().live.load(Ordering::Relaxed) >= self.train_after
+    }
+}
+
+/// The training thread: read the sample (the records sent, else up to [`STORED_SAMPLE`]
+/// stored records spread evenly over the store, through a read-only mapping of its own),
+/// train, and hand back the model with the field names it had to number itself.
+fn train_in_background(
+    path: &Path,
+    mut samples: Vec<Vec<u8>>,
+    mut names: MemTables,
+    compact: bool,
+) -> Result<Trained> {
+    if samples.is_empty() {
+        let rf = RecFile::open(path, false)?;
+        let mut t = LogTables::default();
+        t.refresh(&rf)?;
+        let ids = rf.ids(usize::MAX);
+        let step = ids.len().div_ceil(STORED_SAMPLE).max(1);
+        let mut out = Vec::new();
+        let mut bytes = 0u64;
+        for &rid in ids.iter().step_by(step) {
+            // A record removed (or its chunk reused) meanwhile is skipped: the lookup checks.
+            let Ok((payload, model)) = rf.lookup(rid) else { continue };
+            if decode_payload(&t, model, payload, &mut out).is_ok() && rf.lookup(rid).is_ok() {
+                bytes += out.len() as u64;
+                samples.push(out.clone());
+                if bytes > MAX_SAMPLE_BYTES {
+                    break;
+                }
+            }
+        }
+    }
+    if samples.is_empty() {
+        return Err(Error::Config("nothing to train on: no records and no sample".into()));
+    }
+    let base_fields = names.fields.len() as u32;
+    let refs: Vec<&[u8]> = samples.iter().map(|s| s.as_slice()).collect();
+    let model = codec::train(&refs, compact, &mut names)?;
+    let new_fields = names.fields.iter().skip(base_fields as usize).map(str::to_owned).collect();
+    Ok(Trained { model, new_fields, base_fields, sample: samples.len() })
+}
