@@ -118,6 +118,15 @@ def wait_for(cond, timeout: float = 10.0) -> float:  # type: ignore[no-untyped-d
     return time.monotonic() - t0
 
 
+def refused(c: surpdb.Client, key: str) -> bool:
+    """Whether reading `key` raises Unavailable (no provably current copy to serve)."""
+    try:
+        c.get(key)
+    except surpdb.Unavailable:
+        return True
+    return False
+
+
 def test_a_write_on_one_host_is_read_on_the_other_and_then_served_locally(hosts) -> None:  # type: ignore[no-untyped-def]
     a, b = hosts
     a.set("greeting", {"hello": ["world", 1, 2.5]})
@@ -211,18 +220,11 @@ def test_upstream_down_means_unavailable_never_a_stale_read_or_a_local_only_writ
         a.set("k", "during")
 
     # Local copies stop being served once the lease runs out (at most upstream_timeout).
-    def unavailable() -> bool:
-        try:
-            b.get("k")
-        except surpdb.Unavailable:
-            return True
-        return False
-
-    wait_for(unavailable, timeout=TIMEOUT_MS / 1000 + 5)
+    wait_for(lambda: refused(b, "k"), timeout=TIMEOUT_MS / 1000 + 5)
     redis.start()
     wait_for(lambda: a.stats()["upstream_connected"] == 1, timeout=10)
     # The restarted (empty) upstream is the truth: the old copy is gone everywhere.
-    wait_for(lambda: not unavailable() and b.get("k") is None, timeout=10)
+    wait_for(lambda: not refused(b, "k") and b.get("k") is None, timeout=10)
     a.set("k", "after")
     wait_for(lambda: b.get("k") == "after")
 
@@ -234,15 +236,7 @@ def test_a_hung_upstream_stops_local_copies_then_they_come_back(hosts, redis) ->
     assert redis.proc is not None
     os.kill(redis.proc.pid, signal.SIGSTOP)
     try:
-
-        def refused() -> bool:
-            try:
-                b.get("k")
-            except surpdb.Unavailable:
-                return True
-            return False
-
-        wait_for(refused, timeout=TIMEOUT_MS / 1000 + 5)
+        wait_for(lambda: refused(b, "k"), timeout=TIMEOUT_MS / 1000 + 5)
     finally:
         os.kill(redis.proc.pid, signal.SIGCONT)
     wait_for(lambda: b.stats()["upstream_connected"] == 1, timeout=10)
