@@ -8,12 +8,12 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
+from upstream_server import Redis
 
 import surpdb
 
@@ -23,58 +23,6 @@ pytestmark = pytest.mark.skipif(
 
 PREFIX = "app:"
 TIMEOUT_MS = 500
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Redis:
-    def __init__(self, tmp: str) -> None:
-        self.port = free_port()
-        self.dir = tmp
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.start()
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.dir,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while self.cli("PING") != "PONG":
-            assert time.monotonic() < deadline, "redis-server did not start"
-
-    def cli(self, *args: str) -> str:
-        r = subprocess.run(
-            ["redis-cli", "-p", str(self.port), *args], capture_output=True, timeout=10
-        )
-        return r.stdout.decode().strip()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            self.proc = None
 
 
 @pytest.fixture
@@ -258,3 +206,168 @@ def test_a_restarted_daemon_serves_nothing_it_cannot_prove_current(tmp_path, red
         assert c.get("k") == "v2"
     finally:
         a.stop()
+
+
+def test_a_set_many_is_pipelined_not_a_round_trip_per_key(hosts, redis) -> None:  # type: ignore[no-untyped-def]
+    a, b = hosts
+    before = a.stats()["upstream_round_trips"]
+    a.set_many({f"p{i}": i for i in range(2000)})
+    trips = a.stats()["upstream_round_trips"] - before
+    # Every key reached the upstream, in far fewer round trips than keys (a box has up to 64
+    # requests in flight, sent together).
+    assert redis.cli("GET", PREFIX + "p1999") == "1999"
+    assert int(redis.cli("DBSIZE")) >= 2000
+    assert trips < 400, trips
+    assert b.get_many([f"p{i}" for i in range(0, 2000, 7)]) == {
+        f"p{i}": i for i in range(0, 2000, 7)
+    }
+    assert a.delete_many([f"p{i}" for i in range(1000)]) == 1000
+    assert redis.cli("EXISTS", PREFIX + "p999") == "0"
+
+
+def test_pipelined_writes_and_a_local_op_keep_their_order(hosts, redis) -> None:  # type: ignore[no-untyped-def]
+    a, _ = hosts
+    tickets = [a.set("order", i, wait=False) for i in range(300)]
+    rid = a.insert({"local": "record"}, wait=False)  # stays local: waits for those before it
+    tickets += [a.set("order", 300 + i, wait=False) for i in range(100)]
+    for t in tickets:
+        assert a.wait(t) is True
+    assert a.record(a.wait(rid)) == {"local": "record"}
+    assert redis.cli("GET", PREFIX + "order") == "399"
+    assert a.get("order") == 399
+    # An op with no upstream equivalent behind writes in flight is refused in its turn.
+    t1 = a.set("x", 1, wait=False)
+    with pytest.raises(surpdb.NotSupported):
+        a.append("x", 2)
+    assert a.wait(t1) is True
+
+
+def test_incr_past_2_to_the_53_keeps_every_digit(hosts, redis) -> None:  # type: ignore[no-untyped-def]
+    a, b = hosts
+    a.set("big", 2**62)
+    assert a.incr("big", 1) == 2**62 + 1
+    assert redis.cli("GET", PREFIX + "big") == str(2**62 + 1)
+    wait_for(lambda: b.get("big") == 2**62 + 1)
+    with pytest.raises(OverflowError):
+        a.incr("big", 2**62)
+    assert redis.cli("GET", PREFIX + "big") == str(2**62 + 1), "a failed incr changes nothing"
+    with pytest.raises(KeyError):
+        a.incr("never", default=None)
+    assert redis.cli("EXISTS", PREFIX + "never") == "0"
+
+
+def test_django_ignore_exceptions_turns_an_unavailable_upstream_into_misses(hosts, redis) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("django")
+    from django.conf import settings
+
+    if not settings.configured:
+        settings.configure(SECRET_KEY="surpdb-tests", USE_TZ=True)
+    from surpdb.django import SurpdbCache
+
+    a, _ = hosts
+    quiet = SurpdbCache(
+        a.path, {"OPTIONS": {"IGNORE_EXCEPTIONS": True, "LOG_IGNORED_EXCEPTIONS": False}}
+    )
+    loud = SurpdbCache(a.path, {"OPTIONS": {}})
+    quiet.set("dj", "v")
+    assert quiet.get("dj") == "v"
+    redis.stop()
+    wait_for(lambda: refused(a, ":1:dj"), timeout=TIMEOUT_MS / 1000 + 5)
+    assert quiet.get("dj", "fallback") == "fallback"
+    quiet.set("dj", "lost")  # no exception: ignored, as django-redis does
+    assert quiet.get_many(["dj"]) == {}
+    with pytest.raises(surpdb.Unavailable):
+        loud.get("dj")
+    with pytest.raises(surpdb.Unavailable):
+        loud.set("dj", "x")
+    redis.start()
+    wait_for(lambda: not refused(a, ":1:dj"), timeout=10)
+    assert quiet.get("dj") is None, "the write that raised was never applied"
+
+
+def _tls_files(d: str) -> tuple[str, str, str]:
+    """A private CA and a server certificate for 127.0.0.1 it signed (openssl)."""
+    ca, cakey = os.path.join(d, "ca.pem"), os.path.join(d, "ca.key")
+    cert, key, csr = (os.path.join(d, n) for n in ("srv.pem", "srv.key", "srv.csr"))
+    ext = os.path.join(d, "ext.cnf")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1\n")
+
+    def run(*a: str) -> None:
+        subprocess.run(["openssl", *a], check=True, capture_output=True, timeout=60)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", cakey, "-out", ca,
+        "-days", "2", "-subj", "/CN=surpdb test CA")  # fmt: skip
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
+        "-subj", "/CN=127.0.0.1")  # fmt: skip
+    run("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", cakey, "-CAcreateserial",
+        "-out", cert, "-days", "2", "-extfile", ext)  # fmt: skip
+    return cert, key, ca
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+def test_rediss_with_a_private_ca(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    d = os.fspath(tmp_path)
+    cert, key, ca = _tls_files(d)
+    r = Redis(d, tls=(cert, key, ca))
+    try:
+        common = dict(size="32MiB", upstream=r.url, upstream_prefix=PREFIX)
+        a = surpdb.Server(os.path.join(d, "a"), upstream_ca_file=ca, **common)
+        # The system's roots do not include the private CA: no connection, writes refused.
+        b = surpdb.Server(os.path.join(d, "b"), **common)
+        try:
+            ca_, cb = surpdb.connect(a.path), surpdb.connect(b.path)
+            wait_for(lambda: ca_.stats()["upstream_connected"] == 1)
+            ca_.set("secure", {"tls": True})
+            assert r.cli("EXISTS", PREFIX + "secure") == "1"
+            assert ca_.get("secure") == {"tls": True}
+            with pytest.raises(surpdb.Unavailable):
+                cb.set("secure", 1)
+            assert cb.stats()["upstream_connected"] == 0
+        finally:
+            a.stop()
+            b.stop()
+        assert "cannot connect" in b.log
+    finally:
+        r.stop()
+
+
+def test_a_key_written_elsewhere_faster_than_a_round_trip_still_reads(hosts) -> None:  # type: ignore[no-untyped-def]
+    """Each read-through's copy is invalidated at once by the next write; the reader takes
+    the value its read-through fetched (current when the upstream read it) instead of
+    giving up after three tries."""
+    import threading
+
+    a, b = hosts
+    a.set("hot", 0)
+    stop = threading.Event()
+
+    def write() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            a.set("hot", i)
+
+    t = threading.Thread(target=write)
+    t.start()
+    try:
+        last = -1
+        for _ in range(500):
+            v = b.get("hot")  # never Unavailable
+            assert isinstance(v, int) and v >= last
+            last = v
+    finally:
+        stop.set()
+        t.join(timeout=10)
+    assert last > 0
+
+
+def test_view_reads_through_in_tiered_mode(hosts, redis) -> None:  # type: ignore[no-untyped-def]
+    a, b = hosts
+    a.set("blob", b"\x00\x01payload")
+    with b.view("blob") as m:
+        assert bytes(m) == b"\x00\x01payload"
+    assert b.view("nothing") is None
+    a.set("text", "not bytes")
+    with pytest.raises(TypeError):
+        b.view("text")

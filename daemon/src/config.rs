@@ -56,6 +56,7 @@ pub const SETTINGS: &[(&str, bool)] = &[
     ("upstream_user", false),
     ("upstream_password", false),
     ("upstream_password_file", false),
+    ("upstream_ca_file", false),
 ];
 
 #[derive(Clone, Debug, PartialEq)]
@@ -97,6 +98,8 @@ pub struct Config {
     /// From the config file, `SURPDB_UPSTREAM_PASSWORD` or `upstream_password_file`,
     /// never from the command line (where every user of the host can read it).
     pub upstream_password: Option<String>,
+    /// `rediss://`: PEM certificate authorities to trust instead of the system's.
+    pub upstream_ca_file: Option<PathBuf>,
     /// Where the settings came from, for SIGHUP reloads.
     pub file: Option<PathBuf>,
     pub flags: Vec<(String, String)>,
@@ -127,6 +130,7 @@ impl Config {
             upstream_timeout: Duration::from_millis(500),
             upstream_user: None,
             upstream_password: None,
+            upstream_ca_file: None,
             file: None,
             flags: Vec::new(),
         }
@@ -239,11 +243,13 @@ impl Config {
                     ));
                 }
                 if !v.is_empty()
-                    && !["redis://", "unix://", "redis+unix://"].iter().any(|p| v.starts_with(p))
+                    && !["redis://", "rediss://", "unix://", "redis+unix://"]
+                        .iter()
+                        .any(|p| v.starts_with(p))
                 {
                     return Err(bad(format!(
-                        "{v:?} is not a redis://host:port/db or unix:///path URL (rediss:// needs a \
-                         build with TLS, which this one is not)"
+                        "{v:?} is not a redis://host:port/db, rediss://host:port/db (TLS) or \
+                         unix:///path URL"
                     )));
                 }
                 self.upstream = (!v.is_empty()).then(|| v.to_string())
@@ -266,6 +272,13 @@ impl Config {
                     ));
                 }
                 self.upstream_password = (!val.is_empty()).then(|| val.to_string())
+            }
+            "upstream_ca_file" => {
+                let p = PathBuf::from(val.trim());
+                if !val.trim().is_empty() && !p.is_file() {
+                    return Err(bad(format!("{} is not a readable file", p.display())));
+                }
+                self.upstream_ca_file = (!val.trim().is_empty()).then_some(p)
             }
             "upstream_password_file" => {
                 let text = std::fs::read_to_string(val.trim())

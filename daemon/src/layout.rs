@@ -292,7 +292,10 @@ pub struct RingHeader {
     pub up_flushes: AtomicU64,
     pub up_reconnects: AtomicU64,
     pub up_errors: AtomicU64,
-    _pad4: [u64; 5],
+    /// Requests a restarted daemon sent again that the upstream had applied already: their
+    /// recorded results were returned (exactly once), not applied twice.
+    pub up_replays: AtomicU64,
+    _pad4: [u64; 4],
 }
 
 /// Per-client control block: reader slot + request mailbox. 256 bytes, three cache lines
@@ -534,6 +537,12 @@ pub mod status {
     pub const UNAVAILABLE: u32 = 12;
     /// Never sent: the daemon answers this request later (a training); its box waits.
     pub const DEFERRED: u32 = 0xffff_0002;
+    /// Never sent: taken and answered later, in order (tiered mode sends it upstream); the
+    /// box's next request may be taken meanwhile.
+    pub const PIPELINED: u32 = 0xffff_0003;
+    /// Never sent: not taken now (it must follow requests still in flight); taken again
+    /// once they were answered.
+    pub const LATER: u32 = 0xffff_0004;
 }
 
 const _: () = {

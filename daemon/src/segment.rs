@@ -379,6 +379,35 @@ impl Segment {
         })
     }
 
+    /// A copy of the value of the item record at `off`, with its expiry, if it still holds
+    /// `key` at `version`; checked on the copy, so bytes the writer reuses meanwhile are never
+    /// trusted. The read of a record no index slot names any more, and no reader epoch may
+    /// protect: tiered mode's read-through answer, which an invalidation may have unlinked
+    /// before the reader came to read it.
+    pub fn copy_item(&self, off: u64, key: &[u8], version: u64) -> Option<(Vec<u8>, u64)> {
+        let rec = self.record(off)?;
+        if rec.key != key || rec.version != version {
+            return None;
+        }
+        let (hl, kl) = (REC_HEADER_BYTES as usize, key.len());
+        let mut buf = vec![0u8; hl + kl + rec.value.len()];
+        if !self.region.read(off, &mut buf) {
+            return None;
+        }
+        let field = |at: usize, n: usize| {
+            let mut b = [0u8; 8];
+            b[..n].copy_from_slice(&buf[at..at + n]);
+            u64::from_le_bytes(b)
+        };
+        let crc = field(std::mem::offset_of!(RecHeader, crc), 4) as u32;
+        let ver = field(std::mem::offset_of!(RecHeader, version), 8);
+        let expires = field(std::mem::offset_of!(RecHeader, expires_ms), 8);
+        if record_crc(&buf) != crc || ver != version || &buf[hl..hl + kl] != key {
+            return None;
+        }
+        Some((buf.split_off(hl + kl), expires))
+    }
+
     /// Write a record at `off` (unpublished space owned by the writer).
     pub fn write_record(&self, off: u64, rec: &NewRec<'_>) {
         let size = record_size(rec.key.len() as u64, rec.value.len() as u64);

@@ -68,7 +68,7 @@ pub struct Daemon {
     passes: u64,
     last_empty: bool,
     /// Tiered mode: the upstream and the requests waiting on it.
-    pub tier: Option<crate::upstream::Tier>,
+    pub tier: Option<crate::apply::Tier>,
 }
 
 impl Daemon {
@@ -219,6 +219,7 @@ impl Daemon {
                     timeout: cfg.upstream_timeout,
                     user: cfg.upstream_user.clone(),
                     password: cfg.upstream_password.clone(),
+                    ca_file: cfg.upstream_ca_file.clone(),
                 };
                 // The thread wakes the apply loop through its own mapping of the ring.
                 let bell = Ring::open(&ring_path(&cfg.dir))?;
@@ -229,7 +230,7 @@ impl Daemon {
                     cfg.upstream_prefix,
                     cfg.upstream_timeout.as_millis()
                 ));
-                Some(crate::upstream::Tier { up, waiting: Default::default() })
+                Some(crate::apply::Tier::new(up))
             }
         };
         log::info(&format!(
@@ -278,11 +279,7 @@ impl Daemon {
         };
         let ring_id = ring.hdr().ring_id.load(Ordering::Relaxed);
         for &b in active.iter() {
-            let c = ring.ctl(b);
-            if c.tail.load(Ordering::Acquire) == ring.consumed(b).0
-                || !ring.serves(b)
-                || store.held.contains(&(ring_id, b))
-            {
+            if !ring.untaken(b) || !ring.serves(b) || store.held.contains(&(ring_id, b)) {
                 continue;
             }
             n += ring.poll(b, budget, scratch, |req| apply(store, ring, req));
@@ -292,11 +289,7 @@ impl Daemon {
         for (_, old) in &retired {
             let old_id = old.hdr().ring_id.load(Ordering::Relaxed);
             for b in 0..old.nboxes {
-                let c = old.ctl(b);
-                if c.tail.load(Ordering::Acquire) != old.consumed(b).0
-                    && old.serves(b)
-                    && !store.held.contains(&(old_id, b))
-                {
+                if old.untaken(b) && old.serves(b) && !store.held.contains(&(old_id, b)) {
                     n += old.poll(b, budget, scratch, |req| apply(store, ring, req));
                 }
             }
@@ -306,16 +299,18 @@ impl Daemon {
         n
     }
 
-    /// Tiered mode: apply what the upstream answered and invalidated, in its order.
-    pub fn finish_upstream(&mut self) {
-        let Some(tier) = self.tier.as_mut() else { return };
+    /// Tiered mode: apply what the upstream answered and invalidated, in its order. Returns
+    /// the requests answered (their boxes may have more to take).
+    pub fn finish_upstream(&mut self) -> usize {
+        let Some(tier) = self.tier.as_mut() else { return 0 };
         // The retired rings move out of the store while it is written (as in poll_once).
         let retired = std::mem::take(&mut self.store.heap.retired_rings);
         let rings: Vec<&Ring> =
             std::iter::once(&self.ring).chain(retired.iter().map(|r| &r.1)).collect();
-        tier.finish(&mut self.store, &rings);
+        let n = tier.finish(&mut self.store, &rings);
         drop(rings);
         self.store.heap.retired_rings = retired;
+        n
     }
 
     /// Install a model the background trainer finished, and answer the TRAIN request that
@@ -410,9 +405,9 @@ impl Daemon {
         let mut status = String::new();
         while !STOP.load(Ordering::Relaxed) {
             let bell = self.ring.hdr().doorbell.load(Ordering::SeqCst);
-            let n = self.poll_once(256);
+            let mut n = self.poll_once(256);
             self.finish_training();
-            self.finish_upstream();
+            n += self.finish_upstream();
             let now = Instant::now();
             // From the apply loop itself: a wedged loop stops the pings and systemd restarts us.
             if let Some(w) = watchdog {

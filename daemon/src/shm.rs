@@ -491,6 +491,74 @@ pub fn inheritable_pipe() -> io::Result<(File, File)> {
     }
 }
 
+/// An eventfd: a counter other threads bump to wake one that waits in [`poll_readable`]
+/// (the upstream thread, for new jobs).
+pub struct EventFd(std::os::fd::OwnedFd);
+
+impl EventFd {
+    pub fn new() -> io::Result<EventFd> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: eventfd returns a new descriptor we own (or -1).
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor owned by nothing else.
+        Ok(EventFd(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Wake the waiter (the count is kept until it is drained).
+    pub fn signal(&self) {
+        use std::os::fd::AsRawFd;
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live local buffer to our descriptor; a full counter
+        // (EAGAIN) means a wake-up is pending anyway.
+        unsafe { libc::write(self.0.as_raw_fd(), one.as_ptr().cast(), 8) };
+    }
+
+    /// Reset the count (after waking).
+    pub fn drain(&self) {
+        use std::os::fd::AsRawFd;
+        let mut buf = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into a live local buffer; EAGAIN when already 0.
+        unsafe { libc::read(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
+    }
+
+    pub fn fd(&self) -> i32 {
+        use std::os::fd::AsRawFd;
+        self.0.as_raw_fd()
+    }
+}
+
+/// Wait until one of `fds` is readable (or has hung up / failed), at most `timeout`. Returns
+/// one flag per descriptor; a negative descriptor is skipped. EINTR counts as a timeout.
+pub fn poll_readable(fds: &[i32], timeout: Duration) -> io::Result<Vec<bool>> {
+    let mut p: Vec<libc::pollfd> =
+        fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+    // SAFETY: p is a live, correctly sized array of pollfd for the duration of the call.
+    let n = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, ms) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(vec![false; fds.len()]);
+        }
+        return Err(e);
+    }
+    Ok(p.iter().map(|x| x.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0).collect())
+}
+
+/// Read what a socket has without waiting (recv with MSG_DONTWAIT): `WouldBlock` when it
+/// has nothing, Ok(0) at its end. The socket itself stays blocking for writes.
+pub fn recv_now(fd: i32, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: recv writes at most buf.len() bytes into a live buffer we hold exclusively.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
 /// Send signal `sig` to process `pid`.
 pub fn signal(pid: u32, sig: i32) -> io::Result<()> {
     // SAFETY: kill has no memory effects in this process.

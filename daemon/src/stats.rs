@@ -93,6 +93,8 @@ pub fn gather(seg: &Segment, ring: &Ring) -> Vec<(&'static str, u64)> {
             ("upstream_stale_drops", r.up_flushes.load(Ordering::Relaxed)),
             ("upstream_reconnects", r.up_reconnects.load(Ordering::Relaxed)),
             ("upstream_errors", r.up_errors.load(Ordering::Relaxed)),
+            ("upstream_replays", r.up_replays.load(Ordering::Relaxed)),
+            ("upstream_lease_left_ms", lease.saturating_sub(now)),
         ]);
     }
     v

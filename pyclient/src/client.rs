@@ -146,6 +146,7 @@ impl Client {
 
     fn get_one<'py>(&self, py: Python<'py>, key: &[u8]) -> PyResult<Option<Bound<'py, PyAny>>> {
         let mut fetched = 0;
+        let mut answer = None;
         loop {
             let pin = self.core.pin().map_err(to_py_err)?;
             match self.core.get(&pin, key) {
@@ -158,10 +159,16 @@ impl Client {
                 }
                 Lookup::Miss => return Ok(None),
                 Lookup::Unknown => {
-                    // Tiered mode: read it through (the GIL released for the round trip).
                     drop(pin);
+                    // Tiered mode: what the read-through stored, though an invalidation
+                    // may have unlinked it since; else read it through (the GIL released
+                    // for the round trip).
+                    if let Some(v) = answer.take().and_then(|a| self.core.fetched(key, a)) {
+                        return v.rec(key).map(|r| decode_value(py, r.value)).transpose();
+                    }
                     let core = &self.core;
-                    py.allow_threads(|| core.read_through(&[key], &mut fetched))
+                    answer = py
+                        .allow_threads(|| core.read_through(&[key], &mut fetched))
                         .map_err(to_py_err)?;
                 }
             }
@@ -286,9 +293,30 @@ impl Client {
         key: &Bound<'py, PyAny>,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
         let exporter = with_key(key, |k| {
+            let (mut fetched, mut answer) = (0, None);
             for _ in 0..1000 {
                 let pin = self.core.pin().map_err(to_py_err)?;
-                let Lookup::Hit(rec) = self.core.get(&pin, k) else { return Ok(None) };
+                let rec = match self.core.get(&pin, k) {
+                    Lookup::Hit(rec) => rec,
+                    Lookup::Miss => return Ok(None),
+                    Lookup::Unknown => {
+                        // Tiered mode: read it through; a value unlinked again before we
+                        // look is viewed as a copy (nothing holds it in place).
+                        drop(pin);
+                        if let Some(f) = answer.take().and_then(|a| self.core.fetched(k, a)) {
+                            let Some(rec) = f.rec(k) else { return Ok(None) };
+                            let data = view_bytes(k, rec.value)?;
+                            return Ok(Some(Exported::Copy(
+                                PyBytes::new(py, data).into_any().unbind(),
+                            )));
+                        }
+                        let core = &self.core;
+                        answer = py
+                            .allow_threads(|| core.read_through(&[k], &mut fetched))
+                            .map_err(to_py_err)?;
+                        continue;
+                    }
+                };
                 if rec.value.first() != Some(&v::BYTES) {
                     if !pin.confirm(&rec) {
                         continue;
@@ -995,4 +1023,18 @@ impl Client {
         }
         Ok(r.value)
     }
+}
+
+/// The bytes of a bytes value (what `view()` exports); TypeError for any other type.
+fn view_bytes<'a>(key: &[u8], value: &'a [u8]) -> PyResult<&'a [u8]> {
+    if value.first() != Some(&v::BYTES) {
+        return Err(PyTypeError::new_err(format!(
+            "view() needs a bytes value; key {} holds a {}",
+            key_repr(key),
+            v::type_name(value)
+        )));
+    }
+    let mut r = v::Reader::new(value);
+    r.pos = 1;
+    r.lbytes().map_err(|e| corrupt(&e.to_string()))
 }

@@ -26,11 +26,12 @@ _SETTINGS = [
     ("records_size", "size of a new records file (sparse), e.g. 1GiB"),
     ("codec", "record codec of trained models: fast or compact"),
     ("train_after", "train the record codec once this many records exist (0 = never)"),
-    ("upstream", "tiered mode: redis://host:port/db (or unix:///path) to cache in front of"),
+    ("upstream", "tiered mode: redis://host:port/db (rediss:// for TLS, unix:///path) in front of"),
     ("upstream_prefix", "tiered mode: the upstream key space every host shares, e.g. app:"),
     ("upstream_timeout_ms", "tiered mode: upstream answer timeout and staleness bound (500)"),
     ("upstream_user", "tiered mode: the upstream ACL user"),
     ("upstream_password_file", "tiered mode: a file holding the upstream password"),
+    ("upstream_ca_file", "tiered mode, rediss://: PEM certificate authorities to trust"),
 ]
 
 
@@ -49,6 +50,8 @@ _COUNTERS = {
     "hits", "misses", "sets", "deletes", "incrs", "touches", "clears", "evictions",
     "expirations", "relocations", "requests", "errors", "full_errors", "reclaim_waits",
     "corrupt_reads", "quarantined", "client_dropped_errors", "ring_queue_waits",
+    "upstream_round_trips", "upstream_read_throughs", "upstream_invalidations",
+    "upstream_stale_drops", "upstream_reconnects", "upstream_errors", "upstream_replays",
 }  # fmt: skip
 
 

@@ -20,6 +20,8 @@ mod records;
 mod recovery;
 mod tiered;
 
+pub use tiered::Tier;
+
 /// The daemon's writable store: the segment plus the heap's in-memory state.
 pub struct Store {
     pub seg: Segment,

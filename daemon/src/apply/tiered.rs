@@ -4,11 +4,15 @@
 //! below `up_min_version` are unproven (a generation bump drops them all at once), and none
 //! is served past `up_lease_ms`.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 
-use super::Store;
+use super::{Store, MAX_TTL_MS};
 use crate::heap::CleanStats;
+use crate::layout::{flag, op, status, MAX_KEY_LEN};
+use crate::protocol::{Op, Request};
 use crate::ring::{Reply, Req, Ring};
+use crate::upstream::{Answer, Event, Job, Origin, Upstream, MAX_IN_FLIGHT};
 
 impl Store {
     /// Enter or leave tiered mode at attach. Entering, nothing stored before is provably
@@ -64,5 +68,328 @@ impl Store {
         let r = self.put(ring, key, hash, value, expires_ms, &mut st, |_| answer);
         self.account(&st);
         r
+    }
+}
+
+// ---- Requests sent to the upstream ------------------------------------------------------
+
+/// A request sent upstream and not answered yet: an owned copy of it (the box's bytes stay
+/// in place until it is answered, but the copy is what the answer is applied with).
+#[derive(Debug)]
+pub struct Waiting {
+    pub origin: Origin,
+    pub op: u8,
+    pub flags: u8,
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+    pub arg: u64,
+    pub arg2: u64,
+}
+
+/// The apply loop's tiered state: the upstream handle and, per box (ring id, box), the
+/// requests in flight, oldest first. The upstream answers them in the order they were sent,
+/// so each box's requests are answered in its order.
+pub struct Tier {
+    pub up: Upstream,
+    pub waiting: HashMap<(u64, u32), VecDeque<Waiting>>,
+}
+
+/// The local key a push names under our prefix, unless it is a box's exactly-once record
+/// (another host's: no local key can be one).
+fn invalidated<'k>(up: &Upstream, key: &'k [u8]) -> Option<&'k [u8]> {
+    up.local(key).filter(|l| !l.starts_with(crate::upstream::TOKEN_MARK))
+}
+
+impl Tier {
+    pub fn new(up: Upstream) -> Tier {
+        Tier { up, waiting: HashMap::new() }
+    }
+
+    /// Requests in flight, all boxes.
+    pub fn in_flight(&self) -> usize {
+        self.waiting.values().map(VecDeque::len).sum()
+    }
+
+    /// Send a cache request to the upstream first. Some(reply): refused now, PIPELINED
+    /// (sent; answered later, in order, while the box's next request may be taken), or
+    /// LATER (not taken: the request must wait for those of its box in flight). None: a
+    /// request that stays local (the record store, growth, noop), with nothing in flight
+    /// before it.
+    pub fn forward(&mut self, store: &mut Store, req: &Req<'_>) -> Option<Reply> {
+        let queue = (req.ring_id, req.boxno);
+        let busy = self.waiting.get(&queue).map_or(0, VecDeque::len);
+        let now = match self.job(store, req) {
+            Ok(job) if busy < MAX_IN_FLIGHT => job,
+            // Answered now (or local) only once nothing of its box is in flight, so that a
+            // box's answers keep its order.
+            Ok(_) => return Some(Reply::status(status::LATER)),
+            Err(_) if busy > 0 => return Some(Reply::status(status::LATER)),
+            Err(reply) => return reply,
+        };
+        let origin = Origin {
+            ring_id: req.ring_id,
+            boxno: req.boxno,
+            claim: req.claim,
+            ticket: req.ticket,
+            head_after: req.head_after,
+        };
+        if !self.up.submit(origin, now) {
+            return match busy {
+                0 => Some(Reply::status(status::UNAVAILABLE)),
+                _ => Some(Reply::status(status::LATER)),
+            };
+        }
+        self.waiting.entry(queue).or_default().push_back(Waiting {
+            origin,
+            op: req.op,
+            flags: req.flags,
+            key: req.key.to_vec(),
+            payload: req.payload.to_vec(),
+            arg: req.arg,
+            arg2: req.arg2,
+        });
+        Some(Reply::status(status::PIPELINED))
+    }
+
+    /// The upstream job for a request; Err(Some(reply)) if it is answered without one,
+    /// Err(None) if it stays local.
+    fn job(&self, store: &Store, req: &Req<'_>) -> Result<Job, Option<Reply>> {
+        let Some(kind) = req.kind() else { return Err(None) };
+        let bad = || Err(Some(Reply::status(status::BAD_REQUEST)));
+        if req.key.len() > MAX_KEY_LEN {
+            return bad();
+        }
+        let key = self.up.key(req.key);
+        Ok(match kind {
+            Op::Set | Op::Add => {
+                if req.payload.len() as u64 > store.seg.max_value {
+                    return Err(Some(Reply::status(status::TOO_LARGE)));
+                }
+                if req.arg2 != req.payload.len() as u64
+                    || crate::value::validate(req.payload).is_err()
+                {
+                    return bad();
+                }
+                Job::Set {
+                    key,
+                    value: crate::tier::to_upstream(req.payload),
+                    ttl_ms: req.arg.min(MAX_TTL_MS),
+                    only_if_absent: kind == Op::Add,
+                }
+            }
+            Op::Delete => Job::Delete(key),
+            Op::Incr => Job::Incr {
+                key,
+                delta: req.arg as i64,
+                create_from: (req.flags & flag::INCR_CREATE != 0).then_some(req.arg2 as i64),
+            },
+            Op::Touch => Job::Touch { key, ttl_ms: req.arg.min(MAX_TTL_MS) },
+            Op::Clear => Job::Clear,
+            Op::Fetch => {
+                let Some(keys) = crate::protocol::unframe_keys(req.payload) else { return bad() };
+                if keys.is_empty() {
+                    return Err(Some(Reply::ok(0)));
+                }
+                Job::Fetch(keys.iter().map(|k| self.up.key(k)).collect())
+            }
+            Op::Append | Op::Merge | Op::Cas | Op::Zadd | Op::Zrem => {
+                return Err(Some(Reply::status(status::NOT_SUPPORTED)))
+            }
+            Op::Noop | Op::Insert | Op::Remove | Op::Update | Op::Train | Op::Resize => {
+                return Err(None)
+            }
+        })
+    }
+
+    /// Apply what the upstream thread reported, in its order. `rings`: the current ring
+    /// and the retired ones (a waiting box may be in either). Returns the requests answered.
+    pub fn finish(&mut self, store: &mut Store, rings: &[&Ring]) -> usize {
+        let events: Vec<Event> = self.up.events.try_iter().collect();
+        let Some(main) = rings.first() else { return 0 };
+        let rh = main.hdr();
+        let timeout_ms = self.up.settings.timeout.as_millis() as u64;
+        let mut answered = 0;
+        for ev in events {
+            match ev {
+                Event::Done(o, a) => {
+                    self.answer(store, rings, o, a);
+                    answered += 1;
+                }
+                Event::Invalidate(keys) => {
+                    let mut n = 0;
+                    for k in &keys {
+                        if let Some(l) = invalidated(&self.up, k) {
+                            store.drop_key(l);
+                            n += 1;
+                        }
+                    }
+                    rh.up_invalidations.fetch_add(n, Ordering::Relaxed);
+                }
+                Event::Flush => {
+                    store.drop_upstream_generation();
+                    rh.up_flushes.fetch_add(1, Ordering::Relaxed);
+                }
+                Event::Alive(sent) => {
+                    store.extend_lease(sent + timeout_ms);
+                    rh.up_round_trips.fetch_add(1, Ordering::Relaxed);
+                }
+                Event::Connected { reconnect } => {
+                    rh.up_connected.store(1, Ordering::Relaxed);
+                    if reconnect {
+                        rh.up_reconnects.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Event::Disconnected => rh.up_connected.store(0, Ordering::Relaxed),
+            }
+        }
+        answered
+    }
+
+    fn answer(&mut self, store: &mut Store, rings: &[&Ring], o: Origin, a: Answer) {
+        let queue = (o.ring_id, o.boxno);
+        let Some(q) = self.waiting.get_mut(&queue) else { return };
+        if q.front().is_none_or(|w| w.origin != o) {
+            // Not the oldest of its box: cannot happen (one ordered connection); drop the
+            // local copy it may have changed and leave the box to be answered in order.
+            crate::log::warn(&format!("upstream answer out of order for box {}", o.boxno));
+            return;
+        }
+        let w = q.pop_front().expect("checked above");
+        if q.is_empty() {
+            self.waiting.remove(&queue);
+        }
+        // The upstream applied it; nothing local has changed yet (a crash here makes the
+        // restarted daemon send it again: the exactly-once record answers).
+        crate::crash::point("upstream answered");
+        let Some(ring) =
+            rings.iter().find(|r| r.hdr().ring_id.load(Ordering::Relaxed) == o.ring_id)
+        else {
+            return;
+        };
+        let rh = rings[0].hdr();
+        if ring.claim_of(o.boxno) != o.claim {
+            // The box was claimed anew while this was in flight (its owner died): the answer
+            // has no one to go to. The upstream may have changed the key: drop our copy.
+            store.drop_key(&w.key);
+            return;
+        }
+        let req = Req {
+            ring_id: o.ring_id,
+            boxno: o.boxno,
+            claim: o.claim,
+            ticket: o.ticket,
+            head_after: o.head_after,
+            request: Request {
+                op: w.op,
+                flags: w.flags,
+                key: &w.key,
+                payload: &w.payload,
+                arg: w.arg,
+                arg2: w.arg2,
+            },
+        };
+        if matches!(a, Answer::Status(status::UNAVAILABLE)) {
+            rh.up_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let now = crate::shm::now_ms();
+        let expiry = |pttl: i64| match pttl {
+            -1 => Some(0),
+            t if t > 0 => Some(now + t as u64),
+            _ => None, // gone meanwhile: not cached
+        };
+        let reply = match (req.kind(), a) {
+            (Some(Op::Set | Op::Add), Answer::Status(status::OK)) => {
+                // Acknowledged upstream: the local copy follows (as a set: the upstream
+                // said the key was absent for an add).
+                let local = Req { request: Request { op: op::SET, ..*req }, ..req };
+                let r = store.apply(ring, &local);
+                if r.status != status::OK {
+                    store.drop_key(&w.key);
+                    Reply::ok(0)
+                } else {
+                    r
+                }
+            }
+            (Some(Op::Delete), Answer::Status(s)) => {
+                store.drop_key(&w.key);
+                Reply::status(s)
+            }
+            (Some(Op::Incr), Answer::Int { value, pttl_ms }) => {
+                let mut buf = Vec::with_capacity(12);
+                crate::value::encode_int(&mut buf, value as i128);
+                let answer = Reply {
+                    status: status::OK,
+                    value: value as u64,
+                    aux: ((value as i128) >> 64) as u64,
+                };
+                // A replay's value was recorded earlier: the key may have moved on since,
+                // so no local copy is made of it.
+                match pttl_ms.and_then(expiry) {
+                    Some(e)
+                        if store.put_for(ring, &req, &w.key, &buf, e, answer).status
+                            == status::OK => {}
+                    _ => {
+                        store.drop_key(&w.key);
+                    }
+                }
+                answer
+            }
+            (Some(Op::Touch), Answer::Status(status::OK)) => {
+                store.apply(ring, &req);
+                Reply::ok(0)
+            }
+            // A clear sent again after a restart clears locally too (the local store may
+            // hold copies read through since; clearing them again is harmless).
+            (Some(Op::Clear), Answer::Status(status::OK) | Answer::Replayed(status::OK)) => {
+                store.apply(ring, &req)
+            }
+            (Some(Op::Fetch), Answer::Fetched(vals)) => {
+                let keys = crate::protocol::unframe_keys(&w.payload).unwrap_or_default();
+                for (k, v) in keys.iter().zip(vals) {
+                    let stored = match v {
+                        Some((bytes, pttl)) => expiry(pttl).map(|e| {
+                            let local = crate::tier::from_upstream(&bytes);
+                            store.put_for(ring, &req, k, &local, e, Reply::ok(0))
+                        }),
+                        None => Some(store.put_for(
+                            ring,
+                            &req,
+                            k,
+                            crate::tier::ABSENT_VALUE,
+                            0,
+                            Reply::ok(0),
+                        )),
+                    };
+                    if stored.is_none_or(|r| r.status != status::OK) {
+                        store.drop_key(k);
+                    }
+                }
+                rh.up_read_throughs.fetch_add(keys.len() as u64, Ordering::Relaxed);
+                // One key: the answer names the record stored for it (offset, version), so
+                // the reader can take that value even if an invalidation unlinks it before
+                // the reader looks (a key written elsewhere faster than a round trip would
+                // otherwise never be read). It was current when the upstream read it.
+                match keys.as_slice() {
+                    [k] => match store.seg.current(k, store.seg.hash(k)) {
+                        Some(r) => Reply { status: status::OK, value: r.off, aux: r.version },
+                        None => Reply::ok(0),
+                    },
+                    _ => Reply::ok(0),
+                }
+            }
+            (_, Answer::Replayed(s)) => {
+                rh.up_replays.fetch_add(1, Ordering::Relaxed);
+                store.drop_key(&w.key);
+                Reply::status(s)
+            }
+            (_, Answer::Status(s)) => {
+                if s != status::NOT_DONE {
+                    store.drop_key(&w.key);
+                }
+                Reply::status(s)
+            }
+            _ => Reply::status(status::BAD_REQUEST),
+        };
+        ring.complete(o.boxno, o.ticket, o.head_after, reply);
     }
 }

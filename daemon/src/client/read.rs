@@ -243,6 +243,7 @@ impl Client {
     /// that keeps colliding with the writer gives up after 1000 tries and reads as a miss.
     pub fn read<R>(&self, key: &[u8], mut f: impl FnMut(Option<&Rec<'_>>) -> R) -> Result<R> {
         let mut fetched = 0;
+        let mut answer = None;
         for _ in 0..1000 {
             let pin = self.pin()?;
             match self.get(&pin, key) {
@@ -255,11 +256,23 @@ impl Client {
                 Lookup::Miss => return Ok(f(None)),
                 Lookup::Unknown => {
                     drop(pin);
-                    self.read_through(&[key], &mut fetched)?;
+                    if let Some(v) = answer.take().and_then(|a| self.fetched(key, a)) {
+                        return Ok(f(v.rec(key).as_ref()));
+                    }
+                    answer = self.read_through(&[key], &mut fetched)?;
                 }
             }
         }
         Ok(f(None))
+    }
+
+    /// Tiered mode: the value a read-through of one key stored (`answer`: its record's
+    /// offset and version), copied out, even if an invalidation unlinked it since: it was
+    /// current when the upstream read it, which was during this read. None if the record is
+    /// gone (read through again).
+    pub fn fetched(&self, key: &[u8], answer: (u64, u64)) -> Option<Fetched> {
+        let (value, expires_ms) = self.seg.copy_item(answer.0, key, answer.1)?;
+        Some(Fetched { off: answer.0, version: answer.1, expires_ms, value })
     }
 
     /// Whether the store is in tiered mode (its daemon caches in front of an upstream).
@@ -270,15 +283,19 @@ impl Client {
     /// Tiered mode: have the daemon read `keys` through from the upstream into the local
     /// store (one round trip for all of them), waiting for it. `Unavailable` if the
     /// upstream does not answer in time.
-    pub fn fetch(&self, keys: &[&[u8]]) -> Result<()> {
+    /// For one key, the answer names the record stored for it: (offset, version), for
+    /// [`Client::fetched`].
+    pub fn fetch(&self, keys: &[&[u8]]) -> Result<Option<(u64, u64)>> {
         let budget = (self.max_value() as usize).max(1);
         let mut batch: Vec<&[u8]> = Vec::new();
         let mut size = 0;
-        let send = |batch: &mut Vec<&[u8]>| -> Result<()> {
+        let mut answer = None;
+        let mut send = |batch: &mut Vec<&[u8]>| -> Result<()> {
             let payload = crate::protocol::frame_keys(batch.iter().copied());
             let r = crate::protocol::Request::fetch(&payload);
             let reply = self.call(&r)?;
-            self.outcome(&r, reply).map(|_| ())?;
+            let reply = self.outcome(&r, reply)?;
+            answer = (batch.len() == 1 && reply.value != 0).then_some((reply.value, reply.aux));
             batch.clear();
             Ok(())
         };
@@ -294,13 +311,13 @@ impl Client {
         if !batch.is_empty() {
             send(&mut batch)?;
         }
-        Ok(())
+        Ok(answer)
     }
 
     /// One read-through for a lookup that found no current copy; after three for the same
     /// read (each stored copy dropped again before it could be read: a key written that
     /// often, or a value the local store cannot hold), `Unavailable`.
-    pub fn read_through(&self, keys: &[&[u8]], tries: &mut u32) -> Result<()> {
+    pub fn read_through(&self, keys: &[&[u8]], tries: &mut u32) -> Result<Option<(u64, u64)>> {
         *tries += 1;
         if *tries > 3 {
             return Err(Error::Unavailable(format!(
@@ -390,5 +407,29 @@ impl Client {
             h.inserted.load(Ordering::Relaxed),
             h.removed.load(Ordering::Relaxed),
         ))
+    }
+}
+
+/// A value a read-through stored, copied out of the segment (see [`Client::fetched`]).
+pub struct Fetched {
+    off: u64,
+    version: u64,
+    expires_ms: u64,
+    value: Vec<u8>,
+}
+
+impl Fetched {
+    /// As a record of `key`: None when it says the key is absent upstream, or has expired.
+    pub fn rec<'a>(&'a self, key: &'a [u8]) -> Option<Rec<'a>> {
+        let live = self.expires_ms == 0 || self.expires_ms > shm::now_ms();
+        (live && self.value != crate::tier::ABSENT_VALUE).then_some(Rec {
+            off: self.off,
+            size: 0,
+            hash: 0,
+            version: self.version,
+            expires_ms: self.expires_ms,
+            key,
+            value: &self.value,
+        })
     }
 }

@@ -23,9 +23,23 @@ impl Ring {
             };
             st.head.store(head, Ordering::Relaxed);
             st.done.store(done, Ordering::Relaxed);
+            st.taken.store(head, Ordering::Relaxed);
+            st.taken_ticket.store(done, Ordering::Relaxed);
             st.claims.store(claims, Ordering::Relaxed);
         }
         st
+    }
+
+    /// The claim count of box `b` as the daemon last took it: requests answered later
+    /// (tiered mode) carry it, so an answer for a box claimed anew meanwhile is dropped.
+    pub fn claim_of(&self, b: u32) -> u64 {
+        self.consumer(b).claims.load(Ordering::Relaxed)
+    }
+
+    /// Whether box `b` holds requests the daemon has not taken yet.
+    pub fn untaken(&self, b: u32) -> bool {
+        let st = self.consumer(b);
+        self.ctl(b).tail.load(Ordering::Acquire) != st.taken.load(Ordering::Relaxed)
     }
 
     /// Take every box's consumer words as a previous daemon left them (the daemon calls
@@ -38,7 +52,10 @@ impl Ring {
 
     /// Move box `b`'s consumer position (journal recovery).
     pub fn set_head(&self, b: u32, head: u64) {
-        self.consumer(b).head.store(head, Ordering::Relaxed);
+        let st = self.consumer(b);
+        st.head.store(head, Ordering::Relaxed);
+        st.taken.store(head, Ordering::Relaxed);
+        st.taken_ticket.store(st.done.load(Ordering::Relaxed), Ordering::Relaxed);
         self.ctl(b).head.store(head, Ordering::Release);
     }
 
@@ -72,7 +89,10 @@ impl Ring {
     ) -> usize {
         let c = self.ctl(b);
         let st = self.consumer(b);
-        let mut head = st.head.load(Ordering::Relaxed);
+        // Requests are taken from `taken`: past `head` only while earlier ones are in flight
+        // (answered later, in order; see `Status::PIPELINED`).
+        let mut head = st.taken.load(Ordering::Relaxed);
+        let in_flight = head != st.head.load(Ordering::Relaxed);
         // SYNC POINT: Acquire; pairs with the producer's Release store of `tail`.
         let tail = c.tail.load(Ordering::Acquire);
         if tail < head || tail - head > self.box_bytes {
@@ -104,8 +124,11 @@ impl Ring {
             }
             if opc == op::PAD {
                 head += len;
-                st.head.store(head, Ordering::Relaxed);
-                c.head.store(head, Ordering::Release);
+                st.taken.store(head, Ordering::Relaxed);
+                if !in_flight {
+                    st.head.store(head, Ordering::Relaxed);
+                    c.head.store(head, Ordering::Release);
+                }
                 continue;
             }
             if len < REQ_HEADER_BYTES || hlen < REQ_HEADER_BYTES as usize {
@@ -114,12 +137,13 @@ impl Ring {
             }
             let f = ReqFields::decode(&h);
             let (key_len, ticket, arg, arg2) = (f.key_len as u64, f.ticket, f.arg, f.arg2);
-            let done = st.done.load(Ordering::Relaxed);
-            if ticket == done && ticket != 0 {
+            let done = st.taken_ticket.load(Ordering::Relaxed);
+            if ticket == done && ticket != 0 && !in_flight {
                 // Answered before a crash that came between storing `done` and moving
                 // `head` past it (see `complete`): skip it, it is not applied twice.
                 head += len;
                 st.head.store(head, Ordering::Relaxed);
+                st.taken.store(head, Ordering::Relaxed);
                 c.head.store(head, Ordering::Release);
                 continue;
             }
@@ -164,6 +188,7 @@ impl Ring {
             let req = Req {
                 ring_id: self.hdr().ring_id.load(Ordering::Relaxed),
                 boxno: b,
+                claim: st.claims.load(Ordering::Relaxed),
                 ticket,
                 head_after: head + len,
                 request: Request {
@@ -176,10 +201,22 @@ impl Ring {
                 },
             };
             let reply = apply(&req);
-            if reply.status == status::DEFERRED {
+            match reply.status {
                 // Answered later (Ring::complete from the daemon loop): the box waits here.
-                return n;
+                status::DEFERRED => return n,
+                // Not taken now: it must wait until what is in flight was answered.
+                status::LATER => return n,
+                // Taken and answered later, in order; the next request may be taken now.
+                status::PIPELINED => {
+                    head += len;
+                    st.taken.store(head, Ordering::Relaxed);
+                    st.taken_ticket.store(ticket, Ordering::Relaxed);
+                    n += 1;
+                    continue;
+                }
+                _ => {}
             }
+            debug_assert!(!in_flight, "a request answered at once behind requests in flight");
             head += len;
             self.complete(b, ticket, head, reply);
             n += 1;
@@ -196,8 +233,17 @@ impl Ring {
     pub fn complete(&self, b: u32, ticket: u64, head: u64, reply: Reply) {
         let c = self.ctl(b);
         let st = self.consumer(b);
+        if head <= st.head.load(Ordering::Relaxed) {
+            // The box moved past this request meanwhile (poisoned while it was in flight):
+            // the owner resets the box; nothing is written into it.
+            return;
+        }
         st.done.store(ticket, Ordering::Relaxed);
         st.head.store(head, Ordering::Relaxed);
+        if st.taken.load(Ordering::Relaxed) < head {
+            st.taken.store(head, Ordering::Relaxed);
+            st.taken_ticket.store(ticket, Ordering::Relaxed);
+        }
         let r = self.result(b, ticket);
         r.status.store(reply.status, Ordering::Relaxed);
         r.value.store(reply.value, Ordering::Relaxed);
@@ -228,7 +274,9 @@ impl Ring {
             c.owner_pid.load(Ordering::Relaxed)
         ));
         c.poisoned.store(1, Ordering::Release);
-        self.consumer(b).head.store(tail, Ordering::Relaxed);
+        let st = self.consumer(b);
+        st.head.store(tail, Ordering::Relaxed);
+        st.taken.store(tail, Ordering::Relaxed);
         c.head.store(tail, Ordering::Release);
         c.errors.fetch_add(1, Ordering::Relaxed);
         fence(Ordering::SeqCst);

@@ -78,6 +78,12 @@ struct Consumer {
     claims: AtomicU64,
     head: AtomicU64,
     done: AtomicU64,
+    /// How far requests were taken (>= `head`), and the ticket of the last one taken: the
+    /// requests between `head` and `taken` are in flight (tiered mode pipelines a box's
+    /// writes to the upstream and answers them in order). Never in shared memory: a
+    /// restarted daemon takes them again from `head`.
+    taken: AtomicU64,
+    taken_ticket: AtomicU64,
     waiting: std::sync::atomic::AtomicU32,
     /// The daemon's reaper: owner words it found implausible at its last pass (see
     /// [`Ring::reap`]); 0: none.
@@ -321,6 +327,9 @@ pub struct Req<'a> {
     /// the journal).
     pub ring_id: u64,
     pub boxno: u32,
+    /// The box's claim count when it was taken (a request answered later checks that its
+    /// box was not claimed anew meanwhile).
+    pub claim: u64,
     pub ticket: u64,
     pub head_after: u64,
     /// The request itself, as the client built it (`req.op`, `req.key`... through Deref).
