@@ -38,6 +38,7 @@ bench: ## speed suite, page, hub, restart, record-store, Django and hit-ratio be
 	$(PY) benchmarks/restart_bench.py
 	$(PY) benchmarks/records_bench.py --compact
 	$(PY) benchmarks/django_bench.py
+	$(PY) benchmarks/tier_bench.py
 	$(PY) -m pip install libcachesim && $(PY) benchmarks/hitratio.py --requests 1000000
 
 fuzz: ## a short cargo-fuzz pass of every target (SECONDS_EACH=600 for longer)

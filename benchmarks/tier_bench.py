@@ -15,9 +15,10 @@ for `--seconds` after one warm pass:
 - valkey-glide (`valkey-glide-sync`) with its server-assisted client-side cache.
 
 Printed per system: reads/s of all readers, hit latency (median of per-pass means, p99 of
-single calls) in one reader, the memory the cached copies take on the host (surpdb: the
-segment's bytes in use, once for the host; the others: the growth of every reader's RSS
-while warming, summed), and the invalidation delay (a plain client overwrites a key; a
+single calls) in one reader while the others wait, the memory the cached copies take on the
+host (surpdb: the live records of the host's one segment, headers and keys included; the
+others: the bytes of the values their caches hold, summed over the readers, their per-entry
+overhead left out), and the invalidation delay (a plain client overwrites a key; a
 reader of the system notes when the new value shows: median and max over 200 writes).
 Not part of the test run: nothing here is asserted.
 """
@@ -45,11 +46,6 @@ PREFIX = "tb:"
 pc = time.perf_counter_ns
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def zipf_sequence(n_keys: int, s: float, count: int, seed: int) -> list[int]:
     weights = [1.0 / (i + 1) ** s for i in range(n_keys)]
     cum, total = [], 0.0
@@ -64,9 +60,6 @@ def open_reader(system: str, spec: dict[str, Any]) -> tuple[Callable[[str], Any]
     """A get function for `system` in this process, and the object that keeps it alive."""
     if system in ("surpdb tiered", "surpdb standalone"):
         c = surpdb.connect(spec["path"])
-        pre = PREFIX if system == "surpdb standalone" else ""
-        if pre:
-            return (lambda k: c.get(pre + k)), c
         return c.get, c
     if system.startswith("redis-py"):
         import redis
@@ -104,11 +97,12 @@ def reader(system: str, spec: dict[str, Any], seq: list[int], seconds: float, ou
            timed: bool, start: Any) -> None:  # fmt: skip
     get, keep = open_reader(system, spec)
     keys = [f"k{i}" for i in range(spec["keys"])]
-    before = rss_bytes()
     for k in keys:  # warm: every key read once, so the cache holds the working set
         get(k)
-    grown = rss_bytes() - before
+    entries = cached_entries(system, keep)
     lat: dict[str, float] = {}
+    # Hit latency in one reader while the others wait (the machine has 2 cores).
+    start.wait(timeout=600)
     if timed:
         hot = [keys[i] for i in seq[:1000]]
         means = []
@@ -131,8 +125,17 @@ def reader(system: str, spec: dict[str, Any], seq: list[int], seconds: float, ou
             get(keys[seq[i]])
             i = (i + 1) % len(seq)
         n += 256
-    out.put((n, grown, lat))
+    out.put((n, entries, lat))
     del keep
+
+
+def cached_entries(system: str, client: Any) -> int:
+    """Values a per-process cache holds (0: none, or one shared segment for surpdb)."""
+    if system.startswith("redis-py client-side"):
+        return int(client.get_cache().size)
+    if system.startswith("valkey-glide"):
+        return int(client.get_cache_entry_count())
+    return 0
 
 
 def delay_probe(system: str, spec: dict[str, Any], out: Any, ready: Any) -> None:
@@ -187,7 +190,7 @@ def run_system(system: str, spec: dict[str, Any], a: argparse.Namespace, write: 
         p.join(timeout=60)
     reads = sum(r[0] for r in results) / a.seconds
     lat = next(r[2] for r in results if r[2])
-    mem = sum(r[1] for r in results)
+    entries = sum(r[1] for r in results)
     # Invalidation delay: a plain client writes 1..200 to 'probe', 5 ms apart.
     ready = ctx.Event()
     q = ctx.Queue()
@@ -206,7 +209,7 @@ def run_system(system: str, spec: dict[str, Any], a: argparse.Namespace, write: 
         t = next((t for v, t in seen if isinstance(v, int) and v >= i), None)
         if t is not None:
             delays.append(max(0.0, t - ta))
-    return {"reads": reads, "lat": lat, "mem": mem, "delays": delays}
+    return {"reads": reads, "lat": lat, "entries": entries, "delays": delays}
 
 
 def main() -> int:
@@ -240,7 +243,7 @@ def main() -> int:
         plain = surpdb.Server(os.path.join(tmp, "plain"), size="256MiB")
         try:
             sc = surpdb.connect(plain.path)
-            sc.set_many({PREFIX + k: v for k, v in values.items()})
+            sc.set_many(values)
             tc = surpdb.connect(tiered.path)
             t0 = time.monotonic()
             while tc.stats()["upstream_connected"] != 1:
@@ -250,7 +253,7 @@ def main() -> int:
                 ("surpdb tiered", {"path": tiered.path, "keys": a.keys},
                  lambda k, v: r.set(PREFIX + k, v)),
                 ("surpdb standalone", {"path": plain.path, "keys": a.keys},
-                 lambda k, v: sc.set(PREFIX + k, v)),
+                 lambda k, v: sc.set(k, v)),
                 ("redis-py, no local cache", {"port": port, "keys": a.keys},
                  lambda k, v: r.set(PREFIX + k, v)),
                 ("redis-py client-side cache*", {"port": port, "keys": a.keys},
@@ -270,10 +273,13 @@ def main() -> int:
                     continue
                 print(f"... {name}", flush=True)
                 res = run_system(name, spec, a, write)
-                if name == "surpdb tiered":
-                    res["mem"] = tc.stats()["cache_bytes_used"]
-                elif name == "surpdb standalone":
-                    res["mem"] = sc.stats()["cache_bytes_used"]
+                # surpdb: the live records (headers, keys, values) of the host's one
+                # segment; the others: the values their caches hold, summed over readers
+                # (their per-entry overhead left out).
+                if name.startswith("surpdb"):
+                    res["mem"] = (tc if name == "surpdb tiered" else sc).stats()["bytes"]
+                else:
+                    res["mem"] = res["entries"] * data_bytes / a.keys
                 rows[name] = res
         finally:
             tiered.stop()
