@@ -86,7 +86,6 @@ def run(location: str) -> dict[str, object]:
         CACHES=caches_setting_for_tests(
             BACKEND="surpdb.django.SurpdbCache",
             LOCATION=location,
-            exclude={"cull", "zero_cull"},
         )
     )
     class SurpdbCacheTests(BaseCacheTests, TestCase):

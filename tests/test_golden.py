@@ -1,4 +1,5 @@
 """Golden segment images pin the format: the current version's image opens and reads back
+exactly; the one older version a daemon upgrades in place opens, is upgraded and reads back
 exactly; images of other versions are refused with IncompatibleSegment, never misread."""
 
 from __future__ import annotations
@@ -30,17 +31,17 @@ def test_there_is_an_image_of_the_current_format() -> None:
 
 @pytest.mark.parametrize("image", IMAGES, ids=lambda p: p.name)
 def test_golden_image_opens_or_is_refused(image: Path, tmp_path: Path) -> None:
-    from golden.make_golden import GOLDEN
+    from golden.make_golden import ESCAPED, GOLDEN, NAMESPACES
 
     store = unpack(image, tmp_path / "store")
     version = int(image.name.split("-v")[1].split(".")[0])
-    if version != _native.FORMAT_VERSION:
+    if version not in (_native.FORMAT_VERSION, _native.FORMAT_UPGRADABLE):
         with pytest.raises(surpdb.IncompatibleSegment):
             surpdb.Server(store, size="1MiB", max_value="64")
         return
     r = _native.check(store)
     assert r["ok"], r["problems"]
-    with surpdb.Server(store, size="1MiB", max_value="64"):
+    with surpdb.Server(store, size="1MiB", max_value="64") as srv:
         c = surpdb.connect(store)
         for k, v in GOLDEN.items():
             got = c.get(k)
@@ -48,8 +49,50 @@ def test_golden_image_opens_or_is_refused(image: Path, tmp_path: Path) -> None:
         assert c.get("far-ttl") == "kept"
         assert c.zrange("zset", 0, -1, withscores=True) == [("x", 1.0), (b"y", 2.5)]
         assert c.get("list") == [1] and c.get("counter") == 41
+        if version >= 2:
+            for ns, held in NAMESPACES.items():
+                n = c.namespace(ns)
+                for k, v in held.items():
+                    assert n.get(k) == v, (ns, k)
+                assert n.namespace_stats()["items"] == len(held), ns
+            assert c.namespace("gone").get("g1") is None
+            assert c.namespace("capped").get("c0") is None
+            assert c.namespace("capped").namespace_stats()["max_items"] == 2
+            for k, v in ESCAPED.items():
+                assert c.get(k) == v
         c.set("new", "after attach")
         assert c.get("new") == "after attach"
+        assert c.stats()["format_version"] == _native.FORMAT_VERSION
+        s = c.namespace("after")
+        s.set("new", "in a namespace")
+        assert s.get("new") == "in a namespace" and c.get("new") == "after attach"
+        if version != _native.FORMAT_VERSION:
+            assert f"upgraded the segment from format {version}" in srv.log
+    r = _native.check(store)
+    assert r["ok"], r["problems"]
+
+
+def test_an_upgrade_re_keys_bytes_keys_that_start_like_namespaced_ones(tmp_path: Path) -> None:
+    # Written by a version-1 build (no namespaces): raw bytes keys "\xff" + a byte below
+    # 0x20, which version 2 reads as namespaced unless stored escaped.
+    store = unpack(HERE / "upgrade-v1-binkeys.surp.gz", tmp_path / "store")
+    with surpdb.Server(store, size="1MiB", max_value="64") as srv:
+        c = surpdb.connect(store)
+        assert c.get(b"\xff\x05bin") == "was raw, reads as namespace 5 unless escaped"
+        assert c.get(b"\xff\x00zero") == "starts like an escaped key"
+        assert c.get(b"\xff\x1fedge") == 31
+        assert c.get(b"\xff\x20space") == "needs no escape"
+        assert c.get("plain") == "text key"
+        assert "bytes_keys_escaped=3" in srv.log
+        assert c.stats()["items"] == 5
+        # Namespaces opened now do not see them.
+        for i in range(1, 8):
+            assert c.namespace(f"n{i}")._scan(0, 100) == (0, [])
+        assert sorted(k for k, _, _ in c._scan(0, 100)[1]) == sorted(
+            [b"\xff\x05bin", b"\xff\x00zero", b"\xff\x1fedge", b"\xff\x20space", b"plain"]
+        )
+    r = _native.check(store)
+    assert r["ok"], r["problems"]
 
 
 def test_an_image_with_another_version_number_is_refused(tmp_path: Path) -> None:

@@ -200,7 +200,7 @@ def test_stats_formats_parse_back(client: surpdb.Client) -> None:
     client.get("a")
     client.get("nope")
     st = client.stats()
-    text = prometheus(st, client.path)
+    text = prometheus(st, client.path, client.namespaces())
     r = subprocess.run(
         [sys.executable, "-m", "surpdb", "stats", client.path, "--prometheus"],
         capture_output=True,

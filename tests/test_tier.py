@@ -371,3 +371,26 @@ def test_view_reads_through_in_tiered_mode(hosts, redis) -> None:  # type: ignor
     a.set("text", "not bytes")
     with pytest.raises(TypeError):
         b.view("text")
+
+
+def test_namespaces_map_to_the_same_upstream_keys_on_every_host(hosts, redis) -> None:  # type: ignore[no-untyped-def]
+    a, b = hosts
+    # Opened in another order on each host: ids differ, names travel.
+    b.namespace("other")
+    sa, sb = a.namespace("sessions"), b.namespace("sessions")
+    sa.set("k", "session value")
+    a.set("k", "default value")
+    assert sb.get("k") == "session value" and b.get("k") == "default value"
+    assert "ns:sessions" in redis.cli("KEYS", PREFIX + "*")  # by name upstream
+    sa.set("k", "changed")
+    wait_for(lambda: sb.get("k") == "changed")
+    # A namespace's clear is upstream too, and leaves the other keys.
+    sa.clear()
+    wait_for(lambda: sb.get("k") is None)
+    assert b.get("k") == "default value" and a.get("k") == "default value"
+    sa.set("k2", 1)
+    a.clear()  # the default namespace: every key but the namespaces'
+    wait_for(lambda: b.get("k") is None)
+    assert sb.get("k2") == 1
+    with pytest.raises(surpdb.NotSupported, match="cull"):
+        sa.cull(1)

@@ -55,7 +55,7 @@ class Redis:
         if self.tls:
             cmd += ["--tls", "--cacert", self.tls[2]]
         r = subprocess.run([*cmd, *args], capture_output=True, timeout=10)
-        return r.stdout.decode().strip()
+        return r.stdout.decode(errors="replace").strip()
 
     @property
     def url(self) -> str:

@@ -67,6 +67,7 @@ pub fn check(dir: &Path) -> Result<Report> {
     // The index.
     let interrupted_delete = !r.clean && h.idx_seq.load(Ordering::Relaxed) & 1 == 1;
     let mut seen = HashSet::new();
+    let mut ns_counts = [(0u64, 0u64); MAX_NAMESPACES];
     for i in 0..seg.slots {
         let v = seg.slot(i).load(Ordering::Relaxed);
         if v == 0 {
@@ -104,6 +105,11 @@ pub fn check(dir: &Path) -> Result<Report> {
         }
         r.items += 1;
         r.live_bytes += rec.size;
+        if !seg.ns_cleared(rec.key, rec.version) {
+            let c = &mut ns_counts[crate::namespace::ns_of(rec.key)];
+            c.0 += 1;
+            c.1 += rec.size;
+        }
     }
     // The log, with the walker the cleaner uses: every entry from tail to head must parse.
     let mut pos = tail;
@@ -135,6 +141,23 @@ pub fn check(dir: &Path) -> Result<Report> {
             "header counts {} items / {} bytes; the index holds {} / {}",
             r.header_items, r.header_live_bytes, r.items, r.live_bytes
         ));
+    }
+    // Namespaces (a segment of the format before them has no table yet: its upgrade counts).
+    let counted = h.format_version.load(Ordering::Relaxed) == FORMAT_VERSION
+        && seg.ns(0).used.load(Ordering::Relaxed) == 1;
+    for (id, &(items, bytes)) in ns_counts.iter().enumerate() {
+        let e = seg.ns(id);
+        let named = id == 0 || e.used.load(Ordering::Relaxed) == 1;
+        if !named && items > 0 {
+            r.problem(format!("namespace {id}: {items} keys, but no such namespace"));
+        }
+        let want = (e.items.load(Ordering::Relaxed), e.bytes.load(Ordering::Relaxed));
+        if r.clean && counted && named && want != (items, bytes) {
+            r.problem(format!(
+                "namespace {id}: counts {} items / {} bytes; the index holds {items} / {bytes}",
+                want.0, want.1
+            ));
+        }
     }
     // The record store, if there is one.
     let rp = crate::records::records_path(dir);

@@ -356,10 +356,10 @@ impl Heap {
         // with a small reserve those are frequent).
         let reads = ring.peek_hint(off - seg.heap_off);
         let hot = reads > 0;
-        if rec.expired(now) {
+        if rec.expired(now) || seg.ns_cleared(rec.key, rec.version) {
+            // Expired, or left by its namespace's clear: dropped, never moved.
             seg.unlink(slot);
-            h.items.fetch_sub(1, Ordering::Relaxed);
-            h.live_bytes.fetch_sub(size, Ordering::Relaxed);
+            seg.count_removed(rec.key, rec.version, size);
             crate::crash::point("expired at the tail");
             st.expired += 1;
             return true;
@@ -386,8 +386,8 @@ impl Heap {
             return false;
         }
         seg.unlink(slot);
-        h.items.fetch_sub(1, Ordering::Relaxed);
-        h.live_bytes.fetch_sub(size, Ordering::Relaxed);
+        seg.count_removed(rec.key, rec.version, size);
+        seg.ns(crate::namespace::ns_of(rec.key)).evictions.fetch_add(1, Ordering::Relaxed);
         crate::crash::point("evicted at the tail");
         st.evicted += 1;
         self.ghost.insert(rec.hash);

@@ -120,9 +120,10 @@ impl Segment {
         None
     }
 
-    /// Writer-side: the key's current record, if present.
+    /// Writer-side: the key's current record, if present (a record its namespace's last
+    /// clear removed is not: only its index slot is left, for the sweep).
     pub fn current(&self, key: &[u8], hash: u64) -> Option<Rec<'_>> {
-        self.find_key(key, hash).map(|(_, r)| r)
+        self.find_key(key, hash).map(|(_, r)| r).filter(|r| !self.ns_cleared(key, r.version))
     }
 
     /// Writer-side: unlink every slot whose record fails validation, does not match the
@@ -176,6 +177,7 @@ impl Segment {
         let h = self.hdr();
         h.items.store(items, Ordering::Relaxed);
         h.live_bytes.store(bytes, Ordering::Relaxed);
+        self.recount_namespaces();
     }
 
     /// Writer-side: make the fully written record at `off` reachable from slot `i`.

@@ -43,8 +43,12 @@ pub const SEG_MAGIC: u64 = u64::from_le_bytes(*b"SURPDB\0\x01");
 /// First 8 bytes of a request ring file.
 pub const RING_MAGIC: u64 = u64::from_le_bytes(*b"SURPRNG\x01");
 /// Bumped whenever the meaning of any byte of the data segment changes. A segment of another
-/// version is refused.
-pub const FORMAT_VERSION: u32 = 1;
+/// version is refused, except the one before it, which a daemon upgrades in place when it
+/// attaches ([`FORMAT_UPGRADABLE`]). 2: the namespace table ([`NsEntry`]) in the header page.
+pub const FORMAT_VERSION: u32 = 2;
+/// The older format a daemon upgrades in place (and clients read as it is): version 1 had
+/// no namespace table; its bytes there are zero, which reads as "no namespace, no clear".
+pub const FORMAT_UPGRADABLE: u32 = 1;
 /// Version of the request ring file, separate from the segment's (a ring is replaced by a
 /// daemon that wants another, never a reason to refuse a good segment). 2: every request
 /// ends with a checksum. A daemon still drains a version-1 ring it finds (as a replaced
@@ -186,6 +190,39 @@ pub struct SegHeader {
     /// relocate in time: space pinned by readers). Expected to stay 0.
     pub c_evictions_no_pressure: AtomicU64,
     _pad3: [u64; 2],
+}
+
+/// Where the namespace table starts in the header page, and how many namespaces a segment
+/// holds (slot 0 is the default namespace, of every key not given to another one).
+pub const NS_TABLE_OFF: u64 = 512;
+pub const MAX_NAMESPACES: usize = 32;
+/// Longest namespace name, in bytes.
+pub const NS_NAME_MAX: usize = 24;
+/// First byte of a key that names its namespace: `[NS_MARK, id]` + the key. Keys of the
+/// default namespace that start with this byte are stored as `[NS_MARK, 0]` + the key.
+pub const NS_MARK: u8 = 0xff;
+
+/// One namespace: its name, the version its last clear stopped at (records older than it are
+/// gone, whatever index slot still names them: a clear is one store), its quotas and counts.
+/// Written by the daemon only; readers load `min_version` on every hit of a namespaced key.
+#[repr(C)]
+pub struct NsEntry {
+    /// The name's bytes, little-endian words; `name_len` of them count.
+    pub name: [AtomicU64; 3],
+    pub name_len: AtomicU32,
+    /// 1 once this slot names a namespace (slot 0: once the table was counted).
+    pub used: AtomicU32,
+    pub min_version: AtomicU64,
+    /// Live entries and their bytes (headers included), not counting what its last clear
+    /// left for the sweep.
+    pub items: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Quotas (0: none): a set past one evicts the namespace's oldest entries first.
+    pub max_items: AtomicU64,
+    pub max_bytes: AtomicU64,
+    pub sets: AtomicU64,
+    pub evictions: AtomicU64,
+    pub clears: AtomicU64,
 }
 
 /// Header of every heap record, 40 bytes, followed by `key_len` key bytes and `val_len`
@@ -495,6 +532,15 @@ pub mod op {
     /// each key as varint length then bytes). Answered once they are stored locally (or
     /// stored as absent); outside tiered mode a no-op.
     pub const FETCH: u8 = 18;
+    /// Namespaces: the id of the namespace named by the payload (made if new; value: the
+    /// id). Flag [`flag::QUOTA`]: also set its quotas, `arg` entries and the payload's first
+    /// 8 bytes (LE) bytes, before the name (0: none).
+    pub const NS_OPEN: u8 = 19;
+    /// Namespaces: empty namespace `arg` at once (its clear point moves to now).
+    pub const NS_CLEAR: u8 = 20;
+    /// Namespaces: remove the oldest entries of namespace `arg` until at most `arg2` remain
+    /// (Django's cull); value: how many remain.
+    pub const NS_CULL: u8 = 21;
 }
 
 /// Request flags.
@@ -507,6 +553,8 @@ pub mod flag {
     pub const COMPACT: u8 = 4;
     /// train: the payload is one sample record, kept for the next train request.
     pub const SAMPLE: u8 = 8;
+    /// NS_OPEN: set the namespace's quotas too.
+    pub const QUOTA: u8 = 16;
 }
 
 /// Result statuses.
@@ -554,7 +602,9 @@ const _: () = {
     assert!(std::mem::offset_of!(RingHeader, retired_hits) == 384);
     assert!(std::mem::offset_of!(BoxCtl, tail) == 64);
     assert!(std::mem::offset_of!(BoxCtl, head) == 128);
-    assert!(std::mem::size_of::<SegHeader>() as u64 <= JOURNAL_OFF);
+    assert!(std::mem::size_of::<SegHeader>() as u64 <= NS_TABLE_OFF);
+    assert!(std::mem::size_of::<NsEntry>() == 96);
+    assert!(NS_TABLE_OFF + (MAX_NAMESPACES * std::mem::size_of::<NsEntry>()) as u64 <= JOURNAL_OFF);
     assert!(std::mem::size_of::<Journal>() as u64 == JOURNAL_KEY_OFF - JOURNAL_OFF);
     assert!(JOURNAL_KEY_OFF + MAX_KEY_LEN as u64 <= SEG_HEADER_BYTES);
     assert!(std::mem::size_of::<RecHeader>() == 40);
@@ -569,20 +619,39 @@ const _: () = {
 
 /// A signature of the layout: sizes of every shared struct folded together. A build whose
 /// structs differ refuses a segment written by another, even at the same format version.
-pub const LAYOUT_SIG: u32 = {
-    let parts = [
-        std::mem::size_of::<SegHeader>(),
-        std::mem::size_of::<RecHeader>(),
-        std::mem::size_of::<RingHeader>(),
-        std::mem::size_of::<BoxCtl>(),
-        std::mem::size_of::<ResultEntry>(),
-        std::mem::size_of::<ReqHeader>(),
-        std::mem::size_of::<Journal>(),
-        SEG_HEADER_BYTES as usize,
-        HINT_GRANULE as usize,
-        SLOT_TAG_SHIFT as usize,
-        REC_ALIGN as usize,
-    ];
+pub const LAYOUT_SIG: u32 = fnv(&[
+    std::mem::size_of::<SegHeader>(),
+    std::mem::size_of::<RecHeader>(),
+    std::mem::size_of::<RingHeader>(),
+    std::mem::size_of::<BoxCtl>(),
+    std::mem::size_of::<ResultEntry>(),
+    std::mem::size_of::<ReqHeader>(),
+    std::mem::size_of::<Journal>(),
+    std::mem::size_of::<NsEntry>(),
+    NS_TABLE_OFF as usize,
+    MAX_NAMESPACES,
+    SEG_HEADER_BYTES as usize,
+    HINT_GRANULE as usize,
+    SLOT_TAG_SHIFT as usize,
+    REC_ALIGN as usize,
+]);
+
+/// The signature of [`FORMAT_UPGRADABLE`] segments (the same structs, no namespace table).
+pub const LAYOUT_SIG_UPGRADABLE: u32 = fnv(&[
+    std::mem::size_of::<SegHeader>(),
+    std::mem::size_of::<RecHeader>(),
+    std::mem::size_of::<RingHeader>(),
+    std::mem::size_of::<BoxCtl>(),
+    std::mem::size_of::<ResultEntry>(),
+    std::mem::size_of::<ReqHeader>(),
+    std::mem::size_of::<Journal>(),
+    SEG_HEADER_BYTES as usize,
+    HINT_GRANULE as usize,
+    SLOT_TAG_SHIFT as usize,
+    REC_ALIGN as usize,
+]);
+
+const fn fnv(parts: &[usize]) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
     let mut i = 0;
     while i < parts.len() {
@@ -591,7 +660,7 @@ pub const LAYOUT_SIG: u32 = {
         i += 1;
     }
     h
-};
+}
 
 /// Round `n` up to a multiple of `a` (a power of two).
 pub const fn align_up(n: u64, a: u64) -> u64 {

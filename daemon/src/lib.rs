@@ -6,7 +6,8 @@
 //! mappings, futexes, processes), `segment` (the data file), `index` (key index), `heap`
 //! (record log and eviction), `ring/` (request mailboxes: geometry, `producer`, `consumer`,
 //! `hints`), `protocol` (typed requests, reply statuses, the one status -> error mapping),
-//! `value` (value encoding), `zset` (sorted-set queries), `client/` (connect, read path,
+//! `value` (value encoding), `namespace` (keys of a namespace, its table entry and the
+//! writer's counts), `zset` (sorted-set queries), `client/` (connect, read path,
 //! write path and the ticket ledger), `apply/` (the single writer: dispatch, cache ops,
 //! record ops, journal and recovery, tiered mode's local half), `upstream` and `tier`
 //! (tiered mode: the Redis/Valkey connection thread, the value mapping), `update`
@@ -32,6 +33,7 @@ pub mod heap;
 pub mod index;
 pub mod layout;
 pub mod log;
+pub mod namespace;
 pub mod protocol;
 pub mod records;
 pub mod ring;

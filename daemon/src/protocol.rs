@@ -136,6 +136,28 @@ impl<'a> Request<'a> {
         Self::with_value(op::FETCH, 0, b"", keys, 0)
     }
 
+    /// Namespaces: the id of namespace `name` (made if new). With `quota`, also set its
+    /// quotas: at most `max_items` entries and `max_bytes` bytes (0: no limit).
+    pub fn ns_open(name: &'a [u8], quota: Option<(u64, u64)>, buf: &'a mut Vec<u8>) -> Self {
+        let (max_items, max_bytes) = quota.unwrap_or((0, 0));
+        buf.clear();
+        buf.extend_from_slice(&max_bytes.to_le_bytes());
+        buf.extend_from_slice(name);
+        let flags = if quota.is_some() { flag::QUOTA } else { 0 };
+        Self::with_value(op::NS_OPEN, flags, b"", buf, max_items)
+    }
+
+    /// Namespaces: empty namespace `id` (O(1)).
+    pub fn ns_clear(id: u64) -> Self {
+        Self::bare(op::NS_CLEAR, b"", id)
+    }
+
+    /// Namespaces: remove the oldest entries of namespace `id` until at most `keep` remain
+    /// (a target, so that the request applied twice after a crash removes nothing more).
+    pub fn ns_cull(id: u64, keep: u64) -> Self {
+        Request { arg2: keep, ..Self::bare(op::NS_CULL, b"", id) }
+    }
+
     /// Only what names a request in an error message (its op and key): for replies
     /// collected later, shaped from what the ticket ledger kept.
     pub fn named(op: u8, key: &'a [u8]) -> Self {
@@ -177,10 +199,13 @@ pub enum Op {
     Train = op::TRAIN,
     Resize = op::RESIZE,
     Fetch = op::FETCH,
+    NsOpen = op::NS_OPEN,
+    NsClear = op::NS_CLEAR,
+    NsCull = op::NS_CULL,
 }
 
 impl Op {
-    pub const ALL: [Op; 18] = [
+    pub const ALL: [Op; 21] = [
         Op::Set,
         Op::Add,
         Op::Delete,
@@ -199,6 +224,9 @@ impl Op {
         Op::Train,
         Op::Resize,
         Op::Fetch,
+        Op::NsOpen,
+        Op::NsClear,
+        Op::NsCull,
     ];
 
     /// The op a wire byte names, None for a byte no op has (or the box filler).
@@ -223,6 +251,9 @@ impl Op {
             op::TRAIN => Op::Train,
             op::RESIZE => Op::Resize,
             op::FETCH => Op::Fetch,
+            op::NS_OPEN => Op::NsOpen,
+            op::NS_CLEAR => Op::NsClear,
+            op::NS_CULL => Op::NsCull,
             _ => return None,
         })
     }
@@ -243,6 +274,7 @@ impl Op {
                 | Op::Update
                 | Op::Train
                 | Op::Fetch
+                | Op::NsOpen
         )
     }
 
@@ -267,6 +299,9 @@ impl Op {
             Op::Train => "train",
             Op::Resize => "resize",
             Op::Fetch => "fetch",
+            Op::NsOpen => "namespace",
+            Op::NsClear => "clear",
+            Op::NsCull => "cull",
         }
     }
 
@@ -348,6 +383,8 @@ impl Status {
 /// A key as error messages show it: quoted text, cut after 60 characters; bytes that are
 /// not UTF-8 shown lossily.
 pub fn key_repr(key: &[u8]) -> String {
+    // A namespaced key as its namespace's users wrote it.
+    let key = crate::namespace::user_key(key);
     match std::str::from_utf8(key) {
         Ok(s) if s.len() <= 80 => format!("{s:?}"),
         Ok(s) => format!("{:?}...", &s[..s.char_indices().nth(60).map_or(s.len(), |(i, _)| i)]),

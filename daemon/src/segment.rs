@@ -183,10 +183,13 @@ impl Segment {
         }
         let ver = h.format_version.load(Ordering::Relaxed);
         let sig = h.layout_sig.load(Ordering::Relaxed);
-        if ver != FORMAT_VERSION || sig != LAYOUT_SIG {
+        let known = (ver == FORMAT_VERSION && sig == LAYOUT_SIG)
+            || (ver == FORMAT_UPGRADABLE && sig == LAYOUT_SIG_UPGRADABLE);
+        if !known {
             return Err(Error::Incompatible(format!(
                 "{} has format version {ver} layout {sig:#010x}; this surpdb reads version \
-                 {FORMAT_VERSION} layout {LAYOUT_SIG:#010x}",
+                 {FORMAT_VERSION} layout {LAYOUT_SIG:#010x} (and upgrades version \
+                 {FORMAT_UPGRADABLE})",
                 path.display()
             )));
         }

@@ -196,6 +196,28 @@ impl Daemon {
         if let Some(what) = store.recover_journal(&rings) {
             log::warn(&format!("recovery: {what}"));
         }
+        let sh = store.seg.hdr();
+        if sh.format_version.load(Ordering::Relaxed) == FORMAT_UPGRADABLE
+            || store.seg.ns(0).used.load(Ordering::Acquire) == 0
+        {
+            // A segment of the format before namespaces (or a new one): its keys that would
+            // now read as namespaced are stored escaped, its entries counted into the default
+            // namespace, then it is stamped with this format (a crash before the stamp does
+            // it again).
+            let upgrading = sh.format_version.load(Ordering::Relaxed) == FORMAT_UPGRADABLE;
+            let escaped = if upgrading { store.escape_upgraded_keys(&ring) } else { 0 };
+            store.seg.recount_namespaces();
+            if upgrading {
+                let sh = store.seg.hdr();
+                sh.layout_sig.store(LAYOUT_SIG, Ordering::Relaxed);
+                sh.format_version.store(FORMAT_VERSION, Ordering::Release);
+                log::info(&format!(
+                    "upgraded the segment from format {FORMAT_UPGRADABLE} to {FORMAT_VERSION} \
+                     (namespaces) items={} bytes_keys_escaped={escaped}",
+                    sh.items.load(Ordering::Relaxed)
+                ));
+            }
+        }
         for (_, r) in &retired {
             let h = r.hdr();
             h.daemon_pid.store(shm::getpid(), Ordering::Relaxed);

@@ -78,7 +78,7 @@ pub fn gather(seg: &Segment, ring: &Ring) -> Vec<(&'static str, u64)> {
         ("generation", h.generation.load(Ordering::Relaxed)),
         ("eviction_policy", h.policy.load(Ordering::Relaxed) as u64),
         ("daemon_pid", if ready == 1 { daemon_pid as u64 } else { 0 }),
-        ("format_version", FORMAT_VERSION as u64),
+        ("format_version", h.format_version.load(Ordering::Relaxed) as u64),
     ];
     // Tiered mode: the upstream connection and what came through it.
     let lease = h.up_lease_ms.load(Ordering::Relaxed);

@@ -56,6 +56,45 @@ fn parse_int(s: &str) -> Option<i64> {
     canonical.then(|| s.parse().ok()).flatten()
 }
 
+/// After the prefix, the start of a namespaced key upstream: `\xffns:` + the namespace's
+/// name + NUL + the key. Names, not the host-local ids of the stored keys, so that every
+/// host maps a namespace to the same upstream keys.
+pub const NS_TAG: &[u8] = b"\xffns:";
+
+/// The upstream key (after the prefix) of a stored local key; `name` names a namespace id.
+/// None for a namespace this store does not know (no request can name one), and for a bytes
+/// key of the default namespace that starts like a namespaced or exactly-once key upstream
+/// (its invalidations would come back as another key's: refused in tiered mode).
+pub fn upstream_key(stored: &[u8], name: impl Fn(usize) -> Option<Vec<u8>>) -> Option<Vec<u8>> {
+    use crate::namespace::{ns_of, user_key};
+    match ns_of(stored) {
+        0 => {
+            let k = user_key(stored);
+            let reserved = k.starts_with(NS_TAG) || k.starts_with(crate::upstream::TOKEN_MARK);
+            (!reserved).then(|| k.to_vec())
+        }
+        id => {
+            let n = name(id)?;
+            Some([NS_TAG, &n, b"\0", user_key(stored)].concat())
+        }
+    }
+}
+
+/// The stored local key of an upstream key (after the prefix), or None if it names nothing
+/// this store can hold (a namespace it has not opened, a box's exactly-once record).
+pub fn local_key(up: &[u8], find: impl Fn(&[u8]) -> Option<usize>) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    if up.starts_with(crate::upstream::TOKEN_MARK) {
+        return None;
+    }
+    if let Some(rest) = up.strip_prefix(NS_TAG) {
+        let nul = rest.iter().position(|&b| b == 0)?;
+        let id = find(&rest[..nul])?;
+        return Some(crate::namespace::stored_key(id, &rest[nul + 1..], &mut buf).to_vec());
+    }
+    Some(crate::namespace::stored_key(0, up, &mut buf).to_vec())
+}
+
 /// The stored value of a key cached as absent upstream.
 pub const ABSENT_VALUE: &[u8] = &[value::ABSENT];
 
@@ -89,5 +128,21 @@ mod tests {
         let forged = [MAGIC, b"\x0b"].concat();
         assert_eq!(from_upstream(&forged)[0], value::BYTES);
         assert!(value::validate(ABSENT_VALUE).is_err(), "clients must not be able to store it");
+    }
+
+    #[test]
+    fn namespaced_keys_travel_by_name_and_come_back_by_id() {
+        let names = |id: usize| (id == 3).then(|| b"sessions".to_vec());
+        let find = |n: &[u8]| (n == b"sessions").then_some(3);
+        for stored in [&b"plain"[..], b"\xffraw", b"\xff\x00\xff\x05raw", b"\xff\x03user:1"] {
+            let up = upstream_key(stored, names).unwrap();
+            assert_eq!(local_key(&up, find).as_deref(), Some(stored), "{up:?}");
+        }
+        assert_eq!(upstream_key(b"\xff\x03k", names).unwrap(), b"\xffns:sessions\0k");
+        assert_eq!(upstream_key(b"\xff\x04k", names), None, "a namespace not opened here");
+        assert_eq!(upstream_key(b"\xffns:sessions\0k", names), None, "reads as namespaced");
+        assert_eq!(upstream_key(b"\xffsurpd-once:x", names), None);
+        assert_eq!(local_key(b"\xffns:other\0k", find), None);
+        assert_eq!(local_key(b"\xffsurpd-once:0:1", find), None);
     }
 }

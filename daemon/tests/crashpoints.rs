@@ -54,6 +54,19 @@ enum Op {
     Train,
     /// Grow the segment to this many bytes.
     Resize(u64),
+    /// Open namespace `.0` (ids are given in the order namespaces are first opened), with a
+    /// max_items quota (0: none).
+    NsOpen(&'static str, u64),
+    /// Set key `.1` of namespace `.0` to a value of `.2` bytes.
+    NsSet(u8, &'static str, usize),
+    NsClear(u8),
+    /// Remove the `.1` oldest entries of namespace `.0`.
+    NsCull(u8, u64),
+}
+
+/// The stored form of key `k` of namespace `id`.
+fn ns_key(id: u8, k: &str) -> Vec<u8> {
+    [&[0xff, id][..], k.as_bytes()].concat()
 }
 
 /// What the store should hold: cache keys with their encoded values, records by the order
@@ -64,6 +77,12 @@ struct Model {
     zsets: HashMap<Vec<u8>, BTreeMap<Vec<u8>, f64>>,
     records: Vec<(u64, Option<Vec<u8>>)>,
     seq: u64,
+    /// Namespaces: ids by name, max_items quotas, and each namespaced key's last write.
+    ns_ids: Vec<&'static str>,
+    ns_quota: HashMap<u8, u64>,
+    ns_written: HashMap<Vec<u8>, u64>,
+    /// Keys that must read as absent (cleared, culled or evicted from a namespace).
+    gone: std::collections::HashSet<Vec<u8>>,
 }
 
 fn int_value(n: i128) -> Vec<u8> {
@@ -189,7 +208,79 @@ impl Model {
                 (tk, Expect::Value(1))
             }
             Op::Train => (t(c.send(&Request::train(false))), Expect::Status(status::OK)),
+            Op::NsOpen(name, max_items) => {
+                let id = match self.ns_ids.iter().position(|&n| n == name) {
+                    Some(i) => i + 1,
+                    None => {
+                        self.ns_ids.push(name);
+                        self.ns_ids.len()
+                    }
+                } as u8;
+                self.ns_quota.insert(id, max_items);
+                let quota = (max_items > 0).then_some((max_items, 0));
+                let mut buf = Vec::new();
+                let tk = t(c.send(&Request::ns_open(name.as_bytes(), quota, &mut buf)));
+                self.ns_evict(id);
+                (tk, Expect::Value(id as u64))
+            }
+            Op::NsSet(id, k, n) => {
+                let key = ns_key(id, k);
+                let v = blob(self.seq, n);
+                let tk = t(c.send(&Request::set(&key, &v, 0)));
+                self.gone.remove(&key);
+                self.keys.insert(key.clone(), v);
+                self.ns_written.insert(key, self.seq);
+                self.ns_evict(id);
+                (tk, Expect::Status(status::OK))
+            }
+            Op::NsClear(id) => {
+                for k in self.ns_live(id) {
+                    self.drop_ns_key(&k);
+                }
+                (t(c.send(&Request::ns_clear(id as u64))), Expect::Status(status::OK))
+            }
+            Op::NsCull(id, n) => {
+                let live = self.ns_live(id);
+                let gone = live.len().min(n as usize);
+                for k in &live[..gone] {
+                    self.drop_ns_key(k);
+                }
+                let keep = (live.len() - gone) as u64;
+                (t(c.send(&Request::ns_cull(id as u64, keep))), Expect::Value(keep))
+            }
             Op::Resize(n) => (t(c.send(&Request::resize(n))), Expect::Value(n)),
+        }
+    }
+
+    /// The live keys of namespace `id`, oldest write first.
+    fn ns_live(&self, id: u8) -> Vec<Vec<u8>> {
+        let mut v: Vec<(u64, Vec<u8>)> = self
+            .ns_written
+            .iter()
+            .filter(|(k, _)| k[1] == id && self.keys.contains_key(*k))
+            .map(|(k, &s)| (s, k.clone()))
+            .collect();
+        v.sort();
+        v.into_iter().map(|(_, k)| k).collect()
+    }
+
+    fn drop_ns_key(&mut self, k: &[u8]) {
+        self.keys.remove(k);
+        self.ns_written.remove(k);
+        self.gone.insert(k.to_vec());
+    }
+
+    /// Evict namespace `id`'s oldest keys while it is over its max_items quota.
+    fn ns_evict(&mut self, id: u8) {
+        let max = self.ns_quota.get(&id).copied().unwrap_or(0) as usize;
+        if max == 0 {
+            return;
+        }
+        let live = self.ns_live(id);
+        if live.len() > max {
+            for k in &live[..live.len() - max] {
+                self.drop_ns_key(k);
+            }
         }
     }
 
@@ -210,6 +301,14 @@ impl Model {
     fn verify(&self, c: &Client, when: &str) {
         for (k, v) in &self.keys {
             assert_eq!(get(c, k).as_ref(), Some(v), "{when}: key {:?}", String::from_utf8_lossy(k));
+        }
+        for k in &self.gone {
+            assert_eq!(
+                get(c, k),
+                None,
+                "{when}: key {:?} should be gone",
+                String::from_utf8_lossy(k)
+            );
         }
         for (k, z) in &self.zsets {
             let got = get(c, k).unwrap_or_else(|| panic!("{when}: sorted set {k:?} missing"));
@@ -312,6 +411,26 @@ fn scenarios() -> Vec<Scenario> {
                 Op::Set("after2", 60_000),
                 Op::Set("after3", 60_000),
                 Op::Set("after4", 60_000),
+            ],
+        },
+        Scenario {
+            // Namespaces: open (with a quota), writes that evict by the quota, an O(1) clear,
+            // a cull; `check` verifies each namespace's counts after every crash.
+            name: "namespaces",
+            setup: vec![
+                Op::NsOpen("a", 0),
+                Op::NsSet(1, "x", 10),
+                Op::NsSet(1, "y", 10),
+                Op::Set("plain", 10),
+            ],
+            ops: vec![
+                Op::NsOpen("b", 2),
+                Op::NsSet(2, "p", 10),
+                Op::NsSet(2, "q", 10),
+                Op::NsSet(2, "r", 10),
+                Op::NsClear(1),
+                Op::NsSet(1, "z", 10),
+                Op::NsCull(2, 1),
             ],
         },
         Scenario {

@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyList, PyTuple};
 
 use surpd::client::{Client as Core, Lookup, Pipeline, Ticket};
-use surpd::layout::{op, status};
+use surpd::layout::{op, status, NS_MARK};
 use surpd::protocol::Request;
 use surpd::ring::Reply;
 use surpd::value as v;
@@ -28,9 +28,36 @@ use crate::view::*;
 #[pyclass(module = "surpdb._native", frozen)]
 pub(crate) struct Client {
     pub(crate) core: Arc<Core>,
+    /// This client's namespace (0: the default one): its keys are stored behind its prefix.
+    pub(crate) ns: usize,
 }
 
 impl Client {
+    /// The stored form of a Python key in this client's namespace, handed to `f` (the key's
+    /// own bytes, uncopied, in the default namespace).
+    #[inline]
+    pub(crate) fn with_key<R>(
+        &self,
+        key: &Bound<'_, PyAny>,
+        f: impl FnOnce(&[u8]) -> PyResult<R>,
+    ) -> PyResult<R> {
+        let ns = self.ns;
+        with_key(key, |k| {
+            if ns == 0 && (k.first() != Some(&NS_MARK) || !surpd::namespace::needs_prefix(0, k)) {
+                return f(k);
+            }
+            let prefix = [NS_MARK, ns as u8];
+            if k.len() <= 254 {
+                let mut b = [0u8; 256];
+                b[..2].copy_from_slice(&prefix);
+                b[2..2 + k.len()].copy_from_slice(k);
+                f(&b[..2 + k.len()])
+            } else {
+                f(&[&prefix[..], k].concat())
+            }
+        })
+    }
+
     /// Queue `req` and wait for its reply with the GIL released.
     fn call(&self, py: Python<'_>, req: Request<'_>) -> PyResult<Reply> {
         let core = &self.core;
@@ -111,7 +138,7 @@ impl Client {
         key: &Bound<'_, PyAny>,
         mut f: impl FnMut(&[v::ZEntry<'_>]) -> PyResult<R>,
     ) -> PyResult<R> {
-        with_key(key, |k| {
+        self.with_key(key, |k| {
             let r = self.core.read(k, |rec| {
                 let Some(rec) = rec else { return f(&[]) };
                 if rec.value.first() != Some(&v::ZSET) {
@@ -195,7 +222,70 @@ impl Client {
         let core = py
             .allow_threads(|| Core::connect(&path, Duration::from_secs_f64(timeout)))
             .map_err(to_py_err)?;
-        Ok(Client { core: Arc::new(core) })
+        Ok(Client { core: Arc::new(core), ns: 0 })
+    }
+
+    /// A client of namespace `name` sharing this one's connection (its queue in the ring):
+    /// its keys, `clear()`, quotas and counts are the namespace's alone. With `max_items` or
+    /// `max_bytes` (0 or None: no limit), the daemon keeps the namespace under them by
+    /// evicting its oldest entries. Names: 1 to 24 printable ASCII characters; a store holds
+    /// 31 namespaces besides the default one.
+    #[pyo3(signature = (name, max_items = None, max_bytes = None))]
+    fn namespace(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        max_items: Option<u64>,
+        max_bytes: Option<u64>,
+    ) -> PyResult<Client> {
+        if !surpd::namespace::valid_name(name.as_bytes()) {
+            return Err(PyValueError::new_err(format!(
+                "namespace name {name:?} must be 1 to {} printable ASCII characters (no spaces)",
+                surpd::layout::NS_NAME_MAX
+            )));
+        }
+        let quota = (max_items.is_some() || max_bytes.is_some())
+            .then(|| (max_items.unwrap_or(0), max_bytes.unwrap_or(0)));
+        let mut buf = Vec::new();
+        let req = Request::ns_open(name.as_bytes(), quota, &mut buf);
+        let r = self.call(py, req)?;
+        if r.status == status::SEGMENT_FULL {
+            return Err(errors::SegmentFull::new_err(format!(
+                "no room for namespace {name:?}: this store holds {} namespaces besides the \
+                 default one, all taken",
+                r.value
+            )));
+        }
+        let r = self.core.outcome(&req, r).map_err(to_py_err)?;
+        Ok(Client { core: self.core.clone(), ns: r.value as usize })
+    }
+
+    /// This client's namespace ("" for the default one).
+    #[getter]
+    fn namespace_name(&self) -> String {
+        let n = self.core.seg.ns_name(self.ns).unwrap_or_default();
+        String::from_utf8_lossy(&n).into_owned()
+    }
+
+    /// Counts of this client's namespace: items and bytes live, quotas (0: none), sets,
+    /// evictions by its quotas, clears.
+    fn namespace_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        namespace_dict(py, &self.core, self.ns)
+    }
+
+    /// Live entries of this namespace (read from the mapping: no IPC).
+    fn namespace_items(&self) -> u64 {
+        self.core.seg.ns(self.ns).items.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Remove the `count` oldest entries of this namespace (oldest by their last write);
+    /// returns how many were removed. Django's MAX_ENTRIES culling.
+    fn cull(&self, py: Python<'_>, count: u64) -> PyResult<u64> {
+        let before = self.namespace_items();
+        let req = Request::ns_cull(self.ns as u64, before.saturating_sub(count));
+        let r = self.call(py, req)?;
+        let remaining = self.core.outcome(&req, r).map_err(to_py_err)?.value;
+        Ok(before.saturating_sub(remaining))
     }
 
     /// This process's box in the request ring (None without one): for tests and tools.
@@ -224,7 +314,7 @@ impl Client {
         key: &Bound<'py, PyAny>,
         default: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let got = with_key(key, |k| self.get_one(py, k))?;
+        let got = self.with_key(key, |k| self.get_one(py, k))?;
         Ok(got.or(default).unwrap_or_else(|| py.None().into_bound(py)))
     }
 
@@ -241,7 +331,7 @@ impl Client {
             let pin = self.core.pin().map_err(to_py_err)?;
             for key in keys.try_iter()? {
                 let key = key?;
-                with_key(&key, |k| {
+                self.with_key(&key, |k| {
                     match self.core.lookup(&pin, k, now) {
                         Lookup::Hit(rec) => {
                             let value = decode_value(py, rec.value);
@@ -277,7 +367,7 @@ impl Client {
 
     /// Whether `key` holds an unexpired value.
     fn has_key(&self, key: &Bound<'_, PyAny>) -> PyResult<bool> {
-        with_key(key, |k| self.core.read(k, |rec| rec.is_some()).map_err(to_py_err))
+        self.with_key(key, |k| self.core.read(k, |rec| rec.is_some()).map_err(to_py_err))
     }
 
     fn __contains__(&self, key: &Bound<'_, PyAny>) -> PyResult<bool> {
@@ -292,7 +382,7 @@ impl Client {
         py: Python<'py>,
         key: &Bound<'py, PyAny>,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let exporter = with_key(key, |k| {
+        let exporter = self.with_key(key, |k| {
             let (mut fetched, mut answer) = (0, None);
             for _ in 0..1000 {
                 let pin = self.core.pin().map_err(to_py_err)?;
@@ -380,7 +470,7 @@ impl Client {
     ) -> PyResult<PyObject> {
         let buf = self.encode_value(value)?;
         let ttl = ttl_ms(ttl)?;
-        with_key(key, |k| self.submit(py, Request::set(k, &buf, ttl), wait))
+        self.with_key(key, |k| self.submit(py, Request::set(k, &buf, ttl), wait))
     }
 
     /// Store only if `key` is absent (or expired). True if stored.
@@ -395,13 +485,13 @@ impl Client {
     ) -> PyResult<PyObject> {
         let buf = self.encode_value(value)?;
         let ttl = ttl_ms(ttl)?;
-        with_key(key, |k| self.submit(py, Request::add(k, &buf, ttl), wait))
+        self.with_key(key, |k| self.submit(py, Request::add(k, &buf, ttl), wait))
     }
 
     /// Delete `key`. True if it was present.
     #[pyo3(signature = (key, wait = true))]
     fn delete(&self, py: Python<'_>, key: &Bound<'_, PyAny>, wait: bool) -> PyResult<PyObject> {
-        with_key(key, |k| self.submit(py, Request::delete(k), wait))
+        self.with_key(key, |k| self.submit(py, Request::delete(k), wait))
     }
 
     /// Store every item of `mapping` (pipelined: all requests are queued, then awaited).
@@ -423,7 +513,7 @@ impl Client {
             let (key, value): (Bound<'py, PyAny>, Bound<'py, PyAny>) = item.extract()?;
             buf.clear();
             self.encode_into(&value, &mut buf)?;
-            with_key(&key, |k| {
+            self.with_key(&key, |k| {
                 if pipe.full() {
                     py.allow_threads(|| pipe.make_room());
                 }
@@ -447,7 +537,7 @@ impl Client {
         let mut pipe = Pipeline::new(&self.core);
         for key in keys.try_iter()? {
             let key = key?;
-            with_key(&key, |k| {
+            self.with_key(&key, |k| {
                 if pipe.full() {
                     py.allow_threads(|| pipe.make_room());
                 }
@@ -475,7 +565,7 @@ impl Client {
         delta: i64,
         default: Option<i64>,
     ) -> PyResult<PyObject> {
-        with_key(key, |k| {
+        self.with_key(key, |k| {
             let r = self.call(py, Request::incr(k, delta, default))?;
             self.shape(py, op::INCR, k, r)
         })
@@ -504,7 +594,7 @@ impl Client {
         ttl: Option<f64>,
     ) -> PyResult<PyObject> {
         let ttl = ttl_ms(ttl)?;
-        with_key(key, |k| {
+        self.with_key(key, |k| {
             let r = self.call(py, Request::touch(k, ttl))?;
             self.shape(py, op::TOUCH, k, r)
         })
@@ -525,7 +615,7 @@ impl Client {
             return Err(PyValueError::new_err("max_len must be at least 1"));
         }
         let buf = self.encode_value(item)?;
-        with_key(key, |k| {
+        self.with_key(key, |k| {
             let r = self.call(py, Request::append(k, &buf, max_len.unwrap_or(0)))?;
             self.shape(py, op::APPEND, k, r)
         })
@@ -545,7 +635,7 @@ impl Client {
         if buf.first() != Some(&v::DICT) {
             return Err(PyTypeError::new_err("merge() needs a plain dict"));
         }
-        with_key(key, |k| {
+        self.with_key(key, |k| {
             let r = self.call(py, Request::merge(k, &buf, deep))?;
             self.shape(py, op::MERGE, k, r)
         })
@@ -560,7 +650,7 @@ impl Client {
         key: &Bound<'py, PyAny>,
         default: Option<Bound<'py, PyAny>>,
     ) -> PyResult<(Bound<'py, PyAny>, u64)> {
-        with_key(key, |k| {
+        self.with_key(key, |k| {
             let r = self.core.read(k, |rec| match rec {
                 Some(rec) => Ok((decode_value(py, rec.value)?, rec.version)),
                 None => Ok((default.clone().unwrap_or_else(|| py.None().into_bound(py)), 0)),
@@ -583,7 +673,7 @@ impl Client {
         let ttl = ttl_ms(ttl)?;
         let mut buf = version.to_le_bytes().to_vec();
         buf.extend_from_slice(&self.encode_value(value)?);
-        with_key(key, |k| {
+        self.with_key(key, |k| {
             let r = self.call(py, Request::cas(k, &buf, ttl))?;
             self.shape(py, op::CAS, k, r)
         })
@@ -625,7 +715,7 @@ impl Client {
                 self.core.max_value()
             )));
         }
-        with_key(key, |k| {
+        self.with_key(key, |k| {
             let r = self.call(py, Request::zadd(k, &buf, max_len.unwrap_or(0)))?;
             self.shape(py, op::ZADD, k, r)
         })
@@ -645,7 +735,7 @@ impl Client {
             list.push(m);
         }
         let buf = self.encode_value(PyList::new(py, list)?.as_any())?;
-        with_key(key, |k| {
+        self.with_key(key, |k| {
             let r = self.call(py, Request::zrem(k, &buf))?;
             self.shape(py, op::ZREM, k, r)
         })
@@ -741,10 +831,15 @@ impl Client {
     ) -> PyResult<(u64, Bound<'py, PyList>)> {
         let out = PyList::empty(py);
         let mut err = None;
+        let ns = self.ns;
         let next = self
             .core
             .scan(cursor, count, |rec| {
-                let item = (PyBytes::new(py, rec.key), PyBytes::new(py, rec.value), rec.expires_ms);
+                if surpd::namespace::ns_of(rec.key) != ns {
+                    return;
+                }
+                let key = surpd::namespace::user_key(rec.key);
+                let item = (PyBytes::new(py, key), PyBytes::new(py, rec.value), rec.expires_ms);
                 if let Err(e) = out.append(item) {
                     err.get_or_insert(e);
                 }
@@ -769,7 +864,7 @@ impl Client {
         if v::validate(encoded).is_err() {
             return Err(PyValueError::new_err("not a valid surpdb value encoding"));
         }
-        with_key(key, |k| {
+        self.with_key(key, |k| {
             let r = self.call(py, Request::set(k, encoded, ttl))?;
             self.shape(py, op::SET, k, r)
         })
@@ -799,9 +894,10 @@ impl Client {
         Ok(r.value)
     }
 
-    /// Remove every key.
+    /// Remove every key of this client's namespace, at once (O(1): the namespace's clear
+    /// point moves; the space is reclaimed as the daemon's housekeeping passes).
     fn clear(&self, py: Python<'_>) -> PyResult<()> {
-        let r = self.call(py, Request::clear())?;
+        let r = self.call(py, Request::ns_clear(self.ns as u64))?;
         self.shape(py, op::CLEAR, b"", r).map(|_| ())
     }
 
@@ -836,6 +932,17 @@ impl Client {
                 d.set_item(k, if val == 1 { "noeviction" } else { "allkeys-lru" })?;
             } else {
                 d.set_item(k, val)?;
+            }
+        }
+        Ok(d)
+    }
+
+    /// Every namespace of the store, by name ("" is the default one), with its counts.
+    fn namespaces<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for id in 0..surpd::layout::MAX_NAMESPACES {
+            if let Some(name) = self.core.seg.ns_name(id) {
+                d.set_item(String::from_utf8_lossy(&name), namespace_dict(py, &self.core, id)?)?;
             }
         }
         Ok(d)
@@ -981,7 +1088,12 @@ impl Client {
     fn __exit__(&self, _exc: &Bound<'_, PyTuple>) {}
 
     fn __repr__(&self) -> String {
-        format!("<surpdb.Client {:?}>", self.core.dir)
+        match self.ns {
+            0 => format!("<surpdb.Client {:?}>", self.core.dir),
+            _ => {
+                format!("<surpdb.Client {:?} namespace={:?}>", self.core.dir, self.namespace_name())
+            }
+        }
     }
 }
 
@@ -1037,4 +1149,19 @@ fn view_bytes<'a>(key: &[u8], value: &'a [u8]) -> PyResult<&'a [u8]> {
     let mut r = v::Reader::new(value);
     r.pos = 1;
     r.lbytes().map_err(|e| corrupt(&e.to_string()))
+}
+
+/// The counts of namespace `id` as a dict.
+fn namespace_dict<'py>(py: Python<'py>, core: &Core, id: usize) -> PyResult<Bound<'py, PyDict>> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let e = core.seg.ns(id);
+    let d = PyDict::new(py);
+    d.set_item("items", e.items.load(Relaxed))?;
+    d.set_item("bytes", e.bytes.load(Relaxed))?;
+    d.set_item("max_items", e.max_items.load(Relaxed))?;
+    d.set_item("max_bytes", e.max_bytes.load(Relaxed))?;
+    d.set_item("sets", e.sets.load(Relaxed))?;
+    d.set_item("evictions", e.evictions.load(Relaxed))?;
+    d.set_item("clears", e.clears.load(Relaxed))?;
+    Ok(d)
 }

@@ -34,6 +34,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_value_bytes, m)?)?;
     m.add("MAX_KEY_LEN", surpd::layout::MAX_KEY_LEN)?;
     m.add("FORMAT_VERSION", surpd::layout::FORMAT_VERSION)?;
+    m.add("FORMAT_UPGRADABLE", surpd::layout::FORMAT_UPGRADABLE)?;
     m.add("RECORDS_VERSION", surpd::layout::RECORDS_VERSION)?;
     m.add("RING_VERSION", surpd::layout::RING_VERSION)?;
     Ok(())

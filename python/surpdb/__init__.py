@@ -61,10 +61,18 @@ __all__ = [
 ]
 
 
-def connect(path: str | os.PathLike[str] | None = None, *, timeout: float = 5.0) -> Client:
+def connect(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    timeout: float = 5.0,
+    namespace: str | None = None,
+) -> Client:
     """Attach to the store served from ``path`` (default: ``default_dir()``).
 
     Reads work even while the daemon is down; writes wait up to ``timeout`` seconds for the
-    daemon's acknowledgement, then raise :class:`Unavailable`.
+    daemon's acknowledgement, then raise :class:`Unavailable`. With ``namespace``, the
+    client's keys, ``clear()`` and counts are that namespace's alone (made on first use;
+    ``Client.namespace`` also sets quotas).
     """
-    return Client(os.fspath(path) if path is not None else default_dir(), timeout)
+    c = Client(os.fspath(path) if path is not None else default_dir(), timeout)
+    return c.namespace(namespace) if namespace else c

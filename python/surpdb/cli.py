@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from typing import IO
 
 from . import _native
 from .errors import Error
@@ -55,9 +56,19 @@ _COUNTERS = {
 }  # fmt: skip
 
 
-def prometheus(stats: dict[str, int | str], path: str) -> str:
-    """Prometheus text exposition (for node_exporter's textfile collector)."""
-    label = path.replace("\\", "\\\\").replace('"', '\\"')
+_NS_COUNTERS = {"sets", "evictions", "clears"}
+
+
+def _esc(v: str) -> str:
+    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def prometheus(
+    stats: dict[str, int | str], path: str, namespaces: dict[str, dict[str, int]] | None = None
+) -> str:
+    """Prometheus text exposition (for node_exporter's textfile collector); each namespace's
+    counts as surpdb_namespace_* with a namespace label ("" is the default one)."""
+    label = _esc(path)
     lines = []
     for k, v in stats.items():
         if isinstance(v, str):
@@ -67,19 +78,32 @@ def prometheus(stats: dict[str, int | str], path: str) -> str:
         name = f"surpdb_{k}_total" if k in _COUNTERS else f"surpdb_{k}"
         lines.append(f"# TYPE {name} {'counter' if k in _COUNTERS else 'gauge'}")
         lines.append(f'{name}{{dir="{label}"}} {v}')
+    fields = sorted({f for counts in (namespaces or {}).values() for f in counts})
+    for f in fields:
+        counter = f in _NS_COUNTERS
+        name = f"surpdb_namespace_{f}_total" if counter else f"surpdb_namespace_{f}"
+        lines.append(f"# TYPE {name} {'counter' if counter else 'gauge'}")
+        for ns, counts in (namespaces or {}).items():
+            lines.append(f'{name}{{dir="{label}",namespace="{_esc(ns)}"}} {counts[f]}')
     return "\n".join(lines) + "\n"
 
 
 def _stats(a: argparse.Namespace) -> int:
-    st = _native.Client(a.dir, 1.0).stats()
+    c = _native.Client(a.dir, 1.0)
+    st, spaces = c.stats(), c.namespaces()
     if a.json:
-        print(json.dumps(st, indent=2, sort_keys=True))
+        print(json.dumps({**st, "namespaces": spaces}, indent=2, sort_keys=True))
     elif a.prometheus:
-        sys.stdout.write(prometheus(st, a.dir))
+        sys.stdout.write(prometheus(st, a.dir, spaces))
     else:
         width = max(len(k) for k in st)
         for k, v in st.items():
             print(f"{k:<{width}}  {v}")
+        for ns, counts in spaces.items():
+            print(
+                f"namespace {ns or '(default)'}: "
+                + ", ".join(f"{k} {v}" for k, v in counts.items())
+            )
     return 0
 
 
@@ -139,34 +163,20 @@ def _json_exact(v: object) -> bool:
 
 
 def _dump(a: argparse.Namespace) -> int:
-    """JSON lines: {"key": str | {"b64": ...}, "value": json} or {"value_b64": native}, "ttl"."""
-    import base64
-    import time
-
-    c = _native.Client(a.dir, 5.0)
+    """JSON lines: {"key": str | {"b64": ...}, "value": json} or {"value_b64": native}, "ttl",
+    and "ns" for a key of a namespace other than the default one."""
+    base = _native.Client(a.dir, 5.0)
     out = open(a.file, "w") if a.file and a.file != "-" else sys.stdout  # noqa: SIM115
-    n, cursor = 0, 0
+    n = 0
     try:
-        while True:
-            cursor, items = c._scan(cursor, 1000)
-            now_ms = time.time() * 1000
-            for key, encoded, expires_ms in items:
-                try:
-                    k: object = key.decode()
-                except UnicodeDecodeError:
-                    k = {"b64": base64.b64encode(key).decode()}
-                rec: dict[str, object] = {"key": k}
-                value = _native.decode_value_bytes(encoded)
-                if _json_exact(value):
-                    rec["value"] = value
-                else:
-                    rec["value_b64"] = base64.b64encode(encoded).decode()
-                if expires_ms:
-                    rec["ttl"] = max(0.001, (expires_ms - now_ms) / 1000)
-                out.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                n += 1
-            if cursor == 0:
-                break
+        for ns in base.namespaces():
+            c = base.namespace(ns) if ns else base
+            cursor = 0
+            while True:
+                cursor, items = c._scan(cursor, 1000)
+                n += _dump_items(items, ns, out)
+                if cursor == 0:
+                    break
     finally:
         if out is not sys.stdout:
             out.close()
@@ -174,10 +184,35 @@ def _dump(a: argparse.Namespace) -> int:
     return 0
 
 
+def _dump_items(items: list[tuple[bytes, bytes, int]], ns: str, out: IO[str]) -> int:
+    import base64
+    import time
+
+    now_ms = time.time() * 1000
+    for key, encoded, expires_ms in items:
+        try:
+            k: object = key.decode()
+        except UnicodeDecodeError:
+            k = {"b64": base64.b64encode(key).decode()}
+        rec: dict[str, object] = {"key": k}
+        if ns:
+            rec["ns"] = ns
+        value = _native.decode_value_bytes(encoded)
+        if _json_exact(value):
+            rec["value"] = value
+        else:
+            rec["value_b64"] = base64.b64encode(encoded).decode()
+        if expires_ms:
+            rec["ttl"] = max(0.001, (expires_ms - now_ms) / 1000)
+        out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    return len(items)
+
+
 def _load(a: argparse.Namespace) -> int:
     import base64
 
-    c = _native.Client(a.dir, 30.0)
+    base = _native.Client(a.dir, 30.0)
+    spaces: dict[str, _native.Client] = {"": base}
     n = 0
     with open(a.file) as f:
         for lineno, line in enumerate(f, 1):
@@ -185,6 +220,8 @@ def _load(a: argparse.Namespace) -> int:
                 continue
             try:
                 rec = json.loads(line)
+                ns = rec.get("ns") or ""
+                c = spaces.get(ns) or spaces.setdefault(ns, base.namespace(ns))
                 k = rec["key"]
                 key = base64.b64decode(k["b64"]) if isinstance(k, dict) else k
                 ttl = rec.get("ttl")
@@ -195,7 +232,7 @@ def _load(a: argparse.Namespace) -> int:
             except (KeyError, ValueError, TypeError) as e:
                 raise Error(f"{a.file}:{lineno}: bad dump line: {e}") from e
             n += 1
-    c.flush()
+    base.flush()
     print(f"loaded {n} items", file=sys.stderr)
     return 0
 

@@ -6,8 +6,10 @@
             "LOCATION": "/var/lib/surpdb",          # the daemon's data directory
             "TIMEOUT": 300,                         # Django's default expiry, seconds
             "OPTIONS": {
+                "NAMESPACE": "pages",               # optional: this alias's own key space
                 "IGNORE_EXCEPTIONS": False,         # True: a dead daemon is a miss + warning
                 "CLIENT_TIMEOUT": 5.0,              # seconds to wait for the daemon's ack
+                # "MAX_ENTRIES": 1000, "CULL_FREQUENCY": 3,   # optional, Django's culling
             },
         }
     }
@@ -18,9 +20,16 @@ event loop (it is a memory load); aset, aadd and adelete queue the write and pol
 acknowledgement between turns of the loop (a slow one is waited for on the process's one ack
 thread); the other writes run on that ack thread. The loop never blocks.
 
-Every alias pointing at one LOCATION shares one store (keys are kept apart by KEY_PREFIX,
-VERSION and KEY_FUNCTION, as with memcached), and ``clear()`` empties all of it.
-MAX_ENTRIES and CULL_FREQUENCY are not used: the daemon evicts by segment size.
+Aliases pointing at one LOCATION share one store. Without NAMESPACE they share its default
+namespace (keys kept apart by KEY_PREFIX, VERSION and KEY_FUNCTION, as with memcached), and
+``clear()`` empties that namespace: every such alias. An alias with NAMESPACE owns that
+namespace: its ``clear()`` empties it alone, at once (give the session cache one, so that a
+``cache.clear()`` elsewhere does not log everyone out).
+
+MAX_ENTRIES and CULL_FREQUENCY work as in Django's own backends when MAX_ENTRIES is given:
+a write into a namespace holding MAX_ENTRIES entries first removes its oldest
+1/CULL_FREQUENCY of them (all of them for 0). Without it, the daemon evicts by memory alone,
+as with memcached and Redis (Django's default of 300 entries is not applied).
 """
 
 from __future__ import annotations
@@ -44,7 +53,7 @@ __all__ = ["SurpdbCache"]
 
 log = logging.getLogger("surpdb.django")
 
-_clients: dict[tuple[str, float], Client] = {}
+_clients: dict[tuple[str, float, str], Client] = {}
 _clients_lock = threading.Lock()
 
 T = TypeVar("T")
@@ -69,16 +78,21 @@ def _ack_thread() -> ThreadPoolExecutor:
     return w[1]
 
 
-def _client_for(location: str, timeout: float) -> Client:
+def _client_for(location: str, timeout: float, namespace: str = "") -> Client:
     """One client per process and location: it holds a request queue in the daemon's ring,
-    and Django creates a backend instance per thread. A client survives fork()."""
-    key = (location, timeout)
+    and Django creates a backend instance per thread (a namespace's client shares the
+    location's queue). A client survives fork()."""
+    key = (location, timeout, namespace)
     c = _clients.get(key)
     if c is None:
+        base = _client_for(location, timeout) if namespace else None
         with _clients_lock:
             c = _clients.get(key)
             if c is None:
-                c = connect(location, timeout=timeout)
+                if base is not None:
+                    c = base.namespace(namespace)
+                else:
+                    c = connect(location, timeout=timeout)
                 _clients[key] = c
     return c
 
@@ -93,15 +107,20 @@ class SurpdbCache(BaseCache):
         self._ignore_exceptions = bool(options.get("IGNORE_EXCEPTIONS", False))
         self._log_ignored = bool(options.get("LOG_IGNORED_EXCEPTIONS", True))
         self._client_timeout = float(options.get("CLIENT_TIMEOUT", 5.0))
+        self._namespace = str(options.get("NAMESPACE") or "")
         unknown = set(options) - {
             "IGNORE_EXCEPTIONS",
             "LOG_IGNORED_EXCEPTIONS",
             "CLIENT_TIMEOUT",
+            "NAMESPACE",
             "MAX_ENTRIES",
             "CULL_FREQUENCY",
         }
         if unknown:
             raise ValueError(f"unknown surpdb cache OPTIONS: {', '.join(sorted(unknown))}")
+        # Culling only when asked for (BaseCache set Django's default of 300 entries).
+        if "MAX_ENTRIES" not in options and "max_entries" not in params:
+            self._max_entries = None  # type: ignore[assignment]
         self._made: dict[tuple[type, Any, int | None], str] = {}
         self._cached_client: Client | None = None
 
@@ -109,8 +128,27 @@ class SurpdbCache(BaseCache):
     def _client(self) -> Client:
         c = self._cached_client
         if c is None:
-            c = self._cached_client = _client_for(self._location, self._client_timeout)
+            c = _client_for(self._location, self._client_timeout, self._namespace)
+            self._cached_client = c
         return c
+
+    def _culled_set(self, k: str, value: Any, ttl: float | None) -> Any:
+        self._cull()
+        return self._client.set(k, value, ttl=ttl)
+
+    def _cull(self) -> None:
+        """Django's culling, as its own backends do it before a write: a namespace holding
+        MAX_ENTRIES entries loses its oldest 1/CULL_FREQUENCY (all of them for 0)."""
+        m = self._max_entries
+        if m is None:
+            return
+        c = self._client
+        n = c.namespace_items()
+        if n >= m:
+            if self._cull_frequency == 0:
+                c.clear()
+            elif n // self._cull_frequency > 0:
+                c.cull(n // self._cull_frequency)
 
     def _key(self, key: Any, version: int | None) -> str:
         """make_and_validate_key, remembered: Django's key function, prefix and version are
@@ -216,7 +254,7 @@ class SurpdbCache(BaseCache):
     ) -> None:
         k = self._key(key, version)
         ttl = self.get_backend_timeout(timeout)
-        if ttl == 0:
+        if ttl == 0 or self._max_entries is not None:
             return await self._acked(self.set, key, value, timeout, version)
         await self._aqueued("set", lambda: self._client.set(k, value, ttl=ttl, wait=False), None)
 
@@ -225,7 +263,7 @@ class SurpdbCache(BaseCache):
     ) -> bool:
         k = self._key(key, version)
         ttl = self.get_backend_timeout(timeout)
-        if ttl == 0:
+        if ttl == 0 or self._max_entries is not None:
             return await self._acked(self.add, key, value, timeout, version)
         add = lambda: self._client.add(k, value, ttl=ttl, wait=False)  # noqa: E731
         return bool(await self._aqueued("add", add, False))
@@ -267,7 +305,7 @@ class SurpdbCache(BaseCache):
         if ttl == 0:  # Django: a zero or negative timeout means "do not cache"
             self._call("set", lambda: self._client.delete(k), False)
             return
-        self._call("set", lambda: self._client.set(k, value, ttl=ttl), False)
+        self._call("set", lambda: self._culled_set(k, value, ttl), False)
 
     def add(
         self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
@@ -277,7 +315,8 @@ class SurpdbCache(BaseCache):
         if ttl == 0:
             # Stored and expired at once: it "succeeds" only if the key is absent.
             return self._call("add", lambda: not self._client.has_key(k), False)
-        return bool(self._call("add", lambda: self._client.add(k, value, ttl=ttl), False))
+        add = lambda: (self._cull(), self._client.add(k, value, ttl=ttl))[1]  # noqa: E731
+        return bool(self._call("add", add, False))
 
     def touch(self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
         k = self._key(key, version)
@@ -301,6 +340,14 @@ class SurpdbCache(BaseCache):
             self._call("set_many", lambda: self._client.delete_many(list(made)), 0)
             return []
         mapping = {k: data[orig] for k, orig in made.items()}
+        if self._max_entries is not None:
+            # One write at a time, each culling first (as Django's set_many does).
+            failed = [
+                made[k]
+                for k, v in mapping.items()
+                if not self._call("set", functools.partial(self._culled_set, k, v, ttl), False)
+            ]
+            return failed
         failed = self._call("set_many", lambda: self._client.set_many(mapping, ttl=ttl), list(made))
         return [made[k] for k in failed]
 

@@ -6,7 +6,10 @@ holds in records-vN.json).
 
 Commit the result (format-vN.surp.gz). An image, once committed, is never regenerated: it
 pins what version N means. A new format version adds a new image; the old ones must then be
-refused with IncompatibleSegment (tests/test_golden.py)."""
+refused with IncompatibleSegment, or, for the one version a daemon upgrades in place
+(FORMAT_UPGRADABLE), open and read back after the upgrade (tests/test_golden.py).
+upgrade-v1-binkeys.surp.gz was written by a version-1 build: bytes keys that start like a
+namespaced key of version 2, which the upgrade re-keys."""
 
 from __future__ import annotations
 
@@ -31,6 +34,16 @@ GOLDEN: dict[object, object] = {
     b"\xffraw-key": "binary key",
 }
 
+# Version 2: namespaces. What each namespace holds after `write` (the "gone" one was cleared
+# after its keys were written; "capped" keeps its newest 2 of 4 by its max_items quota).
+NAMESPACES: dict[str, dict[object, object]] = {
+    "sessions": {"none": "shadows the default namespace's key", "s1": {"user": 42}},
+    "gone": {},
+    "capped": {"c2": 2, "c3": 3},
+}
+# A bytes key of the default namespace that is stored escaped.
+ESCAPED = {b"\xff\x05bin": "escaped"}
+
 
 def write(dest: Path) -> None:
     d = Path(tempfile.mkdtemp())
@@ -43,6 +56,18 @@ def write(dest: Path) -> None:
             c.zadd("zset", {"x": 1.0, b"y": 2.5})
             c.append("list", 1)
             c.incr("counter", 41)
+            if _native.FORMAT_VERSION >= 2:
+                s = c.namespace("sessions")
+                for k, v in NAMESPACES["sessions"].items():
+                    s.set(k, v)
+                g = c.namespace("gone")
+                g.set("g1", "cleared")
+                g.clear()
+                cap = c.namespace("capped", max_items=2)
+                for i in range(4):
+                    cap.set(f"c{i}", i)
+                for k, v in ESCAPED.items():
+                    c.set(k, v)
         with open(d / "s" / "data.surp", "rb") as src, gzip.open(dest, "wb", 9) as out:
             shutil.copyfileobj(src, out)
     finally:

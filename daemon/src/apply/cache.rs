@@ -35,6 +35,8 @@ impl Store {
         {
             return Reply::status(status::SEGMENT_FULL); // counted in stats (full_errors)
         }
+        // A namespace's quota first: its oldest entries make room (never this key's).
+        self.ns_make_room(key, hash, size);
         let off = match self.heap.alloc(&self.seg, ring, size, st) {
             Ok(off) => off,
             Err(_) => return Reply::status(status::SEGMENT_FULL), // counted in stats
@@ -58,18 +60,15 @@ impl Store {
         self.seg.publish(slot, hash, off);
         crate::crash::point("slot published");
         match cur {
-            Some(old) => {
-                h.live_bytes.fetch_sub(old.size, Ordering::Relaxed);
-            }
+            Some(old) => self.seg.count_replaced(key, old.version, old.size, size),
             None => {
-                h.items.fetch_add(1, Ordering::Relaxed);
+                self.seg.count_added(key, size);
                 // Evicted not long ago and wanted again: one read's credit (see Ghost).
                 if self.heap.ghost.contains(hash) {
                     ring.set_hint(off - self.seg.heap_off, 1);
                 }
             }
         }
-        h.live_bytes.fetch_add(size, Ordering::Relaxed);
         h.c_sets.fetch_add(1, Ordering::Relaxed);
         crate::crash::point("set counted");
         answer
@@ -100,16 +99,18 @@ impl Store {
             return Reply::status(status::NOT_DONE);
         };
         let expired = cur.expired(shm::now_ms());
-        let size = cur.size;
-        let answer = if expired { Reply::status(status::NOT_DONE) } else { Reply::ok(1) };
-        self.arm(key, 0, cur.version, answer);
+        let gone = expired || self.seg.ns_cleared(key, cur.version);
+        let (size, version) = (cur.size, cur.version);
+        let answer = if gone { Reply::status(status::NOT_DONE) } else { Reply::ok(1) };
+        self.arm(key, 0, version, answer);
         self.seg.unlink(slot);
+        self.seg.count_removed(key, version, size);
         let h = self.seg.hdr();
-        h.items.fetch_sub(1, Ordering::Relaxed);
-        h.live_bytes.fetch_sub(size, Ordering::Relaxed);
         crate::crash::point("delete counted");
-        if expired {
-            h.c_expirations.fetch_add(1, Ordering::Relaxed);
+        if gone {
+            if expired {
+                h.c_expirations.fetch_add(1, Ordering::Relaxed);
+            }
             return Reply::status(status::NOT_DONE);
         }
         h.c_deletes.fetch_add(1, Ordering::Relaxed);
@@ -164,7 +165,9 @@ impl Store {
         h.items.store(0, Ordering::Relaxed);
         h.live_bytes.store(0, Ordering::Relaxed);
         h.c_clears.fetch_add(1, Ordering::Relaxed);
+        self.seg.recount_namespaces();
         self.heap.clear(&self.seg);
+        self.ns_cursors = [0; MAX_NAMESPACES];
     }
 
     /// Grow the segment file to `new_size` bytes (rounded down to a page; at most the
@@ -235,12 +238,13 @@ impl Store {
             looked += 1;
             if v != 0 {
                 if let Some(rec) = self.seg.record(slot_off(v)) {
-                    if rec.expired(now) || rec.version < unproven {
-                        let size = rec.size;
+                    // A namespace's clear left it too: reclaimed like an expired one.
+                    let cleared = self.seg.ns_cleared(rec.key, rec.version);
+                    if rec.expired(now) || rec.version < unproven || cleared {
+                        let (size, version) = (rec.size, rec.version);
+                        let key = rec.key.to_vec();
                         self.seg.unlink(i);
-                        let h = self.seg.hdr();
-                        h.items.fetch_sub(1, Ordering::Relaxed);
-                        h.live_bytes.fetch_sub(size, Ordering::Relaxed);
+                        self.seg.count_removed(&key, version, size);
                         crate::crash::point("expired by the sweep");
                         n += 1;
                         // Backward shift may have moved another entry into slot i: look again.

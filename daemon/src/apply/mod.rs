@@ -16,6 +16,7 @@ use crate::ring::{Reply, Req, Ring};
 use crate::segment::Segment;
 
 mod cache;
+mod namespaces;
 mod records;
 mod recovery;
 mod tiered;
@@ -36,6 +37,9 @@ pub struct Store {
     pub held: Vec<(u64, u32)>,
     /// The segment file, open read-write (the daemon grows it; it also holds its lock).
     pub data_file: Option<std::fs::File>,
+    /// Per namespace, the log position its last cull or quota eviction stopped at (no live
+    /// entry of it lies behind; 0: from the tail).
+    ns_cursors: [u64; MAX_NAMESPACES],
 }
 
 /// Largest TTL accepted (about 100 years), so that expiry arithmetic never overflows.
@@ -52,6 +56,7 @@ impl Store {
             ctx: None,
             held: Vec::new(),
             data_file: None,
+            ns_cursors: [0; MAX_NAMESPACES],
         }
     }
 
@@ -85,6 +90,9 @@ impl Store {
                 self.clear();
                 Reply::ok(0)
             }
+            Some(Op::NsOpen) => self.ns_open(req),
+            Some(Op::NsClear) => self.ns_clear_request(req.arg),
+            Some(Op::NsCull) => self.ns_cull(req.arg, req.arg2),
             // Standalone: nothing to read through (tiered mode takes FETCH before this).
             Some(Op::Noop | Op::Fetch) => Reply::ok(0),
             Some(Op::Append) => self.append(ring, req, &mut st),

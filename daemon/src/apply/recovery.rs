@@ -243,6 +243,7 @@ impl Store {
         }
         h.items.store(items, Ordering::Relaxed);
         h.live_bytes.store(bytes, Ordering::Relaxed);
+        seg.recount_namespaces();
         h.op_active.store(0, Ordering::Release);
         let s = h.idx_seq.load(Ordering::Relaxed);
         if s & 1 == 1 {

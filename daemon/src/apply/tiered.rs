@@ -94,10 +94,15 @@ pub struct Tier {
     pub waiting: HashMap<(u64, u32), VecDeque<Waiting>>,
 }
 
-/// The local key a push names under our prefix, unless it is a box's exactly-once record
-/// (another host's: no local key can be one).
-fn invalidated<'k>(up: &Upstream, key: &'k [u8]) -> Option<&'k [u8]> {
-    up.local(key).filter(|l| !l.starts_with(crate::upstream::TOKEN_MARK))
+/// The stored local key a push names under our prefix; None for what no local key can be
+/// (a box's exactly-once record, a namespace this store has not opened).
+fn invalidated(store: &Store, up: &Upstream, key: &[u8]) -> Option<Vec<u8>> {
+    crate::tier::local_key(up.local(key)?, |n| store.seg.ns_find(n))
+}
+
+/// The upstream key of a stored local key (its namespace by name).
+fn upstream_key(store: &Store, up: &Upstream, stored: &[u8]) -> Option<Vec<u8>> {
+    crate::tier::upstream_key(stored, |id| store.seg.ns_name(id)).map(|k| up.key(&k))
 }
 
 impl Tier {
@@ -159,7 +164,7 @@ impl Tier {
         if req.key.len() > MAX_KEY_LEN {
             return bad();
         }
-        let key = self.up.key(req.key);
+        let Some(key) = upstream_key(store, &self.up, req.key) else { return bad() };
         Ok(match kind {
             Op::Set | Op::Add => {
                 if req.payload.len() as u64 > store.seg.max_value {
@@ -184,20 +189,44 @@ impl Tier {
                 create_from: (req.flags & flag::INCR_CREATE != 0).then_some(req.arg2 as i64),
             },
             Op::Touch => Job::Touch { key, ttl_ms: req.arg.min(MAX_TTL_MS) },
-            Op::Clear => Job::Clear,
+            // Everything under the prefix (but the boxes' exactly-once records).
+            Op::Clear => Job::Clear { pattern: b"*".to_vec(), keep: Vec::new() },
             Op::Fetch => {
                 let Some(keys) = crate::protocol::unframe_keys(req.payload) else { return bad() };
                 if keys.is_empty() {
                     return Err(Some(Reply::ok(0)));
                 }
-                Job::Fetch(keys.iter().map(|k| self.up.key(k)).collect())
+                let up: Option<Vec<Vec<u8>>> =
+                    keys.iter().map(|k| upstream_key(store, &self.up, k)).collect();
+                let Some(up) = up else { return bad() };
+                Job::Fetch(up)
             }
             Op::Append | Op::Merge | Op::Cas | Op::Zadd | Op::Zrem => {
                 return Err(Some(Reply::status(status::NOT_SUPPORTED)))
             }
-            Op::Noop | Op::Insert | Op::Remove | Op::Update | Op::Train | Op::Resize => {
-                return Err(None)
-            }
+            Op::Noop
+            | Op::Insert
+            | Op::Remove
+            | Op::Update
+            | Op::Train
+            | Op::Resize
+            | Op::NsOpen => return Err(None),
+            // Culling (Django's MAX_ENTRIES) picks a namespace's oldest local entries: the
+            // upstream holds the data, and its own maxmemory policy evicts there.
+            Op::NsCull => return Err(Some(Reply::status(status::NOT_SUPPORTED))),
+            Op::NsClear => match req.arg as usize {
+                // The default namespace: everything but the other namespaces' keys.
+                0 => {
+                    Job::Clear { pattern: b"*".to_vec(), keep: vec![crate::tier::NS_TAG.to_vec()] }
+                }
+                id => {
+                    let Some(name) = store.seg.ns_name(id) else { return bad() };
+                    let mut p =
+                        crate::upstream::glob_escape(&[crate::tier::NS_TAG, &name, b"\0"].concat());
+                    p.push(b'*');
+                    Job::Clear { pattern: p, keep: Vec::new() }
+                }
+            },
         })
     }
 
@@ -218,8 +247,8 @@ impl Tier {
                 Event::Invalidate(keys) => {
                     let mut n = 0;
                     for k in &keys {
-                        if let Some(l) = invalidated(&self.up, k) {
-                            store.drop_key(l);
+                        if let Some(l) = invalidated(store, &self.up, k) {
+                            store.drop_key(&l);
                             n += 1;
                         }
                     }
@@ -340,9 +369,10 @@ impl Tier {
             }
             // A clear sent again after a restart clears locally too (the local store may
             // hold copies read through since; clearing them again is harmless).
-            (Some(Op::Clear), Answer::Status(status::OK) | Answer::Replayed(status::OK)) => {
-                store.apply(ring, &req)
-            }
+            (
+                Some(Op::Clear | Op::NsClear),
+                Answer::Status(status::OK) | Answer::Replayed(status::OK),
+            ) => store.apply(ring, &req),
             (Some(Op::Fetch), Answer::Fetched(vals)) => {
                 let keys = crate::protocol::unframe_keys(&w.payload).unwrap_or_default();
                 for (k, v) in keys.iter().zip(vals) {

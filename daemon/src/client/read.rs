@@ -196,6 +196,15 @@ impl Client {
         // Tiered mode when a lease was ever given (0: a standalone store).
         let lease = h.up_lease_ms.load(Ordering::Acquire);
         match seg.probe(key, hash) {
+            Probe::Hit { rec, .. } if seg.ns_cleared(key, rec.version) => {
+                // Its namespace was cleared after it was written: gone.
+                count(|c| &c.misses, |h| &h.retired_misses);
+                if lease != 0 {
+                    Lookup::Unknown
+                } else {
+                    Lookup::Miss
+                }
+            }
             Probe::Hit { rec, .. } => {
                 if lease != 0 {
                     let now = if now_ms == NOW_LAZY { shm::now_ms() } else { now_ms };
@@ -386,7 +395,7 @@ impl Client {
                 continue;
             }
             if let Some(rec) = seg.record(slot_off(v)) {
-                if !rec.expired(now) {
+                if !rec.expired(now) && !seg.ns_cleared(rec.key, rec.version) {
                     f(&rec);
                     n += 1;
                 }

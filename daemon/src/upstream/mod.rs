@@ -143,8 +143,12 @@ pub enum Job {
         key: Vec<u8>,
         ttl_ms: u64,
     },
-    /// Remove every key under the prefix.
-    Clear,
+    /// Remove every key under the prefix matching `pattern` (a SCAN pattern, after the
+    /// prefix), except those starting with (the prefix and) one of `keep`.
+    Clear {
+        pattern: Vec<u8>,
+        keep: Vec<Vec<u8>>,
+    },
 }
 
 /// The upstream's answer to a job.
@@ -237,12 +241,12 @@ impl Upstream {
         sent
     }
 
-    /// The upstream key of a local key.
-    pub fn key(&self, local: &[u8]) -> Vec<u8> {
-        [&self.settings.prefix[..], local].concat()
+    /// The upstream key of what follows the prefix.
+    pub fn key(&self, rest: &[u8]) -> Vec<u8> {
+        [&self.settings.prefix[..], rest].concat()
     }
 
-    /// The local key of an upstream key (None: not under our prefix).
+    /// What follows the prefix in an upstream key (None: not under our prefix).
     pub fn local<'k>(&self, up: &'k [u8]) -> Option<&'k [u8]> {
         up.strip_prefix(&self.settings.prefix[..])
     }
@@ -338,13 +342,15 @@ const INCR_LUA: &str = once_script!(
      return {0, v, redis.call('PTTL', KEYS[2])}"
 );
 
-/// clear: unlink every key matching ARGV[3] (the prefix, escaped, then `*`), a SCAN page at
-/// a time, except the boxes' exactly-once records (whose names start with ARGV[4]).
+/// clear: unlink every key matching ARGV[3] (a SCAN pattern), a SCAN page at a time, except
+/// those starting with one of ARGV[4..] (the boxes' exactly-once records; for the default
+/// namespace, the other namespaces' keys).
 const CLEAR_LUA: &str = once_script!(
-    "local c = '0' local n = 0 local skip = ARGV[4] repeat \
+    "local c = '0' local n = 0 repeat \
      local r = redis.call('SCAN', c, 'MATCH', ARGV[3], 'COUNT', 1000) c = r[1] \
-     local ks = {} for _, k in ipairs(r[2]) do \
-     if string.sub(k, 1, #skip) ~= skip then ks[#ks + 1] = k end end \
+     local ks = {} for _, k in ipairs(r[2]) do local keep = false \
+     for i = 4, #ARGV do if string.sub(k, 1, #ARGV[i]) == ARGV[i] then keep = true end end \
+     if not keep then ks[#ks + 1] = k end end \
      if #ks > 0 then n = n + redis.call('UNLINK', unpack(ks)) end \
      until c == '0' done(n) return {0, n}"
 );
@@ -684,22 +690,30 @@ impl Worker {
                 c.arg(*ttl_ms);
                 c
             }
-            Job::Clear => {
-                let mut pattern = Vec::new();
-                for &b in &self.s.prefix {
-                    if matches!(b, b'*' | b'?' | b'[' | b']' | b'\\') {
-                        pattern.push(b'\\');
-                    }
-                    pattern.push(b);
-                }
-                pattern.push(b'*');
+            Job::Clear { pattern, keep } => {
                 let mut c = once(&sc.clear, &[]);
-                c.arg(pattern).arg(token_prefix(&self.s.prefix));
+                c.arg([&glob_escape(&self.s.prefix)[..], pattern].concat());
+                c.arg(token_prefix(&self.s.prefix));
+                for k in keep {
+                    c.arg([&self.s.prefix[..], k].concat());
+                }
                 c
             }
         };
         vec![c]
     }
+}
+
+/// `b` with the SCAN pattern's special characters escaped.
+pub fn glob_escape(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len() + 4);
+    for &c in b {
+        if matches!(c, b'*' | b'?' | b'[' | b']' | b'\\') {
+            out.push(b'\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn job_name(j: &Job) -> &'static str {
@@ -710,7 +724,7 @@ fn job_name(j: &Job) -> &'static str {
         Job::Delete(_) => "delete",
         Job::Incr { .. } => "incr",
         Job::Touch { .. } => "touch",
-        Job::Clear => "clear",
+        Job::Clear { .. } => "clear",
     }
 }
 
@@ -748,7 +762,7 @@ fn answer(job: &Job, replies: Vec<Value>) -> Answer {
                 })
                 .collect(),
         ),
-        (Job::Clear, [v]) => match once(v) {
+        (Job::Clear { .. }, [v]) => match once(v) {
             Some((false, _)) => Answer::Status(status::OK),
             Some((true, _)) => Answer::Replayed(status::OK),
             None => Answer::Status(status::BAD_REQUEST),
@@ -824,7 +838,7 @@ mod tests {
         let touch = Job::Touch { key: b"k".to_vec(), ttl_ms: 0 };
         let there = Value::Array(vec![Value::Int(0), Value::Int(1)]);
         assert_eq!(answer(&touch, vec![there]), Answer::Status(status::OK));
-        let clear = Job::Clear;
+        let clear = Job::Clear { pattern: b"*".to_vec(), keep: Vec::new() };
         let cleared = Value::Array(vec![Value::Int(0), Value::Int(0)]);
         assert_eq!(answer(&clear, vec![cleared]), Answer::Status(status::OK));
         assert_eq!(server_error_status("WRONGTYPE", "Operation against"), status::WRONG_TYPE);

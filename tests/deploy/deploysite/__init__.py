@@ -1,0 +1,1 @@
+"""A tiny Django project served by gunicorn and uvicorn in tests/test_deploy.py."""
