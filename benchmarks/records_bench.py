@@ -2,7 +2,12 @@
 py-lmdb and msgpack, in one run.
 
     python benchmarks/records_bench.py [--links ../shared/data/links-dev.jsonl.xz]
-        [--limit N] [--compact] [--skip-servers] [--json out.json]
+        [--limit N] [--compact] [--skip-servers] [--json out.json] [--default]
+
+--default also measures the path a user gets: default settings, no train() call, the records
+inserted in batches of 10,000 in the order of the file (and again shuffled); the daemon trains
+by itself (at 10,000 records, at every tenfold growth, and when records start compressing
+worse than its model did).
 
 Without --links (or if the file is missing) it uses generated link records. surpdb's figure is
 all-in: stats()["bytes_used"] (headers, tables, models, records) of a fresh store after
@@ -113,6 +118,33 @@ def bench_surpdb(records: list[dict], compact: bool, out: dict) -> None:
             "load_per_s": n / load_s,
             "record_ns": rec_ns,
             "lazy_field_ns": lazy_ns,
+        }
+
+
+def bench_surpdb_default(records: list[dict], name: str, out: dict) -> None:
+    """The default path: no train() call, default settings, batches of 10,000 as given."""
+    d = tempfile.mkdtemp(prefix="surpdb-records-default-")
+    n = len(records)
+    with surpdb.Server(d, size="20MiB", records_size="8GiB"):
+        c = surpdb.connect(d)
+        t0 = time.perf_counter()
+        ids = []
+        for i in range(0, n, 10_000):
+            ids += c.insert_many(records[i : i + 10_000])
+        load_s = time.perf_counter() - t0
+        st = c.stats()
+        rng = random.Random(3)
+        for i in rng.sample(range(n), min(20_000, n)):
+            if c.record(ids[i]) != records[i]:
+                raise SystemExit(f"record {i} came back different")
+        rec_ns = median_ns_per_call(c.record, ids)
+        out[name] = {
+            "bytes_per_record": st["bytes_used"] / n,
+            "records_bytes_per_record": st["records_bytes"] / n,
+            "load_per_s": n / load_s,
+            "record_ns": rec_ns,
+            "models": st["record_models"],
+            "recent_bpr": st["record_recent_bpr_milli"] / 1000,
         }
 
 
@@ -230,6 +262,7 @@ def main() -> None:
     ap.add_argument("--skip-servers", action="store_true")
     ap.add_argument("--json", default=None)
     ap.add_argument("--dump", default=None, help="write the records for examples/codec_eval.rs")
+    ap.add_argument("--default", action="store_true", help="also the path a user gets")
     a = ap.parse_args()
     records, source = load_records(a.links, a.limit)
     if a.dump:
@@ -245,6 +278,11 @@ def main() -> None:
     print(f"{len(records)} records from {source}; JSON {js:.0f} B each")
     out: dict[str, dict] = {}
     bench_surpdb(records, False, out)
+    if a.default:
+        bench_surpdb_default(records, "surpdb default, file order", out)
+        shuffled = records[:]
+        random.Random(11).shuffle(shuffled)
+        bench_surpdb_default(shuffled, "surpdb default, shuffled", out)
     if a.compact:
         bench_surpdb(records, True, out)
     bench_msgpack_lmdb(records, out)
@@ -265,6 +303,11 @@ def main() -> None:
         print(
             f"{name:<22}{r['bytes_per_record']:>10.1f}{ratio:>10.2f}{alloc:>10}{r['record_ns']:>11.0f}{load:>11}"
         )
+    for name in ("surpdb default, file order", "surpdb default, shuffled"):
+        if name in out:
+            r = out[name]
+            print(f"{name}: {r['models']} models trained by the daemon; the last records "
+                  f"stored took {r['recent_bpr']:.1f} B each")  # fmt: skip
     for name in ("surpdb", "surpdb compact"):
         if name in out:
             r = out[name]

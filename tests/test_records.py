@@ -295,3 +295,76 @@ def test_acknowledged_inserts_survive_a_killed_daemon_exactly_once(store_dir: st
         assert c.stats()["records"] == 20000
     finally:
         srv.stop()
+
+
+def events(n: int, seed: int = 5) -> list[dict]:
+    """Records of another kind than links: other field names, other strings."""
+    rng = random.Random(seed)
+    kinds = ["login", "logout", "purchase", "refund", "view"]
+    agents = ["Mozilla/5.0 (X11; Linux x86_64)", "curl/8.5.0", "python-requests/2.31"]
+    return [
+        {
+            "event": kinds[rng.randrange(5)],
+            "user": f"user{rng.randrange(5000)}@example.com",
+            "ip": f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}",
+            "agent": agents[rng.randrange(3)],
+            "amount_cents": rng.randrange(100_000),
+        }
+        for _ in range(n)
+    ]
+
+
+def _models_become(c: surpdb.Client, n: int) -> None:
+    t0 = time.monotonic()
+    while c.stats()["record_models"] < n:
+        assert time.monotonic() - t0 < 60, c.stats()["record_models"]
+        time.sleep(0.01)
+
+
+def _recent_bpr(c: surpdb.Client, kind: list[dict]) -> float:
+    """Bytes per record of a fresh measure of `kind` stored now (the daemon's own window)."""
+    for i in range(0, len(kind), 10_000):
+        c.insert_many(kind[i : i + 10_000])
+    return c.stats()["record_recent_bpr_milli"] / 1000
+
+
+@pytest.mark.slow
+def test_the_daemon_retrains_as_the_store_grows_and_as_its_data_drifts(
+    tmp_path: os.PathLike[str],
+) -> None:
+    """No train() call: a first model at 10,000 records; another at ten times that; and one
+    when records of another kind start compressing worse, after which they compress within
+    15% of a store that only ever held their kind."""
+    drifting = os.path.join(tmp_path, "drifting")
+    with surpdb.Server(drifting, size="32MiB", records_size="1GiB"):
+        c = surpdb.connect(drifting)
+        for i in range(0, 30_000, 10_000):
+            c.insert_many(links(10_000, seed=i))
+        _models_become(c, 1)
+        assert c.stats()["record_models_trained_automatically"] == 1
+        # Another kind: the link model compresses it badly, so the daemon retrains on what
+        # came in since (a sample of the new kind), with no one asking.
+        ev = events(120_000)
+        c.insert_many(ev[:40_000])
+        _models_become(c, 2)
+        drifted = _recent_bpr(c, ev[40_000:])
+        st = c.stats()
+        assert st["record_models_trained_automatically"] == st["record_models"] == 2
+        assert st["record_model_sample"] > 10_000
+    alone = os.path.join(tmp_path, "alone")
+    with surpdb.Server(alone, size="32MiB", records_size="1GiB"):
+        c = surpdb.connect(alone)
+        ev = events(120_000, seed=6)
+        c.insert_many(ev[:40_000])
+        _models_become(c, 1)
+        fresh = _recent_bpr(c, ev[40_000:])
+    assert drifted <= fresh * 1.15, (drifted, fresh)
+    # Growth: at ten times the records the model was trained at, a new model.
+    grow = os.path.join(tmp_path, "grow")
+    with surpdb.Server(grow, size="32MiB", records_size="1GiB"):
+        c = surpdb.connect(grow)
+        for i in range(0, 110_000, 10_000):
+            c.insert_many(links(10_000, seed=100 + i))
+        _models_become(c, 2)
+        ids = c.insert_many(links(100, seed=999))
+        assert c.record(ids[0]) == links(100, seed=999)[0]

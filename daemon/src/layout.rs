@@ -797,7 +797,17 @@ pub struct RecFileHeader {
     pub removed: AtomicU64,
     /// Bytes of chunk space used (sum of fills of chunks in use).
     pub used_bytes: AtomicU64,
-    pub _pad1: [AtomicU64; 8],
+    /// The model lifecycle (0 in files made before it): live records when the current
+    /// model was trained (the next growth step is ten times it), records in its sample,
+    /// bytes per record (x1000) of its first full measure (the drift baseline), and how many
+    /// models were trained without being asked.
+    pub trained_live: AtomicU64,
+    pub train_sample: AtomicU64,
+    pub baseline_bpr_milli: AtomicU64,
+    pub auto_trainings: AtomicU64,
+    /// Bytes per record (x1000) of the last measure of records as they came in.
+    pub recent_bpr_milli: AtomicU64,
+    pub _pad1: [AtomicU64; 3],
 }
 
 #[repr(C)]
@@ -808,7 +818,9 @@ pub struct ChunkCtl {
     pub model: AtomicU32,
     pub state: AtomicU32,
     pub live: AtomicU32,
-    pub _r: AtomicU32,
+    /// Records ever appended to the chunk (0 in files made before it): its bytes per record
+    /// is `fill / appended`.
+    pub appended: AtomicU32,
     pub retire_epoch: AtomicU64,
 }
 

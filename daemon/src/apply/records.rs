@@ -46,13 +46,10 @@ impl Store {
         if old != 0 {
             rs.remove(old);
         }
-        if rs.auto_train_due() {
+        rs.note_inserted(req.payload, ins.len);
+        if let Some(why) = rs.auto_train_due() {
             let compact = rs.rf.hdr().compact.load(Ordering::Relaxed) != 0;
-            crate::log::info(&format!(
-                "training the record codec in the background records={}",
-                rs.train_after
-            ));
-            rs.start_training(compact, None);
+            rs.start_auto_training(compact, why);
         }
         answer
     }

@@ -244,6 +244,20 @@ impl Client {
             for s in v.iter_mut().filter(|s| s.0 == "bytes_used") {
                 s.1 = cache + bytes;
             }
+            if let Ok(rf) = self.records() {
+                let h = rf.hdr();
+                v.extend([
+                    ("record_model_sample", h.train_sample.load(Ordering::Relaxed)),
+                    (
+                        "record_models_trained_automatically",
+                        h.auto_trainings.load(Ordering::Relaxed),
+                    ),
+                    // Bytes per record x1000: of the last records stored, and of the current
+                    // model's first measure (a drift retrains when the first is 15% over).
+                    ("record_recent_bpr_milli", h.recent_bpr_milli.load(Ordering::Relaxed)),
+                    ("record_baseline_bpr_milli", h.baseline_bpr_milli.load(Ordering::Relaxed)),
+                ]);
+            }
         }
         v
     }

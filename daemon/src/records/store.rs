@@ -24,6 +24,8 @@ pub struct TrainJob {
     pub started: std::time::Instant,
     /// The TRAIN request waiting for it, if a client asked (none for automatic training).
     pub request: Option<TrainRequest>,
+    /// Live records when it started (the next growth step is ten times it).
+    live_at_start: u64,
 }
 
 /// The daemon's side: appends, removes, trains.
@@ -34,13 +36,23 @@ pub struct RecStore {
     buf: Vec<u8>,
     /// Retired chunks waiting for readers to leave: (chunk, epoch).
     pub retired: Vec<(u64, u64)>,
-    /// Train automatically once this many records exist (0 = never).
+    /// Train automatically once this many records exist (0 = never), and again as the store
+    /// grows and as its data drifts (see [`RecStore::auto_train_due`]).
     pub train_after: u64,
     /// Sample records sent for the next training (instead of the stored ones), at most
     /// [`MAX_SAMPLES`] of them and [`MAX_SAMPLE_BYTES`] in all (a reservoir past that).
-    pub samples: Vec<Vec<u8>>,
-    sample_bytes: u64,
-    samples_seen: u64,
+    pub samples: Reservoir,
+    /// Records inserted since the current model was installed: what a training for drift
+    /// learns from.
+    recent: Reservoir,
+    /// The current measure of records as they come in (encoded bytes, records), the model's
+    /// first full measure (bytes per record x1000, 0: not yet), and whether a measure since
+    /// came out worse than it by more than [`DRIFT_RATIO`].
+    window: (u64, u64),
+    baseline: u64,
+    drifted: bool,
+    /// `inserted` when the current model was installed.
+    inserted_at_model: u64,
     /// The training running in the background, and TRAIN requests waiting for their turn.
     pub job: Option<TrainJob>,
     pub waiting: std::collections::VecDeque<(bool, TrainRequest)>,
@@ -52,13 +64,76 @@ pub const MAX_SAMPLES: usize = 200_000;
 pub const MAX_SAMPLE_BYTES: u64 = 24 << 20;
 /// Stored records read for a training without a sample.
 pub const STORED_SAMPLE: usize = 100_000;
+/// Records of one measure of how well the current model compresses what comes in.
+pub const DRIFT_WINDOW: u64 = 4_096;
+/// A measure this much worse than the model's first (percent) is drift.
+pub const DRIFT_RATIO: u64 = 115;
+/// Records inserted under a model before drift may retrain it (the sample it learns from).
+pub const DRIFT_MIN_INSERTS: u64 = 20_000;
+/// Records and bytes kept of what came in since the current model.
+const RECENT_SAMPLES: usize = 100_000;
+const RECENT_BYTES: u64 = 12 << 20;
+
+/// Why the daemon trains a model no one asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrainWhy {
+    /// The first `train_after` records exist.
+    First,
+    /// Ten times as many records as when the current model was trained.
+    Growth,
+    /// Records coming in compress measurably worse than the model did at first.
+    Drift,
+}
+
+/// A bounded uniform sample of the records added to it: all of them up to its bounds, then
+/// each later one replaces a random kept one with falling odds, so that a sample of any size
+/// is spread over everything added and memory stays bounded.
+pub struct Reservoir {
+    pub items: Vec<Vec<u8>>,
+    bytes: u64,
+    seen: u64,
+    max_items: usize,
+    max_bytes: u64,
+}
+
+impl Reservoir {
+    pub fn new(max_items: usize, max_bytes: u64) -> Reservoir {
+        Reservoir { items: Vec::new(), bytes: 0, seen: 0, max_items, max_bytes }
+    }
+
+    /// Offer one record; returns how many are kept.
+    pub fn add(&mut self, rec: &[u8]) -> usize {
+        self.seen += 1;
+        if self.items.len() < self.max_items && self.bytes + rec.len() as u64 <= self.max_bytes {
+            self.bytes += rec.len() as u64;
+            self.items.push(rec.to_vec());
+        } else if !self.items.is_empty() {
+            let j = shm::random_u64() % self.seen;
+            if (j as usize) < self.items.len() {
+                let old = &mut self.items[j as usize];
+                if self.bytes - old.len() as u64 + rec.len() as u64 <= self.max_bytes {
+                    self.bytes = self.bytes - old.len() as u64 + rec.len() as u64;
+                    *old = rec.to_vec();
+                }
+            }
+        }
+        self.items.len()
+    }
+
+    /// Everything kept, leaving the reservoir empty.
+    pub fn take(&mut self) -> Vec<Vec<u8>> {
+        self.bytes = 0;
+        self.seen = 0;
+        std::mem::take(&mut self.items)
+    }
+}
 
 /// What an insert produced.
 pub struct Inserted {
     pub rid: u64,
     /// (chunk, new fill) to publish.
     publish: (u64, u32),
-    len: u64,
+    pub len: u64,
 }
 
 impl RecStore {
@@ -88,51 +163,83 @@ impl RecStore {
             buf: Vec::new(),
             retired,
             train_after,
-            samples: Vec::new(),
-            sample_bytes: 0,
-            samples_seen: 0,
+            samples: Reservoir::new(MAX_SAMPLES, MAX_SAMPLE_BYTES),
+            recent: Reservoir::new(RECENT_SAMPLES, RECENT_BYTES),
+            window: (0, 0),
+            baseline: 0,
+            drifted: false,
+            inserted_at_model: 0,
             job: None,
             waiting: Default::default(),
         })
     }
 
-    /// Keep one sample record for the next training: all of them up to the count and byte
-    /// bounds, then a uniform reservoir (each later one replaces a random kept one, with
-    /// falling odds), so a sample of any size is spread over everything sent and memory
-    /// stays bounded. Returns how many are kept.
+    /// Keep one sample record sent for the next training (see [`Reservoir`]). Returns how
+    /// many are kept.
     pub fn add_sample(&mut self, rec: &[u8]) -> usize {
-        self.samples_seen += 1;
-        let fits = self.samples.len() < MAX_SAMPLES
-            && self.sample_bytes + rec.len() as u64 <= MAX_SAMPLE_BYTES;
-        if fits {
-            self.sample_bytes += rec.len() as u64;
-            self.samples.push(rec.to_vec());
-        } else if !self.samples.is_empty() {
-            let j = shm::random_u64() % self.samples_seen;
-            if (j as usize) < self.samples.len() {
-                let old = &mut self.samples[j as usize];
-                if self.sample_bytes - old.len() as u64 + rec.len() as u64 <= MAX_SAMPLE_BYTES {
-                    self.sample_bytes = self.sample_bytes - old.len() as u64 + rec.len() as u64;
-                    *old = rec.to_vec();
-                }
-            }
+        self.samples.add(rec)
+    }
+
+    /// After an insert of `val` (`len` bytes stored): keep it in the sample of what came in
+    /// since the current model, and measure how well that model compresses it.
+    pub fn note_inserted(&mut self, val: &[u8], len: u64) {
+        if self.tables.models.is_empty() {
+            return;
         }
-        self.samples.len()
+        self.recent.add(val);
+        self.window.0 += len;
+        self.window.1 += 1;
+        if self.window.1 < DRIFT_WINDOW {
+            return;
+        }
+        let bpr = self.window.0 * 1000 / self.window.1;
+        self.window = (0, 0);
+        let h = self.rf.hdr();
+        h.recent_bpr_milli.store(bpr, Ordering::Relaxed);
+        if self.baseline == 0 {
+            self.baseline = bpr;
+            h.baseline_bpr_milli.store(bpr, Ordering::Relaxed);
+        } else if bpr * 100 > self.baseline * DRIFT_RATIO {
+            self.drifted = true;
+        }
     }
 
     /// Start training in a background thread (from the samples sent, else from stored
     /// records, which the thread reads through its own mapping). If a run is in progress,
     /// a request waits for its turn.
     pub fn start_training(&mut self, compact: bool, request: Option<TrainRequest>) {
+        self.start_training_on(compact, request, None);
+    }
+
+    /// Start a training no one asked for (see [`TrainWhy`]): on the stored records spread
+    /// over the store, or, for drift, on what came in since the current model.
+    pub fn start_auto_training(&mut self, compact: bool, why: TrainWhy) {
+        let recent = (why == TrainWhy::Drift).then(|| self.recent.take());
+        crate::log::info(&format!(
+            "training the record codec in the background why={why:?} records={} sample={}",
+            self.rf.hdr().live.load(Ordering::Relaxed),
+            recent.as_ref().map_or("stored".to_string(), |r| r.len().to_string())
+        ));
+        self.drifted = false;
+        self.start_training_on(compact, None, recent);
+    }
+
+    fn start_training_on(
+        &mut self,
+        compact: bool,
+        request: Option<TrainRequest>,
+        recent: Option<Vec<Vec<u8>>>,
+    ) {
         if self.job.is_some() {
             if let Some(r) = request {
                 self.waiting.push_back((compact, r));
             }
             return;
         }
-        let samples = std::mem::take(&mut self.samples);
-        self.sample_bytes = 0;
-        self.samples_seen = 0;
+        let samples = match recent {
+            Some(r) => r,
+            None => self.samples.take(),
+        };
         let names = self.tables.names.clone();
         let path = self.rf.path.clone();
         let handle = std::thread::Builder::new()
@@ -140,7 +247,9 @@ impl RecStore {
             .spawn(move || train_in_background(&path, samples, names, compact));
         match handle {
             Ok(handle) => {
-                self.job = Some(TrainJob { handle, started: std::time::Instant::now(), request })
+                let live_at_start = self.rf.hdr().live.load(Ordering::Relaxed).max(1);
+                let started = std::time::Instant::now();
+                self.job = Some(TrainJob { handle, started, request, live_at_start })
             }
             Err(e) => {
                 crate::log::error(&format!("cannot start the training thread: {e}"));
@@ -164,7 +273,10 @@ impl RecStore {
         let result = match job.handle.join() {
             Ok(Ok(t)) => {
                 let sample = t.sample;
-                self.install(t).map(|bytes| {
+                if job.request.is_none() {
+                    self.rf.hdr().auto_trainings.fetch_add(1, Ordering::Relaxed);
+                }
+                self.install(t, job.live_at_start).map(|bytes| {
                     crate::log::info(&format!(
                         "trained the record codec in the background sample={sample} \
                          model_bytes={bytes} ms={:.0}",
@@ -200,7 +312,7 @@ impl RecStore {
     /// Make a background-trained model current: the field names it met are interned (their
     /// ids may differ from the trainer's if names were added meanwhile: the model is
     /// renumbered), then the model is appended to the table log.
-    fn install(&mut self, mut t: Trained) -> Result<usize> {
+    fn install(&mut self, mut t: Trained, live_at_start: u64) -> Result<usize> {
         let mut map = std::collections::HashMap::new();
         let mut ap = Appender { rf: &self.rf, t: &mut self.tables };
         for (i, name) in t.new_fields.iter().enumerate() {
@@ -214,8 +326,16 @@ impl RecStore {
         let bytes = t.model.to_bytes();
         ap.append(T_MODEL, &bytes)?;
         self.tables.models.push(Arc::new(t.model));
-        self.rf.hdr().nmodels.store(self.tables.models.len() as u64, Ordering::Relaxed);
+        let h = self.rf.hdr();
+        h.nmodels.store(self.tables.models.len() as u64, Ordering::Relaxed);
         crate::crash::point("model installed");
+        // The lifecycle starts over with this model: the next growth step, a fresh measure.
+        h.trained_live.store(live_at_start, Ordering::Relaxed);
+        h.train_sample.store(t.sample as u64, Ordering::Relaxed);
+        h.baseline_bpr_milli.store(0, Ordering::Relaxed);
+        self.recent.take();
+        (self.window, self.baseline, self.drifted) = ((0, 0), 0, false);
+        self.inserted_at_model = h.inserted.load(Ordering::Relaxed);
         Ok(bytes.len())
     }
 
@@ -309,6 +429,7 @@ impl RecStore {
         ctl.fill.store(ins.publish.1, Ordering::Release);
         crate::crash::point("chunk fill published");
         ctl.live.fetch_add(1, Ordering::Relaxed);
+        ctl.appended.fetch_add(1, Ordering::Relaxed);
         let h = self.rf.hdr();
         h.live.fetch_add(1, Ordering::Relaxed);
         h.live_bytes.fetch_add(ins.len, Ordering::Relaxed);
@@ -438,19 +559,31 @@ impl RecStore {
     /// Train a model now, in this thread, and make it current (tools and tests; the daemon
     /// trains in the background: [`RecStore::start_training`]).
     pub fn train(&mut self, compact: bool) -> Result<usize> {
-        let samples = std::mem::take(&mut self.samples);
-        self.sample_bytes = 0;
-        self.samples_seen = 0;
+        let samples = self.samples.take();
         let t = train_in_background(&self.rf.path, samples, self.tables.names.clone(), compact)?;
-        self.install(t)
+        let live = self.rf.hdr().live.load(Ordering::Relaxed).max(1);
+        self.install(t, live)
     }
 
-    /// Train automatically when the first `train_after` records exist.
-    pub fn auto_train_due(&self) -> bool {
-        self.train_after > 0
-            && self.job.is_none()
-            && self.tables.models.is_empty()
-            && self.rf.hdr().live.load(Ordering::Relaxed) >= self.train_after
+    /// Whether to train a model no one asked for, and why: once the first `train_after`
+    /// records exist; again at ten times as many records as the current model was trained
+    /// at (10k, 100k, 1M, ...); and when records coming in compress measurably worse than
+    /// the model did at first ([`DRIFT_RATIO`]), once [`DRIFT_MIN_INSERTS`] came under it.
+    pub fn auto_train_due(&self) -> Option<TrainWhy> {
+        if self.train_after == 0 || self.job.is_some() {
+            return None;
+        }
+        let h = self.rf.hdr();
+        let live = h.live.load(Ordering::Relaxed);
+        if self.tables.models.is_empty() {
+            return (live >= self.train_after).then_some(TrainWhy::First);
+        }
+        let trained = h.trained_live.load(Ordering::Relaxed);
+        if trained > 0 && live >= trained.saturating_mul(10) {
+            return Some(TrainWhy::Growth);
+        }
+        let since = h.inserted.load(Ordering::Relaxed).saturating_sub(self.inserted_at_model);
+        (self.drifted && since >= DRIFT_MIN_INSERTS).then_some(TrainWhy::Drift)
     }
 }
 
