@@ -121,7 +121,7 @@ impl Config {
             log_level: Level::Info,
             records_size: 1 << 30,
             compact: false,
-            train_after: 10_000,
+            train_after: 2_000,
             ready_fd: None,
             data_mode: 0o640,
             ring_mode: 0o660,

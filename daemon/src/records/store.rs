@@ -12,6 +12,9 @@ pub struct Trained {
     new_fields: Vec<String>,
     base_fields: u32,
     pub sample: usize,
+    /// Bytes per record (x1000) the model takes for sample records it was not trained on (0:
+    /// too small a sample to hold any out).
+    held_out_bpr_milli: u64,
 }
 
 /// The request a training run answers when it is done: (ring id, box, ticket, head after).
@@ -51,6 +54,7 @@ pub struct RecStore {
     window: (u64, u64),
     baseline: u64,
     drifted: bool,
+    worse_before: bool,
     /// `inserted` when the current model was installed.
     inserted_at_model: u64,
     /// The training running in the background, and TRAIN requests waiting for their turn.
@@ -168,6 +172,7 @@ impl RecStore {
             window: (0, 0),
             baseline: 0,
             drifted: false,
+            worse_before: false,
             inserted_at_model: 0,
             job: None,
             waiting: Default::default(),
@@ -196,12 +201,14 @@ impl RecStore {
         self.window = (0, 0);
         let h = self.rf.hdr();
         h.recent_bpr_milli.store(bpr, Ordering::Relaxed);
+        let worse = self.baseline != 0 && bpr * 100 > self.baseline * DRIFT_RATIO;
         if self.baseline == 0 {
             self.baseline = bpr;
             h.baseline_bpr_milli.store(bpr, Ordering::Relaxed);
-        } else if bpr * 100 > self.baseline * DRIFT_RATIO {
-            self.drifted = true;
         }
+        // Two measures in a row, not one noisy one.
+        self.drifted |= worse && self.worse_before;
+        self.worse_before = worse;
     }
 
     /// Start training in a background thread (from the samples sent, else from stored
@@ -332,9 +339,11 @@ impl RecStore {
         // The lifecycle starts over with this model: the next growth step, a fresh measure.
         h.trained_live.store(live_at_start, Ordering::Relaxed);
         h.train_sample.store(t.sample as u64, Ordering::Relaxed);
-        h.baseline_bpr_milli.store(0, Ordering::Relaxed);
+        // The baseline: what it takes for records of its kind it was not trained on (else the
+        // first measure of what comes in).
+        h.baseline_bpr_milli.store(t.held_out_bpr_milli, Ordering::Relaxed);
         self.recent.take();
-        (self.window, self.baseline, self.drifted) = ((0, 0), 0, false);
+        (self.window, self.baseline, self.drifted) = ((0, 0), t.held_out_bpr_milli, false);
         self.inserted_at_model = h.inserted.load(Ordering::Relaxed);
         Ok(bytes.len())
     }
@@ -620,8 +629,29 @@ fn train_in_background(
         return Err(Error::Config("nothing to train on: no records and no sample".into()));
     }
     let base_fields = names.fields.len() as u32;
-    let refs: Vec<&[u8]> = samples.iter().map(|s| s.as_slice()).collect();
-    let model = codec::train(&refs, compact, &mut names)?;
+    // Every tenth record is held out of the training and compressed with the model: how
+    // well it does on records of its kind it has not seen is the baseline drift is judged by
+    // (on its own training records it would look better than it will do).
+    let held_out = samples.len() >= 1_000;
+    let (train, test): (Vec<&[u8]>, Vec<&[u8]>) = if held_out {
+        let (t, h): (Vec<_>, Vec<_>) = samples.iter().enumerate().partition(|(i, _)| i % 10 != 9);
+        (t.into_iter().map(|(_, s)| &s[..]).collect(), h.into_iter().map(|(_, s)| &s[..]).collect())
+    } else {
+        (samples.iter().map(|s| s.as_slice()).collect(), Vec::new())
+    };
+    let model = codec::train(&train, compact, &mut names)?;
     let new_fields = names.fields.iter().skip(base_fields as usize).map(str::to_owned).collect();
-    Ok(Trained { model, new_fields, base_fields, sample: samples.len() })
+    let mut enc = codec::RecordEncoder::new();
+    let (mut t, mut out, mut bytes, mut n) = (names.clone(), Vec::new(), 0u64, 0u64);
+    for rec in test.iter().take(10_000) {
+        out.clear();
+        if enc.encode(&model, &mut t, rec, &mut out).is_ok() {
+            let mut hdr = Vec::new();
+            put_header(&mut hdr, out.len());
+            bytes += (hdr.len() + out.len()) as u64;
+            n += 1;
+        }
+    }
+    let held_out_bpr_milli = (bytes * 1000).checked_div(n).unwrap_or(0);
+    Ok(Trained { model, new_fields, base_fields, sample: samples.len(), held_out_bpr_milli })
 }
