@@ -151,10 +151,52 @@ def test_flushall_from_a_third_client_drops_every_local_copy(hosts, redis) -> No
 
 def test_ops_without_an_upstream_equivalent_say_so(hosts) -> None:  # type: ignore[no-untyped-def]
     a, _ = hosts
-    with pytest.raises(surpdb.NotSupported, match="append"):
-        a.append("l", 1)
-    with pytest.raises(surpdb.NotSupported, match="zadd"):
-        a.zadd("z", {"m": 1.0})
+    v, ver = a.gets("c")
+    with pytest.raises(surpdb.NotSupported, match="cas"):
+        a.cas("c", 1, ver)
+    with pytest.raises(surpdb.NotSupported, match="merge"):
+        a.merge("d", {"x": {"y": 1}}, deep=True)
+
+
+def test_sorted_sets_lists_and_hashes_are_redis_types_shared_by_every_host(hosts, redis) -> None:  # type: ignore[no-untyped-def]
+    a, b = hosts
+    assert a.zadd("board", {"ann": 3.0, "bob": 1.5, b"\xffraw": -1.0}) == 3
+    assert redis.cli("TYPE", PREFIX + "board") == "zset"
+    assert b.zrange("board", 0, -1, withscores=True) == [
+        (b"\xffraw", -1.0),
+        ("bob", 1.5),
+        ("ann", 3.0),
+    ]
+    assert b.zadd("board", {"cy": 9.0, "bob": 2.0}, max_len=3) == 1
+    assert redis.cli("ZCARD", PREFIX + "board") == "3"
+    wait_for(lambda: a.zrange("board", 0, -1) == ["bob", "ann", "cy"])
+    assert a.zscore("board", "cy") == 9.0 and a.zrank("board", "ann") == 1
+    assert b.zrem("board", ["bob", "nobody"]) == 1
+    wait_for(lambda: a.zcard("board") == 2)
+    # A sorted set another program writes reads too.
+    redis.cli("ZADD", PREFIX + "ext", "1", "x", "2", "y")
+    assert b.zrange("ext", 0, -1, withscores=True) == [("x", 1.0), ("y", 2.0)]
+    # Lists: items keep their types on every host, trimmed to the newest max_len.
+    assert a.append("log", {"n": 1}) == 1 and a.append("log", 2) == 2
+    assert b.append("log", "three", max_len=2) == 2
+    assert redis.cli("LLEN", PREFIX + "log") == "2"
+    wait_for(lambda: a.get("log") == [2, "three"])
+    # Hashes: a shallow merge.
+    a.merge("prof", {"name": "Ada", 7: [1, 2]})
+    b.merge("prof", {"lang": "en"})
+    assert (
+        redis.cli("TYPE", PREFIX + "prof") == "hash" and redis.cli("HLEN", PREFIX + "prof") == "3"
+    )
+    wait_for(lambda: a.get("prof") == {"name": "Ada", 7: [1, 2], "lang": "en"})
+    # Wrong types are refused upstream as locally.
+    a.set("plain", "text")
+    with pytest.raises(TypeError):
+        b.zadd("plain", {"m": 1.0})
+    assert b.get("plain") == "text"
+    # A type surpdb has no value for reads as an error naming it, not as a miss.
+    redis.cli("SADD", PREFIX + "aset", "m")
+    with pytest.raises(TypeError):
+        b.get("aset")
 
 
 def test_upstream_down_means_unavailable_never_a_stale_read_or_a_local_only_write(  # type: ignore[no-untyped-def]
@@ -238,7 +280,7 @@ def test_pipelined_writes_and_a_local_op_keep_their_order(hosts, redis) -> None:
     # An op with no upstream equivalent behind writes in flight is refused in its turn.
     t1 = a.set("x", 1, wait=False)
     with pytest.raises(surpdb.NotSupported):
-        a.append("x", 2)
+        a.cas("x", 2, 1)
     assert a.wait(t1) is True
 
 

@@ -95,6 +95,80 @@ pub fn local_key(up: &[u8], find: impl Fn(&[u8]) -> Option<usize>) -> Option<Vec
     Some(crate::namespace::stored_key(0, up, &mut buf).to_vec())
 }
 
+/// A sorted set read from the upstream (`ZRANGE 0 -1 WITHSCORES`: member, score, ...) as a
+/// local ZSET value. Members are bytes upstream, as locally (a str and a bytes member of the
+/// same bytes are one member); they read back as str when they are UTF-8.
+pub fn local_zset(flat: &[Vec<u8>]) -> Option<Vec<u8>> {
+    if flat.len() % 2 != 0 {
+        return None;
+    }
+    let mut entries = Vec::with_capacity(flat.len() / 2);
+    for pair in flat.chunks(2) {
+        let score: f64 = std::str::from_utf8(&pair[1]).ok()?.parse().ok()?;
+        if score.is_nan() {
+            return None;
+        }
+        let is_str = std::str::from_utf8(&pair[0]).is_ok();
+        entries.push(value::ZEntry { score, member: &pair[0], is_str });
+    }
+    entries.sort_by(value::zcmp);
+    let mut out = Vec::new();
+    value::encode_zset(&mut out, &entries);
+    Some(out)
+}
+
+/// A list read from the upstream (`LRANGE 0 -1`, each item as [`to_upstream`] wrote it) as a
+/// local LIST value.
+pub fn local_list(items: &[Vec<u8>]) -> Option<Vec<u8>> {
+    let mut out = vec![value::LIST];
+    put_varint(&mut out, items.len() as u64);
+    for it in items {
+        out.extend_from_slice(&from_upstream(it));
+    }
+    value::validate(&out).is_ok().then_some(out)
+}
+
+/// A hash read from the upstream (`HGETALL`: field, value, ...) as a local DICT value.
+pub fn local_dict(flat: &[Vec<u8>]) -> Option<Vec<u8>> {
+    if flat.len() % 2 != 0 {
+        return None;
+    }
+    let mut out = vec![value::DICT];
+    put_varint(&mut out, (flat.len() / 2) as u64);
+    for pair in flat.chunks(2) {
+        out.extend_from_slice(&field_local(&pair[0]));
+        out.extend_from_slice(&from_upstream(&pair[1]));
+    }
+    value::validate(&out).is_ok().then_some(out)
+}
+
+/// The upstream hash field of an encoded dict key: a str as its text (readable by other
+/// programs), anything else behind [`MAGIC`].
+pub fn field_upstream(key: &[u8]) -> Vec<u8> {
+    if key.first() == Some(&value::STR) {
+        let mut r = value::Reader::new(key);
+        r.pos = 1;
+        if let Ok(b) = r.lbytes() {
+            return b.to_vec();
+        }
+    }
+    [MAGIC, key].concat()
+}
+
+/// The encoded dict key of an upstream hash field (text stays a str: "42" is not an int).
+pub fn field_local(b: &[u8]) -> Vec<u8> {
+    if let Some(enc) = b.strip_prefix(MAGIC) {
+        if value::validate(enc).is_ok() {
+            return enc.to_vec();
+        }
+    }
+    let tag = if std::str::from_utf8(b).is_ok() { value::STR } else { value::BYTES };
+    let mut out = vec![tag];
+    put_varint(&mut out, b.len() as u64);
+    out.extend_from_slice(b);
+    out
+}
+
 /// The stored value of a key cached as absent upstream.
 pub const ABSENT_VALUE: &[u8] = &[value::ABSENT];
 
@@ -128,6 +202,26 @@ mod tests {
         let forged = [MAGIC, b"\x0b"].concat();
         assert_eq!(from_upstream(&forged)[0], value::BYTES);
         assert!(value::validate(ABSENT_VALUE).is_err(), "clients must not be able to store it");
+    }
+
+    #[test]
+    fn sorted_sets_lists_and_hashes_come_back_as_local_values() {
+        let b = |s: &str| s.as_bytes().to_vec();
+        let z = local_zset(&[b("b"), b("2.5"), b("a"), b("1"), vec![0xff], b("inf")]).unwrap();
+        let e = value::zset_entries(&z).unwrap();
+        assert_eq!(e.iter().map(|e| e.score).collect::<Vec<_>>(), [1.0, 2.5, f64::INFINITY]);
+        assert!(e[0].is_str && !e[2].is_str);
+        assert!(local_zset(&[b("m"), b("nan")]).is_none() && local_zset(&[b("m")]).is_none());
+        let mut int = Vec::new();
+        value::encode_int(&mut int, 7);
+        let l = local_list(&[to_upstream(&int), b("text")]).unwrap();
+        assert_eq!(value::list_items(&l).unwrap().len(), 2);
+        let key = enc_str("42");
+        assert_eq!(field_upstream(&key), b"42");
+        assert_eq!(field_local(b"42"), key, "a text field stays a str");
+        assert_eq!(field_local(&field_upstream(&int)), int);
+        let d = local_dict(&[b("42"), to_upstream(&int)]).unwrap();
+        assert_eq!(value::dict_items(&d).unwrap().len(), 1);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use surpd::client::Client;
 use surpd::layout::status;
 use surpd::protocol::Request;
 use surpd::ring::Reply;
+use surpd::value;
 
 mod common;
 use common::{shm_dir, str_value, Surpd};
@@ -71,6 +72,9 @@ enum Op {
     Delete(&'static str),
     Incr(&'static str, i64),
     Touch(&'static str),
+    /// Add members with scores (all new but the ones given twice).
+    Zadd(&'static str, &'static [(&'static str, f64)]),
+    Append(&'static str, i64),
 }
 
 /// What each op answers when applied exactly once, in order, from an empty upstream.
@@ -84,6 +88,10 @@ const OPS: &[(Op, u32, Option<u64>)] = &[
     (Op::Delete("a"), status::NOT_DONE, None),
     (Op::Touch("b"), status::OK, None),
     (Op::Incr("n", 1), status::OK, Some(8)),
+    (Op::Zadd("z", &[("m1", 1.0), ("m2", 2.0)]), status::OK, Some(2)),
+    (Op::Zadd("z", &[("m1", 5.0), ("m3", 3.0)]), status::OK, Some(1)),
+    (Op::Append("l", 1), status::OK, Some(1)),
+    (Op::Append("l", 2), status::OK, Some(2)),
 ];
 
 fn send(c: &Client, o: Op) -> u64 {
@@ -100,6 +108,22 @@ fn send(c: &Client, o: Op) -> u64 {
         Op::Delete(k) => Request::delete(k.as_bytes()),
         Op::Incr(k, d) => Request::incr(k.as_bytes(), d, Some(0)),
         Op::Touch(k) => Request::touch(k.as_bytes(), 3_600_000),
+        Op::Zadd(k, members) => {
+            let owned: Vec<value::ZEntry<'_>> = members
+                .iter()
+                .map(|(m, s)| value::ZEntry { score: *s, member: m.as_bytes(), is_str: true })
+                .collect();
+            let mut buf = Vec::new();
+            value::encode_zset(&mut buf, &owned);
+            v = buf;
+            Request::zadd(k.as_bytes(), &v, 0)
+        }
+        Op::Append(k, n) => {
+            let mut buf = Vec::new();
+            value::encode_int(&mut buf, n as i128);
+            v = buf;
+            Request::append(k.as_bytes(), &v, 0)
+        }
     };
     c.send(&r).expect("enqueue")
 }
@@ -192,6 +216,14 @@ fn run(redis: &Redis, pipelined: bool, at: u64) -> (u64, bool) {
     assert_eq!(surpd::tier::from_upstream(&b), str_value("bee"), "crash at {at}: b");
     let ttl: i64 = up.pttl(key("b")).unwrap();
     assert!(ttl > 0, "crash at {at}: b touched ({ttl})");
+    let z: Vec<(String, f64)> = up.zrange_withscores(key("z"), 0, -1).unwrap();
+    assert_eq!(
+        z,
+        [("m2".to_string(), 2.0), ("m3".to_string(), 3.0), ("m1".to_string(), 5.0)],
+        "crash at {at}: each zadd once"
+    );
+    let l: Vec<Vec<u8>> = up.lrange(key("l"), 0, -1).unwrap();
+    assert_eq!(l, [b"1".to_vec(), b"2".to_vec()], "crash at {at}: each append once");
     drop(c);
     std::fs::remove_dir_all(&dir).unwrap();
     (passed, crashed)

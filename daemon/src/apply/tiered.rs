@@ -12,7 +12,7 @@ use crate::heap::CleanStats;
 use crate::layout::{flag, op, status, MAX_KEY_LEN};
 use crate::protocol::{Op, Request};
 use crate::ring::{Reply, Req, Ring};
-use crate::upstream::{Answer, Event, Job, Origin, Upstream, MAX_IN_FLIGHT};
+use crate::upstream::{Answer, Event, Fetched, Job, Origin, Upstream, MAX_IN_FLIGHT};
 
 impl Store {
     /// Enter or leave tiered mode at attach. Entering, nothing stored before is provably
@@ -201,9 +201,45 @@ impl Tier {
                 let Some(up) = up else { return bad() };
                 Job::Fetch(up)
             }
-            Op::Append | Op::Merge | Op::Cas | Op::Zadd | Op::Zrem => {
+            Op::Zadd => {
+                let Ok(entries) = crate::value::zset_entries(req.payload) else { return bad() };
+                if req.arg2 != req.payload.len() as u64 || entries.iter().any(|e| e.score.is_nan())
+                {
+                    return bad();
+                }
+                let pairs = entries.iter().map(|e| (e.score, e.member.to_vec())).collect();
+                Job::Zadd { key, pairs, max_len: req.arg }
+            }
+            Op::Zrem => {
+                let Some(members) = list_members(req.payload) else { return bad() };
+                Job::Zrem { key, members }
+            }
+            Op::Append => {
+                if req.arg2 != req.payload.len() as u64
+                    || crate::value::validate(req.payload).is_err()
+                {
+                    return bad();
+                }
+                let item = crate::tier::to_upstream(req.payload);
+                Job::Append { key, item, max_len: req.arg }
+            }
+            // A deep merge has no Redis equivalent (a hash holds one level).
+            Op::Merge if req.flags & flag::DEEP != 0 => {
                 return Err(Some(Reply::status(status::NOT_SUPPORTED)))
             }
+            Op::Merge => {
+                let Ok(items) = crate::value::dict_items(req.payload) else { return bad() };
+                let fields = items
+                    .iter()
+                    .map(|(k, v)| {
+                        let (k, v) = (&req.payload[k.clone()], &req.payload[v.clone()]);
+                        (crate::tier::field_upstream(k), crate::tier::to_upstream(v))
+                    })
+                    .collect();
+                Job::Merge { key, fields }
+            }
+            // Versions are this host's: the upstream has none to compare.
+            Op::Cas => return Err(Some(Reply::status(status::NOT_SUPPORTED))),
             Op::Noop
             | Op::Insert
             | Op::Remove
@@ -375,13 +411,12 @@ impl Tier {
             ) => store.apply(ring, &req),
             (Some(Op::Fetch), Answer::Fetched(vals)) => {
                 let keys = crate::protocol::unframe_keys(&w.payload).unwrap_or_default();
+                let mut unsupported = None;
                 for (k, v) in keys.iter().zip(vals) {
                     let stored = match v {
-                        Some((bytes, pttl)) => expiry(pttl).map(|e| {
-                            let local = crate::tier::from_upstream(&bytes);
-                            store.put_for(ring, &req, k, &local, e, Reply::ok(0))
-                        }),
-                        None => Some(store.put_for(
+                        Fetched::Value(local, pttl) => expiry(pttl)
+                            .map(|e| store.put_for(ring, &req, k, &local, e, Reply::ok(0))),
+                        Fetched::Absent => Some(store.put_for(
                             ring,
                             &req,
                             k,
@@ -389,12 +424,29 @@ impl Tier {
                             0,
                             Reply::ok(0),
                         )),
+                        Fetched::Unsupported(what) => {
+                            crate::log::warn(&format!(
+                                "upstream key {} holds {what}, which surpdb has no value for",
+                                crate::protocol::key_repr(k)
+                            ));
+                            unsupported = Some(k.to_vec());
+                            None
+                        }
                     };
                     if stored.is_none_or(|r| r.status != status::OK) {
                         store.drop_key(k);
                     }
                 }
                 rh.up_read_throughs.fetch_add(keys.len() as u64, Ordering::Relaxed);
+                if unsupported.is_some() {
+                    // A type surpdb cannot hold (a Redis set, a stream): the read says so.
+                    return ring.complete(
+                        o.boxno,
+                        o.ticket,
+                        o.head_after,
+                        Reply::status(status::WRONG_TYPE),
+                    );
+                }
                 // One key: the answer names the record stored for it (offset, version), so
                 // the reader can take that value even if an invalidation unlinks it before
                 // the reader looks (a key written elsewhere faster than a round trip would
@@ -406,6 +458,19 @@ impl Tier {
                     },
                     _ => Reply::ok(0),
                 }
+            }
+            // Sorted sets, lists and hashes live upstream as Redis's own types: the local copy
+            // is dropped and the next read fetches the new whole.
+            (Some(Op::Zadd | Op::Zrem | Op::Append), Answer::Count { value, replayed }) => {
+                if replayed {
+                    rh.up_replays.fetch_add(1, Ordering::Relaxed);
+                }
+                store.drop_key(&w.key);
+                Reply::ok(value)
+            }
+            (Some(Op::Merge), Answer::Status(status::OK)) => {
+                store.drop_key(&w.key);
+                Reply::ok(0)
             }
             (_, Answer::Replayed(s)) => {
                 rh.up_replays.fetch_add(1, Ordering::Relaxed);
@@ -422,4 +487,19 @@ impl Tier {
         };
         ring.complete(o.boxno, o.ticket, o.head_after, reply);
     }
+}
+
+/// The members of a ZREM payload (a LIST of str or bytes), as bytes.
+fn list_members(payload: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let items = crate::value::list_items(payload).ok()?;
+    items
+        .into_iter()
+        .map(|r| {
+            let mut rd = crate::value::Reader::new(&payload[r]);
+            match rd.u8().ok()? {
+                crate::value::STR | crate::value::BYTES => rd.lbytes().ok().map(<[u8]>::to_vec),
+                _ => None,
+            }
+        })
+        .collect()
 }

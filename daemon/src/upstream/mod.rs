@@ -143,6 +143,28 @@ pub enum Job {
         key: Vec<u8>,
         ttl_ms: u64,
     },
+    /// Sorted sets onto Redis sorted sets: add (score, member) pairs, keeping the `max_len`
+    /// highest scores (0: all).
+    Zadd {
+        key: Vec<u8>,
+        pairs: Vec<(f64, Vec<u8>)>,
+        max_len: u64,
+    },
+    Zrem {
+        key: Vec<u8>,
+        members: Vec<Vec<u8>>,
+    },
+    /// Lists onto Redis lists (each item as `tier::to_upstream`), keeping the newest `max_len`.
+    Append {
+        key: Vec<u8>,
+        item: Vec<u8>,
+        max_len: u64,
+    },
+    /// A shallow merge of dicts onto a Redis hash (fields and values already mapped).
+    Merge {
+        key: Vec<u8>,
+        fields: Vec<(Vec<u8>, Vec<u8>)>,
+    },
     /// Remove every key under the prefix matching `pattern` (a SCAN pattern, after the
     /// prefix), except those starting with (the prefix and) one of `keep`.
     Clear {
@@ -154,8 +176,8 @@ pub enum Job {
 /// The upstream's answer to a job.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Answer {
-    /// Per key: its bytes and remaining TTL in ms (-1: none), or None if absent.
-    Fetched(Vec<Option<(Vec<u8>, i64)>>),
+    /// Per key, what the upstream holds.
+    Fetched(Vec<Fetched>),
     /// A wire status: OK, NOT_DONE (add of a present key, delete or touch of an absent
     /// one, incr of an absent key without a start), NOT_INTEGER, OVERFLOW, WRONG_TYPE,
     /// UNAVAILABLE (no answer in time: the outcome is unknown).
@@ -165,6 +187,18 @@ pub enum Answer {
     Int { value: i64, pttl_ms: Option<i64> },
     /// A replayed add or delete: its recorded status (the key may have changed since).
     Replayed(u32),
+    /// What a sorted-set or list update answers (members added or removed, the new length).
+    Count { value: u64, replayed: bool },
+}
+
+/// One key as a read-through found it upstream.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fetched {
+    Absent,
+    /// Its value, already in the local encoding, and its remaining TTL in ms (-1: none).
+    Value(Vec<u8>, i64),
+    /// A type surpdb has no value for (a Redis set, stream, ...): named.
+    Unsupported(String),
 }
 
 /// What the upstream thread tells the apply loop, in the order it learned it.
@@ -342,6 +376,45 @@ const INCR_LUA: &str = once_script!(
      return {0, v, redis.call('PTTL', KEYS[2])}"
 );
 
+/// zadd: ARGV[3] the max_len (0: none), then score, member pairs. `{0, members added}`.
+const ZADD_LUA: &str = once_script!(
+    "local n = 0 for i = 4, #ARGV, 2 do \
+     n = n + redis.call('ZADD', KEYS[2], ARGV[i], ARGV[i + 1]) end \
+     if ARGV[3] ~= '0' then \
+     redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(tonumber(ARGV[3]) + 1)) end \
+     done(n) return {0, n}"
+);
+
+/// zrem: ARGV[3..] the members. `{0, members removed}`.
+const ZREM_LUA: &str = once_script!(
+    "local n = 0 for i = 3, #ARGV do n = n + redis.call('ZREM', KEYS[2], ARGV[i]) end \
+     done(n) return {0, n}"
+);
+
+/// append: ARGV[3] the max_len (0: none), ARGV[4] the item. `{0, new length}`.
+const APPEND_LUA: &str = once_script!(
+    "local n = redis.call('RPUSH', KEYS[2], ARGV[4]) \
+     if ARGV[3] ~= '0' and n > tonumber(ARGV[3]) then \
+     redis.call('LTRIM', KEYS[2], -tonumber(ARGV[3]), -1) n = tonumber(ARGV[3]) end \
+     done(n) return {0, n}"
+);
+
+/// merge: ARGV[3..] field, value pairs (HSET). `{0, 1}`.
+const MERGE_LUA: &str = once_script!(
+    "for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end \
+     done(1) return {0, 1}"
+);
+
+/// fetch: one key's type, remaining TTL and contents (a string, a sorted set with scores, a
+/// list, a hash), in one atomic step.
+const FETCH_LUA: &str = "local k = KEYS[1] local t = redis.call('TYPE', k)['ok'] \
+    if t == 'none' then return {t} end local ttl = redis.call('PTTL', k) \
+    if t == 'string' then return {t, ttl, redis.call('GET', k)} end \
+    if t == 'zset' then return {t, ttl, redis.call('ZRANGE', k, 0, -1, 'WITHSCORES')} end \
+    if t == 'list' then return {t, ttl, redis.call('LRANGE', k, 0, -1)} end \
+    if t == 'hash' then return {t, ttl, redis.call('HGETALL', k)} end \
+    return {t, ttl}";
+
 /// clear: unlink every key matching ARGV[3] (a SCAN pattern), a SCAN page at a time, except
 /// those starting with one of ARGV[4..] (the boxes' exactly-once records; for the default
 /// namespace, the other namespaces' keys).
@@ -363,7 +436,18 @@ struct Scripts {
     touch: redis::Script,
     incr: redis::Script,
     clear: redis::Script,
+    zadd: redis::Script,
+    zrem: redis::Script,
+    append: redis::Script,
+    merge: redis::Script,
+    fetch: redis::Script,
 }
+
+/// Every script, loaded at each connect.
+const SCRIPTS: [&str; 11] = [
+    SET_LUA, ADD_LUA, DEL_LUA, TOUCH_LUA, INCR_LUA, CLEAR_LUA, ZADD_LUA, ZREM_LUA, APPEND_LUA,
+    MERGE_LUA, FETCH_LUA,
+];
 
 impl Scripts {
     fn new() -> Scripts {
@@ -374,11 +458,16 @@ impl Scripts {
             touch: redis::Script::new(TOUCH_LUA),
             incr: redis::Script::new(INCR_LUA),
             clear: redis::Script::new(CLEAR_LUA),
+            zadd: redis::Script::new(ZADD_LUA),
+            zrem: redis::Script::new(ZREM_LUA),
+            append: redis::Script::new(APPEND_LUA),
+            merge: redis::Script::new(MERGE_LUA),
+            fetch: redis::Script::new(FETCH_LUA),
         }
     }
 
     fn load(&self, c: &mut Conn) -> redis::RedisResult<()> {
-        for s in [SET_LUA, ADD_LUA, DEL_LUA, TOUCH_LUA, INCR_LUA, CLEAR_LUA] {
+        for s in SCRIPTS {
             c.call(redis::cmd("SCRIPT").arg("LOAD").arg(s))?;
         }
         Ok(())
@@ -664,14 +753,39 @@ impl Worker {
             Job::Fetch(keys) => {
                 return keys
                     .iter()
-                    .flat_map(|k| {
-                        let mut get = redis::cmd("GET");
-                        get.arg(&k[..]);
-                        let mut pttl = redis::cmd("PTTL");
-                        pttl.arg(&k[..]);
-                        [get, pttl]
+                    .map(|k| {
+                        let mut c = redis::cmd("EVALSHA");
+                        c.arg(sc.fetch.get_hash()).arg(1).arg(&k[..]);
+                        c
                     })
                     .collect()
+            }
+            Job::Zadd { key, pairs, max_len } => {
+                let mut c = once(&sc.zadd, &[key]);
+                c.arg(*max_len);
+                for (score, member) in pairs {
+                    c.arg(score.to_string()).arg(&member[..]);
+                }
+                c
+            }
+            Job::Zrem { key, members } => {
+                let mut c = once(&sc.zrem, &[key]);
+                for m in members {
+                    c.arg(&m[..]);
+                }
+                c
+            }
+            Job::Append { key, item, max_len } => {
+                let mut c = once(&sc.append, &[key]);
+                c.arg(*max_len).arg(&item[..]);
+                c
+            }
+            Job::Merge { key, fields } => {
+                let mut c = once(&sc.merge, &[key]);
+                for (f, v) in fields {
+                    c.arg(&f[..]).arg(&v[..]);
+                }
+                c
             }
             Job::Set { key, value, ttl_ms, only_if_absent } => {
                 let mut c = once(if *only_if_absent { &sc.add } else { &sc.set }, &[key]);
@@ -724,6 +838,10 @@ fn job_name(j: &Job) -> &'static str {
         Job::Delete(_) => "delete",
         Job::Incr { .. } => "incr",
         Job::Touch { .. } => "touch",
+        Job::Zadd { .. } => "zadd",
+        Job::Zrem { .. } => "zrem",
+        Job::Append { .. } => "append",
+        Job::Merge { .. } => "merge",
         Job::Clear { .. } => "clear",
     }
 }
@@ -753,15 +871,19 @@ fn answer(job: &Job, replies: Vec<Value>) -> Answer {
         _ => None,
     };
     match (job, replies.as_slice()) {
-        (Job::Fetch(_), vals) => Answer::Fetched(
-            vals.chunks(2)
-                .map(|pair| match pair {
-                    [Value::BulkString(b), Value::Int(t)] => Some((b.clone(), *t)),
-                    [Value::SimpleString(s), Value::Int(t)] => Some((s.clone().into_bytes(), *t)),
-                    _ => None,
-                })
-                .collect(),
-        ),
+        (Job::Fetch(_), vals) => Answer::Fetched(vals.iter().map(fetched).collect()),
+        (Job::Zadd { .. } | Job::Zrem { .. } | Job::Append { .. }, [v]) => match once(v) {
+            Some((replayed, r)) => match r.first().and_then(int) {
+                Some(n) => Answer::Count { value: n.max(0) as u64, replayed },
+                None => Answer::Status(status::BAD_REQUEST),
+            },
+            None => Answer::Status(status::BAD_REQUEST),
+        },
+        (Job::Merge { .. }, [v]) => match once(v) {
+            Some((false, _)) => Answer::Status(status::OK),
+            Some((true, _)) => Answer::Replayed(status::OK),
+            None => Answer::Status(status::BAD_REQUEST),
+        },
         (Job::Clear { .. }, [v]) => match once(v) {
             Some((false, _)) => Answer::Status(status::OK),
             Some((true, _)) => Answer::Replayed(status::OK),
@@ -785,6 +907,39 @@ fn answer(job: &Job, replies: Vec<Value>) -> Answer {
             None => Answer::Status(status::BAD_REQUEST),
         },
         _ => Answer::Status(status::BAD_REQUEST),
+    }
+}
+
+/// What a fetch script answered for one key, in the local encoding.
+fn fetched(v: &Value) -> Fetched {
+    let bytes = |v: &Value| match v {
+        Value::BulkString(b) => Some(b.clone()),
+        Value::SimpleString(s) => Some(s.clone().into_bytes()),
+        Value::Int(n) => Some(n.to_string().into_bytes()),
+        Value::Double(d) => Some(d.to_string().into_bytes()),
+        _ => None,
+    };
+    let list = |v: &Value| match v {
+        Value::Array(a) => a.iter().map(bytes).collect::<Option<Vec<_>>>(),
+        _ => None,
+    };
+    let Value::Array(a) = v else { return Fetched::Unsupported("no answer".into()) };
+    let kind = a.first().and_then(bytes).unwrap_or_default();
+    let ttl = match a.get(1) {
+        Some(Value::Int(t)) => *t,
+        _ => -1,
+    };
+    let local = match (&kind[..], a.get(2)) {
+        (b"none", _) => return Fetched::Absent,
+        (b"string", Some(v)) => bytes(v).map(|b| crate::tier::from_upstream(&b)),
+        (b"zset", Some(v)) => list(v).and_then(|l| crate::tier::local_zset(&l)),
+        (b"list", Some(v)) => list(v).and_then(|l| crate::tier::local_list(&l)),
+        (b"hash", Some(v)) => list(v).and_then(|l| crate::tier::local_dict(&l)),
+        _ => None,
+    };
+    match local {
+        Some(l) => Fetched::Value(l, ttl),
+        None => Fetched::Unsupported(format!("a Redis {}", String::from_utf8_lossy(&kind))),
     }
 }
 
