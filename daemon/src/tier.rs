@@ -99,7 +99,7 @@ pub fn local_key(up: &[u8], find: impl Fn(&[u8]) -> Option<usize>) -> Option<Vec
 /// local ZSET value. Members are bytes upstream, as locally (a str and a bytes member of the
 /// same bytes are one member); they read back as str when they are UTF-8.
 pub fn local_zset(flat: &[Vec<u8>]) -> Option<Vec<u8>> {
-    if flat.len() % 2 != 0 {
+    if !flat.len().is_multiple_of(2) {
         return None;
     }
     let mut entries = Vec::with_capacity(flat.len() / 2);
@@ -130,7 +130,7 @@ pub fn local_list(items: &[Vec<u8>]) -> Option<Vec<u8>> {
 
 /// A hash read from the upstream (`HGETALL`: field, value, ...) as a local DICT value.
 pub fn local_dict(flat: &[Vec<u8>]) -> Option<Vec<u8>> {
-    if flat.len() % 2 != 0 {
+    if !flat.len().is_multiple_of(2) {
         return None;
     }
     let mut out = vec![value::DICT];
