@@ -269,3 +269,30 @@ def test_max_entries_culls_per_namespace_as_django_does(server: surpdb.Server) -
     for i in range(400):
         other.set(f"many{i}", i)
     assert other.get("many0") == 0
+
+
+def test_get_or_set_computes_once_across_threads(server: surpdb.Server) -> None:
+    import threading
+    import time
+
+    calls = []
+    got = []
+
+    def slow() -> str:
+        calls.append(1)
+        time.sleep(0.2)  # the work the other threads would otherwise repeat
+        return "computed"
+
+    def worker() -> None:
+        got.append(backend(server.path).get_or_set("k", slow, 60))  # one backend per thread
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert got == ["computed"] * 6 and len(calls) == 1
+    c = backend(server.path)
+    assert c.get_or_set("k", lambda: "other") == "computed"
+    assert c.get_or_set("zero", lambda: "not kept", timeout=0) == "not kept"
+    assert c.get("zero") is None

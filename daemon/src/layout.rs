@@ -541,6 +541,12 @@ pub mod op {
     /// Namespaces: remove the oldest entries of namespace `arg` until at most `arg2` remain
     /// (Django's cull); value: how many remain.
     pub const NS_CULL: u8 = 21;
+    /// Stampede lease on `key` for `arg` ms, for the caller `arg2` (a random token): value 1
+    /// granted (the caller computes), 2 held by another live caller (aux: the lease's expiry,
+    /// unix ms), 0 the key holds a value.
+    pub const LEASE: u8 = 22;
+    /// Give back the lease on `key` that token `arg2` holds; value 1 if it held it.
+    pub const UNLEASE: u8 = 23;
 }
 
 /// Request flags.

@@ -158,6 +158,18 @@ impl<'a> Request<'a> {
         Request { arg2: keep, ..Self::bare(op::NS_CULL, b"", id) }
     }
 
+    /// A stampede lease on `key` for `ms` milliseconds (see `op::LEASE`), for the caller
+    /// that `token` names (random per call: threads and coroutines of one process are
+    /// callers of their own).
+    pub fn lease(key: &'a [u8], ms: u64, token: u64) -> Self {
+        Request { arg2: token, ..Self::bare(op::LEASE, key, ms) }
+    }
+
+    /// Give back the lease on `key` that `token` holds.
+    pub fn unlease(key: &'a [u8], token: u64) -> Self {
+        Request { arg2: token, ..Self::bare(op::UNLEASE, key, 0) }
+    }
+
     /// Only what names a request in an error message (its op and key): for replies
     /// collected later, shaped from what the ticket ledger kept.
     pub fn named(op: u8, key: &'a [u8]) -> Self {
@@ -202,10 +214,12 @@ pub enum Op {
     NsOpen = op::NS_OPEN,
     NsClear = op::NS_CLEAR,
     NsCull = op::NS_CULL,
+    Lease = op::LEASE,
+    Unlease = op::UNLEASE,
 }
 
 impl Op {
-    pub const ALL: [Op; 21] = [
+    pub const ALL: [Op; 23] = [
         Op::Set,
         Op::Add,
         Op::Delete,
@@ -227,6 +241,8 @@ impl Op {
         Op::NsOpen,
         Op::NsClear,
         Op::NsCull,
+        Op::Lease,
+        Op::Unlease,
     ];
 
     /// The op a wire byte names, None for a byte no op has (or the box filler).
@@ -254,6 +270,8 @@ impl Op {
             op::NS_OPEN => Op::NsOpen,
             op::NS_CLEAR => Op::NsClear,
             op::NS_CULL => Op::NsCull,
+            op::LEASE => Op::Lease,
+            op::UNLEASE => Op::Unlease,
             _ => return None,
         })
     }
@@ -302,6 +320,8 @@ impl Op {
             Op::NsOpen => "namespace",
             Op::NsClear => "clear",
             Op::NsCull => "cull",
+            Op::Lease => "get_or_set",
+            Op::Unlease => "get_or_set",
         }
     }
 

@@ -316,7 +316,8 @@ pub fn futex_wake(word: &AtomicU32, n: i32) {
 }
 
 /// Whether process `pid` exists and started at `start` (clock ticks since boot; 0 = unknown,
-/// then existence alone decides). A recycled pid with another start time is not alive.
+/// then existence alone decides). A recycled pid with another start time is not alive, nor
+/// is a zombie (it has exited; only its parent has not collected it yet).
 pub fn process_alive(pid: u32, start: u64) -> bool {
     if pid == 0 {
         return false;
@@ -326,22 +327,27 @@ pub fn process_alive(pid: u32, start: u64) -> bool {
     if r != 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EPERM) {
         return false;
     }
-    if start == 0 {
-        return true;
-    }
-    match process_start_time(pid) {
-        Some(s) => s == start,
+    match process_stat(pid) {
+        Some(('Z' | 'X' | 'x', _)) => false,
+        Some((_, s)) => start == 0 || s == start,
         None => true, // /proc unavailable: trust kill()
     }
 }
 
 /// Start time of a process in clock ticks since boot (/proc/PID/stat field 22).
 pub fn process_start_time(pid: u32) -> Option<u64> {
+    process_stat(pid).map(|(_, start)| start)
+}
+
+/// A process's state letter and start time (/proc/PID/stat fields 3 and 22).
+fn process_stat(pid: u32) -> Option<(char, u64)> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces and parentheses: split after the last ')'.
     let rest = &s[s.rfind(')')? + 1..];
     // rest starts with " S ..." : field 3 is index 0 here, so field 22 is index 19.
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut f = rest.split_whitespace();
+    let state = f.next()?.chars().next()?;
+    Some((state, f.nth(18)?.parse().ok()?))
 }
 
 /// This process's pid (a syscall: callers cache it).

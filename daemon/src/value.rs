@@ -38,6 +38,10 @@ pub const ZSET: u8 = 0x0c;
 /// absent until an invalidation drops it. Only the daemon stores it: it is not a value
 /// ([`validate`] refuses it), so no client can write one.
 pub const ABSENT: u8 = 0x0d;
+/// A stampede lease: the whole stored value of a key one client is computing (`get_or_set`).
+/// Reads as a miss. Only the daemon stores it ([`validate`] refuses it): tag, then the
+/// holder's pid (u32 LE), process start time (u64 LE) and token (u64 LE).
+pub const LEASE: u8 = 0x0e;
 
 /// Deepest nesting of containers accepted by encoders and decoders.
 pub const MAX_DEPTH: usize = 200;
@@ -248,6 +252,7 @@ pub fn type_name(buf: &[u8]) -> &'static str {
         Some(&PICKLE) => "pickled object",
         Some(&ZSET) => "sorted set",
         Some(&ABSENT) => "absent marker",
+        Some(&LEASE) => "lease",
         _ => "unknown",
     }
 }

@@ -473,6 +473,130 @@ impl Client {
         self.with_key(key, |k| self.submit(py, Request::set(k, &buf, ttl), wait))
     }
 
+    /// The value of `key`; on a miss, `default` (called, if callable) is stored with `ttl`
+    /// and returned. With `lease` (and a callable `default`), one caller across all
+    /// processes computes it while the others wait for its result (a stampede lease from the
+    /// daemon); a holder that dies hands the lease on at once, one that takes longer than
+    /// `lease_timeout` seconds loses it. Waiting longer than `lease_timeout` raises Timeout.
+    /// If `default` raises, the lease is given back and the exception propagates.
+    #[pyo3(signature = (key, default, ttl = None, lease = true, lease_timeout = 30.0))]
+    fn get_or_set<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        default: &Bound<'py, PyAny>,
+        ttl: Option<f64>,
+        lease: bool,
+        lease_timeout: f64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        if !(lease_timeout.is_finite() && lease_timeout > 0.0 && lease_timeout <= MAX_TIMEOUT_S) {
+            return Err(PyValueError::new_err(format!(
+                "lease_timeout must be positive seconds, got {lease_timeout}"
+            )));
+        }
+        let ttl = ttl_ms(ttl)?;
+        self.with_key(key, |k| {
+            if let Some(v) = self.get_one(py, k)? {
+                return Ok(v);
+            }
+            if !lease || !default.is_callable() {
+                let v = if default.is_callable() { default.call0()? } else { default.clone() };
+                let buf = self.encode_value(&v)?;
+                self.call(py, Request::add(k, &buf, ttl))?;
+                return Ok(self.get_one(py, k)?.unwrap_or(v));
+            }
+            let ms = (lease_timeout * 1000.0).ceil() as u64;
+            let deadline = std::time::Instant::now() + Duration::from_millis(ms);
+            let mut pause = Duration::from_micros(200);
+            // This call's own token: another thread of this process is another caller.
+            let token = surpd::shm::random_u64();
+            loop {
+                let req = Request::lease(k, ms, token);
+                let r = self.call(py, req)?;
+                let r = self.core.outcome(&req, r).map_err(to_py_err)?;
+                match r.value {
+                    1 => {
+                        // Ours: compute, store (which replaces the lease), return.
+                        let v = match default.call0() {
+                            Ok(v) => v,
+                            Err(e) => {
+                                let _ = self.call(py, Request::unlease(k, token));
+                                return Err(e);
+                            }
+                        };
+                        let buf = match self.encode_value(&v) {
+                            Ok(b) => b,
+                            Err(e) => {
+                                let _ = self.call(py, Request::unlease(k, token));
+                                return Err(e);
+                            }
+                        };
+                        let r = self.call(py, Request::set(k, &buf, ttl))?;
+                        self.shape(py, op::SET, k, r)?;
+                        return Ok(v);
+                    }
+                    0 => {
+                        if let Some(v) = self.get_one(py, k)? {
+                            return Ok(v);
+                        }
+                    }
+                    _ => {
+                        // Held by a live client: wait for its value (or for the lease to be
+                        // handed on), looking again with a growing pause.
+                        if std::time::Instant::now() >= deadline {
+                            return Err(errors::Timeout::new_err(format!(
+                                "get_or_set({}): another process has been computing it for \
+                                 longer than lease_timeout ({lease_timeout} s)",
+                                key_repr(k)
+                            )));
+                        }
+                        py.allow_threads(|| std::thread::sleep(pause));
+                        pause = (pause * 2).min(Duration::from_millis(20));
+                        if let Some(v) = self.get_one(py, k)? {
+                            return Ok(v);
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    /// One try for the stampede lease on `key` (what get_or_set waits on, for callers that
+    /// wait their own way, such as an event loop) for the caller `token` (any int up to
+    /// 2**64 - 1, its own: random per computation): 1 granted (compute, then set the key,
+    /// or unlease it), 2 held by another live caller (look again later), 0 the key holds a
+    /// value (read it). Never waits for the other holder.
+    #[pyo3(signature = (key, token, lease_timeout = 30.0))]
+    fn try_lease(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        token: u64,
+        lease_timeout: f64,
+    ) -> PyResult<u64> {
+        if !(lease_timeout.is_finite() && lease_timeout > 0.0 && lease_timeout <= MAX_TIMEOUT_S) {
+            return Err(PyValueError::new_err(format!(
+                "lease_timeout must be positive seconds, got {lease_timeout}"
+            )));
+        }
+        let ms = (lease_timeout * 1000.0).ceil() as u64;
+        self.with_key(key, |k| {
+            let req = Request::lease(k, ms, token);
+            let r = self.call(py, req)?;
+            Ok(self.core.outcome(&req, r).map_err(to_py_err)?.value)
+        })
+    }
+
+    /// Give back the lease on `key` that `token` holds (its computation failed). True if it
+    /// held it.
+    fn unlease(&self, py: Python<'_>, key: &Bound<'_, PyAny>, token: u64) -> PyResult<bool> {
+        self.with_key(key, |k| {
+            let req = Request::unlease(k, token);
+            let r = self.call(py, req)?;
+            Ok(self.core.outcome(&req, r).map_err(to_py_err)?.value == 1)
+        })
+    }
+
     /// Store only if `key` is absent (or expired). True if stored.
     #[pyo3(signature = (key, value, ttl = None, wait = true))]
     fn add(

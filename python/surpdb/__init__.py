@@ -33,6 +33,7 @@ from .errors import (
     Unavailable,
     ValueTooLarge,
 )
+from .memoize import memoize
 from .server import Server, default_dir
 
 Mapping.register(Record)
@@ -58,6 +59,7 @@ __all__ = [
     "connect",
     "default_dir",
     "errors",
+    "memoize",
 ]
 
 

@@ -366,6 +366,28 @@ class SurpdbCache(BaseCache):
     def decr(self, key: Any, delta: int = 1, version: int | None = None) -> int:
         return self.incr(key, -delta, version=version)
 
+    def get_or_set(
+        self,
+        key: Any,
+        default: Any,
+        timeout: Any = DEFAULT_TIMEOUT,
+        version: int | None = None,
+    ) -> Any:
+        """Django's get_or_set, with a stampede lease: on a miss, one caller across every
+        process of the host computes a callable default; the others wait for its value."""
+        k = self._key(key, version)
+        ttl = self.get_backend_timeout(timeout)
+        if ttl == 0:  # do not cache: Django's own backends compute and return it
+            return default() if callable(default) else default
+        try:
+            self._cull()
+            return self._client.get_or_set(k, default, ttl=ttl)
+        except (ValueTooLarge, KeyTooLong):
+            raise
+        except Error as e:
+            value = default() if callable(default) else default
+            return self._ignored("get_or_set", e, value)
+
     def clear(self) -> None:
         self._call("clear", self._client.clear, None)
 

@@ -16,6 +16,7 @@ use crate::ring::{Reply, Req, Ring};
 use crate::segment::Segment;
 
 mod cache;
+mod leases;
 mod namespaces;
 mod records;
 mod recovery;
@@ -93,6 +94,8 @@ impl Store {
             Some(Op::NsOpen) => self.ns_open(req),
             Some(Op::NsClear) => self.ns_clear_request(req.arg),
             Some(Op::NsCull) => self.ns_cull(req.arg, req.arg2),
+            Some(Op::Lease) => self.lease(ring, req, &mut st),
+            Some(Op::Unlease) => self.unlease(ring, req),
             // Standalone: nothing to read through (tiered mode takes FETCH before this).
             Some(Op::Noop | Op::Fetch) => Reply::ok(0),
             Some(Op::Append) => self.append(ring, req, &mut st),

@@ -238,8 +238,11 @@ impl Tier {
                     .collect();
                 Job::Merge { key, fields }
             }
-            // Versions are this host's: the upstream has none to compare.
-            Op::Cas => return Err(Some(Reply::status(status::NOT_SUPPORTED))),
+            // Versions are this host's: the upstream has none to compare. Leases are held by
+            // this host's processes (another host could not tell its holder dead).
+            Op::Cas | Op::Lease | Op::Unlease => {
+                return Err(Some(Reply::status(status::NOT_SUPPORTED)))
+            }
             Op::Noop
             | Op::Insert
             | Op::Remove

@@ -196,6 +196,11 @@ impl Client {
         // Tiered mode when a lease was ever given (0: a standalone store).
         let lease = h.up_lease_ms.load(Ordering::Acquire);
         match seg.probe(key, hash) {
+            // A stampede lease: the key's value is being computed (`get_or_set`).
+            Probe::Hit { rec, .. } if rec.value.first() == Some(&crate::value::LEASE) => {
+                count(|c| &c.misses, |h| &h.retired_misses);
+                Lookup::Miss
+            }
             Probe::Hit { rec, .. } if seg.ns_cleared(key, rec.version) => {
                 // Its namespace was cleared after it was written: gone.
                 count(|c| &c.misses, |h| &h.retired_misses);
@@ -395,7 +400,8 @@ impl Client {
                 continue;
             }
             if let Some(rec) = seg.record(slot_off(v)) {
-                if !rec.expired(now) && !seg.ns_cleared(rec.key, rec.version) {
+                let lease = rec.value.first() == Some(&crate::value::LEASE);
+                if !rec.expired(now) && !lease && !seg.ns_cleared(rec.key, rec.version) {
                     f(&rec);
                     n += 1;
                 }

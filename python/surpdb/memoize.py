@@ -1,0 +1,124 @@
+"""``@memoize``: a function's results cached in surpdb, computed once across every process of
+the host (a stampede lease), for plain and ``async`` functions alike."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import inspect
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from ._native import Client, encode_value
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_MISSING = object()
+
+
+def _client(client_or_path: Client | str | os.PathLike[str]) -> Callable[[], Client]:
+    if isinstance(client_or_path, Client):
+        return lambda: client_or_path
+    from . import connect
+
+    path = os.fspath(client_or_path)
+    made: dict[int, Client] = {}
+
+    def get() -> Client:
+        # One client per process (made on first use: a decorated module imported before a
+        # fork makes its client in each worker).
+        pid = os.getpid()
+        c = made.get(pid)
+        if c is None:
+            c = made[pid] = connect(path)
+        return c
+
+    return get
+
+
+def memoize(
+    client_or_path: Client | str | os.PathLike[str],
+    ttl: float | None = None,
+    key: Callable[..., str] | None = None,
+    lease: bool = True,
+    lease_timeout: float = 30.0,
+) -> Callable[[F], F]:
+    """Cache ``fn(*args, **kwargs)`` under a key made from the function's module, name and
+    arguments (the surpdb encoding of ``(args, kwargs)``, hashed: stable across processes
+    and restarts), or ``key(*args, **kwargs)``. With ``lease`` (the default), a result missing
+    from the cache is computed once across all processes; the others wait for it. The
+    decorated function gains ``.invalidate(*args, **kwargs)`` and ``.key(*args, **kwargs)``."""
+    client = _client(client_or_path)
+
+    def decorate(fn: F) -> F:
+        name = f"{fn.__module__}.{fn.__qualname__}"
+
+        def make_key(*args: Any, **kwargs: Any) -> str:
+            if key is not None:
+                return key(*args, **kwargs)
+            digest = hashlib.blake2b(
+                encode_value((args, sorted(kwargs.items()))), digest_size=16
+            ).hexdigest()
+            return f"memoize:{name}:{digest}"
+
+        def invalidate(*args: Any, **kwargs: Any) -> bool:
+            return bool(client().delete(make_key(*args, **kwargs)))
+
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def awrapper(*args: Any, **kwargs: Any) -> Any:
+                c, k = client(), make_key(*args, **kwargs)
+                got = c.get(k, _MISSING)
+                if got is not _MISSING:
+                    return got
+                if not lease:
+                    value = await fn(*args, **kwargs)
+                    c.set(k, value, ttl=ttl)
+                    return value
+                # The lease, waited for on the loop (never blocking it). This call's own
+                # token: another coroutine of this process is another caller.
+                token = int.from_bytes(os.urandom(8), "little")
+                pause = 0.0002
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + lease_timeout
+                while True:
+                    state = c.try_lease(k, token, lease_timeout)
+                    if state == 1:
+                        try:
+                            value = await fn(*args, **kwargs)
+                        except BaseException:
+                            c.unlease(k, token)
+                            raise
+                        c.set(k, value, ttl=ttl)
+                        return value
+                    got = c.get(k, _MISSING)
+                    if got is not _MISSING:
+                        return got
+                    if state == 2:
+                        if loop.time() >= deadline:
+                            from .errors import Timeout
+
+                            raise Timeout(f"{name}: another process computed {k!r} too long")
+                        await asyncio.sleep(pause)
+                        pause = min(pause * 2, 0.02)
+
+            awrapper.invalidate = invalidate  # type: ignore[attr-defined]
+            awrapper.key = make_key  # type: ignore[attr-defined]
+            return awrapper  # type: ignore[return-value]
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            k = make_key(*args, **kwargs)
+            compute = functools.partial(fn, *args, **kwargs)
+            return client().get_or_set(
+                k, compute, ttl=ttl, lease=lease, lease_timeout=lease_timeout
+            )
+
+        wrapper.invalidate = invalidate  # type: ignore[attr-defined]
+        wrapper.key = make_key  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
