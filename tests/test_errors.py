@@ -22,8 +22,11 @@ def test_exception_tree() -> None:
         "IncompatibleSegment",
         "DaemonRunning",
         "ConfigError",
+        "NotSupported",
+        "UnsafeValue",
     ]:
         assert issubclass(getattr(surpdb, name), surpdb.Error)
+    assert issubclass(surpdb.UnsafeValue, TypeError)
     assert issubclass(surpdb.Timeout, TimeoutError)
     assert issubclass(surpdb.ValueTooLarge, ValueError)
     assert issubclass(surpdb.KeyTooLong, ValueError)

@@ -57,6 +57,7 @@ pub const SETTINGS: &[(&str, bool)] = &[
     ("upstream_password", false),
     ("upstream_password_file", false),
     ("upstream_ca_file", false),
+    ("pickle", true),
 ];
 
 #[derive(Clone, Debug, PartialEq)]
@@ -100,6 +101,9 @@ pub struct Config {
     pub upstream_password: Option<String>,
     /// `rediss://`: PEM certificate authorities to trust instead of the system's.
     pub upstream_ca_file: Option<PathBuf>,
+    /// false: values holding a pickle are refused (a client that can write then can never
+    /// make a reader run code).
+    pub pickle: bool,
     /// Where the settings came from, for SIGHUP reloads.
     pub file: Option<PathBuf>,
     pub flags: Vec<(String, String)>,
@@ -131,6 +135,7 @@ impl Config {
             upstream_user: None,
             upstream_password: None,
             upstream_ca_file: None,
+            pickle: true,
             file: None,
             flags: Vec::new(),
         }
@@ -229,6 +234,13 @@ impl Config {
                 }
             }
             "train_after" => self.train_after = num(val)?,
+            "pickle" => {
+                self.pickle = match val.trim() {
+                    "true" | "yes" | "1" => true,
+                    "false" | "no" | "0" => false,
+                    v => return Err(bad(format!("{v:?} is not true or false"))),
+                }
+            }
             "upstream" => {
                 let v = val.trim();
                 if src.starts_with("option")

@@ -47,6 +47,8 @@ pub enum Error {
     NotDurable(String),
     /// The filesystem holding the data directory is full (ENOSPC); nothing changed.
     DiskFull(String),
+    /// A pickled value where pickles are refused (`pickle = false`); nothing changed.
+    UnsafeValue(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -77,7 +79,8 @@ impl fmt::Display for Error {
             | Error::InvalidValue(m)
             | Error::TooLarge(m)
             | Error::NotDurable(m)
-            | Error::DiskFull(m) => f.write_str(m),
+            | Error::DiskFull(m)
+            | Error::UnsafeValue(m) => f.write_str(m),
             Error::ValueTooLarge { size, max } => {
                 write!(f, "value is {size} bytes encoded; this segment's max_value is {max} bytes")
             }

@@ -589,6 +589,8 @@ pub mod status {
     /// Tiered mode: the upstream did not answer (down, or slower than upstream_timeout);
     /// nothing was acknowledged.
     pub const UNAVAILABLE: u32 = 12;
+    /// A pickled value in a store that refuses them (`pickle = false`); nothing changed.
+    pub const PICKLE_REFUSED: u32 = 13;
     /// Never sent: the daemon answers this request later (a training); its box waits.
     pub const DEFERRED: u32 = 0xffff_0002;
     /// Never sent: taken and answered later, in order (tiered mode sends it upstream); the

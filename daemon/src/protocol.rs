@@ -375,6 +375,7 @@ pub enum Status {
     NoDiskSpace,
     NotSupported,
     Unavailable,
+    PickleRefused,
     /// A status this build does not know (a newer daemon, or a scribbled result entry).
     Unknown(u32),
 }
@@ -395,6 +396,7 @@ impl Status {
             status::NO_DISK_SPACE => Status::NoDiskSpace,
             status::NOT_SUPPORTED => Status::NotSupported,
             status::UNAVAILABLE => Status::Unavailable,
+            status::PICKLE_REFUSED => Status::PickleRefused,
             s => Status::Unknown(s),
         }
     }
@@ -498,6 +500,11 @@ pub fn outcome(req: &Request<'_>, r: Reply, cx: &Context<'_>) -> Result<Reply> {
         Status::Unavailable => Error::Unavailable(format!(
             "{} got no answer from the upstream in time (see surpdb stats: \
              upstream_connected); nothing was acknowledged",
+            what()
+        )),
+        Status::PickleRefused => Error::UnsafeValue(format!(
+            "{} was refused: it holds a pickled value, and this store refuses pickles \
+             (pickle = false: loading one runs code); nothing was changed",
             what()
         )),
         Status::InvalidResult => Error::InvalidValue(format!(

@@ -232,6 +232,7 @@ impl Daemon {
         rh.daemon_generation.store(gen, Ordering::Relaxed);
         rh.ready.store(1, Ordering::Release);
         store.set_tiered(cfg.upstream.is_some());
+        store.refuse_pickle = !cfg.pickle;
         let tier = match &cfg.upstream {
             None => None,
             Some(url) => {
@@ -521,6 +522,7 @@ impl Daemon {
                     }
                 }
                 log::set_level(new.log_level);
+                self.store.refuse_pickle = !new.pickle;
                 let c = &mut self.cfg;
                 let changed = [
                     ("size", c.size < new.size),
@@ -528,6 +530,7 @@ impl Daemon {
                     ("durability", c.durability != new.durability),
                     ("flush_interval_ms", c.flush_interval != new.flush_interval),
                     ("log_level", c.log_level != new.log_level),
+                    ("pickle", c.pickle != new.pickle),
                 ];
                 let changed: Vec<&str> = changed.iter().filter(|x| x.1).map(|x| x.0).collect();
                 c.policy = new.policy;
@@ -535,6 +538,7 @@ impl Daemon {
                 c.durability = new.durability;
                 c.flush_interval = new.flush_interval;
                 c.log_level = new.log_level;
+                c.pickle = new.pickle;
                 log::info(&format!(
                     "reloaded settings changed=[{}] policy={} durability={:?}",
                     changed.join(","),

@@ -179,6 +179,44 @@ pub fn skip(r: &mut Reader<'_>, depth: usize) -> Result<()> {
     }
 }
 
+/// Whether a well-formed value holds a pickle anywhere in it (a value that does not parse
+/// counts as holding one: nothing is known of it).
+pub fn has_pickle(buf: &[u8]) -> bool {
+    fn walk(r: &mut Reader<'_>, depth: usize) -> Result<bool> {
+        if depth > MAX_DEPTH {
+            return Err(corrupt("too deep", r.pos));
+        }
+        let start = r.pos;
+        match r.u8()? {
+            PICKLE => Ok(true),
+            LIST | TUPLE => {
+                let n = r.count(1)?;
+                for _ in 0..n {
+                    if walk(r, depth + 1)? {
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
+            }
+            DICT => {
+                let n = r.count(2)?;
+                for _ in 0..2 * n {
+                    if walk(r, depth + 1)? {
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
+            }
+            _ => {
+                r.pos = start;
+                skip(r, depth)?;
+                Ok(false)
+            }
+        }
+    }
+    walk(&mut Reader::new(buf), 0).unwrap_or(true)
+}
+
 /// Check that `buf` is exactly one well-formed value.
 pub fn validate(buf: &[u8]) -> Result<()> {
     let mut r = Reader::new(buf);

@@ -30,6 +30,8 @@ pub(crate) struct Client {
     pub(crate) core: Arc<Core>,
     /// This client's namespace (0: the default one): its keys are stored behind its prefix.
     pub(crate) ns: usize,
+    /// False: values that need a pickle are refused both ways (loading one runs code).
+    pub(crate) pickle: bool,
 }
 
 impl Client {
@@ -86,6 +88,17 @@ impl Client {
         }
     }
 
+    /// A stored value as a Python object; with pickle=False, one holding a pickle raises.
+    pub(crate) fn decode<'py>(&self, py: Python<'py>, buf: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+        if !self.pickle && v::has_pickle(buf) {
+            return Err(errors::UnsafeValue::new_err(
+                "the stored value holds a pickle, and this client refuses to load pickles \
+                 (pickle=False: loading one runs code)",
+            ));
+        }
+        decode_value(py, buf)
+    }
+
     fn encode_value(&self, value: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
         let mut buf = Vec::with_capacity(64);
         self.encode_into(value, &mut buf)?;
@@ -95,6 +108,13 @@ impl Client {
     /// Encode `value` into `buf`; ValueTooLarge over the segment's max_value.
     fn encode_into(&self, value: &Bound<'_, PyAny>, buf: &mut Vec<u8>) -> PyResult<()> {
         encode(value, buf, 0)?;
+        if !self.pickle && v::has_pickle(buf) {
+            return Err(errors::UnsafeValue::new_err(format!(
+                "a value of type {} would be pickled, and this client refuses pickles \
+                 (pickle=False): store None, bool, int, float, str, bytes, list, tuple or dict",
+                pickled_type(value)
+            )));
+        }
         let max = self.core.max_value();
         if buf.len() as u64 > max {
             return Err(errors::ValueTooLarge::new_err(format!(
@@ -178,7 +198,7 @@ impl Client {
             let pin = self.core.pin().map_err(to_py_err)?;
             match self.core.get(&pin, key) {
                 Lookup::Hit(rec) => {
-                    let r = decode_value(py, rec.value);
+                    let r = self.decode(py, rec.value);
                     if pin.confirm(&rec) {
                         return r.map(Some);
                     }
@@ -191,7 +211,7 @@ impl Client {
                     // may have unlinked it since; else read it through (the GIL released
                     // for the round trip).
                     if let Some(v) = answer.take().and_then(|a| self.core.fetched(key, a)) {
-                        return v.rec(key).map(|r| decode_value(py, r.value)).transpose();
+                        return v.rec(key).map(|r| self.decode(py, r.value)).transpose();
                     }
                     let core = &self.core;
                     answer = py
@@ -201,7 +221,7 @@ impl Client {
             }
         }
         // A boxless read that met the writer: read again (what was decoded is discarded).
-        let r = self.core.read(key, |rec| rec.map(|rec| decode_value(py, rec.value)));
+        let r = self.core.read(key, |rec| rec.map(|rec| self.decode(py, rec.value)));
         r.map_err(to_py_err)?.transpose()
     }
 }
@@ -211,8 +231,8 @@ impl Client {
     /// Attach to the store in `path` (the daemon's data directory). `timeout` bounds every
     /// wait for the daemon, in seconds.
     #[new]
-    #[pyo3(signature = (path, timeout = 5.0))]
-    fn new(py: Python<'_>, path: PathBuf, timeout: f64) -> PyResult<Self> {
+    #[pyo3(signature = (path, timeout = 5.0, pickle = true))]
+    fn new(py: Python<'_>, path: PathBuf, timeout: f64, pickle: bool) -> PyResult<Self> {
         if !(timeout.is_finite() && timeout > 0.0 && timeout <= MAX_TIMEOUT_S) {
             return Err(PyValueError::new_err(format!(
                 "timeout must be positive seconds, at most {MAX_TIMEOUT_S:.0} (a year), got \
@@ -222,7 +242,7 @@ impl Client {
         let core = py
             .allow_threads(|| Core::connect(&path, Duration::from_secs_f64(timeout)))
             .map_err(to_py_err)?;
-        Ok(Client { core: Arc::new(core), ns: 0 })
+        Ok(Client { core: Arc::new(core), ns: 0, pickle })
     }
 
     /// A client of namespace `name` sharing this one's connection (its queue in the ring):
@@ -257,7 +277,7 @@ impl Client {
             )));
         }
         let r = self.core.outcome(&req, r).map_err(to_py_err)?;
-        Ok(Client { core: self.core.clone(), ns: r.value as usize })
+        Ok(Client { core: self.core.clone(), ns: r.value as usize, pickle: self.pickle })
     }
 
     /// This client's namespace ("" for the default one).
@@ -334,7 +354,7 @@ impl Client {
                 self.with_key(&key, |k| {
                     match self.core.lookup(&pin, k, now) {
                         Lookup::Hit(rec) => {
-                            let value = decode_value(py, rec.value);
+                            let value = self.decode(py, rec.value);
                             let value = if pin.confirm(&rec) {
                                 value.map(Some)
                             } else {
@@ -776,7 +796,7 @@ impl Client {
     ) -> PyResult<(Bound<'py, PyAny>, u64)> {
         self.with_key(key, |k| {
             let r = self.core.read(k, |rec| match rec {
-                Some(rec) => Ok((decode_value(py, rec.value)?, rec.version)),
+                Some(rec) => Ok((self.decode(py, rec.value)?, rec.version)),
                 None => Ok((default.clone().unwrap_or_else(|| py.None().into_bound(py)), 0)),
             });
             r.map_err(to_py_err)?
@@ -1146,13 +1166,16 @@ impl Client {
             Err(why) => return Err(PyKeyError::new_err(format!("{why}: {}", rid.repr()?))),
         }
         if lazy {
+            if !self.pickle && v::has_pickle(&out) {
+                return self.decode(py, &out); // raises UnsafeValue
+            }
             let fields = match v::dict_items(&out) {
                 Ok(f) if out.first() == Some(&v::DICT) => f,
-                _ => return decode_value(py, &out),
+                _ => return self.decode(py, &out),
             };
             return Ok(Bound::new(py, Record { buf: out, fields, rid: id })?.into_any());
         }
-        decode_value(py, &out)
+        self.decode(py, &out)
     }
 
     /// Remove a record. True if it was there.
@@ -1288,4 +1311,35 @@ fn namespace_dict<'py>(py: Python<'py>, core: &Core, id: usize) -> PyResult<Boun
     d.set_item("evictions", e.evictions.load(Relaxed))?;
     d.set_item("clears", e.clears.load(Relaxed))?;
     Ok(d)
+}
+
+/// The type name of the first part of `value` that the value encoding would pickle.
+fn pickled_type(value: &Bound<'_, PyAny>) -> String {
+    fn find(o: &Bound<'_, PyAny>, depth: usize) -> Option<String> {
+        if depth > v::MAX_DEPTH {
+            return None;
+        }
+        let native = o.is_none()
+            || o.is_exact_instance_of::<PyBool>()
+            || o.is_exact_instance_of::<pyo3::types::PyInt>()
+            || o.is_exact_instance_of::<pyo3::types::PyFloat>()
+            || o.is_exact_instance_of::<PyBytes>();
+        if native {
+            return None;
+        }
+        if let Ok(s) = o.downcast_exact::<pyo3::types::PyString>() {
+            return s.to_str().is_err().then(|| "str with lone surrogates".to_string());
+        }
+        if let Ok(l) = o.downcast_exact::<PyList>() {
+            return l.iter().find_map(|x| find(&x, depth + 1));
+        }
+        if let Ok(t) = o.downcast_exact::<PyTuple>() {
+            return t.iter().find_map(|x| find(&x, depth + 1));
+        }
+        if let Ok(d) = o.downcast_exact::<PyDict>() {
+            return d.iter().find_map(|(k, x)| find(&k, depth + 1).or_else(|| find(&x, depth + 1)));
+        }
+        Some(o.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "object".into()))
+    }
+    find(value, 0).unwrap_or_else(|| "object".into())
 }

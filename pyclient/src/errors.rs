@@ -17,6 +17,7 @@ pyo3::import_exception!(surpdb.errors, IncompatibleSegment);
 pyo3::import_exception!(surpdb.errors, DaemonRunning);
 pyo3::import_exception!(surpdb.errors, ConfigError);
 pyo3::import_exception!(surpdb.errors, NotSupported);
+pyo3::import_exception!(surpdb.errors, UnsafeValue);
 
 pub(crate) fn to_py_err(e: CoreError) -> PyErr {
     let msg = e.to_string();
@@ -44,6 +45,7 @@ pub(crate) fn to_py_err(e: CoreError) -> PyErr {
         CoreError::Locked(_) => DaemonRunning::new_err(msg),
         CoreError::Config(_) => ConfigError::new_err(msg),
         CoreError::NotSupported(_) => NotSupported::new_err(msg),
+        CoreError::UnsafeValue(_) => UnsafeValue::new_err(msg),
         CoreError::NotInteger(_) => PyTypeError::new_err(msg),
         CoreError::Overflow(_) => PyOverflowError::new_err(msg),
         CoreError::WrongType(_) => PyTypeError::new_err(msg),

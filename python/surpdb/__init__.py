@@ -31,6 +31,7 @@ from .errors import (
     SegmentFull,
     Timeout,
     Unavailable,
+    UnsafeValue,
     ValueTooLarge,
 )
 from .memoize import memoize
@@ -55,6 +56,7 @@ __all__ = [
     "Server",
     "Timeout",
     "Unavailable",
+    "UnsafeValue",
     "ValueTooLarge",
     "connect",
     "default_dir",
@@ -68,13 +70,16 @@ def connect(
     *,
     timeout: float = 5.0,
     namespace: str | None = None,
+    pickle: bool = True,
 ) -> Client:
     """Attach to the store served from ``path`` (default: ``default_dir()``).
 
     Reads work even while the daemon is down; writes wait up to ``timeout`` seconds for the
     daemon's acknowledgement, then raise :class:`Unavailable`. With ``namespace``, the
     client's keys, ``clear()`` and counts are that namespace's alone (made on first use;
-    ``Client.namespace`` also sets quotas).
+    ``Client.namespace`` also sets quotas). With ``pickle=False``, a value the encoding would
+    pickle is refused (``UnsafeValue``) and so is loading one: a process that can write to
+    the store can then never make this one run code.
     """
-    c = Client(os.fspath(path) if path is not None else default_dir(), timeout)
+    c = Client(os.fspath(path) if path is not None else default_dir(), timeout, pickle)
     return c.namespace(namespace) if namespace else c

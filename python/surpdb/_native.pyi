@@ -29,7 +29,9 @@ _Key = str | bytes
 
 @final
 class Client:
-    def __new__(cls, path: str | PathLike[str], timeout: float = 5.0) -> Client: ...
+    def __new__(
+        cls, path: str | PathLike[str], timeout: float = 5.0, pickle: bool = True
+    ) -> Client: ...
     @property
     def path(self) -> str: ...
     @property

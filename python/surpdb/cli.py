@@ -33,6 +33,7 @@ _SETTINGS = [
     ("upstream_user", "tiered mode: the upstream ACL user"),
     ("upstream_password_file", "tiered mode: a file holding the upstream password"),
     ("upstream_ca_file", "tiered mode, rediss://: PEM certificate authorities to trust"),
+    ("pickle", "false: refuse values that hold a pickle (loading one runs code)"),
 ]
 
 

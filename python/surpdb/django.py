@@ -7,6 +7,7 @@
             "TIMEOUT": 300,                         # Django's default expiry, seconds
             "OPTIONS": {
                 "NAMESPACE": "pages",               # optional: this alias's own key space
+                "PICKLE": True,                     # False: refuse values that need pickle
                 "IGNORE_EXCEPTIONS": False,         # True: a dead daemon is a miss + warning
                 "CLIENT_TIMEOUT": 5.0,              # seconds to wait for the daemon's ack
                 # "MAX_ENTRIES": 1000, "CULL_FREQUENCY": 3,   # optional, Django's culling
@@ -47,13 +48,13 @@ from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache, memcache
 
 from . import connect, default_dir
 from ._native import Client
-from .errors import Error, KeyTooLong, ValueTooLarge
+from .errors import Error, KeyTooLong, UnsafeValue, ValueTooLarge
 
 __all__ = ["SurpdbCache"]
 
 log = logging.getLogger("surpdb.django")
 
-_clients: dict[tuple[str, float, str], Client] = {}
+_clients: dict[tuple[str, float, str, bool], Client] = {}
 _clients_lock = threading.Lock()
 
 T = TypeVar("T")
@@ -78,21 +79,21 @@ def _ack_thread() -> ThreadPoolExecutor:
     return w[1]
 
 
-def _client_for(location: str, timeout: float, namespace: str = "") -> Client:
+def _client_for(location: str, timeout: float, namespace: str = "", pickle: bool = True) -> Client:
     """One client per process and location: it holds a request queue in the daemon's ring,
     and Django creates a backend instance per thread (a namespace's client shares the
     location's queue). A client survives fork()."""
-    key = (location, timeout, namespace)
+    key = (location, timeout, namespace, pickle)
     c = _clients.get(key)
     if c is None:
-        base = _client_for(location, timeout) if namespace else None
+        base = _client_for(location, timeout, "", pickle) if namespace else None
         with _clients_lock:
             c = _clients.get(key)
             if c is None:
                 if base is not None:
                     c = base.namespace(namespace)
                 else:
-                    c = connect(location, timeout=timeout)
+                    c = connect(location, timeout=timeout, pickle=pickle)
                 _clients[key] = c
     return c
 
@@ -108,11 +109,13 @@ class SurpdbCache(BaseCache):
         self._log_ignored = bool(options.get("LOG_IGNORED_EXCEPTIONS", True))
         self._client_timeout = float(options.get("CLIENT_TIMEOUT", 5.0))
         self._namespace = str(options.get("NAMESPACE") or "")
+        self._pickle = bool(options.get("PICKLE", True))
         unknown = set(options) - {
             "IGNORE_EXCEPTIONS",
             "LOG_IGNORED_EXCEPTIONS",
             "CLIENT_TIMEOUT",
             "NAMESPACE",
+            "PICKLE",
             "MAX_ENTRIES",
             "CULL_FREQUENCY",
         }
@@ -128,7 +131,7 @@ class SurpdbCache(BaseCache):
     def _client(self) -> Client:
         c = self._cached_client
         if c is None:
-            c = _client_for(self._location, self._client_timeout, self._namespace)
+            c = _client_for(self._location, self._client_timeout, self._namespace, self._pickle)
             self._cached_client = c
         return c
 
@@ -182,7 +185,7 @@ class SurpdbCache(BaseCache):
         value too large) is always raised."""
         try:
             return fn()
-        except (ValueTooLarge, KeyTooLong):
+        except (ValueTooLarge, KeyTooLong, UnsafeValue):
             raise
         except Error as e:
             return self._ignored(what, e, fallback)
@@ -201,7 +204,7 @@ class SurpdbCache(BaseCache):
         k = self._key(key, version)
         try:
             return self._client.get(k, default)
-        except (ValueTooLarge, KeyTooLong):
+        except (ValueTooLarge, KeyTooLong, UnsafeValue):
             raise
         except Error as e:
             return self._ignored("get", e, default)
@@ -244,7 +247,7 @@ class SurpdbCache(BaseCache):
     async def _aqueued(self, what: str, op: Callable[[], int], fallback: Any) -> Any:
         try:
             return await self._answer(op())
-        except (ValueTooLarge, KeyTooLong):
+        except (ValueTooLarge, KeyTooLong, UnsafeValue):
             raise
         except Error as e:
             return self._ignored(what, e, fallback)
@@ -382,7 +385,7 @@ class SurpdbCache(BaseCache):
         try:
             self._cull()
             return self._client.get_or_set(k, default, ttl=ttl)
-        except (ValueTooLarge, KeyTooLong):
+        except (ValueTooLarge, KeyTooLong, UnsafeValue):
             raise
         except Error as e:
             value = default() if callable(default) else default

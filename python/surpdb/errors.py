@@ -15,6 +15,7 @@ __all__ = [
     "DaemonRunning",
     "ConfigError",
     "NotSupported",
+    "UnsafeValue",
 ]
 
 
@@ -65,4 +66,10 @@ class ConfigError(Error, ValueError):
 
 class NotSupported(Error):
     """Tiered mode (an ``upstream`` is configured): the operation has no upstream
-    equivalent (append, merge, cas, sorted sets); the message names it. Nothing changed."""
+    equivalent (cas, a deep merge, leases); the message names it. Nothing changed."""
+
+
+class UnsafeValue(Error, TypeError):
+    """A value that would be (or was) pickled, refused by a client connected with
+    ``pickle=False`` or by a store served with ``pickle = false``: loading a pickle runs code,
+    so such a client never stores or loads one. The message names the type."""

@@ -41,6 +41,8 @@ pub struct Store {
     /// Per namespace, the log position its last cull or quota eviction stopped at (no live
     /// entry of it lies behind; 0: from the tail).
     ns_cursors: [u64; MAX_NAMESPACES],
+    /// `pickle = false`: values holding a pickle are refused (loading one runs code).
+    pub refuse_pickle: bool,
 }
 
 /// Largest TTL accepted (about 100 years), so that expiry arithmetic never overflows.
@@ -58,6 +60,7 @@ impl Store {
             held: Vec::new(),
             data_file: None,
             ns_cursors: [0; MAX_NAMESPACES],
+            refuse_pickle: false,
         }
     }
 
@@ -77,9 +80,28 @@ impl Store {
         reply
     }
 
+    /// Whether `req` stores a value holding a pickle in a store that refuses them.
+    pub fn pickle_refused(&self, req: &Req<'_>) -> bool {
+        if !self.refuse_pickle {
+            return false;
+        }
+        let value = match req.kind() {
+            Some(Op::Set | Op::Add | Op::Append | Op::Merge | Op::Insert | Op::Update) => {
+                req.payload
+            }
+            Some(Op::Train) if req.flags & flag::SAMPLE != 0 => req.payload,
+            Some(Op::Cas) => req.payload.get(8..).unwrap_or_default(),
+            _ => return false,
+        };
+        crate::value::has_pickle(value)
+    }
+
     fn apply_inner(&mut self, ring: &Ring, req: &Req<'_>) -> Reply {
         if req.key.len() > MAX_KEY_LEN {
             return Reply::status(status::BAD_REQUEST);
+        }
+        if self.pickle_refused(req) {
+            return Reply::status(status::PICKLE_REFUSED);
         }
         let mut st = CleanStats::default();
         let reply = match req.kind() {

@@ -161,6 +161,9 @@ impl Tier {
     fn job(&self, store: &Store, req: &Req<'_>) -> Result<Job, Option<Reply>> {
         let Some(kind) = req.kind() else { return Err(None) };
         let bad = || Err(Some(Reply::status(status::BAD_REQUEST)));
+        if store.pickle_refused(req) {
+            return Err(Some(Reply::status(status::PICKLE_REFUSED)));
+        }
         if req.key.len() > MAX_KEY_LEN {
             return bad();
         }
