@@ -1081,6 +1081,73 @@ impl Client {
         Ok(d)
     }
 
+    /// One step of a scan of this namespace's keys: from `cursor` (0 to start), about `count`
+    /// index slots' worth; returns (the cursor to pass next, 0 at the end; the keys found,
+    /// as str, or bytes when not UTF-8). With `match`, only keys matching the glob (`*`, `?`,
+    /// `[...]`, as Redis's SCAN MATCH). Every key present for the whole scan is returned
+    /// exactly once, whatever is written meanwhile; keys written during it may or may not be.
+    #[pyo3(signature = (cursor = 0, r#match = None, count = 1000))]
+    #[pyo3(text_signature = "(self, /, cursor=0, match=None, count=1000)")]
+    fn scan<'py>(
+        &self,
+        py: Python<'py>,
+        cursor: u64,
+        r#match: Option<&Bound<'py, PyAny>>,
+        count: u64,
+    ) -> PyResult<(u64, Bound<'py, PyList>)> {
+        let pattern = match r#match {
+            None => None,
+            Some(m) => Some(with_key(m, |p| Ok(p.to_vec()))?),
+        };
+        let prefix = pattern.as_deref().map(surpd::client::glob_prefix).unwrap_or_default();
+        let core = &self.core;
+        let (next, keys) = py
+            .allow_threads(|| core.scan_keys(self.ns, prefix, cursor, count))
+            .map_err(to_py_err)?;
+        let out = PyList::empty(py);
+        for k in keys {
+            if pattern.as_deref().is_some_and(|p| !surpd::client::glob_match(p, &k)) {
+                continue;
+            }
+            match std::str::from_utf8(&k) {
+                Ok(s) => out.append(s)?,
+                Err(_) => out.append(PyBytes::new(py, &k))?,
+            }
+        }
+        Ok((next, out))
+    }
+
+    /// Every key of this namespace (starting with `prefix`, if given): a whole scan.
+    #[pyo3(signature = (prefix = None))]
+    fn keys<'py>(
+        &self,
+        py: Python<'py>,
+        prefix: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let prefix = match prefix {
+            None => Vec::new(),
+            Some(p) => with_key(p, |p| Ok(p.to_vec()))?,
+        };
+        let out = PyList::empty(py);
+        let mut cursor = 0;
+        loop {
+            let core = &self.core;
+            let (next, keys) = py
+                .allow_threads(|| core.scan_keys(self.ns, &prefix, cursor, 4096))
+                .map_err(to_py_err)?;
+            for k in keys {
+                match std::str::from_utf8(&k) {
+                    Ok(s) => out.append(s)?,
+                    Err(_) => out.append(PyBytes::new(py, &k))?,
+                }
+            }
+            if next == 0 {
+                return Ok(out);
+            }
+            cursor = next;
+        }
+    }
+
     /// Every namespace of the store, by name ("" is the default one), with its counts.
     fn namespaces<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);

@@ -40,7 +40,7 @@ import functools
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -368,6 +368,52 @@ class SurpdbCache(BaseCache):
 
     def decr(self, key: Any, delta: int = 1, version: int | None = None) -> int:
         return self.incr(key, -delta, version=version)
+
+    # -- key iteration, as django-redis users have it
+
+    def _pattern(self, search: str, version: int | None) -> str:
+        return self.make_key(search, version=version)
+
+    def _unmake(self, key: str, version: int | None) -> str:
+        """The key as the caller wrote it, when Django's default key function made it."""
+        from django.core.cache.backends.base import default_key_func
+
+        if self.key_func is default_key_func:
+            head = f"{self.key_prefix}:{version if version is not None else self.version}:"
+            if key.startswith(head):
+                return key[len(head) :]
+        return key
+
+    def iter_keys(
+        self, search: str = "*", itersize: int | None = None, version: int | None = None
+    ) -> Iterator[str]:
+        """The keys matching a glob (`*`, `?`, `[...]`), as the caller wrote them: a scan
+        (every key present for the whole of it once), `itersize` index slots at a time."""
+        pattern = self._pattern(search, version)
+        cursor = 0
+        while True:
+            cursor, keys = self._client.scan(cursor, pattern, itersize or 1000)
+            for k in keys:
+                yield self._unmake(k, version) if isinstance(k, str) else k
+            if cursor == 0:
+                return
+
+    def keys(self, search: str = "*", version: int | None = None) -> list[str]:
+        return list(self.iter_keys(search, version=version))
+
+    def delete_pattern(
+        self, pattern: str, itersize: int | None = None, version: int | None = None
+    ) -> int:
+        """Delete every key matching a glob; how many. A scan and deletes: for a prefix
+        that must go at once, give it a namespace (OPTIONS NAMESPACE) and clear() it."""
+        made = self._pattern(pattern, version)
+        n, cursor = 0, 0
+        while True:
+            cursor, keys = self._client.scan(cursor, made, itersize or 1000)
+            if keys:
+                n += self._client.delete_many(keys)
+            if cursor == 0:
+                return n
 
     def get_or_set(
         self,

@@ -33,7 +33,7 @@ use crate::segment::Segment;
 mod read;
 mod write;
 use crate::shm;
-pub use read::{Fetched, Lookup, Pin, NOW_LAZY};
+pub use read::{glob_match, glob_prefix, Fetched, Lookup, Pin, NOW_LAZY};
 use write::Producer;
 pub use write::{Pipeline, Ticket, PIPELINE_WINDOW};
 

@@ -410,6 +410,63 @@ impl Client {
         Ok(if i >= seg.slots { 0 } else { i })
     }
 
+    /// The keys of namespace `ns` starting with `prefix` (user keys, the namespace prefix
+    /// stripped) whose home slot lies in `[cursor, cursor + count)`, and the cursor to go on
+    /// from (0: the end). Every key present for the whole scan is returned exactly once:
+    /// a key is visited with its home slot (fixed by its hash), and a key only ever sits at
+    /// or after its home (a backward-shift delete moves keys back, never past their home),
+    /// so the chunk reads from `cursor` on until the first empty slot past its end; and a
+    /// chunk is read again whenever a delete ran meanwhile (the index seqlock moved).
+    pub fn scan_keys(
+        &self,
+        ns: usize,
+        prefix: &[u8],
+        cursor: u64,
+        count: u64,
+    ) -> Result<(u64, Vec<Vec<u8>>)> {
+        let now = shm::now_ms();
+        let _pin = self.pin()?;
+        let seg = &self.seg;
+        let (a, b) = (cursor.min(seg.slots), cursor.saturating_add(count.max(1)).min(seg.slots));
+        let seq = &seg.hdr().idx_seq;
+        let mut out = Vec::new();
+        for tries in 0.. {
+            // SYNC POINT: Acquire; pairs with the writer's Release store that ends a delete.
+            let s1 = seq.load(Ordering::Acquire);
+            if s1 & 1 == 1 && tries < 10_000 {
+                std::hint::spin_loop();
+                continue;
+            }
+            out.clear();
+            for p in a..a + seg.slots {
+                let v = seg.slot(p & seg.mask).load(Ordering::Acquire);
+                if v == 0 {
+                    if p >= b {
+                        break;
+                    }
+                    continue;
+                }
+                let Some(rec) = seg.record(slot_off(v)) else { continue };
+                let home = rec.hash & seg.mask;
+                let live = !rec.expired(now)
+                    && rec.value.first() != Some(&crate::value::LEASE)
+                    && !seg.ns_cleared(rec.key, rec.version);
+                if home >= a && home < b && live && crate::namespace::ns_of(rec.key) == ns {
+                    let k = crate::namespace::user_key(rec.key);
+                    if k.starts_with(prefix) {
+                        out.push(k.to_vec());
+                    }
+                }
+            }
+            // SYNC POINT: the slot loads above happen before this re-read (seqlock read side).
+            fence(Ordering::Acquire);
+            if seq.load(Ordering::Relaxed) == s1 || tries >= 10_000 {
+                break;
+            }
+        }
+        Ok((if b >= seg.slots { 0 } else { b }, out))
+    }
+
     /// Record-store counters: (live records, bytes used by the records file, models,
     /// inserted, removed); None without a records file.
     pub fn record_stats(&self) -> Option<(u64, u64, u64, u64, u64)> {
@@ -423,6 +480,75 @@ impl Client {
             h.removed.load(Ordering::Relaxed),
         ))
     }
+}
+
+/// Whether `s` matches the glob `pattern` as Redis's SCAN MATCH reads one: `*` any run, `?`
+/// any byte, `[abc]`, `[a-z]` and `[^abc]` a class, `\\x` the byte x itself.
+pub fn glob_match(pattern: &[u8], s: &[u8]) -> bool {
+    fn class(p: &[u8], c: u8) -> Option<(bool, usize)> {
+        // p starts after '['; returns (matched, bytes of the class incl. ']').
+        let mut i = 0;
+        let neg = p.first() == Some(&b'^');
+        if neg {
+            i += 1;
+        }
+        let mut hit = false;
+        let start = i;
+        while i < p.len() && (p[i] != b']' || i == start) {
+            if p[i] == b'\\' && i + 1 < p.len() {
+                hit |= p[i + 1] == c;
+                i += 2;
+            } else if i + 2 < p.len() && p[i + 1] == b'-' && p[i + 2] != b']' {
+                hit |= p[i] <= c && c <= p[i + 2];
+                i += 3;
+            } else {
+                hit |= p[i] == c;
+                i += 1;
+            }
+        }
+        (i < p.len()).then_some((hit != neg, i + 1))
+    }
+    let (mut p, mut t) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while t < s.len() {
+        let step = match pattern.get(p) {
+            Some(b'*') => {
+                star = Some(p);
+                mark = t;
+                p += 1;
+                continue;
+            }
+            Some(b'?') => Some(1),
+            Some(b'[') => match class(&pattern[p + 1..], s[t]) {
+                Some((true, n)) => Some(n + 1),
+                _ => None,
+            },
+            Some(b'\\') if p + 1 < pattern.len() => (pattern[p + 1] == s[t]).then_some(2),
+            Some(&c) => (c == s[t]).then_some(1),
+            None => None,
+        };
+        match step {
+            Some(n) => {
+                p += n;
+                t += 1;
+            }
+            None => match star {
+                Some(sp) => {
+                    p = sp + 1;
+                    mark += 1;
+                    t = mark;
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// The literal start of a glob (what every match starts with).
+pub fn glob_prefix(pattern: &[u8]) -> &[u8] {
+    let end = pattern.iter().position(|c| matches!(c, b'*' | b'?' | b'[' | b'\\'));
+    &pattern[..end.unwrap_or(pattern.len())]
 }
 
 /// A value a read-through stored, copied out of the segment (see [`Client::fetched`]).
@@ -446,5 +572,33 @@ impl Fetched {
             key,
             value: &self.value,
         })
+    }
+}
+
+#[cfg(test)]
+mod glob_tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_as_redis_scan_does() {
+        for (p, s, m) in [
+            ("user:*", "user:42", true),
+            ("user:*", "usr:42", false),
+            ("*:42", "user:42", true),
+            ("u?er", "user", true),
+            ("u[sx]er", "uxer", true),
+            ("u[^s]er", "user", false),
+            ("k[0-9]", "k7", true),
+            ("k[0-9]", "ka", false),
+            ("a\\*b", "a*b", true),
+            ("a\\*b", "axb", false),
+            ("*", "", true),
+            ("a*b*c", "aXbYc", true),
+            ("a*b*c", "aXbY", false),
+        ] {
+            assert_eq!(glob_match(p.as_bytes(), s.as_bytes()), m, "{p} ~ {s}");
+        }
+        assert_eq!(glob_prefix(b"user:*:x"), b"user:");
+        assert_eq!(glob_prefix(b"plain"), b"plain");
     }
 }
