@@ -296,3 +296,37 @@ def test_get_or_set_computes_once_across_threads(server: surpdb.Server) -> None:
     assert c.get_or_set("k", lambda: "other") == "computed"
     assert c.get_or_set("zero", lambda: "not kept", timeout=0) == "not kept"
     assert c.get("zero") is None
+
+
+def test_aget_or_set_waits_for_a_lease_on_the_loop(server: surpdb.Server) -> None:
+    """Django 6.1's aget_or_set: while another caller holds the lease, coroutines wait on the
+    loop (a coroutine of the same loop stores the value meanwhile: a blocked loop never
+    would), and none computes; a failing default gives the lease back."""
+    c = backend(server.path)
+    k = c._key("k", None)
+    client = surpdb.connect(server.path)
+    assert client.try_lease(k, 1, 60) == 1  # another caller's lease
+    calls = []
+
+    def compute() -> str:
+        calls.append(1)
+        return "computed here"
+
+    async def holder_finishes() -> None:
+        await asyncio.sleep(0)
+        client.set(k, "from the holder")
+
+    async def main() -> list[object]:
+        waiting = [c.aget_or_set("k", compute, 60) for _ in range(5)]
+        return await asyncio.gather(*waiting, holder_finishes())
+
+    got = asyncio.run(asyncio.wait_for(main(), 20))
+    assert got[:5] == ["from the holder"] * 5 and calls == []
+
+    def boom() -> str:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        asyncio.run(c.aget_or_set("other", boom, 60))
+    assert asyncio.run(c.aget_or_set("other", lambda: 7, 60)) == 7, "the lease was given back"
+    assert asyncio.run(c.aget_or_set("zero", lambda: 8, 0)) == 8 and c.get("zero") is None

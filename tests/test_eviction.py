@@ -80,6 +80,26 @@ def test_noeviction_raises_segment_full_and_keeps_everything(store_dir: str) -> 
         assert all(c.get(f"k{i}") == value for i in stored[len(stored) // 2 :])
 
 
+def test_a_refused_large_value_leaves_room_for_small_ones(store_dir: str) -> None:
+    # Found: the cleaner's reserve (twice the largest record) was raised before a large value
+    # was refused and never lowered, so one refused 60 KB set in a nearly full noeviction
+    # store made every later write, however small, fail too.
+    with surpdb.Server(store_dir, size="8MiB", max_value="64KiB", policy="noeviction") as srv:
+        c = surpdb.connect(srv.path)
+        filler = os.urandom(1000)
+        with pytest.raises(surpdb.SegmentFull):
+            for i in range(100_000):
+                c.set(f"fill{i}", filler)
+        c.delete_many([f"fill{i}" for i in range(20)])
+        reserve = c.stats()["cleaner_reserve"]
+        with pytest.raises(surpdb.SegmentFull):
+            c.set("large", os.urandom(60_000))
+        assert c.stats()["cleaner_reserve"] == reserve
+        for i in range(10):
+            c.set(f"small{i}", b"x" * 100)
+        assert c.get("small9") == b"x" * 100
+
+
 def test_noeviction_fire_and_forget_failures_reach_wait(store_dir: str) -> None:
     with surpdb.Server(store_dir, size="8MiB", max_value="64KiB", policy="noeviction") as srv:
         c = surpdb.connect(srv.path)

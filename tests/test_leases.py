@@ -90,6 +90,23 @@ def test_a_failed_computation_gives_the_lease_back(client: surpdb.Client) -> Non
     assert client.get_or_set("plain", 5) == 5 and client.get("plain") == 5
 
 
+def test_a_value_that_cannot_be_stored_gives_the_lease_back(store_dir: str) -> None:
+    # The computation succeeds but its set fails (a full noeviction store): the lease is given
+    # back, not left to hold every other caller off for lease_timeout.
+    with surpdb.Server(store_dir, size="8MiB", max_value="64KiB", policy="noeviction") as srv:
+        c = surpdb.connect(srv.path)
+        filler = os.urandom(1000)
+        with pytest.raises(surpdb.SegmentFull):
+            for i in range(100_000):
+                c.set(f"fill{i}", filler)
+        for i in range(20):  # the oldest: room for lease records, not for the value
+            c.delete(f"fill{i}")
+        with pytest.raises(surpdb.SegmentFull):
+            c.get_or_set("k", lambda: os.urandom(60_000), lease_timeout=60)
+        assert c.try_lease("k", 99) == 1, "the lease was given back"
+        assert c.unlease("k", 99) is True
+
+
 def test_a_lease_reads_as_a_miss_and_runs_out(client: surpdb.Client) -> None:
     assert client.try_lease("k", 7, lease_timeout=0.2) == 1
     assert client.try_lease("k", 8) == 2, "another caller of this process waits too"

@@ -35,6 +35,13 @@ def test_a_pickle_free_client_refuses_to_store_or_load_a_pickle(server: surpdb.S
         safe.append("lst", {1})
     with pytest.raises(surpdb.UnsafeValue):
         safe.insert({"when": datetime.date(2026, 1, 1)})
+    # The batch paths too (before, insert_many and train encoded without the check).
+    before = safe.stats()["records"]
+    with pytest.raises(surpdb.UnsafeValue, match="set"):
+        safe.insert_many([{"ok": 1}, {"tags": {1, 2}}])
+    assert safe.stats()["records"] == before, "nothing of the batch was stored"
+    with pytest.raises(surpdb.UnsafeValue, match="date"):
+        safe.train([{"when": datetime.date(2026, 1, 1)}] * 10)
     # A pickle someone else stored: this client will not load it (nor run its code).
     other.set("pickled", {"x": {1, 2}})
     with pytest.raises(surpdb.UnsafeValue, match="pickle"):

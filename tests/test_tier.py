@@ -5,6 +5,7 @@ itself, never sleeps."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -156,6 +157,27 @@ def test_ops_without_an_upstream_equivalent_say_so(hosts) -> None:  # type: igno
         a.cas("c", 1, ver)
     with pytest.raises(surpdb.NotSupported, match="merge"):
         a.merge("d", {"x": {"y": 1}}, deep=True)
+
+
+def test_get_or_set_and_memoize_compute_without_a_lease(hosts, redis) -> None:  # type: ignore[no-untyped-def]
+    # The upstream is the key's home: no lease is taken (the daemon refuses LEASE), and the
+    # first value stored upstream is the one every host reads. Before, both raised NotSupported.
+    a, b = hosts
+    with pytest.raises(surpdb.NotSupported):
+        a.try_lease("k", 1)
+    assert a.get_or_set("k", lambda: "from a", ttl=60) == "from a"
+    assert b.get_or_set("k", lambda: "from b", ttl=60) == "from a", "a hit computes nothing"
+    assert redis.cli("EXISTS", PREFIX + "k") == "1"
+
+    calls = []
+
+    @surpdb.memoize(a, ttl=60)
+    async def fetch(x: int) -> int:
+        calls.append(x)
+        return x * 2
+
+    assert asyncio.run(fetch(4)) == 8 and asyncio.run(fetch(4)) == 8
+    assert calls == [4]
 
 
 def test_sorted_sets_lists_and_hashes_are_redis_types_shared_by_every_host(hosts, redis) -> None:  # type: ignore[no-untyped-def]

@@ -230,7 +230,25 @@ impl Heap {
         n: u64,
         st: &mut CleanStats,
     ) -> Result<u64> {
+        // The reserve covers the new record while it is allocated; a record refused never
+        // enters the log, so its mark is taken back (else one refused large value would
+        // raise the reserve for good, and a full noeviction store then refuses every write).
+        let mark = seg.hdr().max_record.load(Ordering::Relaxed);
         note_record(seg, n);
+        let r = self.alloc_noted(seg, ring, n, st);
+        if r.is_err() {
+            seg.hdr().max_record.store(mark, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn alloc_noted(
+        &mut self,
+        seg: &Segment,
+        ring: &Ring,
+        n: u64,
+        st: &mut CleanStats,
+    ) -> Result<u64> {
         if self.policy == POLICY_NOEVICTION {
             let live = seg.hdr().live_bytes.load(Ordering::Relaxed);
             // A grown file counts already: the cleaner moves the head to the end of its lap

@@ -189,7 +189,11 @@ pub struct SegHeader {
     /// Evictions made while live data fitted under the high-water mark (the cleaner could not
     /// relocate in time: space pinned by readers). Expected to stay 0.
     pub c_evictions_no_pressure: AtomicU64,
-    _pad3: [u64; 2],
+    /// Upgrading a segment of the format before namespaces: 1 + the version counter when the
+    /// upgrade began (0: none begun). Records from then on were written by the upgrade (or
+    /// after it), so a restart after a crash part-way re-keys only records older than that.
+    pub upgrade_mark: AtomicU64,
+    _pad3: [u64; 1],
 }
 
 /// Where the namespace table starts in the header page, and how many namespaces a segment

@@ -185,8 +185,9 @@ impl Segment {
 
     /// Keys of the default namespace stored as they are that now read as namespaced (a
     /// segment of the format before namespaces could hold bytes keys starting
-    /// `[NS_MARK, id]`): the upgrade stores each again in its escaped form.
-    pub fn keys_to_escape(&self) -> Vec<Vec<u8>> {
+    /// `[NS_MARK, id]`): the upgrade stores each again in its escaped form. Only records of
+    /// a version below `before` (those the upgrade wrote are escaped already).
+    pub fn keys_to_escape(&self, before: u64) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         for i in 0..self.slots {
             let v = self.slot(i).load(Ordering::Relaxed);
@@ -194,7 +195,8 @@ impl Segment {
                 continue;
             }
             if let Some(r) = self.record(slot_off(v)) {
-                if r.key.first() == Some(&NS_MARK)
+                if r.version < before
+                    && r.key.first() == Some(&NS_MARK)
                     && r.key.len() >= 2
                     && (r.key[1] as usize) < MAX_NAMESPACES
                 {

@@ -211,6 +211,7 @@ impl Daemon {
                 let sh = store.seg.hdr();
                 sh.layout_sig.store(LAYOUT_SIG, Ordering::Relaxed);
                 sh.format_version.store(FORMAT_VERSION, Ordering::Release);
+                sh.upgrade_mark.store(0, Ordering::Relaxed);
                 log::info(&format!(
                     "upgraded the segment from format {FORMAT_UPGRADABLE} to {FORMAT_VERSION} \
                      (namespaces) items={} bytes_keys_escaped={escaped}",

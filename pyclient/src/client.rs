@@ -90,13 +90,20 @@ impl Client {
 
     /// A stored value as a Python object; with pickle=False, one holding a pickle raises.
     pub(crate) fn decode<'py>(&self, py: Python<'py>, buf: &[u8]) -> PyResult<Bound<'py, PyAny>> {
-        if !self.pickle && v::has_pickle(buf) {
+        if self.pickle {
+            return decode_value(py, buf);
+        }
+        // `buf` may be shared memory another process writes: the bytes checked are the bytes
+        // decoded (a value rewritten between a check and a decode read from the mapping
+        // could slip a pickle through).
+        let own = buf.to_vec();
+        if v::has_pickle(&own) {
             return Err(errors::UnsafeValue::new_err(
                 "the stored value holds a pickle, and this client refuses to load pickles \
                  (pickle=False: loading one runs code)",
             ));
         }
-        decode_value(py, buf)
+        decode_value(py, &own)
     }
 
     fn encode_value(&self, value: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
@@ -105,9 +112,8 @@ impl Client {
         Ok(buf)
     }
 
-    /// Encode `value` into `buf`; ValueTooLarge over the segment's max_value.
-    fn encode_into(&self, value: &Bound<'_, PyAny>, buf: &mut Vec<u8>) -> PyResult<()> {
-        encode(value, buf, 0)?;
+    /// UnsafeValue if this client refuses pickles and `value`, encoded as `buf`, holds one.
+    fn refuse_pickle(&self, value: &Bound<'_, PyAny>, buf: &[u8]) -> PyResult<()> {
         if !self.pickle && v::has_pickle(buf) {
             return Err(errors::UnsafeValue::new_err(format!(
                 "a value of type {} would be pickled, and this client refuses pickles \
@@ -115,6 +121,13 @@ impl Client {
                 pickled_type(value)
             )));
         }
+        Ok(())
+    }
+
+    /// Encode `value` into `buf`; ValueTooLarge over the segment's max_value.
+    fn encode_into(&self, value: &Bound<'_, PyAny>, buf: &mut Vec<u8>) -> PyResult<()> {
+        encode(value, buf, 0)?;
+        self.refuse_pickle(value, buf)?;
         let max = self.core.max_value();
         if buf.len() as u64 > max {
             return Err(errors::ValueTooLarge::new_err(format!(
@@ -498,7 +511,9 @@ impl Client {
     /// processes computes it while the others wait for its result (a stampede lease from the
     /// daemon); a holder that dies hands the lease on at once, one that takes longer than
     /// `lease_timeout` seconds loses it. Waiting longer than `lease_timeout` raises Timeout.
-    /// If `default` raises, the lease is given back and the exception propagates.
+    /// If `default` raises (or its value cannot be stored), the lease is given back and the
+    /// exception propagates. A tiered daemon keeps no leases: each caller computes on a miss
+    /// and the first one stored wins.
     #[pyo3(signature = (key, default, ttl = None, lease = true, lease_timeout = 30.0))]
     fn get_or_set<'py>(
         &self,
@@ -519,11 +534,16 @@ impl Client {
             if let Some(v) = self.get_one(py, k)? {
                 return Ok(v);
             }
-            if !lease || !default.is_callable() {
+            // Without a lease: compute, store unless another caller stored first, return
+            // what the key holds.
+            let unleased = || -> PyResult<Bound<'py, PyAny>> {
                 let v = if default.is_callable() { default.call0()? } else { default.clone() };
                 let buf = self.encode_value(&v)?;
                 self.call(py, Request::add(k, &buf, ttl))?;
-                return Ok(self.get_one(py, k)?.unwrap_or(v));
+                Ok(self.get_one(py, k)?.unwrap_or(v))
+            };
+            if !lease || !default.is_callable() {
+                return unleased();
             }
             let ms = (lease_timeout * 1000.0).ceil() as u64;
             let deadline = std::time::Instant::now() + Duration::from_millis(ms);
@@ -533,26 +553,25 @@ impl Client {
             loop {
                 let req = Request::lease(k, ms, token);
                 let r = self.call(py, req)?;
-                let r = self.core.outcome(&req, r).map_err(to_py_err)?;
+                let r = match self.core.outcome(&req, r) {
+                    Ok(r) => r,
+                    // A tiered daemon keeps no leases (the upstream is the key's home).
+                    Err(surpd::Error::NotSupported(_)) => return unleased(),
+                    Err(e) => return Err(to_py_err(e)),
+                };
                 match r.value {
                     1 => {
-                        // Ours: compute, store (which replaces the lease), return.
-                        let v = match default.call0() {
-                            Ok(v) => v,
-                            Err(e) => {
-                                let _ = self.call(py, Request::unlease(k, token));
-                                return Err(e);
-                            }
+                        // Ours: compute, store (which replaces the lease), return. Anything
+                        // failing on the way gives the lease back (a set that did reach the
+                        // daemon is applied first: the unlease then finds no lease).
+                        let give_back = |e: PyErr| {
+                            let _ = self.call(py, Request::unlease(k, token));
+                            e
                         };
-                        let buf = match self.encode_value(&v) {
-                            Ok(b) => b,
-                            Err(e) => {
-                                let _ = self.call(py, Request::unlease(k, token));
-                                return Err(e);
-                            }
-                        };
-                        let r = self.call(py, Request::set(k, &buf, ttl))?;
-                        self.shape(py, op::SET, k, r)?;
+                        let v = default.call0().map_err(give_back)?;
+                        let buf = self.encode_value(&v).map_err(give_back)?;
+                        let r = self.call(py, Request::set(k, &buf, ttl)).map_err(give_back)?;
+                        self.shape(py, op::SET, k, r).map_err(give_back)?;
                         return Ok(v);
                     }
                     0 => {
@@ -1322,8 +1341,21 @@ impl Client {
         request: for<'b> fn(&'b [u8]) -> Request<'b>,
         skip_oversized: bool,
     ) -> PyResult<Vec<surpd::Result<Reply>>> {
-        let mut pipe = Pipeline::new(&self.core);
         let mut buf = Vec::with_capacity(256);
+        // A client that refuses pickles checks the whole batch before sending any of it: a
+        // refused value stores nothing, not the values before it.
+        let values = if self.pickle {
+            values.clone()
+        } else {
+            let all = values.try_iter()?.collect::<PyResult<Vec<_>>>()?;
+            for v in &all {
+                buf.clear();
+                encode(v, &mut buf, 0)?;
+                self.refuse_pickle(v, &buf)?;
+            }
+            PyList::new(py, all)?.into_any()
+        };
+        let mut pipe = Pipeline::new(&self.core);
         for v in values.try_iter()? {
             buf.clear();
             encode(&v?, &mut buf, 0)?;

@@ -49,6 +49,7 @@ from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache, memcache
 from . import connect, default_dir
 from ._native import Client
 from .errors import Error, KeyTooLong, UnsafeValue, ValueTooLarge
+from .memoize import aget_or_set
 
 __all__ = ["SurpdbCache"]
 
@@ -431,6 +432,33 @@ class SurpdbCache(BaseCache):
         try:
             self._cull()
             return self._client.get_or_set(k, default, ttl=ttl)
+        except (ValueTooLarge, KeyTooLong, UnsafeValue):
+            raise
+        except Error as e:
+            value = default() if callable(default) else default
+            return self._ignored("get_or_set", e, value)
+
+    async def aget_or_set(
+        self,
+        key: Any,
+        default: Any,
+        timeout: Any = DEFAULT_TIMEOUT,
+        version: int | None = None,
+    ) -> Any:
+        """``get_or_set`` for async views: the lease is waited for on the loop, never
+        blocking it. A callable ``default`` is called on the loop, as Django's own does."""
+        k = self._key(key, version)
+        ttl = self.get_backend_timeout(timeout)
+        if ttl == 0:
+            return default() if callable(default) else default
+
+        async def compute() -> Any:
+            return default() if callable(default) else default
+
+        try:
+            if self._max_entries is not None:
+                await self._acked(self._cull)
+            return await aget_or_set(self._client, k, compute, ttl)
         except (ValueTooLarge, KeyTooLong, UnsafeValue):
             raise
         except Error as e:

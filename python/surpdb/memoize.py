@@ -8,10 +8,11 @@ import functools
 import hashlib
 import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from ._native import Client, encode_value
+from .errors import NotSupported, Timeout
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -36,6 +37,57 @@ def _client(client_or_path: Client | str | os.PathLike[str]) -> Callable[[], Cli
         return c
 
     return get
+
+
+async def aget_or_set(
+    c: Client,
+    k: str,
+    compute: Callable[[], Awaitable[Any]],
+    ttl: float | None,
+    lease: bool = True,
+    lease_timeout: float = 30.0,
+) -> Any:
+    """``Client.get_or_set`` for a coroutine: the lease is waited for on the loop (never
+    blocking it), with this call's own token (another coroutine of this process is another
+    caller). Without a lease, or on a tiered daemon (which keeps none: the upstream is the
+    key's home), it computes and stores with ``add`` (the first value stored wins)."""
+    got = c.get(k, _MISSING)
+    if got is not _MISSING:
+        return got
+
+    async def unleased() -> Any:
+        value = await compute()
+        c.add(k, value, ttl=ttl)
+        return value
+
+    if not lease:
+        return await unleased()
+    token = int.from_bytes(os.urandom(8), "little")
+    pause = 0.0002
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + lease_timeout
+    while True:
+        try:
+            state = c.try_lease(k, token, lease_timeout)
+        except NotSupported:
+            return await unleased()
+        if state == 1:
+            # Ours: anything failing before the value is stored gives it back.
+            try:
+                value = await compute()
+                c.set(k, value, ttl=ttl)
+            except BaseException:
+                c.unlease(k, token)
+                raise
+            return value
+        got = c.get(k, _MISSING)
+        if got is not _MISSING:
+            return got
+        if state == 2:
+            if loop.time() >= deadline:
+                raise Timeout(f"another process computed {k!r} for too long")
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.02)
 
 
 def memoize(
@@ -71,39 +123,9 @@ def memoize(
             @functools.wraps(fn)
             async def awrapper(*args: Any, **kwargs: Any) -> Any:
                 c, k = client(), make_key(*args, **kwargs)
-                got = c.get(k, _MISSING)
-                if got is not _MISSING:
-                    return got
-                if not lease:
-                    value = await fn(*args, **kwargs)
-                    c.set(k, value, ttl=ttl)
-                    return value
-                # The lease, waited for on the loop (never blocking it). This call's own
-                # token: another coroutine of this process is another caller.
-                token = int.from_bytes(os.urandom(8), "little")
-                pause = 0.0002
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + lease_timeout
-                while True:
-                    state = c.try_lease(k, token, lease_timeout)
-                    if state == 1:
-                        try:
-                            value = await fn(*args, **kwargs)
-                        except BaseException:
-                            c.unlease(k, token)
-                            raise
-                        c.set(k, value, ttl=ttl)
-                        return value
-                    got = c.get(k, _MISSING)
-                    if got is not _MISSING:
-                        return got
-                    if state == 2:
-                        if loop.time() >= deadline:
-                            from .errors import Timeout
-
-                            raise Timeout(f"{name}: another process computed {k!r} too long")
-                        await asyncio.sleep(pause)
-                        pause = min(pause * 2, 0.02)
+                return await aget_or_set(
+                    c, k, lambda: fn(*args, **kwargs), ttl, lease, lease_timeout
+                )
 
             awrapper.invalidate = invalidate  # type: ignore[attr-defined]
             awrapper.key = make_key  # type: ignore[attr-defined]

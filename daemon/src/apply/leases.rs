@@ -29,10 +29,10 @@ fn holder(value: &[u8]) -> Option<(u32, u64, u64)> {
     }
 }
 
-/// The caller of `req`: its box's owner process, and its token.
-fn caller(ring: &Ring, req: &Req<'_>) -> (u32, u64, u64) {
-    let ctl = ring.ctl(req.boxno);
-    (ctl.owner_pid.load(Ordering::Relaxed), ctl.owner_start.load(Ordering::Relaxed), req.arg2)
+/// The caller of `req`: its box's owner process (in the ring the box is in: a client still
+/// on a replaced ring has its box there), and its token.
+fn caller(req: &Req<'_>) -> (u32, u64, u64) {
+    (req.owner.0, req.owner.1, req.arg2)
 }
 
 impl Store {
@@ -40,10 +40,10 @@ impl Store {
     /// set the key, or give the lease back); 2: held by another live client (aux: when it
     /// runs out); 0: the key holds a value (read it).
     pub(super) fn lease(&mut self, ring: &Ring, req: &Req<'_>, st: &mut CleanStats) -> Reply {
-        if req.arg == 0 || req.boxno >= ring.nboxes {
+        if req.arg == 0 {
             return Reply::status(status::BAD_REQUEST);
         }
-        let me = caller(ring, req);
+        let me = caller(req);
         let now = shm::now_ms();
         let hash = self.seg.hash(req.key);
         if let Some(cur) = self.seg.current(req.key, hash) {
@@ -78,11 +78,8 @@ impl Store {
     }
 
     /// UNLEASE: remove the key if it is a lease this client holds.
-    pub(super) fn unlease(&mut self, ring: &Ring, req: &Req<'_>) -> Reply {
-        if req.boxno >= ring.nboxes {
-            return Reply::status(status::BAD_REQUEST);
-        }
-        let me = caller(ring, req);
+    pub(super) fn unlease(&mut self, req: &Req<'_>) -> Reply {
+        let me = caller(req);
         let hash = self.seg.hash(req.key);
         match self.seg.current(req.key, hash).and_then(|r| holder(r.value)) {
             Some(h) if h == me => {

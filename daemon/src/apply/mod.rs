@@ -80,6 +80,16 @@ impl Store {
         reply
     }
 
+    /// Run `f`, a change to the index and counters outside `apply` (an upstream's answer or
+    /// invalidation), flagged as an operation: a crash inside it makes the next start
+    /// recount.
+    pub(crate) fn in_operation<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> T {
+        self.seg.hdr().op_active.store(1, Ordering::Relaxed);
+        let r = f(self);
+        self.seg.hdr().op_active.store(0, Ordering::Release);
+        r
+    }
+
     /// Whether `req` stores a value holding a pickle in a store that refuses them.
     pub fn pickle_refused(&self, req: &Req<'_>) -> bool {
         if !self.refuse_pickle {
@@ -117,7 +127,7 @@ impl Store {
             Some(Op::NsClear) => self.ns_clear_request(req.arg),
             Some(Op::NsCull) => self.ns_cull(req.arg, req.arg2),
             Some(Op::Lease) => self.lease(ring, req, &mut st),
-            Some(Op::Unlease) => self.unlease(ring, req),
+            Some(Op::Unlease) => self.unlease(req),
             // Standalone: nothing to read through (tiered mode takes FETCH before this).
             Some(Op::Noop | Op::Fetch) => Reply::ok(0),
             Some(Op::Append) => self.append(ring, req, &mut st),

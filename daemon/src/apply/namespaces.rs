@@ -167,10 +167,17 @@ impl Store {
     /// Upgrading a segment of the format before namespaces: its bytes keys that start like
     /// a namespaced key (`\\xff` then a byte below 0x20) are stored again in the escaped form
     /// clients now look them up by (`[NS_MARK, 0]` + the key), then the old ones removed.
-    /// Returns how many. A crash part-way re-keys again at the next start; a key whose old
-    /// form was removed before it came could then be escaped twice and read as a miss.
+    /// Returns how many. A crash part-way re-keys again at the next start, only the records
+    /// older than the upgrade (`upgrade_mark`): the escaped form of a key whose old form was
+    /// removed before the crash starts like a namespaced key too, and was escaped twice
+    /// (then read as a miss) before the mark.
     pub fn escape_upgraded_keys(&mut self, ring: &Ring) -> usize {
-        let keys = self.seg.keys_to_escape();
+        let h = self.seg.hdr();
+        if h.upgrade_mark.load(Ordering::Relaxed) == 0 {
+            h.upgrade_mark.store(h.version.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        }
+        let before = h.upgrade_mark.load(Ordering::Relaxed) - 1;
+        let keys = self.seg.keys_to_escape(before);
         let mut n = 0;
         for raw in keys {
             // Outside any request: nothing is journaled for a client.
@@ -180,13 +187,20 @@ impl Store {
             let Some(cur) = self.seg.current(&raw, hash) else { continue };
             let (value, expires) = (cur.value.to_vec(), cur.expires_ms);
             let escaped = [&[NS_MARK, 0][..], &raw].concat();
-            let mut st = crate::heap::CleanStats::default();
-            let ehash = self.seg.hash(&escaped);
-            let r = self.put(ring, &escaped, ehash, &value, expires, &mut st, Reply::ok);
-            if r.status == status::OK {
-                self.delete(&raw);
-                n += 1;
-            }
+            // Flagged as an operation: a crash between the put and the delete (or inside
+            // either) leaves the counters behind the index, and the next start recounts.
+            let stored = self.in_operation(|s| {
+                let mut st = crate::heap::CleanStats::default();
+                let ehash = s.seg.hash(&escaped);
+                let r = s.put(ring, &escaped, ehash, &value, expires, &mut st, Reply::ok);
+                crate::crash::point("upgrade: key stored escaped");
+                if r.status == status::OK {
+                    s.delete(&raw);
+                    crate::crash::point("upgrade: raw key removed");
+                }
+                r.status == status::OK
+            });
+            n += usize::from(stored);
         }
         n
     }

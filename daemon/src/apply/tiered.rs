@@ -47,7 +47,7 @@ impl Store {
     pub fn drop_key(&mut self, key: &[u8]) -> bool {
         self.disarm();
         self.ctx = None;
-        self.delete(key).status == crate::layout::status::OK
+        self.in_operation(|s| s.delete(key).status == crate::layout::status::OK)
     }
 
     /// Store `value` for `key`, expiring at `expires_ms` (0: never), as part of request
@@ -63,11 +63,13 @@ impl Store {
     ) -> Reply {
         self.disarm();
         self.ctx = Some((req.ring_id, req.boxno, req.ticket, req.head_after));
-        let mut st = CleanStats::default();
-        let hash = self.seg.hash(key);
-        let r = self.put(ring, key, hash, value, expires_ms, &mut st, |_| answer);
-        self.account(&st);
-        r
+        self.in_operation(|s| {
+            let mut st = CleanStats::default();
+            let hash = s.seg.hash(key);
+            let r = s.put(ring, key, hash, value, expires_ms, &mut st, |_| answer);
+            s.account(&st);
+            r
+        })
     }
 }
 
@@ -350,6 +352,10 @@ impl Tier {
             claim: o.claim,
             ticket: o.ticket,
             head_after: o.head_after,
+            owner: (
+                ring.ctl(o.boxno).owner_pid.load(Ordering::Relaxed),
+                ring.ctl(o.boxno).owner_start.load(Ordering::Relaxed),
+            ),
             request: Request {
                 op: w.op,
                 flags: w.flags,

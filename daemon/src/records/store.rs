@@ -160,6 +160,16 @@ impl RecStore {
             .filter(|&c| rf.ctl(c).state.load(Ordering::Relaxed) == C_RETIRED)
             .map(|c| (c, 0))
             .collect();
+        // Drift is judged against the baseline the model in use was measured with (kept in
+        // the header), from inserts made since this start: a restart neither forgets the
+        // baseline (else the first window after it would become one, drifted or not) nor
+        // counts inserts made before it twice.
+        let baseline = if tables.models.is_empty() {
+            0
+        } else {
+            rf.hdr().baseline_bpr_milli.load(Ordering::Relaxed)
+        };
+        let inserted_at_model = rf.hdr().inserted.load(Ordering::Relaxed);
         Ok(RecStore {
             rf,
             tables,
@@ -170,10 +180,10 @@ impl RecStore {
             samples: Reservoir::new(MAX_SAMPLES, MAX_SAMPLE_BYTES),
             recent: Reservoir::new(RECENT_SAMPLES, RECENT_BYTES),
             window: (0, 0),
-            baseline: 0,
+            baseline,
             drifted: false,
             worse_before: false,
-            inserted_at_model: 0,
+            inserted_at_model,
             job: None,
             waiting: Default::default(),
         })

@@ -92,7 +92,9 @@ impl Ring {
         // Requests are taken from `taken`: past `head` only while earlier ones are in flight
         // (answered later, in order; see `Status::PIPELINED`).
         let mut head = st.taken.load(Ordering::Relaxed);
-        let in_flight = head != st.head.load(Ordering::Relaxed);
+        // Whether requests taken before are still unanswered: the box's head must then stay
+        // where it is (their answers move it), whatever this pass skips or pads over.
+        let mut in_flight = head != st.head.load(Ordering::Relaxed);
         // SYNC POINT: Acquire; pairs with the producer's Release store of `tail`.
         let tail = c.tail.load(Ordering::Acquire);
         if tail < head || tail - head > self.box_bytes {
@@ -191,6 +193,7 @@ impl Ring {
                 claim: st.claims.load(Ordering::Relaxed),
                 ticket,
                 head_after: head + len,
+                owner: (c.owner_pid.load(Ordering::Relaxed), c.owner_start.load(Ordering::Relaxed)),
                 request: Request {
                     op: opc,
                     flags: f.flags,
@@ -211,6 +214,7 @@ impl Ring {
                     head += len;
                     st.taken.store(head, Ordering::Relaxed);
                     st.taken_ticket.store(ticket, Ordering::Relaxed);
+                    in_flight = true;
                     n += 1;
                     continue;
                 }

@@ -332,6 +332,9 @@ pub struct Req<'a> {
     pub claim: u64,
     pub ticket: u64,
     pub head_after: u64,
+    /// The box's owner (pid, process start time) when it was taken: the caller a lease
+    /// names, whichever ring the box is in.
+    pub owner: (u32, u64),
     /// The request itself, as the client built it (`req.op`, `req.key`... through Deref).
     pub request: Request<'a>,
 }

@@ -110,3 +110,46 @@ fn garbage_in_a_box_poisons_it_without_panicking() {
     assert!(poisoned > 150, "random bytes are refused: {poisoned} of 200 poisoned");
     std::fs::remove_dir_all(d).unwrap();
 }
+
+#[test]
+fn a_pad_behind_pipelined_requests_keeps_their_answers() {
+    // A request taken and answered later (PIPELINED), then a wrap: the producer wrote a PAD
+    // and the next request at the box's start. Before, the PAD moved the box's head past the
+    // request still in flight, and its answer was then dropped as stale: its client waited
+    // out its timeout.
+    let (r, d) = ring(4096);
+    let mut w = r.claim(shm::getpid(), 0).unwrap().unwrap();
+    let b = w.boxno();
+    let mut scratch = Vec::new();
+    let payload = vec![7u8; 900];
+    let mut t = 1;
+    // Fill and drain three requests so that the next ones wrap.
+    for _ in 0..3 {
+        r.enqueue(&mut w, t, &Request::set(b"k", &payload, t)).unwrap();
+        t += 1;
+    }
+    r.poll(b, 10, &mut scratch, |q| Reply::ok(q.arg));
+    w.consumed_to(r.consumed(b).0);
+    let first = t;
+    // One request fits before the end; the next one needs a PAD and wraps.
+    for _ in 0..2 {
+        r.enqueue(&mut w, t, &Request::set(b"k", &payload, t)).unwrap();
+        t += 1;
+    }
+    let mut taken = Vec::new();
+    let n = r.poll(b, 10, &mut scratch, |q| {
+        taken.push((q.ticket, q.head_after));
+        Reply::status(status::PIPELINED)
+    });
+    assert_eq!(n, 2, "both requests are taken");
+    assert_eq!(taken.iter().map(|x| x.0).collect::<Vec<_>>(), vec![first, first + 1]);
+    let len = request_len(b"k", &payload);
+    assert!(taken[1].1 - taken[0].1 > len, "the second one wrapped behind a PAD");
+    for &(ticket, head_after) in &taken {
+        r.complete(b, ticket, head_after, Reply::ok(ticket * 10));
+        assert_eq!(r.wait_done(b, ticket, Duration::from_millis(10)), Waited::Done);
+        assert_eq!(r.result(b, ticket).value.load(Ordering::Relaxed), ticket * 10);
+    }
+    assert_eq!(r.consumed(b).0, taken[1].1, "the head ends past both requests");
+    std::fs::remove_dir_all(d).unwrap();
+}

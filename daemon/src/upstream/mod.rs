@@ -319,7 +319,9 @@ pub const TOKEN_MARK: &[u8] = b"\xffsurpd-once:";
 /// `{1, recorded result}`; `done(r)` records a result in the same atomic step as the write.
 /// Every write goes through one: replaying even a plain set is wrong once a box has several
 /// requests in flight (a set sent again after the delete behind it would bring the key
-/// back).
+/// back). A request that changes nothing is recorded too (`'nd'`: an incr of an absent key;
+/// `fail(e)`: an error), or its replay could apply it after a later request made it
+/// possible (an incr of a key a later set created).
 macro_rules! once_script {
     ($body:literal) => {
         concat!(
@@ -329,6 +331,11 @@ macro_rules! once_script {
             "local function done(r) ",
             "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '|' .. r) ",
             "redis.call('PEXPIRE', KEYS[1], 604800000) return r end ",
+            "local function fail(e) done('e:' .. e) return redis.error_reply(e) end ",
+            "local function holds_other(want) local t = redis.call('TYPE', KEYS[2])['ok'] ",
+            "return t ~= 'none' and t ~= want end ",
+            "local wrongtype = 'WRONGTYPE Operation against a key ' .. ",
+            "'holding the wrong kind of value' ",
             $body
         )
     };
@@ -367,18 +374,19 @@ const TOUCH_LUA: &str = once_script!(
 const INCR_LUA: &str = once_script!(
     "local created = false \
      if redis.call('EXISTS', KEYS[2]) == 0 then \
-     if ARGV[4] == '0' then return {0} end \
+     if ARGV[4] == '0' then done('nd') return {0} end \
      redis.call('SET', KEYS[2], ARGV[5]) created = true end \
      local r = redis.pcall('INCRBY', KEYS[2], ARGV[3]) \
      if type(r) == 'table' and r.err then \
-     if created then redis.call('DEL', KEYS[2]) end return r end \
+     if created then redis.call('DEL', KEYS[2]) end return fail(r.err) end \
      local v = redis.call('GET', KEYS[2]) done(v) \
      return {0, v, redis.call('PTTL', KEYS[2])}"
 );
 
 /// zadd: ARGV[3] the max_len (0: none), then score, member pairs. `{0, members added}`.
 const ZADD_LUA: &str = once_script!(
-    "local n = 0 for i = 4, #ARGV, 2 do \
+    "if holds_other('zset') then return fail(wrongtype) end \
+     local n = 0 for i = 4, #ARGV, 2 do \
      n = n + redis.call('ZADD', KEYS[2], ARGV[i], ARGV[i + 1]) end \
      if ARGV[3] ~= '0' then \
      redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(tonumber(ARGV[3]) + 1)) end \
@@ -387,13 +395,15 @@ const ZADD_LUA: &str = once_script!(
 
 /// zrem: ARGV[3..] the members. `{0, members removed}`.
 const ZREM_LUA: &str = once_script!(
-    "local n = 0 for i = 3, #ARGV do n = n + redis.call('ZREM', KEYS[2], ARGV[i]) end \
+    "if holds_other('zset') then return fail(wrongtype) end \
+     local n = 0 for i = 3, #ARGV do n = n + redis.call('ZREM', KEYS[2], ARGV[i]) end \
      done(n) return {0, n}"
 );
 
 /// append: ARGV[3] the max_len (0: none), ARGV[4] the item. `{0, new length}`.
 const APPEND_LUA: &str = once_script!(
-    "local n = redis.call('RPUSH', KEYS[2], ARGV[4]) \
+    "if holds_other('list') then return fail(wrongtype) end \
+     local n = redis.call('RPUSH', KEYS[2], ARGV[4]) \
      if ARGV[3] ~= '0' and n > tonumber(ARGV[3]) then \
      redis.call('LTRIM', KEYS[2], -tonumber(ARGV[3]), -1) n = tonumber(ARGV[3]) end \
      done(n) return {0, n}"
@@ -401,7 +411,8 @@ const APPEND_LUA: &str = once_script!(
 
 /// merge: ARGV[3..] field, value pairs (HSET). `{0, 1}`.
 const MERGE_LUA: &str = once_script!(
-    "for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end \
+    "if holds_other('hash') then return fail(wrongtype) end \
+     for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end \
      done(1) return {0, 1}"
 );
 
@@ -870,6 +881,23 @@ fn answer(job: &Job, replies: Vec<Value>) -> Answer {
         },
         _ => None,
     };
+    // A replayed request that changed nothing: what it answered the first time.
+    if let [v] = replies.as_slice() {
+        if let Some((true, r)) = once(v) {
+            match r.first() {
+                Some(Value::BulkString(b)) if b == b"nd" => {
+                    return Answer::Status(status::NOT_DONE)
+                }
+                Some(Value::BulkString(b)) if b.starts_with(b"e:") => {
+                    return Answer::Status(server_error_status(
+                        &String::from_utf8_lossy(&b[2..]),
+                        "",
+                    ))
+                }
+                _ => {}
+            }
+        }
+    }
     match (job, replies.as_slice()) {
         (Job::Fetch(_), vals) => Answer::Fetched(vals.iter().map(fetched).collect()),
         (Job::Zadd { .. } | Job::Zrem { .. } | Job::Append { .. }, [v]) => match once(v) {
@@ -996,6 +1024,11 @@ mod tests {
         let clear = Job::Clear { pattern: b"*".to_vec(), keep: Vec::new() };
         let cleared = Value::Array(vec![Value::Int(0), Value::Int(0)]);
         assert_eq!(answer(&clear, vec![cleared]), Answer::Status(status::OK));
+        // A replayed request that changed nothing answers as it did the first time.
+        let absent = Value::Array(vec![Value::Int(1), bulk("nd")]);
+        assert_eq!(answer(&incr, vec![absent]), Answer::Status(status::NOT_DONE));
+        let failed = Value::Array(vec![Value::Int(1), bulk("e:WRONGTYPE Operation against")]);
+        assert_eq!(answer(&incr, vec![failed]), Answer::Status(status::WRONG_TYPE));
         assert_eq!(server_error_status("WRONGTYPE", "Operation against"), status::WRONG_TYPE);
         assert_eq!(
             server_error_status("ERR", "value is not an integer or out of range"),
