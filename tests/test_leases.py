@@ -182,3 +182,92 @@ def test_memoize_plain_and_async_across_processes(server: surpdb.Server, tmp_pat
     for p in procs:
         p.join(timeout=30)
     assert got[0] == got[1] and got[0][0] == 49, "one process computed, the other read it"
+
+
+def _stale_caller(path: str, computing: Any, release: Any, results: Any) -> None:
+    c = surpdb.connect(path)
+
+    def refresh() -> str:
+        c.incr("refreshes")
+        computing.set()
+        assert release.wait(30), "the test releases the refresh once the others answered"
+        return "v2"
+
+    results.put(c.get_or_set("k", refresh, ttl=0.2, stale_ttl=60))
+
+
+def _wait_until_stale(c: surpdb.Client, key: str, window: float) -> None:
+    deadline = time.monotonic() + 10
+    while (left := c.get_with_ttl(key)[1]) is None or left > window:
+        assert time.monotonic() < deadline, f"{key} never reached its refresh window: {left}"
+
+
+@pytest.mark.slow
+def test_a_stale_value_is_served_while_one_process_refreshes(server: surpdb.Server) -> None:
+    c = surpdb.connect(server.path)
+    assert c.get_or_set("k", lambda: "v1", ttl=0.2, stale_ttl=60) == "v1"
+    _wait_until_stale(c, "k", 60)
+    ctx = mp.get_context("spawn")
+    computing, release, results = ctx.Event(), ctx.Event(), ctx.Queue()
+    procs = [
+        ctx.Process(target=_stale_caller, args=(server.path, computing, release, results))
+        for _ in range(6)
+    ]
+    for p in procs:
+        p.start()
+    # Five callers answer while the sixth is still computing: a caller that waited for the
+    # refresh would never answer (the refresh is released only after them).
+    early = [results.get(timeout=60) for _ in range(5)]
+    assert early == ["v1"] * 5 and computing.is_set()
+    release.set()
+    assert results.get(timeout=60) == "v2"
+    for p in procs:
+        p.join(timeout=30)
+    assert c.get("refreshes") == 1 and c.get("k") == "v2"
+    assert c.get_with_ttl("k")[1] > 59, "the refreshed value is kept ttl + stale_ttl again"
+
+
+def test_early_refresh_and_the_companion_lease(client: surpdb.Client) -> None:
+    c = client
+    assert c.get_or_set("e", lambda: 1, ttl=60, early=59.9) == 1
+    assert c.get_or_set("e", lambda: 2, ttl=60, early=1) == 1, "fresh, not yet in its window"
+    _wait_until_stale(c, "e", 59.9)
+    # Another caller holds the refresh lease (the binding's companion key): the value as it is.
+    assert c.try_lease("e\x00~refresh", 99) == 1
+    assert c.get_or_set("e", lambda: 2, ttl=60, early=59.9) == 1
+
+    async def acompute() -> int:
+        return 2
+
+    assert asyncio.run(surpdb.aget_or_set(c, "e", acompute, 60, early=59.9)) == 1
+    assert c.unlease("e\x00~refresh", 99) is True
+
+    def boom() -> int:
+        raise RuntimeError("refresh failed")
+
+    with pytest.raises(RuntimeError):
+        c.get_or_set("e", boom, ttl=60, early=59.9)
+    assert c.get("e") == 1, "a failed refresh leaves the value"
+    assert c.get_or_set("e", lambda: 3, ttl=60, early=59.9) == 3, "and the lease was given back"
+    assert c.get_with_ttl("e")[1] > 59
+    _wait_until_stale(c, "e", 59.9)
+    assert asyncio.run(surpdb.aget_or_set(c, "e", acompute, 60, early=59.9)) == 2
+    assert c.get_with_ttl("missing", "d") == ("d", None)
+    c.set("forever", 5)
+    assert c.get_with_ttl("forever") == (5, None)
+    assert c.get_or_set("forever", lambda: 6, ttl=1, stale_ttl=5) == 5, "no expiry: never stale"
+
+
+def test_stale_and_early_arguments_are_checked(client: surpdb.Client) -> None:
+    for kwargs in (
+        {"stale_ttl": 5},  # no ttl
+        {"ttl": 10, "early": 10},
+        {"ttl": 10, "early": -1},
+        {"ttl": 10, "stale_ttl": -1},
+        {"ttl": 10, "stale_ttl": float("nan")},
+    ):
+        with pytest.raises(ValueError):
+            client.get_or_set("k", lambda: 1, **kwargs)
+        with pytest.raises(ValueError):
+            surpdb.memoize(client, **kwargs)  # type: ignore[arg-type]
+    assert "k" not in client

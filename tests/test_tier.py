@@ -168,6 +168,12 @@ def test_get_or_set_and_memoize_compute_without_a_lease(hosts, redis) -> None:  
     assert a.get_or_set("k", lambda: "from a", ttl=60) == "from a"
     assert b.get_or_set("k", lambda: "from b", ttl=60) == "from a", "a hit computes nothing"
     assert redis.cli("EXISTS", PREFIX + "k") == "1"
+    # stale_ttl without leases: the value is served until ttl + stale_ttl, not recomputed.
+    assert a.get_or_set("s", lambda: 1, ttl=0.1, stale_ttl=60) == 1
+    deadline = time.monotonic() + 10
+    while (left := b.get_with_ttl("s")[1]) is None or left > 60:
+        assert time.monotonic() < deadline, left
+    assert b.get_or_set("s", lambda: 2, ttl=0.1, stale_ttl=60) == 1
 
     calls = []
 

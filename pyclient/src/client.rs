@@ -204,7 +204,53 @@ impl Client {
         Ok(out)
     }
 
+    /// get_or_set in the refresh window of `k` (its value `v` stale or about to be): one
+    /// caller takes the refresh lease (on a companion key: the value stays readable
+    /// meanwhile) and recomputes; the others return `v` at once.
+    fn refresh<'py>(
+        &self,
+        py: Python<'py>,
+        k: &[u8],
+        v: Bound<'py, PyAny>,
+        default: &Bound<'py, PyAny>,
+        ttl: u64,
+        lease_timeout: f64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let rk = [k, REFRESH_SUFFIX].concat();
+        if rk.len() > surpd::layout::MAX_KEY_LEN {
+            return Ok(v); // no room for the companion key: recomputed once it expires
+        }
+        let token = surpd::shm::random_u64();
+        let req = Request::lease(&rk, (lease_timeout * 1000.0).ceil() as u64, token);
+        let r = self.call(py, req)?;
+        match self.core.outcome(&req, r) {
+            Ok(r) if r.value == 1 => {}
+            // Another caller refreshes, or a tiered daemon (no leases): the value as it is.
+            Ok(_) | Err(surpd::Error::NotSupported(_)) => return Ok(v),
+            Err(e) => return Err(to_py_err(e)),
+        }
+        let computed = (|| {
+            let nv = default.call0()?;
+            let buf = self.encode_value(&nv)?;
+            let r = self.call(py, Request::set(k, &buf, ttl))?;
+            self.shape(py, op::SET, k, r)?;
+            Ok(nv)
+        })();
+        // Given back whatever happened: a failed refresh lets the next caller try.
+        let _ = self.call(py, Request::unlease(&rk, token));
+        computed
+    }
+
     fn get_one<'py>(&self, py: Python<'py>, key: &[u8]) -> PyResult<Option<Bound<'py, PyAny>>> {
+        Ok(self.get_one_exp(py, key)?.map(|(v, _)| v))
+    }
+
+    /// The value of `key` and its record's expiry (Unix ms, 0 for none), read at once.
+    fn get_one_exp<'py>(
+        &self,
+        py: Python<'py>,
+        key: &[u8],
+    ) -> PyResult<Option<(Bound<'py, PyAny>, u64)>> {
         let mut fetched = 0;
         let mut answer = None;
         loop {
@@ -213,7 +259,7 @@ impl Client {
                 Lookup::Hit(rec) => {
                     let r = self.decode(py, rec.value);
                     if pin.confirm(&rec) {
-                        return r.map(Some);
+                        return r.map(|v| Some((v, rec.expires_ms)));
                     }
                     break;
                 }
@@ -224,7 +270,10 @@ impl Client {
                     // may have unlinked it since; else read it through (the GIL released
                     // for the round trip).
                     if let Some(v) = answer.take().and_then(|a| self.core.fetched(key, a)) {
-                        return v.rec(key).map(|r| self.decode(py, r.value)).transpose();
+                        return v
+                            .rec(key)
+                            .map(|r| Ok((self.decode(py, r.value)?, r.expires_ms)))
+                            .transpose();
                     }
                     let core = &self.core;
                     answer = py
@@ -234,7 +283,9 @@ impl Client {
             }
         }
         // A boxless read that met the writer: read again (what was decoded is discarded).
-        let r = self.core.read(key, |rec| rec.map(|rec| self.decode(py, rec.value)));
+        let r = self
+            .core
+            .read(key, |rec| rec.map(|rec| Ok((self.decode(py, rec.value)?, rec.expires_ms))));
         r.map_err(to_py_err)?.transpose()
     }
 }
@@ -349,6 +400,25 @@ impl Client {
     ) -> PyResult<Bound<'py, PyAny>> {
         let got = self.with_key(key, |k| self.get_one(py, k))?;
         Ok(got.or(default).unwrap_or_else(|| py.None().into_bound(py)))
+    }
+
+    /// `(value, ttl)`: the value of `key` and the seconds it has left (None: it never
+    /// expires), read together; `(default, None)` on a miss.
+    #[pyo3(signature = (key, default = None))]
+    fn get_with_ttl<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        default: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<(Bound<'py, PyAny>, Option<f64>)> {
+        match self.with_key(key, |k| self.get_one_exp(py, k))? {
+            Some((v, 0)) => Ok((v, None)),
+            Some((v, expires)) => {
+                let left = expires.saturating_sub(surpd::shm::now_ms());
+                Ok((v, Some(left as f64 / 1000.0)))
+            }
+            None => Ok((default.unwrap_or_else(|| py.None().into_bound(py)), None)),
+        }
     }
 
     /// A dict of the keys that are present, with their values.
@@ -514,7 +584,16 @@ impl Client {
     /// If `default` raises (or its value cannot be stored), the lease is given back and the
     /// exception propagates. A tiered daemon keeps no leases: each caller computes on a miss
     /// and the first one stored wins.
-    #[pyo3(signature = (key, default, ttl = None, lease = true, lease_timeout = 30.0))]
+    ///
+    /// `stale_ttl` keeps the value `stale_ttl` seconds past `ttl`: in that window one caller
+    /// recomputes it (a refresh lease) while every other caller gets the stale value at
+    /// once. `early` starts that refresh `early` seconds before `ttl` runs out, while the
+    /// value is still fresh (memcached's recache). Both need a `ttl`. A tiered daemon serves
+    /// the value until its `ttl` plus `stale_ttl` runs out, then computes as on a miss.
+    #[pyo3(signature = (
+        key, default, ttl = None, lease = true, lease_timeout = 30.0, stale_ttl = None, early = 0.0
+    ))]
+    #[allow(clippy::too_many_arguments)]
     fn get_or_set<'py>(
         &self,
         py: Python<'py>,
@@ -523,15 +602,22 @@ impl Client {
         ttl: Option<f64>,
         lease: bool,
         lease_timeout: f64,
+        stale_ttl: Option<f64>,
+        early: f64,
     ) -> PyResult<Bound<'py, PyAny>> {
         if !(lease_timeout.is_finite() && lease_timeout > 0.0 && lease_timeout <= MAX_TIMEOUT_S) {
             return Err(PyValueError::new_err(format!(
                 "lease_timeout must be positive seconds, got {lease_timeout}"
             )));
         }
-        let ttl = ttl_ms(ttl)?;
+        let fresh_ttl = ttl_ms(ttl)?;
+        let window = RefreshWindow::new(fresh_ttl, stale_ttl, early)?;
+        let ttl = fresh_ttl + window.stale_ms;
         self.with_key(key, |k| {
-            if let Some(v) = self.get_one(py, k)? {
+            if let Some((v, expires)) = self.get_one_exp(py, k)? {
+                if lease && default.is_callable() && window.due(expires) {
+                    return self.refresh(py, k, v, default, ttl, lease_timeout);
+                }
                 return Ok(v);
             }
             // Without a lease: compute, store unless another caller stored first, return

@@ -307,3 +307,54 @@ pub(crate) fn ttl_ms(ttl: Option<f64>) -> PyResult<u64> {
         ))),
     }
 }
+
+/// The suffix of the companion key a get_or_set refresh lease is taken on (a lease record
+/// reads as a miss and scans skip it: the key is never seen).
+pub(crate) const REFRESH_SUFFIX: &[u8] = b"\0~refresh";
+
+/// get_or_set's refresh window: the last `early_ms` of a value's `ttl` and the `stale_ms`
+/// it is kept past it, in which one caller recomputes while the others read it.
+pub(crate) struct RefreshWindow {
+    pub(crate) stale_ms: u64,
+    early_ms: u64,
+}
+
+impl RefreshWindow {
+    pub(crate) fn new(ttl_ms: u64, stale_ttl: Option<f64>, early: f64) -> PyResult<Self> {
+        // Bounded so that ttl + stale_ttl stays far from overflowing (about 300 years).
+        const MAX_S: f64 = 1e10;
+        let stale_ms = match stale_ttl {
+            None => 0,
+            Some(s) if s.is_finite() && (0.0..=MAX_S).contains(&s) => (s * 1000.0).ceil() as u64,
+            Some(s) => {
+                return Err(PyValueError::new_err(format!(
+                    "stale_ttl must be seconds from 0 to {MAX_S:e} or None, got {s}"
+                )))
+            }
+        };
+        if !(early.is_finite() && (0.0..=MAX_S).contains(&early)) {
+            return Err(PyValueError::new_err(format!(
+                "early must be seconds from 0 to {MAX_S:e}, got {early}"
+            )));
+        }
+        let early_ms = (early * 1000.0).ceil() as u64;
+        if (stale_ms > 0 || early_ms > 0) && ttl_ms == 0 {
+            return Err(PyValueError::new_err(
+                "stale_ttl and early need a ttl: a value without one never goes stale",
+            ));
+        }
+        if early_ms > 0 && early_ms >= ttl_ms {
+            return Err(PyValueError::new_err(format!(
+                "early ({early} s) must be less than ttl ({} s)",
+                ttl_ms as f64 / 1000.0
+            )));
+        }
+        Ok(Self { stale_ms, early_ms })
+    }
+
+    /// Whether a value expiring at `expires_ms` (0: never) is in its refresh window.
+    pub(crate) fn due(&self, expires_ms: u64) -> bool {
+        let window = self.stale_ms + self.early_ms;
+        window > 0 && expires_ms != 0 && surpd::shm::now_ms() >= expires_ms.saturating_sub(window)
+    }
+}

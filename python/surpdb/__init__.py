@@ -34,7 +34,7 @@ from .errors import (
     UnsafeValue,
     ValueTooLarge,
 )
-from .memoize import memoize
+from .memoize import aget_or_set, memoize
 from .server import Server, default_dir
 
 Mapping.register(Record)
@@ -58,6 +58,7 @@ __all__ = [
     "Unavailable",
     "UnsafeValue",
     "ValueTooLarge",
+    "aget_or_set",
     "connect",
     "default_dir",
     "errors",

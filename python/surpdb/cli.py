@@ -1,12 +1,15 @@
-"""The ``surpdb`` command: serve, stats, check, dump, load, resize, train, demo."""
+"""The ``surpdb`` command: serve, stats, top, check, dump, load, resize, train, demo."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import stat
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from typing import IO
 
 from . import _native
@@ -125,6 +128,16 @@ def _systemd_unit(a: argparse.Namespace) -> int:
     return 0
 
 
+def _top(a: argparse.Namespace) -> int:
+    from . import top
+
+    if a.interval <= 0:
+        raise Error(f"--interval must be positive, not {a.interval}")
+    if a.count is not None and a.count < 1:
+        raise Error(f"--count must be at least 1, not {a.count}")
+    return top.run(a.dir, a.interval, 1 if a.once else a.count)
+
+
 def _check(a: argparse.Namespace) -> int:
     r = _native.check(a.dir)
     if a.json:
@@ -163,12 +176,86 @@ def _json_exact(v: object) -> bool:
     return False
 
 
+class _Progress:
+    """One progress line on stderr, redrawn in place (``\\r``) at most 10 times a second:
+    what is done, the rate and, with a known total (or a ``fraction`` callback), the
+    percentage. Silent unless stderr is a terminal (and ``enabled``), so piped and scripted
+    runs print exactly what they did."""
+
+    def __init__(
+        self,
+        what: str,
+        total: int | None = None,
+        unit: str = "items",
+        fraction: Callable[[], float] | None = None,
+        enabled: bool = True,
+    ) -> None:
+        self.what, self.total, self.unit, self.fraction = what, total, unit, fraction
+        self.on = enabled and sys.stderr.isatty()
+        self.start = self.last = time.monotonic()
+        self.width = self.done = 0
+        if self.on:
+            self._draw()
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def update(self, done: int) -> None:
+        self.done = done
+        if self.on and time.monotonic() - self.last >= 0.1:
+            self._draw()
+
+    def close(self) -> None:
+        """Draw the final state, then erase the line for what is printed next."""
+        if self.on:
+            self._draw()
+            sys.stderr.write("\r" + " " * self.width + "\r")
+            sys.stderr.flush()
+            self.on = False
+
+    def _draw(self) -> None:
+        now = time.monotonic()
+        self.last = now
+        text = f"{self.what}: {self.done}"
+        if self.total is not None:
+            text += f" of {self.total}"
+        text += f" {self.unit}"
+        frac = self.fraction() if self.fraction else self.done / self.total if self.total else None
+        if frac is not None:
+            text += f"  {min(100.0, 100 * frac):.0f}%"
+        elapsed = now - self.start
+        if elapsed > 0:
+            text += f"  {self.done / elapsed:.0f} {self.unit}/s"
+        text += f"  {elapsed:.1f}s"
+        pad = " " * max(0, self.width - len(text))
+        self.width = len(text)
+        sys.stderr.write("\r" + text + pad)
+        sys.stderr.flush()
+
+
+def _read_fraction(f: IO[str]) -> Callable[[], float] | None:
+    """For a plain file: the part read so far (by the file offset, a read-ahead ahead)."""
+    fd = f.fileno()
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or not st.st_size:
+        return None
+    return lambda: os.lseek(fd, 0, os.SEEK_CUR) / st.st_size
+
+
 def _dump(a: argparse.Namespace) -> int:
     """JSON lines: {"key": str | {"b64": ...}, "value": json} or {"value_b64": native}, "ttl",
     and "ns" for a key of a namespace other than the default one."""
     base = _native.Client(a.dir, 5.0)
     out = open(a.file, "w") if a.file and a.file != "-" else sys.stdout  # noqa: SIM115
     n = 0
+    total = base.stats()["items"]
+    # (Not when the dump itself goes to the same terminal.)
+    progress = _Progress(
+        "dump", total if isinstance(total, int) else None, enabled=not out.isatty()
+    )
     try:
         for ns in base.namespaces():
             c = base.namespace(ns) if ns else base
@@ -176,9 +263,11 @@ def _dump(a: argparse.Namespace) -> int:
             while True:
                 cursor, items = c._scan(cursor, 1000)
                 n += _dump_items(items, ns, out)
+                progress.update(n)
                 if cursor == 0:
                     break
     finally:
+        progress.close()
         if out is not sys.stdout:
             out.close()
     print(f"dumped {n} items", file=sys.stderr)
@@ -215,7 +304,7 @@ def _load(a: argparse.Namespace) -> int:
     base = _native.Client(a.dir, 30.0)
     spaces: dict[str, _native.Client] = {"": base}
     n = 0
-    with open(a.file) as f:
+    with open(a.file) as f, _Progress("load", fraction=_read_fraction(f)) as progress:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -233,6 +322,7 @@ def _load(a: argparse.Namespace) -> int:
             except (KeyError, ValueError, TypeError) as e:
                 raise Error(f"{a.file}:{lineno}: bad dump line: {e}") from e
             n += 1
+            progress.update(n)
     base.flush()
     print(f"loaded {n} items", file=sys.stderr)
     return 0
@@ -283,10 +373,14 @@ def _read_sample(path: str, limit: int) -> list[object]:
 
     opener = lzma.open if path.endswith(".xz") else gzip.open if path.endswith(".gz") else open
     out: list[object] = []
-    with opener(path, "rt", encoding="utf-8") as f:  # type: ignore[operator]
+    with (
+        opener(path, "rt", encoding="utf-8") as f,  # type: ignore[operator]
+        _Progress("train: reading the sample", limit, "records") as progress,
+    ):
         for line in f:
             if line.strip():
                 out.append(json.loads(line))
+                progress.update(len(out))
                 if len(out) >= limit:
                     break
     return out
@@ -335,6 +429,14 @@ def main(argv: list[str] | None = None) -> int:
     fmt.add_argument("--json", action="store_true")
     fmt.add_argument("--prometheus", action="store_true", help="text exposition format")
     s.set_defaults(func=_stats)
+
+    s = sub.add_parser("top", help="live view: ops/s, hit ratio, memory, clients (Ctrl-C quits)")
+    s.add_argument("dir", nargs="?", default=None, help="data directory")
+    s.add_argument("--interval", type=float, default=1.0, help="seconds between frames (1.0)")
+    n = s.add_mutually_exclusive_group()
+    n.add_argument("--count", type=int, default=None, help="stop after N frames (plain text)")
+    n.add_argument("--once", action="store_true", help="one frame (plain text), like --count 1")
+    s.set_defaults(func=_top)
 
     s = sub.add_parser("check", help="verify a segment without changing it (exit 1 on problems)")
     s.add_argument("dir", nargs="?", default=None)

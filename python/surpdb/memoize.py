@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from ._native import Client, encode_value
-from .errors import NotSupported, Timeout
+from .errors import KeyTooLong, NotSupported, Timeout
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -41,18 +41,26 @@ def _client(client_or_path: Client | str | os.PathLike[str]) -> Callable[[], Cli
 
 async def aget_or_set(
     c: Client,
-    k: str,
+    k: str | bytes,
     compute: Callable[[], Awaitable[Any]],
     ttl: float | None,
     lease: bool = True,
     lease_timeout: float = 30.0,
+    stale_ttl: float | None = None,
+    early: float = 0.0,
 ) -> Any:
     """``Client.get_or_set`` for a coroutine: the lease is waited for on the loop (never
     blocking it), with this call's own token (another coroutine of this process is another
     caller). Without a lease, or on a tiered daemon (which keeps none: the upstream is the
-    key's home), it computes and stores with ``add`` (the first value stored wins)."""
-    got = c.get(k, _MISSING)
+    key's home), it computes and stores with ``add`` (the first value stored wins).
+    ``stale_ttl`` and ``early`` as in ``Client.get_or_set``."""
+    window = _refresh_window(ttl, stale_ttl, early)
+    if ttl is not None and stale_ttl:
+        ttl += stale_ttl
+    got, left = c.get_with_ttl(k, _MISSING)
     if got is not _MISSING:
+        if lease and window and left is not None and left <= window:
+            return await _arefresh(c, k, got, compute, ttl, lease_timeout)
         return got
 
     async def unleased() -> Any:
@@ -90,18 +98,65 @@ async def aget_or_set(
             pause = min(pause * 2, 0.02)
 
 
+_REFRESH_SUFFIX = "\x00~refresh"  # the binding's companion key for a refresh lease
+
+
+def _refresh_window(ttl: float | None, stale_ttl: float | None, early: float) -> float:
+    """Seconds before the stored expiry in which one caller refreshes (checked as the
+    binding checks them)."""
+    if stale_ttl is not None and not 0 <= stale_ttl <= 1e10:
+        raise ValueError(f"stale_ttl must be seconds from 0 to 1e10 or None, got {stale_ttl}")
+    if not 0 <= early <= 1e10:
+        raise ValueError(f"early must be seconds from 0 to 1e10, got {early}")
+    window = (stale_ttl or 0.0) + early
+    if window and ttl is None:
+        raise ValueError("stale_ttl and early need a ttl: a value without one never goes stale")
+    if early and ttl is not None and early >= ttl:
+        raise ValueError(f"early ({early} s) must be less than ttl ({ttl} s)")
+    return window
+
+
+async def _arefresh(
+    c: Client,
+    k: str | bytes,
+    current: Any,
+    compute: Callable[[], Awaitable[Any]],
+    ttl: float | None,
+    lease_timeout: float,
+) -> Any:
+    """One caller recomputes a value in its refresh window; the others return it as it is."""
+    rk: str | bytes = k + _REFRESH_SUFFIX if isinstance(k, str) else k + _REFRESH_SUFFIX.encode()
+    token = int.from_bytes(os.urandom(8), "little")
+    try:
+        if c.try_lease(rk, token, lease_timeout) != 1:
+            return current
+    except (NotSupported, KeyTooLong):  # tiered (no leases), or no room for the suffix
+        return current
+    try:
+        value = await compute()
+        c.set(k, value, ttl=ttl)
+    finally:
+        c.unlease(rk, token)
+    return value
+
+
 def memoize(
     client_or_path: Client | str | os.PathLike[str],
     ttl: float | None = None,
     key: Callable[..., str] | None = None,
     lease: bool = True,
     lease_timeout: float = 30.0,
+    stale_ttl: float | None = None,
+    early: float = 0.0,
 ) -> Callable[[F], F]:
     """Cache ``fn(*args, **kwargs)`` under a key made from the function's module, name and
     arguments (the surpdb encoding of ``(args, kwargs)``, hashed: stable across processes
     and restarts), or ``key(*args, **kwargs)``. With ``lease`` (the default), a result missing
     from the cache is computed once across all processes; the others wait for it. The
-    decorated function gains ``.invalidate(*args, **kwargs)`` and ``.key(*args, **kwargs)``."""
+    decorated function gains ``.invalidate(*args, **kwargs)`` and ``.key(*args, **kwargs)``.
+    With ``stale_ttl`` or ``early``, one caller recomputes a result near or past its
+    ``ttl`` while the others get it as it is (see ``Client.get_or_set``)."""
+    _refresh_window(ttl, stale_ttl, early)  # bad arguments fail at decoration
     client = _client(client_or_path)
 
     def decorate(fn: F) -> F:
@@ -123,9 +178,8 @@ def memoize(
             @functools.wraps(fn)
             async def awrapper(*args: Any, **kwargs: Any) -> Any:
                 c, k = client(), make_key(*args, **kwargs)
-                return await aget_or_set(
-                    c, k, lambda: fn(*args, **kwargs), ttl, lease, lease_timeout
-                )
+                compute = lambda: fn(*args, **kwargs)  # noqa: E731
+                return await aget_or_set(c, k, compute, ttl, lease, lease_timeout, stale_ttl, early)
 
             awrapper.invalidate = invalidate  # type: ignore[attr-defined]
             awrapper.key = make_key  # type: ignore[attr-defined]
@@ -136,7 +190,13 @@ def memoize(
             k = make_key(*args, **kwargs)
             compute = functools.partial(fn, *args, **kwargs)
             return client().get_or_set(
-                k, compute, ttl=ttl, lease=lease, lease_timeout=lease_timeout
+                k,
+                compute,
+                ttl=ttl,
+                lease=lease,
+                lease_timeout=lease_timeout,
+                stale_ttl=stale_ttl,
+                early=early,
             )
 
         wrapper.invalidate = invalidate  # type: ignore[attr-defined]

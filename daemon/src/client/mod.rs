@@ -248,6 +248,8 @@ impl Client {
                 let h = rf.hdr();
                 v.extend([
                     ("record_model_sample", h.train_sample.load(Ordering::Relaxed)),
+                    // Growth retrains at ten times this (or train_after) many records.
+                    ("record_model_trained_at", h.trained_live.load(Ordering::Relaxed)),
                     (
                         "record_models_trained_automatically",
                         h.auto_trainings.load(Ordering::Relaxed),

@@ -346,8 +346,11 @@ impl RecStore {
         let h = self.rf.hdr();
         h.nmodels.store(self.tables.models.len() as u64, Ordering::Relaxed);
         crate::crash::point("model installed");
-        // The lifecycle starts over with this model: the next growth step, a fresh measure.
-        h.trained_live.store(live_at_start, Ordering::Relaxed);
+        // The lifecycle starts over with this model: the next growth step (counted from what
+        // it learned from: a sample sent to an empty store is not "trained at one record",
+        // which made growth retrain on 10, 100, 1,000 stored records and undo a good
+        // model), a fresh measure.
+        h.trained_live.store(live_at_start.max(t.sample as u64), Ordering::Relaxed);
         h.train_sample.store(t.sample as u64, Ordering::Relaxed);
         // The baseline: what it takes for records of its kind it was not trained on (else the
         // first measure of what comes in).
@@ -597,8 +600,8 @@ impl RecStore {
         if self.tables.models.is_empty() {
             return (live >= self.train_after).then_some(TrainWhy::First);
         }
-        let trained = h.trained_live.load(Ordering::Relaxed);
-        if trained > 0 && live >= trained.saturating_mul(10) {
+        let trained = h.trained_live.load(Ordering::Relaxed).max(self.train_after);
+        if live >= trained.saturating_mul(10) {
             return Some(TrainWhy::Growth);
         }
         let since = h.inserted.load(Ordering::Relaxed).saturating_sub(self.inserted_at_model);
