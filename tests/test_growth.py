@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 import surpdb
 from surpdb import _native
 
-VALUE = b"x" * 10_000
+VALUE = random.Random(18).randbytes(10_000)  # incompressible: fills the heap as it is
 
 
 def _fill(c: surpdb.Client, start: int) -> int:

@@ -42,7 +42,7 @@ def test_churn_on_one_key_evicts_nothing_else(store_dir: str, policy: str) -> No
     # 400 times. Before, all 100 were evicted (evictions=100) with under 1% of the segment
     # live; Redis (maxmemory 64mb) and memcached (-m 64) keep them all.
     with surpdb.Server(store_dir, size="64MiB", policy=policy) as srv:
-        c = surpdb.connect(srv.path)
+        c = surpdb.connect(srv.path, compress_min=0)
         want = _kinds(c)
         rids = c.insert_many([{"r": i} for i in range(50)])
         _churn(c, laps=3)
@@ -56,7 +56,7 @@ def test_churn_on_one_key_evicts_nothing_else(store_dir: str, policy: str) -> No
 
 def test_a_read_key_survives_a_flood_of_one_hit_keys(store_dir: str) -> None:
     with surpdb.Server(store_dir, size="8MiB", max_value="64KiB") as srv:
-        c = surpdb.connect(srv.path)
+        c = surpdb.connect(srv.path, compress_min=0)
         value = b"v" * 1000
         c.set("hot", value)
         c.set("cold", value)
@@ -77,7 +77,7 @@ def test_without_pressure_no_live_key_is_evicted_by_a_wrapping_log(store_dir: st
     # Many keys overwritten in place (live data stays at a third of the heap) through ten
     # laps of the heap: keys written once at the start are all still there.
     with surpdb.Server(store_dir, size="8MiB", max_value="64KiB") as srv:
-        c = surpdb.connect(srv.path)
+        c = surpdb.connect(srv.path, compress_min=0)
         for i in range(500):
             c.set(f"once{i}", i)
         value = b"w" * 2000
@@ -96,7 +96,7 @@ def test_a_read_key_keeps_its_credit_while_the_cleaner_cannot_move_it(store_dir:
     # space: here a pinned view holds it back) lost its credit and was evicted at the next
     # look. With the small reserve of the default path that happened all the time.
     with surpdb.Server(store_dir, size="32MiB") as srv:  # the default max_value
-        c = surpdb.connect(srv.path)
+        c = surpdb.connect(srv.path, compress_min=0)
         value = b"v" * 50_000
         i = 0
         while c.stats()["evictions"] < 100:
@@ -120,7 +120,7 @@ def test_the_reserve_follows_the_records_stored_not_max_value(store_dir: str) ->
     # Before, the cleaner's reserve was four of the largest records max_value allows: with
     # the default 1 MiB, 4 MiB of a 32 MiB segment never held data (high-water at 84%).
     with surpdb.Server(store_dir, size="32MiB", policy="noeviction") as srv:
-        c = surpdb.connect(srv.path)
+        c = surpdb.connect(srv.path, compress_min=0)
         st = c.stats()
         assert st["high_water"] > 0.95 * st["heap_capacity"], st
         n = 0

@@ -13,6 +13,7 @@ import multiprocessing as mp
 import os
 import struct
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -414,3 +415,35 @@ def test_garbage_in_free_boxes_does_not_break_the_next_client(server: surpdb.Ser
         assert c.set("k", 1) is True and c.incr("n") == 1
     finally:
         ring.close()
+
+
+def _exited(pid: int) -> bool:
+    """Gone, or a zombie no one has reaped (its parent died; init may be slow to)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_a_daemon_whose_starter_dies_stops_cleanly(tmp_path: Path) -> None:
+    # Found: a surpdb.Server daemon outlived a parent that died without stop() (a test
+    # runner killed, a script's SIGKILL), serving an orphaned store until someone killed it.
+    path = str(tmp_path / "store")
+    script = (
+        "import os, surpdb\n"
+        f"srv = surpdb.Server({path!r}, size='32MiB')\n"
+        f"surpdb.connect({path!r}).set('k', 'kept')\n"
+        "print(srv.pid, flush=True)\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert p.returncode == -9, p.stderr
+    daemon = int(p.stdout.split()[0])
+    deadline = time.monotonic() + 30
+    while not _exited(daemon):
+        assert time.monotonic() < deadline, "the daemon outlived the process that started it"
+        time.sleep(0.01)
+    assert _native.check(path)["clean_stop"], "it stopped as on SIGTERM, not by a crash"
+    with surpdb.Server(path, size="32MiB"):
+        assert surpdb.connect(path).get("k") == "kept"

@@ -133,6 +133,16 @@ def test_add_delete_touch_and_ttl_go_through_the_upstream(hosts, redis) -> None:
     assert a.delete("t") is False
 
 
+def test_a_large_value_stays_compressed_upstream(hosts, redis) -> None:  # type: ignore[no-untyped-def]
+    a, b = hosts
+    html = "".join(f"<li>entry {i}</li>" for i in range(5000))
+    a.set("page", html)
+    assert b.get("page") == html
+    assert int(redis.cli("STRLEN", PREFIX + "page")) < len(html) / 4, "compressed in Redis too"
+    a.set("big", {f"f{i}": "v" * 20 for i in range(1000)})
+    assert b.get("big")["f999"] == "v" * 20
+
+
 def test_a_key_written_by_redis_cli_is_seen_by_both_hosts(hosts, redis) -> None:  # type: ignore[no-untyped-def]
     a, b = hosts
     assert a.get("plain") is None and b.get("plain") is None

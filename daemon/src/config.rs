@@ -86,6 +86,10 @@ pub struct Config {
     pub train_after: u64,
     /// Write "READY=1\n" to this descriptor once serving (used by surpdb.Server).
     pub ready_fd: Option<i32>,
+    /// The read end of a pipe whose write end the starting process holds (surpdb.Server):
+    /// once every holder has exited, the daemon stops as on SIGTERM, so that a parent that
+    /// dies without stopping it leaves no daemon behind.
+    pub parent_fd: Option<i32>,
     pub data_mode: u32,
     pub ring_mode: u32,
     /// Tiered mode: the Redis/Valkey URL in front of which this daemon caches (None: a
@@ -127,6 +131,7 @@ impl Config {
             compact: false,
             train_after: 2_000,
             ready_fd: None,
+            parent_fd: None,
             data_mode: 0o640,
             ring_mode: 0o660,
             upstream: None,

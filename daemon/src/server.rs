@@ -420,6 +420,7 @@ impl Daemon {
             }
         }
         sd_notify(&format!("READY=1\nSTATUS={}", self.status_line()));
+        let parent = self.cfg.parent_fd.take().map(shm::take_fd);
         let watchdog = watchdog_interval();
         let mut last_reap = Instant::now();
         let mut last_flush = Instant::now();
@@ -441,6 +442,10 @@ impl Daemon {
                 }
             }
             if now.duration_since(last_reap) >= Duration::from_millis(200) {
+                if parent.as_ref().is_some_and(shm::hung_up) {
+                    log::info("the process that started this daemon has exited: stopping");
+                    STOP.store(true, Ordering::Relaxed);
+                }
                 self.reap();
                 self.store.heap.reclaim(&self.store.seg, &self.ring);
                 self.reclaim_chunks();

@@ -433,6 +433,25 @@ pub fn write_and_close_fd(fd: i32, bytes: &[u8]) -> io::Result<()> {
     f.write_all(bytes)
 }
 
+/// Take ownership of a descriptor handed to this process by number (`--parent-fd`).
+pub fn take_fd(fd: i32) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the descriptor was handed to us for this purpose and nothing else in the
+    // process uses it; it is closed when the OwnedFd drops.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}
+
+/// Whether the other end of a pipe (whose read end is `fd`) has been closed by every
+/// process that held it: the read end then polls as hung up (or readable, at EOF). Never
+/// blocks.
+pub fn hung_up(fd: &std::os::fd::OwnedFd) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: poll on one valid pollfd, with no timeout.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents & (libc::POLLHUP | libc::POLLIN | libc::POLLERR | libc::POLLNVAL) != 0
+}
+
 /// Give `file` real blocks for `[off, off + len)` (posix_fallocate), so that a later store
 /// through a mapping of that range cannot fault with SIGBUS on a full filesystem: the
 /// failure comes here, as an error, instead. Where the filesystem cannot preallocate,

@@ -30,7 +30,8 @@ pub fn to_upstream(local: &[u8]) -> Vec<u8> {
 /// The encoded surpdb value for bytes read from the upstream.
 pub fn from_upstream(b: &[u8]) -> Vec<u8> {
     if let Some(enc) = b.strip_prefix(MAGIC) {
-        if value::validate(enc).is_ok() {
+        // A large value a host stored compressed stays compressed upstream.
+        if value::validate_stored(enc, value::MAX_PLAIN).is_ok() {
             return enc.to_vec();
         }
     }

@@ -17,11 +17,18 @@ use crate::shm;
 use crate::value::{self, ZEntry};
 
 /// The current unexpired value of `key` (copied: writing the new record may clean and reuse
-/// the old one's space) and its expiry.
+/// the old one's space; a compressed one decompressed, and stored plain once updated) and
+/// its expiry.
 fn current(store: &Store, key: &[u8], hash: u64) -> Option<(Vec<u8>, u64, u64)> {
     let now = shm::now_ms();
     match store.seg.current(key, hash) {
-        Some(r) if !r.expired(now) => Some((r.value.to_vec(), r.expires_ms, r.version)),
+        Some(r) if !r.expired(now) => {
+            // A compressed value that does not decompress (outside damage) is no list or
+            // dict: WRONG_TYPE, as for any other value of another type.
+            let v = value::plain(r.value, store.seg.max_value)
+                .map_or_else(|_| vec![value::COMPRESSED], |v| v.into_owned());
+            Some((v, r.expires_ms, r.version))
+        }
         _ => None,
     }
 }
@@ -105,7 +112,7 @@ impl Store {
         if val.len() as u64 > self.seg.max_value {
             return Reply::status(status::TOO_LARGE);
         }
-        if value::validate(val).is_err() {
+        if value::validate_stored(val, self.seg.max_value).is_err() {
             return Reply::status(status::BAD_REQUEST);
         }
         let hash = self.seg.hash(req.key);

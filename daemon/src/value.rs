@@ -15,7 +15,11 @@
 //! DICT   0x0a varint(count) (value value)*     keys in insertion order
 //! PICKLE 0x0b varint(n) n bytes of pickle      any other Python object
 //! ZSET   0x0c varint(count) (f64-LE score, STR|BYTES member)*   sorted by (score, member)
+//! COMPRESSED 0x0f varint(n) zstd-frame         a whole value of n bytes, compressed
 //! ```
+//! COMPRESSED stands only for a whole stored value (never inside a container, never itself
+//! compressed): clients compress large values when that saves space, and every reader,
+//! the daemon included, sees the value it stands for through [`plain`].
 //! Decoders take arbitrary bytes and never panic: every length is checked against what is
 //! left, nesting is bounded by [`MAX_DEPTH`].
 
@@ -42,6 +46,11 @@ pub const ABSENT: u8 = 0x0d;
 /// Reads as a miss. Only the daemon stores it ([`validate`] refuses it): tag, then the
 /// holder's pid (u32 LE), process start time (u64 LE) and token (u64 LE).
 pub const LEASE: u8 = 0x0e;
+
+/// A whole value compressed with zstd (see the module comment and [`plain`]).
+pub const COMPRESSED: u8 = 0x0f;
+/// The most a compressed value may declare, whatever the segment (max_value's own bound).
+pub const MAX_PLAIN: u64 = 512 << 20;
 
 /// Deepest nesting of containers accepted by encoders and decoders.
 pub const MAX_DEPTH: usize = 200;
@@ -180,8 +189,14 @@ pub fn skip(r: &mut Reader<'_>, depth: usize) -> Result<()> {
 }
 
 /// Whether a well-formed value holds a pickle anywhere in it (a value that does not parse
-/// counts as holding one: nothing is known of it).
+/// counts as holding one: nothing is known of it). A compressed value is looked into.
 pub fn has_pickle(buf: &[u8]) -> bool {
+    has_pickle_within(buf, MAX_PLAIN)
+}
+
+/// [`has_pickle`], for a compressed value that may stand for at most `max` bytes (more
+/// counts as holding one).
+pub fn has_pickle_within(buf: &[u8], max: u64) -> bool {
     fn walk(r: &mut Reader<'_>, depth: usize) -> Result<bool> {
         if depth > MAX_DEPTH {
             return Err(corrupt("too deep", r.pos));
@@ -214,7 +229,75 @@ pub fn has_pickle(buf: &[u8]) -> bool {
             }
         }
     }
-    walk(&mut Reader::new(buf), 0).unwrap_or(true)
+    match plain(buf, max) {
+        Ok(v) => walk(&mut Reader::new(&v), 0).unwrap_or(true),
+        Err(_) => true,
+    }
+}
+
+type Contexts =
+    (Option<(i32, zstd::bulk::Compressor<'static>)>, Option<zstd::bulk::Decompressor<'static>>);
+
+thread_local! {
+    /// A thread's zstd contexts, kept: making one per value cost more than decompressing a
+    /// 23 KB page (tables and window buffers allocated and freed each time).
+    static ZSTD: std::cell::RefCell<Contexts> = const { std::cell::RefCell::new((None, None)) };
+}
+
+/// The encoded value a stored value stands for: `buf` itself, or what a COMPRESSED one
+/// decompresses to (its declared length, at most `max` bytes, and not compressed again).
+/// Untrusted bytes: a bad frame, a wrong length or a bomb is an error, never a panic.
+pub fn plain(buf: &[u8], max: u64) -> Result<std::borrow::Cow<'_, [u8]>> {
+    if buf.first() != Some(&COMPRESSED) {
+        return Ok(std::borrow::Cow::Borrowed(buf));
+    }
+    let mut r = Reader::new(buf);
+    r.u8()?;
+    let n = r.varint()?;
+    if n > max.min(MAX_PLAIN) {
+        return Err(corrupt(&format!("a compressed value of {n} bytes, over {max}"), 1));
+    }
+    let out = ZSTD
+        .with(|z| {
+            let mut z = z.borrow_mut();
+            if z.1.is_none() {
+                z.1 = Some(zstd::bulk::Decompressor::new()?);
+            }
+            z.1.as_mut().expect("made above").decompress(&buf[r.pos..], n as usize)
+        })
+        .map_err(|e| corrupt(&format!("compressed value does not decompress ({e})"), r.pos))?;
+    if out.len() as u64 != n {
+        return Err(corrupt(&format!("compressed value is {} bytes, not {n}", out.len()), 1));
+    }
+    if out.first() == Some(&COMPRESSED) {
+        return Err(corrupt("a compressed value compressed again", r.pos));
+    }
+    Ok(std::borrow::Cow::Owned(out))
+}
+
+/// `buf` (an encoded value) compressed with zstd at `level` into a COMPRESSED value.
+pub fn compress(buf: &[u8], level: i32) -> Option<Vec<u8>> {
+    let frame = ZSTD
+        .with(|z| {
+            let mut z = z.borrow_mut();
+            match &mut z.0 {
+                Some((l, c)) if *l == level => {}
+                slot => *slot = Some((level, zstd::bulk::Compressor::new(level)?)),
+            }
+            z.0.as_mut().expect("made above").1.compress(buf)
+        })
+        .ok()?;
+    let mut out = Vec::with_capacity(frame.len() + 10);
+    out.push(COMPRESSED);
+    put_varint(&mut out, buf.len() as u64);
+    out.extend_from_slice(&frame);
+    Some(out)
+}
+
+/// Check a whole value a client stores under a key: [`validate`], or for a COMPRESSED one,
+/// that it decompresses to at most `max` bytes of a valid value.
+pub fn validate_stored(buf: &[u8], max: u64) -> Result<()> {
+    validate(&plain(buf, max)?)
 }
 
 /// Check that `buf` is exactly one well-formed value.
@@ -291,6 +374,7 @@ pub fn type_name(buf: &[u8]) -> &'static str {
         Some(&ZSET) => "sorted set",
         Some(&ABSENT) => "absent marker",
         Some(&LEASE) => "lease",
+        Some(&COMPRESSED) => "compressed value",
         _ => "unknown",
     }
 }

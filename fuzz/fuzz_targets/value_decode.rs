@@ -5,6 +5,9 @@ use surpd::value;
 
 fuzz_target!(|data: &[u8]| {
     let _ = value::validate(data);
+    // Compressed values: a frame, a length and a bomb's claim are all untrusted.
+    let _ = value::validate_stored(data, 1 << 20);
+    let _ = value::has_pickle_within(data, 1 << 20);
     let _ = value::decode_int(data);
     let _ = value::zset_entries(data);
     let _ = value::list_items(data);

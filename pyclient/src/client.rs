@@ -32,7 +32,13 @@ pub(crate) struct Client {
     pub(crate) ns: usize,
     /// False: values that need a pickle are refused both ways (loading one runs code).
     pub(crate) pickle: bool,
+    /// Whole values of at least this many bytes encoded are stored compressed when that
+    /// saves a tenth (0: never).
+    pub(crate) compress_min: usize,
 }
+
+/// zstd level of compressed values (see benchmarks/compress_bench.py for the choice).
+const COMPRESS_LEVEL: i32 = 3;
 
 impl Client {
     /// The stored form of a Python key in this client's namespace, handed to `f` (the key's
@@ -90,6 +96,14 @@ impl Client {
 
     /// A stored value as a Python object; with pickle=False, one holding a pickle raises.
     pub(crate) fn decode<'py>(&self, py: Python<'py>, buf: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+        if buf.first() == Some(&v::COMPRESSED) {
+            let plain = v::plain(buf, self.core.max_value()).map_err(to_py_err)?;
+            return self.decode_plain(py, &plain);
+        }
+        self.decode_plain(py, buf)
+    }
+
+    fn decode_plain<'py>(&self, py: Python<'py>, buf: &[u8]) -> PyResult<Bound<'py, PyAny>> {
         if self.pickle {
             return decode_value(py, buf);
         }
@@ -104,6 +118,32 @@ impl Client {
             ));
         }
         decode_value(py, &own)
+    }
+
+    /// `value` encoded as a whole value stored under a key: compressed if large (see
+    /// [`Client::compress`]).
+    fn encode_stored(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+        let mut buf = self.encode_value(value)?;
+        self.compress(py, &mut buf);
+        Ok(buf)
+    }
+
+    /// Replace an encoded whole value of at least `compress_min` bytes by its zstd frame
+    /// (a COMPRESSED value) when that saves at least a tenth. Ints and sorted sets stay as
+    /// they are: the daemon counts and ranks in them.
+    fn compress(&self, py: Python<'_>, buf: &mut Vec<u8>) {
+        if self.compress_min == 0
+            || buf.len() < self.compress_min
+            || !matches!(buf[0], v::STR | v::BYTES | v::PICKLE | v::LIST | v::TUPLE | v::DICT)
+        {
+            return;
+        }
+        let raw: &[u8] = buf;
+        if let Some(c) = py.allow_threads(|| v::compress(raw, COMPRESS_LEVEL)) {
+            if c.len() * 10 <= buf.len() * 9 {
+                *buf = c;
+            }
+        }
     }
 
     fn encode_value(&self, value: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
@@ -231,7 +271,7 @@ impl Client {
         }
         let computed = (|| {
             let nv = default.call0()?;
-            let buf = self.encode_value(&nv)?;
+            let buf = self.encode_stored(py, &nv)?;
             let r = self.call(py, Request::set(k, &buf, ttl))?;
             self.shape(py, op::SET, k, r)?;
             Ok(nv)
@@ -295,8 +335,14 @@ impl Client {
     /// Attach to the store in `path` (the daemon's data directory). `timeout` bounds every
     /// wait for the daemon, in seconds.
     #[new]
-    #[pyo3(signature = (path, timeout = 5.0, pickle = true))]
-    fn new(py: Python<'_>, path: PathBuf, timeout: f64, pickle: bool) -> PyResult<Self> {
+    #[pyo3(signature = (path, timeout = 5.0, pickle = true, compress_min = 4096))]
+    fn new(
+        py: Python<'_>,
+        path: PathBuf,
+        timeout: f64,
+        pickle: bool,
+        compress_min: usize,
+    ) -> PyResult<Self> {
         if !(timeout.is_finite() && timeout > 0.0 && timeout <= MAX_TIMEOUT_S) {
             return Err(PyValueError::new_err(format!(
                 "timeout must be positive seconds, at most {MAX_TIMEOUT_S:.0} (a year), got \
@@ -306,7 +352,7 @@ impl Client {
         let core = py
             .allow_threads(|| Core::connect(&path, Duration::from_secs_f64(timeout)))
             .map_err(to_py_err)?;
-        Ok(Client { core: Arc::new(core), ns: 0, pickle })
+        Ok(Client { core: Arc::new(core), ns: 0, pickle, compress_min })
     }
 
     /// A client of namespace `name` sharing this one's connection (its queue in the ring):
@@ -341,7 +387,12 @@ impl Client {
             )));
         }
         let r = self.core.outcome(&req, r).map_err(to_py_err)?;
-        Ok(Client { core: self.core.clone(), ns: r.value as usize, pickle: self.pickle })
+        Ok(Client {
+            core: self.core.clone(),
+            ns: r.value as usize,
+            pickle: self.pickle,
+            compress_min: self.compress_min,
+        })
     }
 
     /// This client's namespace ("" for the default one).
@@ -480,6 +531,7 @@ impl Client {
     /// A read-only, zero-copy memoryview of a bytes value (None if absent). The record stays
     /// in place until the view is released (`with c.view(k) as m:` or `m.release()`); a
     /// view held for long keeps the daemon from reusing space retired after it was made.
+    /// A value stored compressed (`compress_min`) is decompressed: its view is of a copy.
     fn view<'py>(
         &self,
         py: Python<'py>,
@@ -498,7 +550,9 @@ impl Client {
                         drop(pin);
                         if let Some(f) = answer.take().and_then(|a| self.core.fetched(k, a)) {
                             let Some(rec) = f.rec(k) else { return Ok(None) };
-                            let data = view_bytes(k, rec.value)?;
+                            let plain =
+                                v::plain(rec.value, self.core.max_value()).map_err(to_py_err)?;
+                            let data = view_bytes(k, &plain)?;
                             return Ok(Some(Exported::Copy(
                                 PyBytes::new(py, data).into_any().unbind(),
                             )));
@@ -510,6 +564,16 @@ impl Client {
                         continue;
                     }
                 };
+                if rec.value.first() == Some(&v::COMPRESSED) {
+                    // Stored compressed: viewed as a copy of the bytes it stands for.
+                    let plain = v::plain(rec.value, self.core.max_value());
+                    if !pin.confirm(&rec) {
+                        continue;
+                    }
+                    let plain = plain.map_err(to_py_err)?;
+                    let data = view_bytes(k, &plain)?;
+                    return Ok(Some(Exported::Copy(PyBytes::new(py, data).into_any().unbind())));
+                }
                 if rec.value.first() != Some(&v::BYTES) {
                     if !pin.confirm(&rec) {
                         continue;
@@ -571,7 +635,7 @@ impl Client {
         ttl: Option<f64>,
         wait: bool,
     ) -> PyResult<PyObject> {
-        let buf = self.encode_value(value)?;
+        let buf = self.encode_stored(py, value)?;
         let ttl = ttl_ms(ttl)?;
         self.with_key(key, |k| self.submit(py, Request::set(k, &buf, ttl), wait))
     }
@@ -624,7 +688,7 @@ impl Client {
             // what the key holds.
             let unleased = || -> PyResult<Bound<'py, PyAny>> {
                 let v = if default.is_callable() { default.call0()? } else { default.clone() };
-                let buf = self.encode_value(&v)?;
+                let buf = self.encode_stored(py, &v)?;
                 self.call(py, Request::add(k, &buf, ttl))?;
                 Ok(self.get_one(py, k)?.unwrap_or(v))
             };
@@ -655,7 +719,7 @@ impl Client {
                             e
                         };
                         let v = default.call0().map_err(give_back)?;
-                        let buf = self.encode_value(&v).map_err(give_back)?;
+                        let buf = self.encode_stored(py, &v).map_err(give_back)?;
                         let r = self.call(py, Request::set(k, &buf, ttl)).map_err(give_back)?;
                         self.shape(py, op::SET, k, r).map_err(give_back)?;
                         return Ok(v);
@@ -732,7 +796,7 @@ impl Client {
         ttl: Option<f64>,
         wait: bool,
     ) -> PyResult<PyObject> {
-        let buf = self.encode_value(value)?;
+        let buf = self.encode_stored(py, value)?;
         let ttl = ttl_ms(ttl)?;
         self.with_key(key, |k| self.submit(py, Request::add(k, &buf, ttl), wait))
     }
@@ -762,6 +826,7 @@ impl Client {
             let (key, value): (Bound<'py, PyAny>, Bound<'py, PyAny>) = item.extract()?;
             buf.clear();
             self.encode_into(&value, &mut buf)?;
+            self.compress(py, &mut buf);
             self.with_key(&key, |k| {
                 if pipe.full() {
                     py.allow_threads(|| pipe.make_room());
@@ -921,7 +986,7 @@ impl Client {
     ) -> PyResult<PyObject> {
         let ttl = ttl_ms(ttl)?;
         let mut buf = version.to_le_bytes().to_vec();
-        buf.extend_from_slice(&self.encode_value(value)?);
+        buf.extend_from_slice(&self.encode_stored(py, value)?);
         self.with_key(key, |k| {
             let r = self.call(py, Request::cas(k, &buf, ttl))?;
             self.shape(py, op::CAS, k, r)
@@ -1110,7 +1175,7 @@ impl Client {
         ttl: Option<f64>,
     ) -> PyResult<PyObject> {
         let ttl = ttl_ms(ttl)?;
-        if v::validate(encoded).is_err() {
+        if v::validate_stored(encoded, self.core.max_value()).is_err() {
             return Err(PyValueError::new_err("not a valid surpdb value encoding"));
         }
         self.with_key(key, |k| {

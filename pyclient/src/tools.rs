@@ -10,18 +10,21 @@ use crate::errors::*;
 
 /// Run the daemon in this process until SIGTERM/SIGINT (what `surpdb serve` calls).
 /// `options` are setting names and values as flags give them (they beat SURPDB_* variables,
-/// which beat the config file); SIGHUP reloads the live ones.
+/// which beat the config file); SIGHUP reloads the live ones. `parent_fd`: the read end of
+/// a pipe whose writers' exit stops the daemon (surpdb.Server).
 #[pyfunction]
-#[pyo3(signature = (config = None, options = None, ready_fd = None))]
+#[pyo3(signature = (config = None, options = None, ready_fd = None, parent_fd = None))]
 pub(crate) fn serve(
     py: Python<'_>,
     config: Option<PathBuf>,
     options: Option<Vec<(String, String)>>,
     ready_fd: Option<i32>,
+    parent_fd: Option<i32>,
 ) -> PyResult<()> {
     let mut cfg = surpd::config::Config::load(config.as_deref(), &options.unwrap_or_default())
         .map_err(to_py_err)?;
     cfg.ready_fd = ready_fd;
+    cfg.parent_fd = parent_fd;
     py.allow_threads(|| surpd::server::run(cfg)).map_err(to_py_err)
 }
 
@@ -56,8 +59,10 @@ pub(crate) fn encode_value<'py>(
     Ok(PyBytes::new(py, &buf))
 }
 
-/// Decode bytes produced by encode_value (raises CorruptSegment on malformed input).
+/// Decode bytes produced by encode_value, or a stored value (compressed ones too: what
+/// `dump` writes); raises CorruptSegment on malformed input.
 #[pyfunction]
 pub(crate) fn decode_value_bytes<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
-    decode_value(py, data)
+    let plain = surpd::value::plain(data, surpd::value::MAX_PLAIN).map_err(to_py_err)?;
+    decode_value(py, &plain)
 }

@@ -72,6 +72,7 @@ def connect(
     timeout: float = 5.0,
     namespace: str | None = None,
     pickle: bool = True,
+    compress_min: int = 4096,
 ) -> Client:
     """Attach to the store served from ``path`` (default: ``default_dir()``).
 
@@ -80,7 +81,10 @@ def connect(
     client's keys, ``clear()`` and counts are that namespace's alone (made on first use;
     ``Client.namespace`` also sets quotas). With ``pickle=False``, a value the encoding would
     pickle is refused (``UnsafeValue``) and so is loading one: a process that can write to
-    the store can then never make this one run code.
+    the store can then never make this one run code. A value of at least ``compress_min``
+    bytes encoded (0: never) is stored compressed with zstd when that saves a tenth of it;
+    every client reads it whatever its own setting.
     """
-    c = Client(os.fspath(path) if path is not None else default_dir(), timeout, pickle)
+    where = os.fspath(path) if path is not None else default_dir()
+    c = Client(where, timeout, pickle, compress_min)
     return c.namespace(namespace) if namespace else c

@@ -30,7 +30,11 @@ _Key = str | bytes
 @final
 class Client:
     def __new__(
-        cls, path: str | PathLike[str], timeout: float = 5.0, pickle: bool = True
+        cls,
+        path: str | PathLike[str],
+        timeout: float = 5.0,
+        pickle: bool = True,
+        compress_min: int = 4096,
     ) -> Client: ...
     @property
     def path(self) -> str: ...
@@ -138,6 +142,7 @@ def serve(
     config: str | PathLike[str] | None = None,
     options: list[tuple[str, str]] | None = None,
     ready_fd: int | None = None,
+    parent_fd: int | None = None,
 ) -> None: ...
 def encode_value(value: Any) -> bytes: ...
 def decode_value_bytes(data: bytes) -> Any: ...

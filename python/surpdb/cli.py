@@ -46,7 +46,7 @@ def _serve(a: argparse.Namespace) -> int:
         value = getattr(a, name)
         if value is not None:
             options.append(("eviction_policy" if name == "policy" else name, str(value)))
-    _native.serve(config=a.config, options=options, ready_fd=a.ready_fd)
+    _native.serve(config=a.config, options=options, ready_fd=a.ready_fd, parent_fd=a.parent_fd)
     return 0
 
 
@@ -421,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, doc in _SETTINGS:
         s.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=doc)
     s.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    s.add_argument("--parent-fd", type=int, default=None, help=argparse.SUPPRESS)
     s.set_defaults(func=_serve)
 
     s = sub.add_parser("stats", help="print counters and gauges of a store")

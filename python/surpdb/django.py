@@ -8,6 +8,7 @@
             "OPTIONS": {
                 "NAMESPACE": "pages",               # optional: this alias's own key space
                 "PICKLE": True,                     # False: refuse values that need pickle
+                "COMPRESS_MIN": 4096,               # zstd for values this large (0: never)
                 "IGNORE_EXCEPTIONS": False,         # True: a dead daemon is a miss + warning
                 "CLIENT_TIMEOUT": 5.0,              # seconds to wait for the daemon's ack
                 # "MAX_ENTRIES": 1000, "CULL_FREQUENCY": 3,   # optional, Django's culling
@@ -80,21 +81,27 @@ def _ack_thread() -> ThreadPoolExecutor:
     return w[1]
 
 
-def _client_for(location: str, timeout: float, namespace: str = "", pickle: bool = True) -> Client:
+def _client_for(
+    location: str,
+    timeout: float,
+    namespace: str = "",
+    pickle: bool = True,
+    compress_min: int = 4096,
+) -> Client:
     """One client per process and location: it holds a request queue in the daemon's ring,
     and Django creates a backend instance per thread (a namespace's client shares the
     location's queue). A client survives fork()."""
-    key = (location, timeout, namespace, pickle)
+    key = (location, timeout, namespace, pickle, compress_min)
     c = _clients.get(key)
     if c is None:
-        base = _client_for(location, timeout, "", pickle) if namespace else None
+        base = _client_for(location, timeout, "", pickle, compress_min) if namespace else None
         with _clients_lock:
             c = _clients.get(key)
             if c is None:
                 if base is not None:
                     c = base.namespace(namespace)
                 else:
-                    c = connect(location, timeout=timeout, pickle=pickle)
+                    c = connect(location, timeout=timeout, pickle=pickle, compress_min=compress_min)
                 _clients[key] = c
     return c
 
@@ -111,12 +118,16 @@ class SurpdbCache(BaseCache):
         self._client_timeout = float(options.get("CLIENT_TIMEOUT", 5.0))
         self._namespace = str(options.get("NAMESPACE") or "")
         self._pickle = bool(options.get("PICKLE", True))
+        self._compress_min = int(options.get("COMPRESS_MIN", 4096))
+        if self._compress_min < 0:
+            raise ValueError(f"COMPRESS_MIN must be 0 or more bytes, got {self._compress_min}")
         unknown = set(options) - {
             "IGNORE_EXCEPTIONS",
             "LOG_IGNORED_EXCEPTIONS",
             "CLIENT_TIMEOUT",
             "NAMESPACE",
             "PICKLE",
+            "COMPRESS_MIN",
             "MAX_ENTRIES",
             "CULL_FREQUENCY",
         }
@@ -132,7 +143,13 @@ class SurpdbCache(BaseCache):
     def _client(self) -> Client:
         c = self._cached_client
         if c is None:
-            c = _client_for(self._location, self._client_timeout, self._namespace, self._pickle)
+            c = _client_for(
+                self._location,
+                self._client_timeout,
+                self._namespace,
+                self._pickle,
+                self._compress_min,
+            )
             self._cached_client = c
         return c
 

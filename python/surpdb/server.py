@@ -78,13 +78,28 @@ class Server:
             args += ["--" + name.replace("_", "-"), str(value)]
         rfd, wfd = os.pipe()
         args += ["--ready-fd", str(wfd)]
+        # The daemon stops once every holder of this pipe's write end has exited: this
+        # process and children it forks (not exec'd ones: the descriptor is close-on-exec).
+        # A parent that dies without stop() then leaves no daemon behind.
+        parent_r, self._parent_w = os.pipe()
+        args += ["--parent-fd", str(parent_r)]
         # The daemon's log goes to a file, not a pipe: nobody reads a pipe while it serves,
         # and a full pipe would block the daemon.
         self._log = tempfile.TemporaryFile()
-        self._proc = subprocess.Popen(
-            args, pass_fds=(wfd,), stdin=subprocess.DEVNULL, stderr=self._log, env=env
-        )
-        os.close(wfd)
+        try:
+            self._proc = subprocess.Popen(
+                args,
+                pass_fds=(wfd, parent_r),
+                stdin=subprocess.DEVNULL,
+                stderr=self._log,
+                env=env,
+            )
+        except BaseException:
+            os.close(self._parent_w)
+            raise
+        finally:
+            os.close(wfd)
+            os.close(parent_r)
         try:
             self._wait_ready(rfd, ready_timeout)
         except BaseException:
@@ -140,6 +155,9 @@ class Server:
         self._close_log()
 
     def _close_log(self) -> None:
+        if self._parent_w >= 0:
+            os.close(self._parent_w)
+            self._parent_w = -1
         if not self._log.closed:
             self._final_log = self.log
             self._log.close()

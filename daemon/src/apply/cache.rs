@@ -78,7 +78,9 @@ impl Store {
         if req.payload.len() as u64 > self.seg.max_value {
             return Reply::status(status::TOO_LARGE);
         }
-        if req.arg2 != req.payload.len() as u64 || value::validate(req.payload).is_err() {
+        if req.arg2 != req.payload.len() as u64
+            || value::validate_stored(req.payload, self.seg.max_value).is_err()
+        {
             return Reply::status(status::BAD_REQUEST);
         }
         let now = shm::now_ms();

@@ -103,7 +103,7 @@ impl Store {
             Some(Op::Cas) => req.payload.get(8..).unwrap_or_default(),
             _ => return false,
         };
-        crate::value::has_pickle(value)
+        crate::value::has_pickle_within(value, self.seg.max_value)
     }
 
     fn apply_inner(&mut self, ring: &Ring, req: &Req<'_>) -> Reply {

@@ -176,7 +176,7 @@ impl Tier {
                     return Err(Some(Reply::status(status::TOO_LARGE)));
                 }
                 if req.arg2 != req.payload.len() as u64
-                    || crate::value::validate(req.payload).is_err()
+                    || crate::value::validate_stored(req.payload, store.seg.max_value).is_err()
                 {
                     return bad();
                 }

@@ -253,10 +253,19 @@ impl RecStore {
             }
             return;
         }
-        let samples = match recent {
-            Some(r) => r,
-            None => self.samples.take(),
+        let (samples, sent) = match recent {
+            Some(r) => (r, false),
+            None => {
+                let s = self.samples.take();
+                let sent = !s.is_empty();
+                (s, sent)
+            }
         };
+        // The growth step counts from the records a model learned from: those stored, or
+        // a sample a client sent, if larger (one sent to an empty store once counted as
+        // trained at one record, so growth retrained it on 10, 100, 1,000 stored records,
+        // each worse).
+        let learned = if sent { samples.len() as u64 } else { 0 };
         let names = self.tables.names.clone();
         let path = self.rf.path.clone();
         let handle = std::thread::Builder::new()
@@ -264,7 +273,7 @@ impl RecStore {
             .spawn(move || train_in_background(&path, samples, names, compact));
         match handle {
             Ok(handle) => {
-                let live_at_start = self.rf.hdr().live.load(Ordering::Relaxed).max(1);
+                let live_at_start = self.rf.hdr().live.load(Ordering::Relaxed).max(learned).max(1);
                 let started = std::time::Instant::now();
                 self.job = Some(TrainJob { handle, started, request, live_at_start })
             }
@@ -346,11 +355,8 @@ impl RecStore {
         let h = self.rf.hdr();
         h.nmodels.store(self.tables.models.len() as u64, Ordering::Relaxed);
         crate::crash::point("model installed");
-        // The lifecycle starts over with this model: the next growth step (counted from what
-        // it learned from: a sample sent to an empty store is not "trained at one record",
-        // which made growth retrain on 10, 100, 1,000 stored records and undo a good
-        // model), a fresh measure.
-        h.trained_live.store(live_at_start.max(t.sample as u64), Ordering::Relaxed);
+        // The lifecycle starts over with this model: the next growth step, a fresh measure.
+        h.trained_live.store(live_at_start, Ordering::Relaxed);
         h.train_sample.store(t.sample as u64, Ordering::Relaxed);
         // The baseline: what it takes for records of its kind it was not trained on (else the
         // first measure of what comes in).
