@@ -38,6 +38,11 @@ slowest codecs (lzma 6 and 9e, zstd 19) are timed on a stratified subset of at m
 --slow-mb (every k-th value by size: the table marks them), sizes always from every value.
 Needs `zstandard` (pip install zstandard; `lz4` optional). Not part of the test run: nothing
 here is asserted beyond round-trips.
+
+Last, surpdb itself on its default path (a daemon started here, connect() as a user gets
+it: compress_min 4096, zstd-3) against compress_min=0: the bytes the store's live data grew
+by for each whole corpus stored as str, and the median get (decompression and str creation
+included). --surpdb-only prints just that table; --no-surpdb skips it.
 """
 
 from __future__ import annotations

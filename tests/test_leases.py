@@ -112,7 +112,7 @@ def test_a_lease_reads_as_a_miss_and_runs_out(client: surpdb.Client) -> None:
     assert client.try_lease("k", 8) == 2, "another caller of this process waits too"
     assert client.get("k") is None and "k" not in client
     assert client._scan(0, 100)[1] == [], "a lease is not a value: dump leaves it out"
-    with pytest.raises(TypeError):  # being computed: not an int to add to
+    with pytest.raises(TypeError, match="holds its get_or_set lease"):  # not an int yet
         client.incr("k")
     assert client.try_lease("k", 7) == 1, "the holder asking again renews it"
     assert client.unlease("k", 8) is False, "only the holder gives it back"

@@ -65,3 +65,13 @@ pub fn passed() -> u64 {
         0
     }
 }
+
+/// Test-only: panic here (a bug standing in) when `SURPD_TEST_PANIC` names this place.
+/// Without the `crashpoints` feature, nothing.
+#[inline(always)]
+pub fn panic_point(_name: &'static str) {
+    #[cfg(feature = "crashpoints")]
+    if std::env::var("SURPD_TEST_PANIC").is_ok_and(|v| v == _name) {
+        panic!("SURPD_TEST_PANIC at {_name}");
+    }
+}

@@ -418,7 +418,7 @@ pub fn key_repr(key: &[u8]) -> String {
 pub struct Context<'a> {
     pub max_value: u64,
     pub dir: &'a std::path::Path,
-    /// A description of what `key` holds now ("a str of 5 characters", "missing value").
+    /// A description of what `key` holds now ("a str", "no readable value (...)").
     pub stored: &'a dyn Fn(&[u8]) -> String,
 }
 

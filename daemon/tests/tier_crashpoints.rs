@@ -255,3 +255,42 @@ fn every_crash_point_of_upstream_writes_applies_each_once() {
         eprintln!("pipelined={pipelined}: crashed at each of {crashes} of {points} points");
     }
 }
+
+/// Found by review: a panic in the upstream thread left the daemon serving with nobody to
+/// answer tiered writes; clients timed out and their boxes stayed busy. Now the daemon
+/// aborts, and a restarted one applies the request once.
+#[test]
+fn a_panic_in_the_upstream_thread_stops_the_daemon_and_loses_nothing() {
+    let Some(redis) = Redis::start() else {
+        eprintln!("redis-server not found: skipped");
+        return;
+    };
+    let dir = shm_dir("tier-panic");
+    let owned = args(&redis.url());
+    let args: Vec<&str> = owned.iter().map(String::as_str).collect();
+    let env = [("SURPD_TEST_PANIC", "upstream batch".to_string())];
+    let mut d = Surpd::start(&dir, &args, &env).unwrap();
+    let c = Client::connect(&dir, Duration::from_secs(10)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.stats().iter().all(|(k, v)| *k != "upstream_connected" || *v != 1) {
+        assert!(Instant::now() < deadline, "no upstream connection");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let t = c.send(&Request::incr(b"n", 5, Some(0))).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !d.exited() {
+        assert!(Instant::now() < deadline, "the daemon kept serving without its upstream thread");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let log = d.kill();
+    assert!(log.contains("upstream thread panicked"), "{log}");
+    let d = Surpd::start(&dir, &args, &[]).unwrap();
+    let r = c.wait_for(t, Duration::from_secs(20)).unwrap();
+    assert_eq!((r.status, r.value), (status::OK, 5), "applied once, by the restarted daemon");
+    let mut up = redis.conn().unwrap();
+    let n: Option<i64> = up.get(format!("{PREFIX}n")).unwrap();
+    assert_eq!(n, Some(5));
+    drop(c);
+    d.stop();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

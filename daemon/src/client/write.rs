@@ -219,7 +219,11 @@ impl Client {
         let stored = |key: &[u8]| {
             self.read(key, |rec| match rec {
                 Some(rec) => crate::value::describe(rec.value),
-                None => "missing value".to_string(),
+                // A lease record reads as a miss: the usual reason a key that made the
+                // daemon refuse reads as missing here.
+                None => "no readable value (another caller holds its get_or_set lease, or \
+                         it was just removed)"
+                    .to_string(),
             })
             .unwrap_or_else(|_| "unknown".into())
         };

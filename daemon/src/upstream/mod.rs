@@ -263,7 +263,20 @@ impl Upstream {
         };
         let thread = std::thread::Builder::new()
             .name("surpd-upstream".into())
-            .spawn(move || worker.run())
+            .spawn(move || {
+                // A bug here must not leave requests waiting for answers that never come
+                // (their clients would time out, their boxes stay busy): the daemon stops
+                // at once, as a crash, and its restart sends what was in flight again,
+                // exactly once (the per-box records).
+                let run = std::panic::AssertUnwindSafe(|| worker.run());
+                if std::panic::catch_unwind(run).is_err() {
+                    crate::log::error(
+                        "the upstream thread panicked: aborting (a restart sends the \
+                         requests in flight again, each applied once)",
+                    );
+                    std::process::abort();
+                }
+            })
             .map_err(|e| Error::io("cannot start the upstream thread", e))?;
         Ok(Upstream { jobs: Some(jobs), bell, events, settings, thread: Some(thread) })
     }
@@ -545,6 +558,7 @@ impl Worker {
                 return;
             }
             if !batch.is_empty() {
+                crate::crash::panic_point("upstream batch");
                 if self.conn.is_none() {
                     self.connect();
                 }
