@@ -6,8 +6,8 @@ py-lmdb and msgpack, in one run.
 
 --default also measures the path a user gets: default settings, no train() call, the records
 inserted in batches of 10,000 in the order of the file (and again shuffled); the daemon trains
-by itself (at 10,000 records, at every tenfold growth, and when records start compressing
-worse than its model did).
+by itself (at train_after, 2,000 records, at every tenfold growth, and when records start
+compressing worse than its model did).
 
 Without --links (or if the file is missing) it uses generated link records. surpdb's figure is
 all-in: stats()["bytes_used"] (headers, tables, models, records) of a fresh store after
