@@ -269,16 +269,25 @@ impl Client {
             Ok(_) | Err(surpd::Error::NotSupported(_)) => return Ok(v),
             Err(e) => return Err(to_py_err(e)),
         }
-        let computed = (|| {
-            let nv = default.call0()?;
-            let buf = self.encode_stored(py, &nv)?;
-            let r = self.call(py, Request::set(k, &buf, ttl))?;
-            self.shape(py, op::SET, k, r)?;
-            Ok(nv)
-        })();
+        let computed = self.compute_and_set(py, k, default, ttl);
         // Given back whatever happened: a failed refresh lets the next caller try.
         let _ = self.call(py, Request::unlease(&rk, token));
         computed
+    }
+
+    /// What a lease holder does: call `default`, store its value under `k`, return it.
+    fn compute_and_set<'py>(
+        &self,
+        py: Python<'py>,
+        k: &[u8],
+        default: &Bound<'py, PyAny>,
+        ttl: u64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let v = default.call0()?;
+        let buf = self.encode_stored(py, &v)?;
+        let r = self.call(py, Request::set(k, &buf, ttl))?;
+        self.shape(py, op::SET, k, r)?;
+        Ok(v)
     }
 
     fn get_one<'py>(&self, py: Python<'py>, key: &[u8]) -> PyResult<Option<Bound<'py, PyAny>>> {
@@ -718,11 +727,7 @@ impl Client {
                             let _ = self.call(py, Request::unlease(k, token));
                             e
                         };
-                        let v = default.call0().map_err(give_back)?;
-                        let buf = self.encode_stored(py, &v).map_err(give_back)?;
-                        let r = self.call(py, Request::set(k, &buf, ttl)).map_err(give_back)?;
-                        self.shape(py, op::SET, k, r).map_err(give_back)?;
-                        return Ok(v);
+                        return self.compute_and_set(py, k, default, ttl).map_err(give_back);
                     }
                     0 => {
                         if let Some(v) = self.get_one(py, k)? {

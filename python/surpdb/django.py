@@ -106,6 +106,11 @@ def _client_for(
     return c
 
 
+def _value_of(default: Any) -> Any:
+    """get_or_set's default: called if callable, as Django's own backends do."""
+    return default() if callable(default) else default
+
+
 class SurpdbCache(BaseCache):
     """A Django cache backed by a surpd daemon on this host."""
 
@@ -445,14 +450,14 @@ class SurpdbCache(BaseCache):
         k = self._key(key, version)
         ttl = self.get_backend_timeout(timeout)
         if ttl == 0:  # do not cache: Django's own backends compute and return it
-            return default() if callable(default) else default
+            return _value_of(default)
         try:
             self._cull()
             return self._client.get_or_set(k, default, ttl=ttl)
         except (ValueTooLarge, KeyTooLong, UnsafeValue):
             raise
         except Error as e:
-            value = default() if callable(default) else default
+            value = _value_of(default)
             return self._ignored("get_or_set", e, value)
 
     async def aget_or_set(
@@ -467,10 +472,10 @@ class SurpdbCache(BaseCache):
         k = self._key(key, version)
         ttl = self.get_backend_timeout(timeout)
         if ttl == 0:
-            return default() if callable(default) else default
+            return _value_of(default)
 
         async def compute() -> Any:
-            return default() if callable(default) else default
+            return _value_of(default)
 
         try:
             if self._max_entries is not None:
@@ -479,7 +484,7 @@ class SurpdbCache(BaseCache):
         except (ValueTooLarge, KeyTooLong, UnsafeValue):
             raise
         except Error as e:
-            value = default() if callable(default) else default
+            value = _value_of(default)
             return self._ignored("get_or_set", e, value)
 
     def clear(self) -> None:
