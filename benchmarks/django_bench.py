@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,6 +22,7 @@ django.setup()
 
 from asgiref.sync import sync_to_async  # noqa: E402
 from django.core.cache.backends.locmem import LocMemCache  # noqa: E402
+from servers import scratch_dir  # noqa: E402
 
 import surpdb  # noqa: E402
 from surpdb.django import SurpdbCache  # noqa: E402
@@ -54,7 +54,7 @@ def per_await(fn: Callable[[], Awaitable[Any]], n: int, reps: int = 7) -> float:
 
 
 def main() -> None:
-    d = tempfile.mkdtemp(prefix="surp-django-")
+    d = scratch_dir("surp-django-")
     with surpdb.Server(d, size="64MiB"):
         s = SurpdbCache(d, {"OPTIONS": {}, "TIMEOUT": 300})
         loc = LocMemCache("bench", {"TIMEOUT": 300})

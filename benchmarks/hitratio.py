@@ -21,13 +21,12 @@ import json
 import random
 import socket
 import sys
-import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from servers import free_port, memcached_args, redis_args, running
+from servers import free_port, memcached_args, redis_args, running, scratch_dir
 
 import surpdb
 
@@ -108,7 +107,7 @@ def replay(
 
 
 def run_surpdb(memory: int, ks: Iterator[int]) -> tuple[float, int]:
-    d = tempfile.mkdtemp(prefix="surp-hit-")
+    d = scratch_dir("surp-hit-")
     with surpdb.Server(d, size=f"{memory}MiB") as srv:  # the defaults, as a user has them
         c = surpdb.connect(srv.path)
 

@@ -25,8 +25,9 @@ import os
 import random
 import statistics
 import sys
-import tempfile
 import time
+
+from servers import scratch_dir
 
 import surpdb
 
@@ -85,7 +86,7 @@ def median_ns_per_call(fn, ids: list, batch: int = 100, batches: int = 300) -> f
 
 
 def bench_surpdb(records: list[dict], compact: bool, out: dict) -> None:
-    d = tempfile.mkdtemp(prefix="surpdb-records-")
+    d = scratch_dir("surpdb-records-")
     n = len(records)
     with surpdb.Server(d, size="20MiB", records_size="8GiB", train_after=0):
         c = surpdb.connect(d)
@@ -123,7 +124,7 @@ def bench_surpdb(records: list[dict], compact: bool, out: dict) -> None:
 
 def bench_surpdb_default(records: list[dict], name: str, out: dict) -> None:
     """The default path: no train() call, default settings, batches of 10,000 as given."""
-    d = tempfile.mkdtemp(prefix="surpdb-records-default-")
+    d = scratch_dir("surpdb-records-default-")
     n = len(records)
     with surpdb.Server(d, size="20MiB", records_size="8GiB"):
         c = surpdb.connect(d)
@@ -161,7 +162,7 @@ def bench_msgpack_lmdb(records: list[dict], out: dict) -> None:
         "bytes_per_record": sum(map(len, packed)) / n,
         "record_ns": median_ns_per_call(msgpack.unpackb, packed),
     }
-    d = tempfile.mkdtemp(prefix="lmdb-records-")
+    d = scratch_dir("lmdb-records-")
     env = lmdb.open(d, map_size=8 << 30, sync=False, metasync=False)
     t0 = time.perf_counter()
     with env.begin(write=True) as txn:

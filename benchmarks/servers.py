@@ -3,13 +3,23 @@ stopped by the benchmark itself (Debian packages memcached and redis-server)."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+
+def scratch_dir(prefix: str, parent: str | None = None) -> str:
+    """A new directory for a benchmark's data, removed when the benchmark exits (data files
+    are allocated in full, so leftovers would fill the disk run after run)."""
+    d = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    atexit.register(shutil.rmtree, d, True)
+    return d
 
 
 def free_port() -> int:

@@ -33,12 +33,11 @@ import platform
 import random
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
-from servers import free_port, redis_args, running
+from servers import free_port, redis_args, running, scratch_dir
 
 import surpdb
 
@@ -225,7 +224,7 @@ def main() -> int:
     import redis
 
     port = free_port()
-    tmp = tempfile.mkdtemp(prefix="tier-bench-")
+    tmp = scratch_dir("tier-bench-")
     rows: dict[str, dict] = {}
     with running(redis_args(port, "--appendonly", "no"), port):
         r = redis.Redis(port=port)

@@ -23,8 +23,7 @@ pytestmark = [
 SCRIPT = """
 import sys, tempfile
 import surpdb
-d = tempfile.mkdtemp()
-with surpdb.Server(d, size="32MiB") as srv:
+with tempfile.TemporaryDirectory() as d, surpdb.Server(d, size="32MiB") as srv:
     c = surpdb.connect(d)
     c.set("who", {"python": list(sys.version_info[:2])})
     assert c.get("who") == {"python": list(sys.version_info[:2])}
