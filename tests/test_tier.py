@@ -167,6 +167,10 @@ def test_ops_without_an_upstream_equivalent_say_so(hosts) -> None:  # type: igno
         a.cas("c", 1, ver)
     with pytest.raises(surpdb.NotSupported, match="merge"):
         a.merge("d", {"x": {"y": 1}}, deep=True)
+    # Tags live in one host's segment: another host could not see an invalidation.
+    with pytest.raises(surpdb.NotSupported, match="tags"):
+        a.set("t", 1, tags=["user:1"])
+    assert a.get("t") is None
 
 
 def test_get_or_set_and_memoize_compute_without_a_lease(hosts, redis) -> None:  # type: ignore[no-untyped-def]

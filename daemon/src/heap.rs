@@ -374,8 +374,9 @@ impl Heap {
         // with a small reserve those are frequent).
         let reads = ring.peek_hint(off - seg.heap_off);
         let hot = reads > 0;
-        if rec.expired(now) || seg.ns_cleared(rec.key, rec.version) {
-            // Expired, or left by its namespace's clear: dropped, never moved.
+        if !seg.alive(&rec, now) {
+            // Expired, left by its namespace's clear or invalidated by a tag: dropped, never
+            // moved.
             seg.unlink(slot);
             seg.count_removed(rec.key, rec.version, size);
             crate::crash::point("expired at the tail");

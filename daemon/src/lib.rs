@@ -44,6 +44,7 @@ pub mod server;
 #[allow(unsafe_code)]
 pub mod shm;
 pub mod stats;
+pub mod tags;
 pub mod tier;
 pub mod update;
 #[cfg(feature = "server")]

@@ -31,7 +31,9 @@ pub fn to_upstream(local: &[u8]) -> Vec<u8> {
 pub fn from_upstream(b: &[u8]) -> Vec<u8> {
     if let Some(enc) = b.strip_prefix(MAGIC) {
         // A large value a host stored compressed stays compressed upstream.
-        if value::validate_stored(enc, value::MAX_PLAIN).is_ok() {
+        if enc.first() != Some(&value::TAGGED)
+            && value::validate_stored(enc, value::MAX_PLAIN).is_ok()
+        {
             return enc.to_vec();
         }
     }

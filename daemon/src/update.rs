@@ -22,10 +22,12 @@ use crate::value::{self, ZEntry};
 fn current(store: &Store, key: &[u8], hash: u64) -> Option<(Vec<u8>, u64, u64)> {
     let now = shm::now_ms();
     match store.seg.current(key, hash) {
-        Some(r) if !r.expired(now) => {
+        Some(r) if store.seg.alive(&r, now) => {
             // A compressed value that does not decompress (outside damage) is no list or
-            // dict: WRONG_TYPE, as for any other value of another type.
-            let v = value::plain(r.value, store.seg.max_value)
+            // dict: WRONG_TYPE, as for any other value of another type. A tagged one is
+            // updated inside its tags (`finish` puts them back).
+            let inner = value::split_tagged(r.value).map_or(&[][..], |(_, v)| v);
+            let v = value::plain(inner, store.seg.max_value)
                 .map_or_else(|_| vec![value::COMPRESSED], |v| v.into_owned());
             Some((v, r.expires_ms, r.version))
         }
@@ -34,8 +36,8 @@ fn current(store: &Store, key: &[u8], hash: u64) -> Option<(Vec<u8>, u64, u64)> 
 }
 
 impl Store {
-    /// Publish the new value `v` of `key` (its bytes and hash), keeping expiry `exp`, and
-    /// reply `ok` on success.
+    /// Publish the new value `v` of `key` (its bytes and hash), keeping expiry `exp` and the
+    /// tags of its current value, and reply `ok` on success.
     fn finish(
         &mut self,
         ring: &Ring,
@@ -45,7 +47,15 @@ impl Store {
         st: &mut CleanStats,
         ok: u64,
     ) -> Reply {
-        if v.len() as u64 > self.seg.max_value {
+        // The value read (`current`) is still the key's: this thread is the only writer.
+        let now = shm::now_ms();
+        let head = match self.seg.current(key, hash) {
+            Some(r) if self.seg.alive(&r, now) => {
+                value::split_tagged(r.value).map_or_else(|_| Vec::new(), |(h, _)| h.to_vec())
+            }
+            _ => Vec::new(),
+        };
+        if (head.len() + v.len()) as u64 > self.seg.max_value {
             return Reply::status(status::TOO_LARGE);
         }
         // The daemon validates what it builds as it validates what it is sent: an append of
@@ -53,7 +63,11 @@ impl Store {
         if value::validate(v).is_err() {
             return Reply::status(status::INVALID_RESULT);
         }
-        self.put(ring, key, hash, v, exp, st, |_| Reply::ok(ok))
+        if head.is_empty() {
+            return self.put(ring, key, hash, v, exp, st, |_| Reply::ok(ok));
+        }
+        let tagged = [&head[..], v].concat();
+        self.put(ring, key, hash, &tagged, exp, st, |_| Reply::ok(ok))
     }
 
     /// APPEND: `payload` is one encoded item; arg = max_len (0: unbounded). Returns the new

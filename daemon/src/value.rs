@@ -52,6 +52,14 @@ pub const COMPRESSED: u8 = 0x0f;
 /// The most a compressed value may declare, whatever the segment (max_value's own bound).
 pub const MAX_PLAIN: u64 = 512 << 20;
 
+/// A whole value stored with tags (`set(..., tags=[...])`, see `tags.rs`): tag, count (1 to
+/// [`MAX_TAGS`]), then per tag its tag key's stored form (length-prefixed) and the token
+/// (u64 LE) that key held, then the value itself (plain or [`COMPRESSED`]). It reads as a
+/// miss once any of its tag keys holds another token or none ([`split_tagged`]).
+pub const TAGGED: u8 = 0x10;
+/// The most tags one value may carry.
+pub const MAX_TAGS: usize = 32;
+
 /// Deepest nesting of containers accepted by encoders and decoders.
 pub const MAX_DEPTH: usize = 200;
 
@@ -229,7 +237,8 @@ pub fn has_pickle_within(buf: &[u8], max: u64) -> bool {
             }
         }
     }
-    match plain(buf, max) {
+    let Ok((_, inner)) = split_tagged(buf) else { return true };
+    match plain(inner, max) {
         Ok(v) => walk(&mut Reader::new(&v), 0).unwrap_or(true),
         Err(_) => true,
     }
@@ -294,10 +303,61 @@ pub fn compress(buf: &[u8], level: i32) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Check a whole value a client stores under a key: [`validate`], or for a COMPRESSED one,
-/// that it decompresses to at most `max` bytes of a valid value.
+/// A whole stored value's tag header (empty if it has none) and the value it carries.
+/// Untrusted bytes: a header that does not parse is an error.
+pub fn split_tagged(buf: &[u8]) -> Result<(&[u8], &[u8])> {
+    if buf.first() != Some(&TAGGED) {
+        return Ok((&buf[..0], buf));
+    }
+    let mut r = Reader::new(buf);
+    r.u8()?;
+    let n = r.varint()?;
+    if n == 0 || n > MAX_TAGS as u64 {
+        return Err(corrupt(&format!("{n} tags (1 to {MAX_TAGS})"), 1));
+    }
+    for _ in 0..n {
+        let k = r.lbytes()?;
+        if k.is_empty() || k.len() > crate::layout::MAX_KEY_LEN {
+            return Err(corrupt(&format!("a tag key of {} bytes", k.len()), r.pos));
+        }
+        r.bytes(8)?;
+    }
+    if r.buf.get(r.pos) == Some(&TAGGED) {
+        return Err(corrupt("a tagged value tagged again", r.pos));
+    }
+    Ok(buf.split_at(r.pos))
+}
+
+/// The tags of a header [`split_tagged`] returned: each tag key's stored form and token.
+pub fn tag_entries(head: &[u8]) -> impl Iterator<Item = (&[u8], u64)> {
+    let mut r = Reader::new(head);
+    let n = if head.is_empty() { 0 } else { r.u8().and_then(|_| r.varint()).unwrap_or(0) };
+    (0..n).map_while(move |_| {
+        let k = r.lbytes().ok()?;
+        let t = r.bytes(8).ok()?;
+        Some((k, u64::from_le_bytes(t.try_into().expect("8 bytes"))))
+    })
+}
+
+/// A tag header for `tags` (stored tag keys and their tokens), to put before a value.
+pub fn tag_header(tags: &[(Vec<u8>, u64)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + tags.iter().map(|(k, _)| k.len() + 10).sum::<usize>());
+    out.push(TAGGED);
+    put_varint(&mut out, tags.len() as u64);
+    for (k, t) in tags {
+        put_varint(&mut out, k.len() as u64);
+        out.extend_from_slice(k);
+        out.extend_from_slice(&t.to_le_bytes());
+    }
+    out
+}
+
+/// Check a whole value a client stores under a key: [`validate`], for a COMPRESSED one
+/// that it decompresses to at most `max` bytes of a valid value, for a TAGGED one that its
+/// header parses and the value it carries is one of those.
 pub fn validate_stored(buf: &[u8], max: u64) -> Result<()> {
-    validate(&plain(buf, max)?)
+    let (_, inner) = split_tagged(buf)?;
+    validate(&plain(inner, max)?)
 }
 
 /// Check that `buf` is exactly one well-formed value.
@@ -545,5 +605,40 @@ mod tests {
         // Deep nesting is refused, not a stack overflow.
         let deep = [LIST, 1].repeat(100_000);
         assert!(validate(&deep).is_err());
+    }
+
+    #[test]
+    fn a_tag_header_round_trips_and_damage_is_refused() {
+        let tags = vec![(b"\0~tag\0a".to_vec(), 7u64), (b"\xff\x03\0~tag\0b".to_vec(), u64::MAX)];
+        let head = tag_header(&tags);
+        let value = [&head[..], &[STR, 2, b'h', b'i']].concat();
+        let (h, inner) = split_tagged(&value).unwrap();
+        assert_eq!((h, inner), (&head[..], &[STR, 2, b'h', b'i'][..]));
+        let got: Vec<(Vec<u8>, u64)> = tag_entries(h).map(|(k, t)| (k.to_vec(), t)).collect();
+        assert_eq!(got, tags);
+        assert!(validate_stored(&value, 1 << 20).is_ok());
+        assert!(validate(&value).is_err(), "never inside a container");
+        // An untagged value is its own inner value.
+        assert_eq!(split_tagged(&[NONE]).unwrap(), (&[][..], &[NONE][..]));
+        // No tags, too many, an empty key, a cut token, tagged twice, a bad value inside.
+        let mut too_many = vec![TAGGED];
+        put_varint(&mut too_many, MAX_TAGS as u64 + 1);
+        let twice = [&head[..], &head[..], &[NONE]].concat();
+        let bad_inner = [&head[..], &[0x7f]].concat();
+        for bad in [
+            &[TAGGED, 0, NONE][..],
+            &too_many,
+            &[TAGGED, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, NONE],
+            &[TAGGED, 1, 1, b'k', 0, 0],
+            &twice,
+            &bad_inner,
+        ] {
+            assert!(validate_stored(bad, 1 << 20).is_err(), "{bad:?}");
+            assert!(has_pickle_within(bad, 1 << 20), "unknown counts as holding one: {bad:?}");
+        }
+        // A pickle inside a tagged value is found.
+        let pickled = [&head[..], &[PICKLE, 1, b'x']].concat();
+        assert!(has_pickle(&pickled));
+        assert!(!has_pickle(&value));
     }
 }

@@ -40,6 +40,13 @@ pub(crate) struct Client {
 /// zstd level of compressed values (see benchmarks/compress_bench.py for the choice).
 const COMPRESS_LEVEL: i32 = 3;
 
+/// What get_or_set stores on a miss: `default` (called), for `ttl` ms, with `tags`.
+struct Compute<'a, 'py> {
+    default: &'a Bound<'py, PyAny>,
+    ttl: u64,
+    tags: Option<&'a Bound<'py, PyAny>>,
+}
+
 impl Client {
     /// The stored form of a Python key in this client's namespace, handed to `f` (the key's
     /// own bytes, uncopied, in the default namespace).
@@ -126,6 +133,122 @@ impl Client {
         let mut buf = self.encode_value(value)?;
         self.compress(py, &mut buf);
         Ok(buf)
+    }
+
+    /// The tag header (`value::TAGGED`) for `tags` (str or bytes names; None or empty: no
+    /// header) in this client's namespace: each tag key's current token, made when the key
+    /// holds none. Read before the value is computed, so that an invalidation meanwhile
+    /// leaves the value stale, never current.
+    fn tag_head(&self, py: Python<'_>, tags: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<u8>> {
+        let Some(tags) = tags else { return Ok(Vec::new()) };
+        let keys = self.tag_keys(tags)?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        if keys.len() > v::MAX_TAGS {
+            return Err(PyValueError::new_err(format!(
+                "{} tags; a value may carry at most {}",
+                keys.len(),
+                v::MAX_TAGS
+            )));
+        }
+        if self.core.tiered() {
+            return Err(errors::NotSupported::new_err(
+                "tags need a standalone store: a tiered daemon's other hosts could not see \
+                 an invalidation",
+            ));
+        }
+        let mut entries = Vec::with_capacity(keys.len());
+        for k in keys {
+            let token = self.tag_token(py, &k)?;
+            entries.push((k, token));
+        }
+        Ok(v::tag_header(&entries))
+    }
+
+    /// The stored keys of `tags` (an iterable of str or bytes, not one str), duplicates
+    /// dropped.
+    fn tag_keys(&self, tags: &Bound<'_, PyAny>) -> PyResult<Vec<Vec<u8>>> {
+        if tags.is_instance_of::<pyo3::types::PyString>() || tags.is_instance_of::<PyBytes>() {
+            return Err(PyTypeError::new_err(
+                "tags must be a list of tag names (str or bytes), not one name",
+            ));
+        }
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        for t in tags.try_iter()? {
+            let t = t?;
+            let name: Vec<u8> = if let Ok(s) = t.downcast::<pyo3::types::PyString>() {
+                s.to_str()?.as_bytes().to_vec()
+            } else if let Ok(b) = t.downcast::<PyBytes>() {
+                b.as_bytes().to_vec()
+            } else {
+                return Err(PyTypeError::new_err(format!(
+                    "a tag is a str or bytes, not {}",
+                    t.get_type().name()?
+                )));
+            };
+            if name.is_empty() {
+                return Err(PyValueError::new_err("a tag name must not be empty"));
+            }
+            let user = [surpd::tags::TAG_KEY_PREFIX, &name].concat();
+            let mut buf = Vec::new();
+            let k = surpd::namespace::stored_key(self.ns, &user, &mut buf).to_vec();
+            Core::check_key(&k).map_err(to_py_err)?;
+            if !out.contains(&k) {
+                out.push(k);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The token tag key `k` holds, made (an `add` of a random one) if it holds none.
+    fn tag_token(&self, py: Python<'_>, k: &[u8]) -> PyResult<u64> {
+        let read = || {
+            self.core.read(k, |r| {
+                r.and_then(|r| v::decode_int(r.value).ok().flatten()).map(|t| t as i64 as u64)
+            })
+        };
+        let mine = surpd::shm::random_u64();
+        for _ in 0..3 {
+            if let Some(t) = read().map_err(to_py_err)? {
+                return Ok(t);
+            }
+            let mut b = Vec::with_capacity(10);
+            v::encode_int(&mut b, mine as i64 as i128);
+            let req = Request::add(k, &b, 0);
+            let r = self.call(py, req)?;
+            if self.core.outcome(&req, r).map_err(to_py_err)?.status == status::OK {
+                return Ok(mine);
+            }
+            // Another caller made it first: read theirs (or, invalidated again, make one).
+        }
+        // Invalidated under us again and again: a token no key holds (the value is stale
+        // from the start, as it would be after the next invalidation anyway).
+        Ok(mine)
+    }
+
+    /// `value` encoded as a whole value stored under a key, after the tag header `head`.
+    fn encode_tagged(
+        &self,
+        py: Python<'_>,
+        head: Vec<u8>,
+        value: &Bound<'_, PyAny>,
+    ) -> PyResult<Vec<u8>> {
+        let buf = self.encode_stored(py, value)?;
+        if head.is_empty() {
+            return Ok(buf);
+        }
+        let mut out = head;
+        out.extend_from_slice(&buf);
+        let max = self.core.max_value();
+        if out.len() as u64 > max {
+            return Err(errors::ValueTooLarge::new_err(format!(
+                "value is {} bytes encoded with its tags; this segment's max_value is {max} \
+                 bytes",
+                out.len()
+            )));
+        }
+        Ok(out)
     }
 
     /// Replace an encoded whole value of at least `compress_min` bytes by its zstd frame
@@ -252,8 +375,7 @@ impl Client {
         py: Python<'py>,
         k: &[u8],
         v: Bound<'py, PyAny>,
-        default: &Bound<'py, PyAny>,
-        ttl: u64,
+        job: &Compute<'_, 'py>,
         lease_timeout: f64,
     ) -> PyResult<Bound<'py, PyAny>> {
         let rk = [k, REFRESH_SUFFIX].concat();
@@ -269,7 +391,7 @@ impl Client {
             Ok(_) | Err(surpd::Error::NotSupported(_)) => return Ok(v),
             Err(e) => return Err(to_py_err(e)),
         }
-        let computed = self.compute_and_set(py, k, default, ttl);
+        let computed = self.compute_and_set(py, k, job);
         // Given back whatever happened: a failed refresh lets the next caller try.
         let _ = self.call(py, Request::unlease(&rk, token));
         computed
@@ -280,12 +402,12 @@ impl Client {
         &self,
         py: Python<'py>,
         k: &[u8],
-        default: &Bound<'py, PyAny>,
-        ttl: u64,
+        job: &Compute<'_, 'py>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let v = default.call0()?;
-        let buf = self.encode_stored(py, &v)?;
-        let r = self.call(py, Request::set(k, &buf, ttl))?;
+        let head = self.tag_head(py, job.tags)?;
+        let v = job.default.call0()?;
+        let buf = self.encode_tagged(py, head, &v)?;
+        let r = self.call(py, Request::set(k, &buf, job.ttl))?;
         self.shape(py, op::SET, k, r)?;
         Ok(v)
     }
@@ -635,7 +757,9 @@ impl Client {
 
     /// Store `value` under `key`. `ttl` in seconds (None = no expiry). With wait=False,
     /// returns a ticket at once (pass it to wait()); otherwise waits for the daemon's ack.
-    #[pyo3(signature = (key, value, ttl = None, wait = true))]
+    /// `tags` (a list of str or bytes names): `invalidate_tags` with any of them makes the
+    /// value a miss from then on.
+    #[pyo3(signature = (key, value, ttl = None, wait = true, tags = None))]
     fn set(
         &self,
         py: Python<'_>,
@@ -643,8 +767,10 @@ impl Client {
         value: &Bound<'_, PyAny>,
         ttl: Option<f64>,
         wait: bool,
+        tags: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyObject> {
-        let buf = self.encode_stored(py, value)?;
+        let head = self.tag_head(py, tags)?;
+        let buf = self.encode_tagged(py, head, value)?;
         let ttl = ttl_ms(ttl)?;
         self.with_key(key, |k| self.submit(py, Request::set(k, &buf, ttl), wait))
     }
@@ -664,7 +790,8 @@ impl Client {
     /// value is still fresh (memcached's recache). Both need a `ttl`. A tiered daemon serves
     /// the value until its `ttl` plus `stale_ttl` runs out, then computes as on a miss.
     #[pyo3(signature = (
-        key, default, ttl = None, lease = true, lease_timeout = 30.0, stale_ttl = None, early = 0.0
+        key, default, ttl = None, lease = true, lease_timeout = 30.0, stale_ttl = None, early = 0.0,
+        tags = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn get_or_set<'py>(
@@ -677,6 +804,7 @@ impl Client {
         lease_timeout: f64,
         stale_ttl: Option<f64>,
         early: f64,
+        tags: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         if !(lease_timeout.is_finite() && lease_timeout > 0.0 && lease_timeout <= MAX_TIMEOUT_S) {
             return Err(PyValueError::new_err(format!(
@@ -686,18 +814,20 @@ impl Client {
         let fresh_ttl = ttl_ms(ttl)?;
         let window = RefreshWindow::new(fresh_ttl, stale_ttl, early)?;
         let ttl = fresh_ttl + window.stale_ms;
+        let job = Compute { default, ttl, tags };
         self.with_key(key, |k| {
             if let Some((v, expires)) = self.get_one_exp(py, k)? {
                 if lease && default.is_callable() && window.due(expires) {
-                    return self.refresh(py, k, v, default, ttl, lease_timeout);
+                    return self.refresh(py, k, v, &job, lease_timeout);
                 }
                 return Ok(v);
             }
             // Without a lease: compute, store unless another caller stored first, return
             // what the key holds.
             let unleased = || -> PyResult<Bound<'py, PyAny>> {
+                let head = self.tag_head(py, tags)?;
                 let v = if default.is_callable() { default.call0()? } else { default.clone() };
-                let buf = self.encode_stored(py, &v)?;
+                let buf = self.encode_tagged(py, head, &v)?;
                 self.call(py, Request::add(k, &buf, ttl))?;
                 Ok(self.get_one(py, k)?.unwrap_or(v))
             };
@@ -727,7 +857,7 @@ impl Client {
                             let _ = self.call(py, Request::unlease(k, token));
                             e
                         };
-                        return self.compute_and_set(py, k, default, ttl).map_err(give_back);
+                        return self.compute_and_set(py, k, &job).map_err(give_back);
                     }
                     0 => {
                         if let Some(v) = self.get_one(py, k)? {
@@ -791,8 +921,8 @@ impl Client {
         })
     }
 
-    /// Store only if `key` is absent (or expired). True if stored.
-    #[pyo3(signature = (key, value, ttl = None, wait = true))]
+    /// Store only if `key` is absent (or expired, or invalidated by a tag). True if stored.
+    #[pyo3(signature = (key, value, ttl = None, wait = true, tags = None))]
     fn add(
         &self,
         py: Python<'_>,
@@ -800,8 +930,10 @@ impl Client {
         value: &Bound<'_, PyAny>,
         ttl: Option<f64>,
         wait: bool,
+        tags: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyObject> {
-        let buf = self.encode_stored(py, value)?;
+        let head = self.tag_head(py, tags)?;
+        let buf = self.encode_tagged(py, head, value)?;
         let ttl = ttl_ms(ttl)?;
         self.with_key(key, |k| self.submit(py, Request::add(k, &buf, ttl), wait))
     }
@@ -814,14 +946,16 @@ impl Client {
 
     /// Store every item of `mapping` (pipelined: all requests are queued, then awaited).
     /// Returns the keys that could not be stored (empty when all were).
-    #[pyo3(signature = (mapping, ttl = None))]
+    #[pyo3(signature = (mapping, ttl = None, tags = None))]
     fn set_many<'py>(
         &self,
         py: Python<'py>,
         mapping: &Bound<'py, PyAny>,
         ttl: Option<f64>,
+        tags: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Vec<PyObject>> {
         let ttl = ttl_ms(ttl)?;
+        let head = self.tag_head(py, tags)?;
         let items = mapping.call_method0("items")?;
         let mut keys = Vec::new();
         let mut pipe = Pipeline::new(&self.core);
@@ -832,6 +966,9 @@ impl Client {
             buf.clear();
             self.encode_into(&value, &mut buf)?;
             self.compress(py, &mut buf);
+            if !head.is_empty() {
+                buf.splice(0..0, head.iter().copied());
+            }
             self.with_key(&key, |k| {
                 if pipe.full() {
                     py.allow_threads(|| pipe.make_room());
@@ -863,6 +1000,28 @@ impl Client {
                 pipe.push(&Request::delete(k));
                 Ok(())
             })?;
+        }
+        let mut n = 0;
+        for r in py.allow_threads(|| pipe.finish()) {
+            if r.map_err(to_py_err)?.status == status::OK {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Invalidate every value stored with any of `tags` (a list of str or bytes names), in
+    /// O(1) whatever their number: each tag's key is deleted, so the values stored with its
+    /// token read as misses from now on (the sweep and the cleaner reclaim their space).
+    /// Returns how many of the tags were in use.
+    fn invalidate_tags(&self, py: Python<'_>, tags: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let keys = self.tag_keys(tags)?;
+        let mut pipe = Pipeline::new(&self.core);
+        for k in &keys {
+            if pipe.full() {
+                py.allow_threads(|| pipe.make_room());
+            }
+            pipe.push(&Request::delete(k));
         }
         let mut n = 0;
         for r in py.allow_threads(|| pipe.finish()) {

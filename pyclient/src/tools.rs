@@ -59,10 +59,12 @@ pub(crate) fn encode_value<'py>(
     Ok(PyBytes::new(py, &buf))
 }
 
-/// Decode bytes produced by encode_value, or a stored value (compressed ones too: what
-/// `dump` writes); raises CorruptSegment on malformed input.
+/// Decode bytes produced by encode_value, or a stored value (compressed or tagged ones too:
+/// what `dump` writes; a tagged one's tags are not looked at); raises CorruptSegment on
+/// malformed input.
 #[pyfunction]
 pub(crate) fn decode_value_bytes<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
-    let plain = surpd::value::plain(data, surpd::value::MAX_PLAIN).map_err(to_py_err)?;
+    let (_, inner) = surpd::value::split_tagged(data).map_err(to_py_err)?;
+    let plain = surpd::value::plain(inner, surpd::value::MAX_PLAIN).map_err(to_py_err)?;
     decode_value(py, &plain)
 }

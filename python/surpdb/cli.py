@@ -288,7 +288,8 @@ def _dump_items(items: list[tuple[bytes, bytes, int]], ns: str, out: IO[str]) ->
         if ns:
             rec["ns"] = ns
         value = _native.decode_value_bytes(encoded)
-        if _json_exact(value):
+        # A tagged value (tag byte 0x10) keeps its tags: its stored bytes go as they are.
+        if encoded[:1] != b"\x10" and _json_exact(value):
             rec["value"] = value
         else:
             rec["value_b64"] = base64.b64encode(encoded).decode()

@@ -41,7 +41,7 @@ import functools
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -158,9 +158,20 @@ class SurpdbCache(BaseCache):
             self._cached_client = c
         return c
 
-    def _culled_set(self, k: str, value: Any, ttl: float | None) -> Any:
+    def _culled_set(
+        self, k: str, value: Any, ttl: float | None, tags: Sequence[str] | None = None
+    ) -> Any:
         self._cull()
-        return self._client.set(k, value, ttl=ttl)
+        return self._client.set(k, value, ttl=ttl, tags=self._tags(tags))
+
+    def _tags(self, tags: Sequence[str] | None) -> list[str] | None:
+        """Tag names as stored: behind KEY_PREFIX, so that caches sharing a namespace with
+        other prefixes keep their tags apart."""
+        if tags is None:
+            return None
+        if isinstance(tags, (str, bytes)):
+            raise TypeError("tags must be a list of tag names, not one name")
+        return [f"{self.key_prefix}:{t}" if self.key_prefix else str(t) for t in tags]
 
     def _cull(self) -> None:
         """Django's culling, as its own backends do it before a write: a namespace holding
@@ -276,21 +287,31 @@ class SurpdbCache(BaseCache):
             return self._ignored(what, e, fallback)
 
     async def aset(
-        self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+        self,
+        key: Any,
+        value: Any,
+        timeout: Any = DEFAULT_TIMEOUT,
+        version: int | None = None,
+        tags: Sequence[str] | None = None,
     ) -> None:
         k = self._key(key, version)
         ttl = self.get_backend_timeout(timeout)
-        if ttl == 0 or self._max_entries is not None:
-            return await self._acked(self.set, key, value, timeout, version)
+        if ttl == 0 or self._max_entries is not None or tags:
+            return await self._acked(self.set, key, value, timeout, version, tags)
         await self._aqueued("set", lambda: self._client.set(k, value, ttl=ttl, wait=False), None)
 
     async def aadd(
-        self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+        self,
+        key: Any,
+        value: Any,
+        timeout: Any = DEFAULT_TIMEOUT,
+        version: int | None = None,
+        tags: Sequence[str] | None = None,
     ) -> bool:
         k = self._key(key, version)
         ttl = self.get_backend_timeout(timeout)
-        if ttl == 0 or self._max_entries is not None:
-            return await self._acked(self.add, key, value, timeout, version)
+        if ttl == 0 or self._max_entries is not None or tags:
+            return await self._acked(self.add, key, value, timeout, version, tags)
         add = lambda: self._client.add(k, value, ttl=ttl, wait=False)  # noqa: E731
         return bool(await self._aqueued("add", add, False))
 
@@ -324,24 +345,36 @@ class SurpdbCache(BaseCache):
     # -- writes: acknowledged by the daemon
 
     def set(
-        self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+        self,
+        key: Any,
+        value: Any,
+        timeout: Any = DEFAULT_TIMEOUT,
+        version: int | None = None,
+        tags: Sequence[str] | None = None,
     ) -> None:
+        """Django's set; ``tags``: ``invalidate_tags`` with any of them removes the value."""
         k = self._key(key, version)
         ttl = self.get_backend_timeout(timeout)
         if ttl == 0:  # Django: a zero or negative timeout means "do not cache"
             self._call("set", lambda: self._client.delete(k), False)
             return
-        self._call("set", lambda: self._culled_set(k, value, ttl), False)
+        self._call("set", lambda: self._culled_set(k, value, ttl, tags), False)
 
     def add(
-        self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+        self,
+        key: Any,
+        value: Any,
+        timeout: Any = DEFAULT_TIMEOUT,
+        version: int | None = None,
+        tags: Sequence[str] | None = None,
     ) -> bool:
         k = self._key(key, version)
         ttl = self.get_backend_timeout(timeout)
         if ttl == 0:
             # Stored and expired at once: it "succeeds" only if the key is absent.
             return self._call("add", lambda: not self._client.has_key(k), False)
-        add = lambda: (self._cull(), self._client.add(k, value, ttl=ttl))[1]  # noqa: E731
+        t = self._tags(tags)
+        add = lambda: (self._cull(), self._client.add(k, value, ttl=ttl, tags=t))[1]  # noqa: E731
         return bool(self._call("add", add, False))
 
     def touch(self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
@@ -356,7 +389,11 @@ class SurpdbCache(BaseCache):
         return bool(self._call("delete", lambda: self._client.delete(k), False))
 
     def set_many(
-        self, data: dict[Any, Any], timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+        self,
+        data: dict[Any, Any],
+        timeout: Any = DEFAULT_TIMEOUT,
+        version: int | None = None,
+        tags: Sequence[str] | None = None,
     ) -> list[Any]:
         made = {self._key(key, version): key for key in data}
         if not made:
@@ -371,16 +408,30 @@ class SurpdbCache(BaseCache):
             failed = [
                 made[k]
                 for k, v in mapping.items()
-                if not self._call("set", functools.partial(self._culled_set, k, v, ttl), False)
+                if not self._call(
+                    "set", functools.partial(self._culled_set, k, v, ttl, tags), False
+                )
             ]
             return failed
-        failed = self._call("set_many", lambda: self._client.set_many(mapping, ttl=ttl), list(made))
+        t = self._tags(tags)
+        set_many = lambda: self._client.set_many(mapping, ttl=ttl, tags=t)  # noqa: E731
+        failed = self._call("set_many", set_many, list(made))
         return [made[k] for k in failed]
 
     def delete_many(self, keys: Iterable[Any], version: int | None = None) -> None:
         made = [self._key(key, version) for key in keys]
         if made:
             self._call("delete_many", lambda: self._client.delete_many(made), 0)
+
+    def invalidate_tags(self, tags: Sequence[str]) -> int:
+        """Remove every value set with any of ``tags``, in O(1) whatever their number (each
+        tag's key is deleted; values stored with it read as misses from then on). How many
+        of the tags were in use."""
+        t = self._tags(tags) or []
+        return int(self._call("invalidate_tags", lambda: self._client.invalidate_tags(t), 0))
+
+    async def ainvalidate_tags(self, tags: Sequence[str]) -> int:
+        return await self._acked(self.invalidate_tags, tags)
 
     def incr(self, key: Any, delta: int = 1, version: int | None = None) -> int:
         k = self._key(key, version)
@@ -444,16 +495,19 @@ class SurpdbCache(BaseCache):
         default: Any,
         timeout: Any = DEFAULT_TIMEOUT,
         version: int | None = None,
+        tags: Sequence[str] | None = None,
     ) -> Any:
         """Django's get_or_set, with a stampede lease: on a miss, one caller across every
-        process of the host computes a callable default; the others wait for its value."""
+        process of the host computes a callable default; the others wait for its value.
+        ``tags`` as for ``set`` (read before the default is computed: an invalidation
+        meanwhile leaves the computed value out)."""
         k = self._key(key, version)
         ttl = self.get_backend_timeout(timeout)
         if ttl == 0:  # do not cache: Django's own backends compute and return it
             return _value_of(default)
         try:
             self._cull()
-            return self._client.get_or_set(k, default, ttl=ttl)
+            return self._client.get_or_set(k, default, ttl=ttl, tags=self._tags(tags))
         except (ValueTooLarge, KeyTooLong, UnsafeValue):
             raise
         except Error as e:

@@ -87,7 +87,7 @@ impl Store {
         let hash = self.seg.hash(req.key);
         if req.op == op::ADD {
             if let Some(cur) = self.seg.current(req.key, hash) {
-                if !cur.expired(now) {
+                if self.seg.alive(&cur, now) {
                     return Reply::status(status::NOT_DONE);
                 }
             }
@@ -100,8 +100,10 @@ impl Store {
         let Some((slot, cur)) = self.seg.find_key(key, hash) else {
             return Reply::status(status::NOT_DONE);
         };
-        let expired = cur.expired(shm::now_ms());
-        let gone = expired || self.seg.ns_cleared(key, cur.version);
+        let now = shm::now_ms();
+        let expired = cur.expired(now);
+        // Expired, left by its namespace's clear, or invalidated by a tag: not there.
+        let gone = !self.seg.alive(&cur, now);
         let (size, version) = (cur.size, cur.version);
         let answer = if gone { Reply::status(status::NOT_DONE) } else { Reply::ok(1) };
         self.arm(key, 0, version, answer);
@@ -123,18 +125,24 @@ impl Store {
         let now = shm::now_ms();
         let hash = self.seg.hash(req.key);
         let delta = req.arg as i64 as i128;
-        let (base, expires) = match self.seg.current(req.key, hash) {
-            Some(cur) if !cur.expired(now) => match value::decode_int(cur.value) {
-                Ok(Some(v)) => (v, cur.expires_ms),
-                _ => return Reply::status(status::NOT_INTEGER),
-            },
-            _ if req.flags & flag::INCR_CREATE != 0 => (req.arg2 as i64 as i128, 0),
+        // A tagged int keeps its tags (the header is copied before the new int).
+        let (base, expires, head) = match self.seg.current(req.key, hash) {
+            Some(cur) if self.seg.alive(&cur, now) => {
+                let Ok((head, inner)) = value::split_tagged(cur.value) else {
+                    return Reply::status(status::NOT_INTEGER);
+                };
+                match value::decode_int(inner) {
+                    Ok(Some(v)) => (v, cur.expires_ms, head.to_vec()),
+                    _ => return Reply::status(status::NOT_INTEGER),
+                }
+            }
+            _ if req.flags & flag::INCR_CREATE != 0 => (req.arg2 as i64 as i128, 0, Vec::new()),
             _ => return Reply::status(status::NOT_DONE),
         };
         let Some(new) = base.checked_add(delta) else {
             return Reply::status(status::OVERFLOW);
         };
-        let mut buf = Vec::with_capacity(20);
+        let mut buf = head;
         value::encode_int(&mut buf, new);
         let answer = Reply { status: status::OK, value: new as u64, aux: (new >> 64) as u64 };
         let r = self.put(ring, req.key, hash, &buf, expires, st, |_| answer);
@@ -149,7 +157,7 @@ impl Store {
         let hash = self.seg.hash(req.key);
         let value = match self.seg.current(req.key, hash) {
             // Copy: allocating the new record may clean and reuse the old one's space.
-            Some(cur) if !cur.expired(now) => cur.value.to_vec(),
+            Some(cur) if self.seg.alive(&cur, now) => cur.value.to_vec(),
             _ => return Reply::status(status::NOT_DONE),
         };
         let r = self.put(ring, req.key, hash, &value, Self::expiry(req.arg, now), st, Reply::ok);
@@ -240,9 +248,8 @@ impl Store {
             looked += 1;
             if v != 0 {
                 if let Some(rec) = self.seg.record(slot_off(v)) {
-                    // A namespace's clear left it too: reclaimed like an expired one.
-                    let cleared = self.seg.ns_cleared(rec.key, rec.version);
-                    if rec.expired(now) || rec.version < unproven || cleared {
+                    // A namespace's clear or a tag's invalidation left it: reclaimed too.
+                    if rec.version < unproven || !self.seg.alive(&rec, now) {
                         let (size, version) = (rec.size, rec.version);
                         let key = rec.key.to_vec();
                         self.seg.unlink(i);

@@ -47,7 +47,7 @@ impl Store {
         let now = shm::now_ms();
         let hash = self.seg.hash(req.key);
         if let Some(cur) = self.seg.current(req.key, hash) {
-            if !cur.expired(now) {
+            if self.seg.alive(&cur, now) {
                 match holder(cur.value) {
                     None => return Reply::ok(0),
                     Some(h) if h == me => {} // asked again: renewed below

@@ -175,6 +175,10 @@ impl Tier {
                 if req.payload.len() as u64 > store.seg.max_value {
                     return Err(Some(Reply::status(status::TOO_LARGE)));
                 }
+                if req.payload.first() == Some(&crate::value::TAGGED) {
+                    // Tags live in one host's segment: another host could not see them go.
+                    return Err(Some(Reply::status(status::NOT_SUPPORTED)));
+                }
                 if req.arg2 != req.payload.len() as u64
                     || crate::value::validate_stored(req.payload, store.seg.max_value).is_err()
                 {

@@ -232,6 +232,18 @@ impl Client {
                         return Lookup::Miss;
                     }
                 }
+                let mut rec = rec;
+                if rec.value.first() == Some(&crate::value::TAGGED) {
+                    // A tagged value: a miss once one of its tags was invalidated.
+                    let touch = |off: u64| ring.touch_hint(off - seg.heap_off);
+                    match seg.untagged(rec.value, now_ms, touch) {
+                        Some(v) => rec.value = v,
+                        None => {
+                            count(|c| &c.misses, |h| &h.retired_misses);
+                            return Lookup::Miss;
+                        }
+                    }
+                }
                 count(|c| &c.hits, |h| &h.retired_hits);
                 ring.touch_hint(rec.off - self.seg.heap_off);
                 Lookup::Hit(rec)
@@ -401,7 +413,7 @@ impl Client {
             }
             if let Some(rec) = seg.record(slot_off(v)) {
                 let lease = rec.value.first() == Some(&crate::value::LEASE);
-                if !rec.expired(now) && !lease && !seg.ns_cleared(rec.key, rec.version) {
+                if !lease && seg.alive(&rec, now) {
                     f(&rec);
                     n += 1;
                 }
@@ -448,10 +460,12 @@ impl Client {
                 }
                 let Some(rec) = seg.record(slot_off(v)) else { continue };
                 let home = rec.hash & seg.mask;
-                let live = !rec.expired(now)
+                let ours = home >= a && home < b && crate::namespace::ns_of(rec.key) == ns;
+                let live = ours
                     && rec.value.first() != Some(&crate::value::LEASE)
-                    && !seg.ns_cleared(rec.key, rec.version);
-                if home >= a && home < b && live && crate::namespace::ns_of(rec.key) == ns {
+                    && !crate::tags::is_tag_key(rec.key)
+                    && seg.alive(&rec, now);
+                if live {
                     let k = crate::namespace::user_key(rec.key);
                     if k.starts_with(prefix) {
                         out.push(k.to_vec());
