@@ -160,6 +160,17 @@ def test_flushall_from_a_third_client_drops_every_local_copy(hosts, redis) -> No
     wait_for(lambda: b.get("k3") is None and a.get("k7") is None)
 
 
+def test_delete_prefix_deletes_upstream_and_every_hosts_copy(hosts, redis) -> None:  # type: ignore[no-untyped-def]
+    a, b = hosts
+    a.set_many({f"p:{i}": i for i in range(30)} | {f"q:{i}": i for i in range(30)})
+    assert b.get("p:3") == 3 and b.get("q:3") == 3  # b holds copies
+    a.delete_prefix("p:")
+    assert a.get("p:4") is None  # the deleting host at once
+    wait_for(lambda: b.get("p:3") is None)
+    assert redis.cli("KEYS", PREFIX + "p:*").strip() == ""
+    assert b.get("q:3") == 3 and a.get("q:29") == 29
+
+
 def test_ops_without_an_upstream_equivalent_say_so(hosts) -> None:  # type: ignore[no-untyped-def]
     a, _ = hosts
     v, ver = a.gets("c")

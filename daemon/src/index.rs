@@ -211,6 +211,13 @@ impl Segment {
             let dist_home = j.wrapping_sub(home) & self.mask;
             let dist_hole = j.wrapping_sub(hole) & self.mask;
             if dist_home >= dist_hole {
+                // From the sweep's next slot or after it to before it: the sweep's lap
+                // misses this entry.
+                let at = self.sweep_at.load(Ordering::Relaxed);
+                let ahead = at.wrapping_sub(hole) & self.mask;
+                if at != u64::MAX && ahead != 0 && ahead <= dist_hole {
+                    self.sweep_missed.store(true, Ordering::Relaxed);
+                }
                 self.slot(hole).store(v, Ordering::Release);
                 crate::crash::point("delete shifted an entry");
                 hole = j;
@@ -298,6 +305,59 @@ mod tests {
         assert_eq!(occupied, 400);
         s.clear_index();
         assert!(keys.iter().all(|k| matches!(s.probe(k, s.hash(k)), Probe::Miss)));
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    /// The sweep must hear of an unlink that moves an entry from where it looks next (or
+    /// after) to before it: its lap then missed that entry (prefix.rs frees entries only
+    /// after a lap that missed nothing).
+    #[test]
+    fn an_unlink_that_moves_an_entry_behind_the_sweep_says_so() {
+        let (s, d) = seg();
+        let mut off = s.heap_off;
+        let mut put = |key: &[u8]| {
+            let h = s.hash(key);
+            let (i, _) = s.find_for_write(key, h).unwrap();
+            s.write_record(
+                off,
+                &NewRec { key, value: b"\x00", hash: h, version: 1, expires_ms: 0 },
+            );
+            s.publish(i, h, off);
+            off += record_size(key.len() as u64, 1);
+            i
+        };
+        // Two keys with the same home slot: the second sits one slot after it.
+        let mut homes = std::collections::HashMap::new();
+        let (a, b) = (0u32..)
+            .map(|n| format!("k{n}").into_bytes())
+            .find_map(|k| {
+                let home = s.hash(&k) & s.mask;
+                homes.insert(home, k.clone()).map(|first| (first, k))
+            })
+            .unwrap();
+        let home = s.hash(&a) & s.mask;
+        assert_eq!(put(&a), home);
+        assert_eq!(put(&b), (home + 1) & s.mask);
+        let moved = |at: u64| {
+            s.sweep_at.store(at, Ordering::Relaxed);
+            s.sweep_missed.store(false, Ordering::Relaxed);
+            s.sweep_missed.load(Ordering::Relaxed)
+        };
+        assert!(!moved((home + 1) & s.mask));
+        // The sweep looks at home + 1 next; deleting the key at home moves b behind it.
+        s.unlink(home);
+        assert!(s.sweep_missed.load(Ordering::Relaxed));
+        // The sweep's own unlink (at its cursor) moves nothing behind it.
+        let i = put(&a);
+        assert_eq!(i, (home + 1) & s.mask); // b moved home; a goes after it
+        assert!(!moved(home));
+        s.unlink(home);
+        assert!(!s.sweep_missed.load(Ordering::Relaxed));
+        // Nor does an unlink when the sweep is elsewhere, or has not started.
+        let _ = put(&b);
+        assert!(!moved((home + 100) & s.mask));
+        s.unlink(home);
+        assert!(!s.sweep_missed.load(Ordering::Relaxed));
         std::fs::remove_dir_all(d).unwrap();
     }
 }

@@ -43,12 +43,14 @@ pub const SEG_MAGIC: u64 = u64::from_le_bytes(*b"SURPDB\0\x01");
 /// First 8 bytes of a request ring file.
 pub const RING_MAGIC: u64 = u64::from_le_bytes(*b"SURPRNG\x01");
 /// Bumped whenever the meaning of any byte of the data segment changes. A segment of another
-/// version is refused, except the one before it, which a daemon upgrades in place when it
-/// attaches ([`FORMAT_UPGRADABLE`]). 2: the namespace table ([`NsEntry`]) in the header page.
-pub const FORMAT_VERSION: u32 = 2;
-/// The older format a daemon upgrades in place (and clients read as it is): version 1 had
-/// no namespace table; its bytes there are zero, which reads as "no namespace, no clear".
-pub const FORMAT_UPGRADABLE: u32 = 1;
+/// version is refused, except older ones a daemon upgrades in place when it attaches
+/// ([`FORMATS_UPGRADABLE`]). 2: the namespace table ([`NsEntry`]) in the header page. 3: the
+/// prefix-deletion table ([`PrefixTable`]) after it.
+pub const FORMAT_VERSION: u32 = 3;
+/// The older formats a daemon upgrades in place (and clients read as they are), with their
+/// layout signatures: version 1 had no namespace table, version 2 no prefix table; their
+/// bytes there are zero, which reads as "no namespace, no clear" and "no prefix deleted".
+pub const FORMATS_UPGRADABLE: [(u32, u32); 2] = [(1, LAYOUT_SIG_V1), (2, LAYOUT_SIG_V2)];
 /// Version of the request ring file, separate from the segment's (a ring is replaced by a
 /// daemon that wants another, never a reason to refuse a good segment). 2: every request
 /// ends with a checksum. A daemon still drains a version-1 ring it finds (as a replaced
@@ -205,6 +207,37 @@ pub const NS_NAME_MAX: usize = 24;
 /// First byte of a key that names its namespace: `[NS_MARK, id]` + the key. Keys of the
 /// default namespace that start with this byte are stored as `[NS_MARK, 0]` + the key.
 pub const NS_MARK: u8 = 0xff;
+
+/// Where the prefix-deletion table starts in the header page (after the namespace table),
+/// and how many prefix deletions it holds at once (each until a sweep of the whole index
+/// has unlinked what it removed).
+pub const PREFIX_TABLE_OFF: u64 = NS_TABLE_OFF + (MAX_NAMESPACES * 96) as u64;
+pub const MAX_PREFIXES: usize = 15;
+
+/// Prefix deletions (`delete_prefix`): a record of namespace `ns` whose key (as the
+/// namespace's users know it) starts with a live entry's prefix, and whose version is below
+/// the entry's, is gone. Written by the daemon only; readers copy it before they probe.
+#[repr(C)]
+pub struct PrefixTable {
+    /// Bit i set: entry i is in force. 0 (the common case) costs a reader one load.
+    pub live: AtomicU64,
+    pub _spare: [AtomicU64; 3],
+    pub entries: [PrefixEntry; MAX_PREFIXES],
+}
+
+/// One prefix deletion. `version` changes with every write of the entry (0 while free), so
+/// a reader that loads the same nonzero version before and after the other words read
+/// a whole entry.
+#[repr(C)]
+pub struct PrefixEntry {
+    /// Records below this version are gone (the version counter when it was made).
+    pub version: AtomicU64,
+    /// The namespace id (low 8 bits) and the prefix's length in bytes (the bits above).
+    pub ns_len: AtomicU64,
+    /// The prefix's hash (xxh3 with the segment's seed, as keys are hashed).
+    pub hash: AtomicU64,
+    pub _spare: AtomicU64,
+}
 
 /// One namespace: its name, the version its last clear stopped at (records older than it are
 /// gone, whatever index slot still names them: a clear is one store), its quotas and counts.
@@ -551,6 +584,9 @@ pub mod op {
     pub const LEASE: u8 = 22;
     /// Give back the lease on `key` that token `arg2` holds; value 1 if it held it.
     pub const UNLEASE: u8 = 23;
+    /// Every key of the key's namespace starting with the rest of `key` (its stored form:
+    /// the namespace prefix, then the key prefix) is gone, in O(1).
+    pub const DELETE_PREFIX: u8 = 24;
 }
 
 /// Request flags.
@@ -617,6 +653,12 @@ const _: () = {
     assert!(std::mem::size_of::<SegHeader>() as u64 <= NS_TABLE_OFF);
     assert!(std::mem::size_of::<NsEntry>() == 96);
     assert!(NS_TABLE_OFF + (MAX_NAMESPACES * std::mem::size_of::<NsEntry>()) as u64 <= JOURNAL_OFF);
+    assert!(
+        PREFIX_TABLE_OFF == NS_TABLE_OFF + (MAX_NAMESPACES * std::mem::size_of::<NsEntry>()) as u64
+    );
+    assert!(std::mem::size_of::<PrefixEntry>() == 32);
+    assert!(PREFIX_TABLE_OFF + std::mem::size_of::<PrefixTable>() as u64 <= JOURNAL_OFF);
+    assert!(MAX_PREFIXES <= 64);
     assert!(std::mem::size_of::<Journal>() as u64 == JOURNAL_KEY_OFF - JOURNAL_OFF);
     assert!(JOURNAL_KEY_OFF + MAX_KEY_LEN as u64 <= SEG_HEADER_BYTES);
     assert!(std::mem::size_of::<RecHeader>() == 40);
@@ -642,14 +684,34 @@ pub const LAYOUT_SIG: u32 = fnv(&[
     std::mem::size_of::<NsEntry>(),
     NS_TABLE_OFF as usize,
     MAX_NAMESPACES,
+    std::mem::size_of::<PrefixTable>(),
+    PREFIX_TABLE_OFF as usize,
     SEG_HEADER_BYTES as usize,
     HINT_GRANULE as usize,
     SLOT_TAG_SHIFT as usize,
     REC_ALIGN as usize,
 ]);
 
-/// The signature of [`FORMAT_UPGRADABLE`] segments (the same structs, no namespace table).
-pub const LAYOUT_SIG_UPGRADABLE: u32 = fnv(&[
+/// The signature of format-2 segments (no prefix table).
+pub const LAYOUT_SIG_V2: u32 = fnv(&[
+    std::mem::size_of::<SegHeader>(),
+    std::mem::size_of::<RecHeader>(),
+    std::mem::size_of::<RingHeader>(),
+    std::mem::size_of::<BoxCtl>(),
+    std::mem::size_of::<ResultEntry>(),
+    std::mem::size_of::<ReqHeader>(),
+    std::mem::size_of::<Journal>(),
+    std::mem::size_of::<NsEntry>(),
+    NS_TABLE_OFF as usize,
+    MAX_NAMESPACES,
+    SEG_HEADER_BYTES as usize,
+    HINT_GRANULE as usize,
+    SLOT_TAG_SHIFT as usize,
+    REC_ALIGN as usize,
+]);
+
+/// The signature of format-1 segments (the same structs, no namespace table).
+pub const LAYOUT_SIG_V1: u32 = fnv(&[
     std::mem::size_of::<SegHeader>(),
     std::mem::size_of::<RecHeader>(),
     std::mem::size_of::<RingHeader>(),

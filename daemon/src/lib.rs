@@ -34,6 +34,7 @@ pub mod index;
 pub mod layout;
 pub mod log;
 pub mod namespace;
+pub mod prefix;
 pub mod protocol;
 pub mod records;
 pub mod ring;

@@ -170,6 +170,12 @@ impl<'a> Request<'a> {
         Request { arg2: token, ..Self::bare(op::UNLEASE, key, 0) }
     }
 
+    /// Delete every key of a namespace that starts with a prefix (`stored`: the prefix in
+    /// the namespace's stored form, as a key would be), in O(1).
+    pub fn delete_prefix(stored: &'a [u8]) -> Self {
+        Self::bare(op::DELETE_PREFIX, stored, 0)
+    }
+
     /// Only what names a request in an error message (its op and key): for replies
     /// collected later, shaped from what the ticket ledger kept.
     pub fn named(op: u8, key: &'a [u8]) -> Self {
@@ -216,10 +222,11 @@ pub enum Op {
     NsCull = op::NS_CULL,
     Lease = op::LEASE,
     Unlease = op::UNLEASE,
+    DeletePrefix = op::DELETE_PREFIX,
 }
 
 impl Op {
-    pub const ALL: [Op; 23] = [
+    pub const ALL: [Op; 24] = [
         Op::Set,
         Op::Add,
         Op::Delete,
@@ -243,6 +250,7 @@ impl Op {
         Op::NsCull,
         Op::Lease,
         Op::Unlease,
+        Op::DeletePrefix,
     ];
 
     /// The op a wire byte names, None for a byte no op has (or the box filler).
@@ -272,6 +280,7 @@ impl Op {
             op::NS_CULL => Op::NsCull,
             op::LEASE => Op::Lease,
             op::UNLEASE => Op::Unlease,
+            op::DELETE_PREFIX => Op::DeletePrefix,
             _ => return None,
         })
     }
@@ -322,6 +331,7 @@ impl Op {
             Op::NsCull => "cull",
             Op::Lease => "get_or_set",
             Op::Unlease => "get_or_set",
+            Op::DeletePrefix => "delete_prefix",
         }
     }
 

@@ -9,7 +9,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 use crate::layout::*;
@@ -26,6 +26,11 @@ pub struct Segment {
     pub mask: u64,
     pub heap_off: u64,
     pub max_value: u64,
+    /// Daemon-side, this process only: the index slot the sweep looks at next (u64::MAX:
+    /// none yet), and whether an unlink has since moved an entry from there or after it to
+    /// before it (the sweep's lap then missed that entry: see `prefix.rs`).
+    pub sweep_at: AtomicU64,
+    pub sweep_missed: AtomicBool,
 }
 
 /// Geometry for a new segment of `size` bytes.
@@ -184,13 +189,14 @@ impl Segment {
         let ver = h.format_version.load(Ordering::Relaxed);
         let sig = h.layout_sig.load(Ordering::Relaxed);
         let known = (ver == FORMAT_VERSION && sig == LAYOUT_SIG)
-            || (ver == FORMAT_UPGRADABLE && sig == LAYOUT_SIG_UPGRADABLE);
+            || FORMATS_UPGRADABLE.contains(&(ver, sig));
         if !known {
+            let older: Vec<String> = FORMATS_UPGRADABLE.iter().map(|v| v.0.to_string()).collect();
             return Err(Error::Incompatible(format!(
                 "{} has format version {ver} layout {sig:#010x}; this surpdb reads version \
-                 {FORMAT_VERSION} layout {LAYOUT_SIG:#010x} (and upgrades version \
-                 {FORMAT_UPGRADABLE})",
-                path.display()
+                 {FORMAT_VERSION} layout {LAYOUT_SIG:#010x} (and upgrades versions {})",
+                path.display(),
+                older.join(", ")
             )));
         }
         let seg = Segment {
@@ -201,6 +207,8 @@ impl Segment {
             heap_off: h.heap_off.load(Ordering::Relaxed),
             max_value: h.max_value.load(Ordering::Relaxed),
             region,
+            sweep_at: AtomicU64::new(u64::MAX),
+            sweep_missed: AtomicBool::new(false),
         };
         seg.check_geometry(len).map_err(|m| {
             Error::Corrupted(format!("{}: bad segment header: {m}", path.display()))

@@ -197,27 +197,34 @@ impl Daemon {
             log::warn(&format!("recovery: {what}"));
         }
         let sh = store.seg.hdr();
-        if sh.format_version.load(Ordering::Relaxed) == FORMAT_UPGRADABLE
-            || store.seg.ns(0).used.load(Ordering::Acquire) == 0
-        {
+        let version = sh.format_version.load(Ordering::Relaxed);
+        let mut escaped = 0;
+        if version == 1 || store.seg.ns(0).used.load(Ordering::Acquire) == 0 {
             // A segment of the format before namespaces (or a new one): its keys that would
             // now read as namespaced are stored escaped, its entries counted into the default
-            // namespace, then it is stamped with this format (a crash before the stamp does
-            // it again).
-            let upgrading = sh.format_version.load(Ordering::Relaxed) == FORMAT_UPGRADABLE;
-            let escaped = if upgrading { store.escape_upgraded_keys(&ring) } else { 0 };
-            store.seg.recount_namespaces();
-            if upgrading {
-                let sh = store.seg.hdr();
-                sh.layout_sig.store(LAYOUT_SIG, Ordering::Relaxed);
-                sh.format_version.store(FORMAT_VERSION, Ordering::Release);
-                sh.upgrade_mark.store(0, Ordering::Relaxed);
-                log::info(&format!(
-                    "upgraded the segment from format {FORMAT_UPGRADABLE} to {FORMAT_VERSION} \
-                     (namespaces) items={} bytes_keys_escaped={escaped}",
-                    sh.items.load(Ordering::Relaxed)
-                ));
+            // namespace.
+            if version == 1 {
+                escaped = store.escape_upgraded_keys(&ring);
             }
+            store.seg.recount_namespaces();
+        }
+        if version != FORMAT_VERSION {
+            // Then (formats 1 and 2) the prefix table is made empty and the segment stamped
+            // with this format; a crash before the stamp does it all again.
+            store.seg.prefix_table_reset();
+            let sh = store.seg.hdr();
+            sh.layout_sig.store(LAYOUT_SIG, Ordering::Relaxed);
+            sh.format_version.store(FORMAT_VERSION, Ordering::Release);
+            sh.upgrade_mark.store(0, Ordering::Relaxed);
+            log::info(&format!(
+                "upgraded the segment from format {version} to {FORMAT_VERSION} items={} \
+                 bytes_keys_escaped={escaped}",
+                sh.items.load(Ordering::Relaxed)
+            ));
+        } else {
+            // Entries whose version was stored before a crash took their live bit are in
+            // force (the deletion was made).
+            store.seg.prefix_table_recount();
         }
         for (_, r) in &retired {
             let h = r.hdr();
@@ -451,7 +458,9 @@ impl Daemon {
                 self.reclaim_chunks();
                 last_reap = now;
             }
-            if n == 0 && now.duration_since(last_sweep) >= Duration::from_millis(10) {
+            // Idle, or prefix deletions wait for a lap of it: the sweep.
+            let due = n == 0 || self.store.prefixes_pending();
+            if due && now.duration_since(last_sweep) >= Duration::from_millis(10) {
                 self.store.sweep_expired(4096);
                 last_sweep = now;
             }

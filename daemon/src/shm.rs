@@ -18,8 +18,8 @@ use std::time::Duration;
 use memmap2::{Mmap, MmapMut, MmapOptions};
 
 use crate::layout::{
-    BoxCtl, ChunkCtl, Journal, NsEntry, RecFileHeader, RecHeader, ReqHeader, ResultEntry,
-    RingHeader, SegHeader,
+    BoxCtl, ChunkCtl, Journal, NsEntry, PrefixTable, RecFileHeader, RecHeader, ReqHeader,
+    ResultEntry, RingHeader, SegHeader,
 };
 
 /// Marker for types that may be viewed in shared memory by reference.
@@ -32,6 +32,7 @@ pub unsafe trait Shared {}
 // SAFETY: all of these are #[repr(C)] structs of atomics (see layout.rs).
 unsafe impl Shared for SegHeader {}
 unsafe impl Shared for NsEntry {}
+unsafe impl Shared for PrefixTable {}
 unsafe impl Shared for RecHeader {}
 unsafe impl Shared for RingHeader {}
 unsafe impl Shared for BoxCtl {}

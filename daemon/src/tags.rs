@@ -17,6 +17,7 @@
 //! an invalidation stores a value that is already stale, never one that outlives it.
 
 use crate::index::Probe;
+use crate::prefix::Prefixes;
 use crate::segment::{Rec, Segment};
 use crate::value;
 
@@ -64,11 +65,18 @@ impl Segment {
             && matches!(value::decode_int(rec.value), Ok(Some(t)) if t == token as i64 as i128)
     }
 
-    /// Whether `rec` holds a value at `now_ms`: unexpired, not left by a clear of its
-    /// namespace, and not invalidated by one of its tags.
+    /// Writer-side: whether `rec` holds a value at `now_ms`: unexpired, not left by a clear
+    /// of its namespace or a prefix deletion, and not invalidated by one of its tags.
     pub fn alive(&self, rec: &Rec<'_>, now_ms: u64) -> bool {
+        self.alive_under(rec, now_ms, &self.prefixes())
+    }
+
+    /// [`Segment::alive`] against the prefix deletions `pre` (readers copy them before they
+    /// read the index: see `prefix.rs`).
+    pub fn alive_under(&self, rec: &Rec<'_>, now_ms: u64, pre: &Option<Prefixes>) -> bool {
         !rec.expired(now_ms)
             && !self.ns_cleared(rec.key, rec.version)
+            && !crate::prefix::deleted(pre, self, rec.key, rec.version)
             && self.untagged(rec.value, now_ms, |_| {}).is_some()
     }
 }

@@ -62,6 +62,8 @@ enum Op {
     NsClear(u8),
     /// Remove the `.1` oldest entries of namespace `.0`.
     NsCull(u8, u64),
+    /// Every key of the default namespace starting with `.0` is gone (O(1)).
+    DeletePrefix(&'static str),
 }
 
 /// The stored form of key `k` of namespace `id`.
@@ -136,6 +138,7 @@ impl Model {
                 let v = blob(self.seq, n);
                 let tk = t(c.send(&Request::set(k.as_bytes(), &v, 0)));
                 self.zsets.remove(k.as_bytes());
+                self.gone.remove(k.as_bytes());
                 self.keys.insert(k.as_bytes().to_vec(), v);
                 (tk, Expect::Status(status::OK))
             }
@@ -249,6 +252,16 @@ impl Model {
                 (t(c.send(&Request::ns_cull(id as u64, keep))), Expect::Value(keep))
             }
             Op::Resize(n) => (t(c.send(&Request::resize(n))), Expect::Value(n)),
+            Op::DeletePrefix(p) => {
+                let gone: Vec<Vec<u8>> =
+                    self.keys.keys().filter(|k| k.starts_with(p.as_bytes())).cloned().collect();
+                for k in gone {
+                    self.keys.remove(&k);
+                    self.gone.insert(k);
+                }
+                self.zsets.retain(|k, _| !k.starts_with(p.as_bytes()));
+                (t(c.send(&Request::delete_prefix(p.as_bytes()))), Expect::Status(status::OK))
+            }
         }
     }
 
@@ -431,6 +444,19 @@ fn scenarios() -> Vec<Scenario> {
                 Op::NsClear(1),
                 Op::NsSet(1, "z", 10),
                 Op::NsCull(2, 1),
+            ],
+        },
+        Scenario {
+            // Prefix deletions: the entry, its live bit, then writes under the prefix again
+            // and a second deletion, with keys that shift in the index meanwhile.
+            name: "delete-prefix",
+            setup: (0..40).map(|i| Op::Set(leak(format!("u:{i}")), 20)).collect(),
+            ops: vec![
+                Op::DeletePrefix("u:1"),
+                Op::Set("u:10", 30),
+                Op::Delete("u:2"),
+                Op::DeletePrefix("u:"),
+                Op::Set("u:3", 30),
             ],
         },
         Scenario {

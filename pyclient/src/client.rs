@@ -1010,6 +1010,24 @@ impl Client {
         Ok(n)
     }
 
+    /// Delete every key of this namespace that starts with `prefix` (str or bytes, not
+    /// empty: `clear()` empties a namespace), in O(1) whatever their number: readers miss
+    /// them from now on, the sweep and the cleaner reclaim their space. A tiered daemon
+    /// deletes them upstream (a scan there) and drops every host's copies.
+    fn delete_prefix(&self, py: Python<'_>, prefix: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.with_key(prefix, |k| {
+            if surpd::namespace::user_key(k).is_empty() {
+                return Err(PyValueError::new_err(
+                    "delete_prefix needs a prefix; clear() empties a namespace",
+                ));
+            }
+            let req = Request::delete_prefix(k);
+            let r = self.call(py, req)?;
+            self.core.outcome(&req, r).map_err(to_py_err)?;
+            Ok(())
+        })
+    }
+
     /// Invalidate every value stored with any of `tags` (a list of str or bytes names), in
     /// O(1) whatever their number: each tag's key is deleted, so the values stored with its
     /// token read as misses from now on (the sweep and the cleaner reclaim their space).

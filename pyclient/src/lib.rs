@@ -34,7 +34,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_value_bytes, m)?)?;
     m.add("MAX_KEY_LEN", surpd::layout::MAX_KEY_LEN)?;
     m.add("FORMAT_VERSION", surpd::layout::FORMAT_VERSION)?;
-    m.add("FORMAT_UPGRADABLE", surpd::layout::FORMAT_UPGRADABLE)?;
+    let older: Vec<u32> = surpd::layout::FORMATS_UPGRADABLE.iter().map(|v| v.0).collect();
+    m.add("FORMATS_UPGRADABLE", older)?;
     m.add("RECORDS_VERSION", surpd::layout::RECORDS_VERSION)?;
     m.add("RING_VERSION", surpd::layout::RING_VERSION)?;
     Ok(())

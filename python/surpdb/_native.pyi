@@ -14,14 +14,14 @@ __all__ = [
     "check",
     "MAX_KEY_LEN",
     "FORMAT_VERSION",
-    "FORMAT_UPGRADABLE",
+    "FORMATS_UPGRADABLE",
     "RECORDS_VERSION",
     "RING_VERSION",
 ]
 
 MAX_KEY_LEN: int
 FORMAT_VERSION: int
-FORMAT_UPGRADABLE: int
+FORMATS_UPGRADABLE: list[int]
 RECORDS_VERSION: int
 RING_VERSION: int
 
@@ -73,6 +73,7 @@ class Client:
     ) -> list[Any]: ...
     def delete_many(self, keys: Iterable[_Key]) -> int: ...
     def invalidate_tags(self, tags: Iterable[str | bytes]) -> int: ...
+    def delete_prefix(self, prefix: str | bytes) -> None: ...
     def incr(self, key: _Key, delta: int = 1, default: int | None = ...) -> int: ...
     def decr(self, key: _Key, delta: int = 1, default: int | None = ...) -> int: ...
     def touch(self, key: _Key, ttl: float | None = None) -> bool: ...

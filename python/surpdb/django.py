@@ -32,6 +32,11 @@ MAX_ENTRIES and CULL_FREQUENCY work as in Django's own backends when MAX_ENTRIES
 a write into a namespace holding MAX_ENTRIES entries first removes its oldest
 1/CULL_FREQUENCY of them (all of them for 0). Without it, the daemon evicts by memory alone,
 as with memcached and Redis (Django's default of 300 entries is not applied).
+
+Beyond Django's API, as django-redis users have it: ``keys``, ``iter_keys`` and
+``delete_pattern`` (a scan), and in O(1): ``delete_prefix(prefix)``, and tags:
+``set(key, value, tags=[...])`` (also ``add``, ``set_many``, ``get_or_set``, ``aset``,
+``aadd``) then ``invalidate_tags([...])``.
 """
 
 from __future__ import annotations
@@ -478,8 +483,8 @@ class SurpdbCache(BaseCache):
     def delete_pattern(
         self, pattern: str, itersize: int | None = None, version: int | None = None
     ) -> int:
-        """Delete every key matching a glob; how many. A scan and deletes: for a prefix
-        that must go at once, give it a namespace (OPTIONS NAMESPACE) and clear() it."""
+        """Delete every key matching a glob; how many (django-redis's ``delete_pattern``).
+        A scan and deletes; for keys sharing a prefix, ``delete_prefix`` is O(1)."""
         made = self._pattern(pattern, version)
         n, cursor = 0, 0
         while True:
@@ -488,6 +493,22 @@ class SurpdbCache(BaseCache):
                 n += self._client.delete_many(keys)
             if cursor == 0:
                 return n
+
+    def delete_prefix(self, prefix: str, version: int | None = None) -> None:
+        """Delete every key starting with ``prefix`` (as the caller writes keys) in O(1),
+        whatever their number: readers miss them at once, the daemon reclaims their space
+        as it sweeps. With a KEY_FUNCTION other than Django's default, a prefix of keys is
+        not a prefix of the keys made from them: a scan deletes them instead."""
+        from django.core.cache.backends.base import default_key_func
+
+        if not prefix:
+            raise ValueError("delete_prefix needs a prefix; clear() empties the cache")
+        if self.key_func is not default_key_func:
+            escaped = "".join("\\" + c if c in "*?[]\\" else c for c in prefix)
+            self.delete_pattern(escaped + "*", version=version)
+            return
+        made = self.make_key(prefix, version=version)
+        self._call("delete_prefix", lambda: self._client.delete_prefix(made), None)
 
     def get_or_set(
         self,

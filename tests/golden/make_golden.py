@@ -6,8 +6,8 @@ holds in records-vN.json).
 
 Commit the result (format-vN.surp.gz). An image, once committed, is never regenerated: it
 pins what version N means. A new format version adds a new image; the old ones must then be
-refused with IncompatibleSegment, or, for the one version a daemon upgrades in place
-(FORMAT_UPGRADABLE), open and read back after the upgrade (tests/test_golden.py).
+refused with IncompatibleSegment, or, for the versions a daemon upgrades in place
+(FORMATS_UPGRADABLE), open and read back after the upgrade (tests/test_golden.py).
 upgrade-v1-binkeys.surp.gz was written by a version-1 build: bytes keys that start like a
 namespaced key of version 2, which the upgrade re-keys."""
 
@@ -68,6 +68,11 @@ def write(dest: Path) -> None:
                     cap.set(f"c{i}", i)
                 for k, v in ESCAPED.items():
                     c.set(k, v)
+            if _native.FORMAT_VERSION >= 3:
+                c.set("pre:a", 1)
+                c.set("pre:b", 2)
+                c.delete_prefix("pre:")
+                c.set("pre:c", 3)  # after the deletion: kept
         with open(d / "s" / "data.surp", "rb") as src, gzip.open(dest, "wb", 9) as out:
             shutil.copyfileobj(src, out)
     finally:

@@ -169,8 +169,41 @@ impl Store {
         r
     }
 
+    /// DELETE_PREFIX: every key of `stored`'s namespace starting with its user part is gone
+    /// (O(1)); a full table is first emptied by a sweep of the whole index.
+    pub(super) fn delete_prefix(&mut self, stored: &[u8]) -> Reply {
+        let (ns, prefix) = (crate::namespace::ns_of(stored), crate::namespace::user_key(stored));
+        if prefix.is_empty() {
+            return Reply::status(status::BAD_REQUEST); // a whole namespace: clear it
+        }
+        if self.seg.prefix_live().count_ones() as usize == MAX_PREFIXES {
+            // Nothing else runs meanwhile: this lap is whole, and frees every entry.
+            let start = self.sweep_cursor;
+            while self.sweep_cursor.wrapping_sub(start) < self.seg.slots {
+                self.sweep_inner(self.seg.slots);
+            }
+        }
+        let Some(i) = self.seg.prefix_delete(ns, prefix) else {
+            return Reply::status(status::SEGMENT_FULL); // not reached: a lap frees them all
+        };
+        self.prefix_born[i] = self.sweep_cursor;
+        self.seg.hdr().c_deletes.fetch_add(1, Ordering::Relaxed);
+        Reply::ok(0)
+    }
+
+    /// Whether prefix deletions wait for the sweep (it then runs under load too).
+    pub fn prefixes_pending(&self) -> bool {
+        self.seg.prefix_live() != 0
+    }
+
     pub fn clear(&mut self) {
         self.seg.clear_index();
+        // No record is left for a prefix deletion to remove.
+        for i in 0..MAX_PREFIXES {
+            if self.seg.prefix_live() & (1 << i) != 0 {
+                self.seg.prefix_free(i);
+            }
+        }
         let h = self.seg.hdr();
         h.items.store(0, Ordering::Relaxed);
         h.live_bytes.store(0, Ordering::Relaxed);
@@ -237,6 +270,10 @@ impl Store {
 
     pub(super) fn sweep_inner(&mut self, budget: u64) -> u64 {
         let now = shm::now_ms();
+        if self.seg.sweep_missed.swap(false, Ordering::Relaxed) {
+            // An unlink since the last call moved an entry behind the cursor.
+            self.lap_from = self.sweep_cursor;
+        }
         // Tiered mode: records below the minimum version are never served again (a
         // generation bump): reclaimed like expired ones.
         let unproven = self.seg.hdr().up_min_version.load(Ordering::Relaxed);
@@ -263,9 +300,22 @@ impl Store {
             }
             self.sweep_cursor = self.sweep_cursor.wrapping_add(1);
         }
+        self.seg.sweep_at.store(self.sweep_cursor & self.seg.mask, Ordering::Relaxed);
         if n > 0 {
             self.seg.hdr().c_expirations.fetch_add(n, Ordering::Relaxed);
         }
+        self.free_swept_prefixes();
         n
+    }
+
+    /// Free the prefix entries a whole lap of the sweep has passed since they were made.
+    fn free_swept_prefixes(&mut self) {
+        let live = self.seg.prefix_live();
+        for i in 0..MAX_PREFIXES {
+            let from = self.lap_from.max(self.prefix_born[i]);
+            if live & (1 << i) != 0 && self.sweep_cursor.wrapping_sub(from) >= self.seg.slots {
+                self.seg.prefix_free(i);
+            }
+        }
     }
 }

@@ -31,6 +31,11 @@ pub struct Store {
     /// The record store (the daemon attaches one; model tests run without).
     pub recs: Option<RecStore>,
     sweep_cursor: u64,
+    /// The sweep cursor from which its current lap counts (an unlink that moved an entry
+    /// behind the sweep starts it again), and each prefix entry's cursor when it was made:
+    /// an entry is freed once the cursor is a whole index past both (`prefix.rs`).
+    lap_from: u64,
+    prefix_born: [u64; MAX_PREFIXES],
     /// (ring id, box, ticket, head after) of the request being applied, for the journal.
     ctx: Option<(u64, u32, u64, u64)>,
     /// Boxes (ring id, box) whose head request is answered later (a training): not polled
@@ -56,6 +61,8 @@ impl Store {
             heap,
             recs: None,
             sweep_cursor: 0,
+            lap_from: 0,
+            prefix_born: [0; MAX_PREFIXES],
             ctx: None,
             held: Vec::new(),
             data_file: None,
@@ -128,6 +135,7 @@ impl Store {
             Some(Op::NsCull) => self.ns_cull(req.arg, req.arg2),
             Some(Op::Lease) => self.lease(ring, req, &mut st),
             Some(Op::Unlease) => self.unlease(req),
+            Some(Op::DeletePrefix) => self.delete_prefix(req.key),
             // Standalone: nothing to read through (tiered mode takes FETCH before this).
             Some(Op::Noop | Op::Fetch) => Reply::ok(0),
             Some(Op::Append) => self.append(ring, req, &mut st),

@@ -262,6 +262,25 @@ impl Tier {
             // Culling (Django's MAX_ENTRIES) picks a namespace's oldest local entries: the
             // upstream holds the data, and its own maxmemory policy evicts there.
             Op::NsCull => return Err(Some(Reply::status(status::NOT_SUPPORTED))),
+            // The upstream holds the keys: a scan there deletes them (its invalidations
+            // drop every host's copies), as a namespace's clear does.
+            Op::DeletePrefix => {
+                if crate::namespace::user_key(req.key).is_empty() {
+                    return bad();
+                }
+                let Some(rel) = crate::tier::upstream_key(req.key, |id| store.seg.ns_name(id))
+                else {
+                    return bad();
+                };
+                let mut p = crate::upstream::glob_escape(&rel);
+                p.push(b'*');
+                let keep = if crate::namespace::ns_of(req.key) == 0 {
+                    vec![crate::tier::NS_TAG.to_vec()]
+                } else {
+                    Vec::new()
+                };
+                Job::Clear { pattern: p, keep }
+            }
             Op::NsClear => match req.arg as usize {
                 // The default namespace: everything but the other namespaces' keys.
                 0 => {
@@ -419,10 +438,10 @@ impl Tier {
                 store.apply(ring, &req);
                 Reply::ok(0)
             }
-            // A clear sent again after a restart clears locally too (the local store may
-            // hold copies read through since; clearing them again is harmless).
+            // A clear (or a prefix deletion) sent again after a restart clears locally too (the
+            // local store may hold copies read through since; clearing them again is harmless).
             (
-                Some(Op::Clear | Op::NsClear),
+                Some(Op::Clear | Op::NsClear | Op::DeletePrefix),
                 Answer::Status(status::OK) | Answer::Replayed(status::OK),
             ) => store.apply(ring, &req),
             (Some(Op::Fetch), Answer::Fetched(vals)) => {

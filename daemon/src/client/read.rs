@@ -195,14 +195,19 @@ impl Client {
         let h = seg.hdr();
         // Tiered mode when a lease was ever given (0: a standalone store).
         let lease = h.up_lease_ms.load(Ordering::Acquire);
+        // Before the probe: see prefix.rs.
+        let pre = seg.prefixes();
         match seg.probe(key, hash) {
             // A stampede lease: the key's value is being computed (`get_or_set`).
             Probe::Hit { rec, .. } if rec.value.first() == Some(&crate::value::LEASE) => {
                 count(|c| &c.misses, |h| &h.retired_misses);
                 Lookup::Miss
             }
-            Probe::Hit { rec, .. } if seg.ns_cleared(key, rec.version) => {
-                // Its namespace was cleared after it was written: gone.
+            Probe::Hit { rec, .. }
+                if seg.ns_cleared(key, rec.version)
+                    || crate::prefix::deleted(&pre, seg, key, rec.version) =>
+            {
+                // Its namespace was cleared, or its prefix deleted, after it was written.
                 count(|c| &c.misses, |h| &h.retired_misses);
                 if lease != 0 {
                     Lookup::Unknown
@@ -404,6 +409,7 @@ impl Client {
         let now = shm::now_ms();
         let _pin = self.pin()?;
         let seg = &self.seg;
+        let pre = seg.prefixes();
         let (mut i, mut n) = (cursor, 0);
         while i < seg.slots && n < count {
             let v = seg.slot(i).load(Ordering::Acquire);
@@ -413,7 +419,7 @@ impl Client {
             }
             if let Some(rec) = seg.record(slot_off(v)) {
                 let lease = rec.value.first() == Some(&crate::value::LEASE);
-                if !lease && seg.alive(&rec, now) {
+                if !lease && seg.alive_under(&rec, now, &pre) {
                     f(&rec);
                     n += 1;
                 }
@@ -450,6 +456,7 @@ impl Client {
                 continue;
             }
             out.clear();
+            let pre = seg.prefixes();
             for p in a..a + seg.slots {
                 let v = seg.slot(p & seg.mask).load(Ordering::Acquire);
                 if v == 0 {
@@ -464,7 +471,7 @@ impl Client {
                 let live = ours
                     && rec.value.first() != Some(&crate::value::LEASE)
                     && !crate::tags::is_tag_key(rec.key)
-                    && seg.alive(&rec, now);
+                    && seg.alive_under(&rec, now, &pre);
                 if live {
                     let k = crate::namespace::user_key(rec.key);
                     if k.starts_with(prefix) {
