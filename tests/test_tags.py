@@ -102,6 +102,14 @@ def test_updates_keep_a_values_tags(client: surpdb.Client) -> None:
         assert client.get(k) is None, k
         assert k not in client
     assert client.zcard("z") == 1
+    # A cas replaces the value with its own tags (none: it is untagged).
+    client.set("c", "v1", tags=["t2"])
+    _, ver = client.gets("c")
+    assert client.cas("c", "v2", ver, tags=["t3"]) is True
+    client.invalidate_tags(["t2"])
+    assert client.get("c") == "v2"
+    client.invalidate_tags(["t3"])
+    assert client.get("c") is None
     # Gone for updates too: an incr starts again from the default, an add succeeds.
     assert client.incr("n", 5) == 5
     assert client.add("l", "new") is True
@@ -219,3 +227,42 @@ def test_django_set_get_or_set_and_invalidate_tags(server: surpdb.Server) -> Non
     assert a.get("k") == 1
     assert asyncio.run(a.ainvalidate_tags(["t"])) == 1
     assert a.get("k") is None
+
+
+def test_namespaced_tags_survive_dump_and_load_into_other_namespace_ids(
+    tmp_path: Path, server: surpdb.Server
+) -> None:
+    # Found in review: tag keys were kept in their stored form, whose namespace id is the
+    # store's own; a load that gave the namespace another id lost every tagged value.
+    ns = surpdb.connect(server.path).namespace("pages")
+    ns.set("p", "page", tags=["t"])
+    out = tmp_path / "dump.jsonl"
+    run = [sys.executable, "-m", "surpdb"]
+    subprocess.run([*run, "dump", server.path, "-o", str(out)], check=True, timeout=60)
+    with surpdb.Server(tmp_path / "copy", size="32MiB") as other:
+        c2 = surpdb.connect(other.path)
+        c2.namespace("first")  # takes id 1: "pages" gets another id than it had
+        subprocess.run([*run, "load", other.path, str(out)], check=True, timeout=60)
+        pages = c2.namespace("pages")
+        assert pages.get("p") == "page"
+        assert pages.invalidate_tags(["t"]) == 1 and pages.get("p") is None
+
+
+def test_a_prefix_deletion_of_tag_keys_invalidates_their_values(client: surpdb.Client) -> None:
+    # Found in review: a tag key removed by delete_prefix still counted as current until
+    # the sweep unlinked it.
+    client.set("a", 1, tags=["t"])
+    client.delete_prefix("\0~tag\0")
+    assert client.get("a") is None
+    client.set("b", 2, tags=["t"])  # a new token for the tag
+    assert (client.get("a"), client.get("b")) == (None, 2)
+
+
+def test_a_namespace_quota_evicts_values_not_their_tags(client: surpdb.Client) -> None:
+    # Found in review: tag keys, written once, are a namespace's oldest entries, so its
+    # quota evicted them first and every value of the tag with them.
+    ns = client.namespace("q", max_items=3)
+    for k in ("a", "b", "c"):
+        ns.set(k, k, tags=["t"])
+    assert (ns.get("b"), ns.get("c")) == ("b", "c")
+    assert ns.get("a") is None  # the oldest value made room

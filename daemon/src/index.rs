@@ -26,6 +26,9 @@ pub enum Probe<'a> {
     Corrupt,
 }
 
+/// Most moved records the sweep keeps to look at again (past it, its lap counts again).
+const SWEEP_RECHECK_MAX: usize = 4096;
+
 impl Segment {
     /// Reader-side lookup. The caller has pinned its reader epoch, so records it reaches stay
     /// immutable until it unpins.
@@ -216,7 +219,7 @@ impl Segment {
                 let at = self.sweep_at.load(Ordering::Relaxed);
                 let ahead = at.wrapping_sub(hole) & self.mask;
                 if at != u64::MAX && ahead != 0 && ahead <= dist_hole {
-                    self.sweep_missed.store(true, Ordering::Relaxed);
+                    self.moved_behind_sweep(v);
                 }
                 self.slot(hole).store(v, Ordering::Release);
                 crate::crash::point("delete shifted an entry");
@@ -227,6 +230,22 @@ impl Segment {
         crate::crash::point("delete emptied a slot");
         // SYNC POINT: Release; pairs with the Acquire sequence load in `probe`.
         seq.store(s + 2, Ordering::Release);
+    }
+
+    /// Daemon-side: the entry `v` was moved behind the sweep. Only a record a prefix
+    /// deletion removed matters (its entry is freed after a lap: the sweep must still
+    /// unlink it); any other is live, or is reclaimed for its own reason later.
+    fn moved_behind_sweep(&self, v: u64) {
+        let Some(rec) = self.record(slot_off(v)) else { return };
+        if !crate::prefix::deleted(&self.prefixes(), self, rec.key, rec.version) {
+            return;
+        }
+        let mut r = self.sweep_recheck.lock().unwrap_or_else(|e| e.into_inner());
+        if r.len() < SWEEP_RECHECK_MAX {
+            r.push(v);
+        } else {
+            self.sweep_missed.store(true, Ordering::Relaxed);
+        }
     }
 
     fn record_hash_at(&self, off: u64) -> Option<u64> {
@@ -308,12 +327,14 @@ mod tests {
         std::fs::remove_dir_all(d).unwrap();
     }
 
-    /// The sweep must hear of an unlink that moves an entry from where it looks next (or
-    /// after) to before it: its lap then missed that entry (prefix.rs frees entries only
-    /// after a lap that missed nothing).
+    /// The sweep must hear of an unlink that moves a record a prefix deletion removed from
+    /// where it looks next (or after) to before it: its lap would miss that record, and the
+    /// deletion's entry is freed after the lap (prefix.rs). Live records moved so are not
+    /// its concern.
     #[test]
-    fn an_unlink_that_moves_an_entry_behind_the_sweep_says_so() {
+    fn an_unlink_that_moves_a_deleted_record_behind_the_sweep_says_so() {
         let (s, d) = seg();
+        s.hdr().version.store(10, Ordering::Relaxed);
         let mut off = s.heap_off;
         let mut put = |key: &[u8]| {
             let h = s.hash(key);
@@ -326,38 +347,44 @@ mod tests {
             off += record_size(key.len() as u64, 1);
             i
         };
-        // Two keys with the same home slot: the second sits one slot after it.
-        let mut homes = std::collections::HashMap::new();
-        let (a, b) = (0u32..)
-            .map(|n| format!("k{n}").into_bytes())
-            .find_map(|k| {
-                let home = s.hash(&k) & s.mask;
-                homes.insert(home, k.clone()).map(|first| (first, k))
+        // Three keys with the same home slot, each one slot after the one before.
+        let mut homes: std::collections::HashMap<u64, Vec<Vec<u8>>> = Default::default();
+        let keys = (0u32..)
+            .find_map(|n| {
+                let k = format!("k{n}").into_bytes();
+                let v = homes.entry(s.hash(&k) & s.mask).or_default();
+                v.push(k);
+                (v.len() == 3).then(|| v.clone())
             })
             .unwrap();
-        let home = s.hash(&a) & s.mask;
-        assert_eq!(put(&a), home);
-        assert_eq!(put(&b), (home + 1) & s.mask);
-        let moved = |at: u64| {
-            s.sweep_at.store(at, Ordering::Relaxed);
-            s.sweep_missed.store(false, Ordering::Relaxed);
-            s.sweep_missed.load(Ordering::Relaxed)
-        };
-        assert!(!moved((home + 1) & s.mask));
-        // The sweep looks at home + 1 next; deleting the key at home moves b behind it.
+        let home = s.hash(&keys[0]) & s.mask;
+        for (n, k) in keys.iter().enumerate() {
+            assert_eq!(put(k), (home + n as u64) & s.mask);
+        }
+        let recheck = || std::mem::take(&mut *s.sweep_recheck.lock().unwrap());
+        let word = |i: u64| s.slot(i & s.mask).load(Ordering::Relaxed);
+        // The sweep looks at home + 1 next; a delete at home moves keys[1] behind it: a live
+        // record, nothing to say.
+        s.sweep_at.store((home + 1) & s.mask, Ordering::Relaxed);
         s.unlink(home);
-        assert!(s.sweep_missed.load(Ordering::Relaxed));
+        assert!(recheck().is_empty());
+        // Every "k" key deleted by prefix: the next such move is reported, with the slot word.
+        assert!(s.prefix_delete(0, b"k").is_some());
+        s.sweep_at.store((home + 1) & s.mask, Ordering::Relaxed);
+        let moved = word(home + 1); // keys[2], moved to home by the next unlink
+        s.unlink(home);
+        assert_eq!(recheck(), vec![moved]);
+        assert_eq!(word(home), moved);
         // The sweep's own unlink (at its cursor) moves nothing behind it.
-        let i = put(&a);
-        assert_eq!(i, (home + 1) & s.mask); // b moved home; a goes after it
-        assert!(!moved(home));
+        let _ = put(&keys[0]);
+        s.sweep_at.store(home, Ordering::Relaxed);
         s.unlink(home);
-        assert!(!s.sweep_missed.load(Ordering::Relaxed));
-        // Nor does an unlink when the sweep is elsewhere, or has not started.
-        let _ = put(&b);
-        assert!(!moved((home + 100) & s.mask));
+        assert!(recheck().is_empty());
+        // Nor does an unlink when the sweep is elsewhere.
+        let _ = put(&keys[1]);
+        s.sweep_at.store((home + 100) & s.mask, Ordering::Relaxed);
         s.unlink(home);
-        assert!(!s.sweep_missed.load(Ordering::Relaxed));
+        assert!(recheck().is_empty() && !s.sweep_missed.load(Ordering::Relaxed));
         std::fs::remove_dir_all(d).unwrap();
     }
 }

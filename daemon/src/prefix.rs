@@ -10,10 +10,10 @@
 //! copy; the writer treats such a record as absent; the sweep unlinks it and the cleaner
 //! drops it instead of moving it.
 //!
-//! An entry is freed once the sweep has looked at every index slot since it was made, without
-//! an unlink moving an entry from where the sweep was to before it meanwhile
-//! ([`Segment::sweep_at`]: such a lap proves nothing, and counting starts again): then no slot
-//! names a record it removed. A reader's copy was taken before its probe, so the entries
+//! An entry is freed once the sweep has looked at every index slot since it was made: then no
+//! slot names a record it removed. An unlink that moves such a record from where the sweep
+//! looks next (or after) to before it reports it (`Segment::sweep_recheck`), and the sweep
+//! unlinks those first. A reader's copy was taken before its probe, so the entries
 //! it no longer sees were freed after their records were unlinked, which its probe cannot
 //! find. While entries are live the sweep runs every 10 ms even under load; a deletion
 //! that finds the table full first sweeps the whole index at once (O(slots), at most once
@@ -91,6 +91,12 @@ impl Segment {
         let live = t.live.load(Ordering::Relaxed);
         let i = (0..MAX_PREFIXES).find(|i| live & (1 << i) == 0)?;
         let e = &t.entries[i];
+        // A reader still copying the entry this one reuses must see its version change
+        // before any other word does (the free stored 0, but a Release store does not keep
+        // later stores behind it).
+        e.version.store(0, Ordering::Relaxed);
+        // SYNC POINT: Release fence; the words below are seen after the version's 0.
+        fence(Ordering::Release);
         e.ns_len.store(((prefix.len() as u64) << 8) | ns as u64, Ordering::Relaxed);
         e.hash.store(self.hash(prefix), Ordering::Relaxed);
         // Every record written so far has a version below this (at least 1: never "free").

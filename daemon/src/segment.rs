@@ -27,9 +27,12 @@ pub struct Segment {
     pub heap_off: u64,
     pub max_value: u64,
     /// Daemon-side, this process only: the index slot the sweep looks at next (u64::MAX:
-    /// none yet), and whether an unlink has since moved an entry from there or after it to
-    /// before it (the sweep's lap then missed that entry: see `prefix.rs`).
+    /// none yet); the slot words of records a prefix deletion removed that an unlink moved
+    /// from there or after it to before it (the sweep's lap would miss them: it unlinks them
+    /// first, see `prefix.rs`), and whether more were moved than that list holds (the lap
+    /// then counts again).
     pub sweep_at: AtomicU64,
+    pub sweep_recheck: std::sync::Mutex<Vec<u64>>,
     pub sweep_missed: AtomicBool,
 }
 
@@ -208,6 +211,7 @@ impl Segment {
             max_value: h.max_value.load(Ordering::Relaxed),
             region,
             sweep_at: AtomicU64::new(u64::MAX),
+            sweep_recheck: std::sync::Mutex::new(Vec::new()),
             sweep_missed: AtomicBool::new(false),
         };
         seg.check_geometry(len).map_err(|m| {

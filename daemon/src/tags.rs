@@ -3,8 +3,8 @@
 //!
 //! A tag is an ordinary key of the value's namespace, [`TAG_KEY_PREFIX`] + the tag's name,
 //! holding a random token (an int). A tagged value is stored as a `TAGGED` value
-//! (`value.rs`): its tags' stored keys and the tokens they held when it was written, then
-//! the value. It is live while each of those keys still holds that token: invalidating a
+//! (`value.rs`): its tags' keys (as the namespace's users know them: the value's own key
+//! says which namespace) and the tokens they held when it was written, then the value. It is live while each of those keys still holds that token: invalidating a
 //! tag deletes its key (one delete, whatever the number of values), so every value stored
 //! with it reads as a miss from then on, and a later set with the tag makes a new token.
 //! A value whose tag key was evicted is a miss too: losing a tag can only make values
@@ -17,6 +17,8 @@
 //! an invalidation stores a value that is already stale, never one that outlives it.
 
 use crate::index::Probe;
+use crate::layout::NS_MARK;
+use crate::namespace::{needs_prefix, ns_of, stored_key};
 use crate::prefix::Prefixes;
 use crate::segment::{Rec, Segment};
 use crate::value;
@@ -29,32 +31,50 @@ pub const TAG_KEY_PREFIX: &[u8] = b"\0~tag\0";
 const LAZY: u64 = u64::MAX;
 
 impl Segment {
-    /// The value `value` (a record's) stands for as far as tags go: itself when it is not
-    /// TAGGED; the value it carries while every tag key still holds its token; None once one
-    /// was invalidated (or the header does not parse). `seen` gets the offset of each tag
-    /// record read (readers count it as a read: a tag read with every value it guards stays
-    /// in the cache). `now_ms` u64::MAX: read the clock only if a tag record expires.
+    /// The value `value` (the record of stored key `key`) stands for as far as tags go:
+    /// itself when it is not TAGGED; the value it carries while every tag key (of `key`'s
+    /// namespace) still holds its token; None once one was invalidated (or the header does
+    /// not parse). `pre`: the prefix deletions the caller copied before it probed (a tag key
+    /// a prefix deletion removed is gone). `seen` gets the offset of each tag record read
+    /// (readers count it as a read: a tag read with every value it guards stays in the
+    /// cache). `now_ms` u64::MAX: read the clock only if a tag record expires.
     #[inline]
     pub fn untagged<'a>(
         &'a self,
+        key: &[u8],
         value: &'a [u8],
         now_ms: u64,
+        pre: &Option<Prefixes>,
         mut seen: impl FnMut(u64),
     ) -> Option<&'a [u8]> {
         if value.first() != Some(&value::TAGGED) {
             return Some(value);
         }
         let (head, inner) = value::split_tagged(value).ok()?;
+        let ns = ns_of(key);
+        let mut buf = [0u8; 258];
+        let mut long = Vec::new();
         for (k, token) in value::tag_entries(head) {
-            match self.probe(k, self.hash(k)) {
-                Probe::Hit { rec, .. } if self.tag_holds(&rec, token, now_ms) => seen(rec.off),
+            // The tag key's stored form, in the value's namespace (no allocation for keys
+            // of up to 256 bytes).
+            let stored: &[u8] = if !needs_prefix(ns, k) {
+                k
+            } else if k.len() <= 256 {
+                buf[..2].copy_from_slice(&[NS_MARK, ns as u8]);
+                buf[2..2 + k.len()].copy_from_slice(k);
+                &buf[..2 + k.len()]
+            } else {
+                stored_key(ns, k, &mut long)
+            };
+            match self.probe(stored, self.hash(stored)) {
+                Probe::Hit { rec, .. } if self.tag_holds(&rec, token, now_ms, pre) => seen(rec.off),
                 _ => return None,
             }
         }
         Some(inner)
     }
 
-    fn tag_holds(&self, rec: &Rec<'_>, token: u64, now_ms: u64) -> bool {
+    fn tag_holds(&self, rec: &Rec<'_>, token: u64, now_ms: u64, pre: &Option<Prefixes>) -> bool {
         if rec.expires_ms != 0 {
             let now = if now_ms == LAZY { crate::shm::now_ms() } else { now_ms };
             if rec.expired(now) {
@@ -62,6 +82,7 @@ impl Segment {
             }
         }
         !self.ns_cleared(rec.key, rec.version)
+            && !crate::prefix::deleted(pre, self, rec.key, rec.version)
             && matches!(value::decode_int(rec.value), Ok(Some(t)) if t == token as i64 as i128)
     }
 
@@ -77,7 +98,7 @@ impl Segment {
         !rec.expired(now_ms)
             && !self.ns_cleared(rec.key, rec.version)
             && !crate::prefix::deleted(pre, self, rec.key, rec.version)
-            && self.untagged(rec.value, now_ms, |_| {}).is_some()
+            && self.untagged(rec.key, rec.value, now_ms, pre, |_| {}).is_some()
     }
 }
 

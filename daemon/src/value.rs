@@ -53,8 +53,9 @@ pub const COMPRESSED: u8 = 0x0f;
 pub const MAX_PLAIN: u64 = 512 << 20;
 
 /// A whole value stored with tags (`set(..., tags=[...])`, see `tags.rs`): tag, count (1 to
-/// [`MAX_TAGS`]), then per tag its tag key's stored form (length-prefixed) and the token
-/// (u64 LE) that key held, then the value itself (plain or [`COMPRESSED`]). It reads as a
+/// [`MAX_TAGS`]), then per tag its tag key (length-prefixed, as the namespace's users know
+/// it: it lives in the namespace of the value's key) and the token (u64 LE) that key held,
+/// then the value itself (plain or [`COMPRESSED`]). It reads as a
 /// miss once any of its tag keys holds another token or none ([`split_tagged`]).
 pub const TAGGED: u8 = 0x10;
 /// The most tags one value may carry.

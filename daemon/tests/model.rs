@@ -24,6 +24,18 @@ fn spawn_daemon(
     max_value: u64,
     policy: u32,
 ) -> (Arc<AtomicBool>, thread::JoinHandle<()>) {
+    spawn_daemon_sweeping(dir, size, max_value, policy, 1000, 1024)
+}
+
+/// [`spawn_daemon`], sweeping `budget` slots every `every` idle polls.
+fn spawn_daemon_sweeping(
+    dir: &PathBuf,
+    size: u64,
+    max_value: u64,
+    policy: u32,
+    every: u32,
+    budget: u64,
+) -> (Arc<AtomicBool>, thread::JoinHandle<()>) {
     let mut cfg = Config::new(dir);
     cfg.size = size;
     cfg.max_value = max_value;
@@ -37,9 +49,9 @@ fn spawn_daemon(
         while !s.load(Ordering::Relaxed) {
             if d.poll_once(256) == 0 {
                 idle += 1;
-                if idle.is_multiple_of(1000) {
+                if idle.is_multiple_of(every) {
                     d.reap();
-                    d.store.sweep_expired(1024);
+                    d.store.sweep_expired(budget);
                 }
                 thread::yield_now();
             }
@@ -220,7 +232,9 @@ fn concurrent_readers_never_see_reused_space() {
 #[test]
 fn prefix_deletions_match_the_model() {
     let dir = tmpdir("prefix");
-    let (stop, h) = spawn_daemon(&dir, 1 << 20, 4 << 10, POLICY_NOEVICTION);
+    // A sweep of a few slots at every idle turn: it laps the index often, so entries are
+    // freed often, and unlinks land around its cursor often.
+    let (stop, h) = spawn_daemon_sweeping(&dir, 1 << 20, 4 << 10, POLICY_NOEVICTION, 1, 16);
     let c = Client::connect(&dir, Duration::from_secs(10)).unwrap();
     let mut model: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
     let mut rng = Rng(0x7072_6566);
@@ -271,5 +285,53 @@ fn prefix_deletions_match_the_model() {
     }
     stop.store(true, Ordering::Relaxed);
     h.join().unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The case a lap can miss, built from keys chosen by their hash, with the sweep driven one
+/// step at a time: a deleted record one slot after the sweep's cursor is moved behind it by
+/// a delete in its probe run. The deletion's entry is freed at the end of that lap; the
+/// record must have been unlinked first, or it reads again.
+#[test]
+fn a_deleted_record_moved_behind_the_sweep_stays_deleted() {
+    let dir = tmpdir("prefix-moved");
+    let mut cfg = Config::new(&dir);
+    cfg.size = 1 << 20;
+    cfg.max_value = 4 << 10;
+    cfg.max_clients = 4;
+    let mut d = Daemon::attach(cfg).unwrap();
+    let c = Client::connect(&dir, Duration::from_secs(10)).unwrap();
+    let call = |d: &mut Daemon, r: &Request<'_>| {
+        let t = c.send(r).unwrap();
+        while d.poll_once(64) == 0 {}
+        c.wait_for(t, Duration::from_secs(10)).unwrap().status
+    };
+    // A key that stays ("x...") and a key the deletion takes ("g..."), same home slot.
+    let (seg, mask) = (&c.seg, c.seg.mask);
+    let home_of = |k: &[u8]| seg.hash(k) & mask;
+    let xs: HashMap<u64, Vec<u8>> =
+        (0..20_000u32).map(|n| format!("x{n}").into_bytes()).map(|x| (home_of(&x), x)).collect();
+    // (Not at the index's last slot: the lap must not wrap between them.)
+    let (x, g) = (0u32..)
+        .map(|n| format!("g{n}").into_bytes())
+        .find_map(|g| {
+            xs.get(&home_of(&g)).filter(|_| home_of(&g) + 1 < mask).map(|x| (x.clone(), g))
+        })
+        .unwrap();
+    let h = home_of(&x);
+    let v = bytes_value(b"value");
+    assert_eq!(call(&mut d, &Request::set(&x, &v, 0)), status::OK);
+    assert_eq!(call(&mut d, &Request::set(&g, &v, 0)), status::OK);
+    assert_eq!(call(&mut d, &Request::delete_prefix(b"g")), status::OK);
+    assert_eq!(get(&c, &g), None);
+    // The sweep looks at slots 0..=h (x is live; g, at h + 1, is next).
+    d.store.sweep_expired(h + 1);
+    // Deleting x moves g to slot h, behind the sweep.
+    assert_eq!(call(&mut d, &Request::delete(&x)), status::OK);
+    // The rest of the lap: the deletion's entry is freed at its end.
+    d.store.sweep_expired(c.seg.slots - (h + 1));
+    assert_eq!(c.seg.prefix_live(), 0, "the lap is complete: the entry is freed");
+    assert_eq!(get(&c, &g), None, "a deleted record came back");
+    d.shutdown().unwrap();
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -159,22 +159,22 @@ impl Client {
             ));
         }
         let mut entries = Vec::with_capacity(keys.len());
-        for k in keys {
-            let token = self.tag_token(py, &k)?;
-            entries.push((k, token));
+        for (user, stored) in keys {
+            let token = self.tag_token(py, &stored)?;
+            entries.push((user, token)); // the value's key says the namespace
         }
         Ok(v::tag_header(&entries))
     }
 
-    /// The stored keys of `tags` (an iterable of str or bytes, not one str), duplicates
-    /// dropped.
-    fn tag_keys(&self, tags: &Bound<'_, PyAny>) -> PyResult<Vec<Vec<u8>>> {
+    /// The keys of `tags` (an iterable of str or bytes, not one str), duplicates dropped:
+    /// each as the namespace's users know it, and stored.
+    fn tag_keys(&self, tags: &Bound<'_, PyAny>) -> PyResult<Vec<(Vec<u8>, Vec<u8>)>> {
         if tags.is_instance_of::<pyo3::types::PyString>() || tags.is_instance_of::<PyBytes>() {
             return Err(PyTypeError::new_err(
                 "tags must be a list of tag names (str or bytes), not one name",
             ));
         }
-        let mut out: Vec<Vec<u8>> = Vec::new();
+        let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         for t in tags.try_iter()? {
             let t = t?;
             let name: Vec<u8> = if let Ok(s) = t.downcast::<pyo3::types::PyString>() {
@@ -194,8 +194,8 @@ impl Client {
             let mut buf = Vec::new();
             let k = surpd::namespace::stored_key(self.ns, &user, &mut buf).to_vec();
             Core::check_key(&k).map_err(to_py_err)?;
-            if !out.contains(&k) {
-                out.push(k);
+            if !out.iter().any(|(u, _)| *u == user) {
+                out.push((user, k));
             }
         }
         Ok(out)
@@ -1035,7 +1035,7 @@ impl Client {
     fn invalidate_tags(&self, py: Python<'_>, tags: &Bound<'_, PyAny>) -> PyResult<u64> {
         let keys = self.tag_keys(tags)?;
         let mut pipe = Pipeline::new(&self.core);
-        for k in &keys {
+        for (_, k) in &keys {
             if pipe.full() {
                 py.allow_threads(|| pipe.make_room());
             }
@@ -1156,8 +1156,8 @@ impl Client {
     }
 
     /// Store `value` only if the key's version is still `version` (from gets(); 0: only if
-    /// absent). True if stored.
-    #[pyo3(signature = (key, value, version, ttl = None))]
+    /// absent). True if stored. `tags` as for `set` (a value stored by cas has only these).
+    #[pyo3(signature = (key, value, version, ttl = None, tags = None))]
     fn cas(
         &self,
         py: Python<'_>,
@@ -1165,10 +1165,12 @@ impl Client {
         value: &Bound<'_, PyAny>,
         version: u64,
         ttl: Option<f64>,
+        tags: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyObject> {
         let ttl = ttl_ms(ttl)?;
+        let head = self.tag_head(py, tags)?;
         let mut buf = version.to_le_bytes().to_vec();
-        buf.extend_from_slice(&self.encode_stored(py, value)?);
+        buf.extend_from_slice(&self.encode_tagged(py, head, value)?);
         self.with_key(key, |k| {
             let r = self.call(py, Request::cas(k, &buf, ttl))?;
             self.shape(py, op::CAS, k, r)

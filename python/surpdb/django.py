@@ -170,13 +170,15 @@ class SurpdbCache(BaseCache):
         return self._client.set(k, value, ttl=ttl, tags=self._tags(tags))
 
     def _tags(self, tags: Sequence[str] | None) -> list[str] | None:
-        """Tag names as stored: behind KEY_PREFIX, so that caches sharing a namespace with
-        other prefixes keep their tags apart."""
+        """Tag names as stored: behind KEY_PREFIX and its length (so that prefix "a" with
+        tag "b:c" and prefix "a:b" with tag "c" stay apart), so that caches sharing a
+        namespace with other prefixes keep their tags apart."""
         if tags is None:
             return None
         if isinstance(tags, (str, bytes)):
             raise TypeError("tags must be a list of tag names, not one name")
-        return [f"{self.key_prefix}:{t}" if self.key_prefix else str(t) for t in tags]
+        p = self.key_prefix
+        return [f"{len(p)}:{p}:{t}" if p else str(t) for t in tags]
 
     def _cull(self) -> None:
         """Django's culling, as its own backends do it before a write: a namespace holding
@@ -331,9 +333,13 @@ class SurpdbCache(BaseCache):
         return bool(await self._aqueued("delete", delete, False))
 
     async def aset_many(
-        self, data: dict[Any, Any], timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+        self,
+        data: dict[Any, Any],
+        timeout: Any = DEFAULT_TIMEOUT,
+        version: int | None = None,
+        tags: Sequence[str] | None = None,
     ) -> list[Any]:
-        return await self._acked(self.set_many, data, timeout, version)
+        return await self._acked(self.set_many, data, timeout, version, tags)
 
     async def adelete_many(self, keys: Iterable[Any], version: int | None = None) -> None:
         return await self._acked(self.delete_many, list(keys), version)
@@ -432,8 +438,9 @@ class SurpdbCache(BaseCache):
         """Remove every value set with any of ``tags``, in O(1) whatever their number (each
         tag's key is deleted; values stored with it read as misses from then on). How many
         of the tags were in use."""
-        t = self._tags(tags) or []
-        return int(self._call("invalidate_tags", lambda: self._client.invalidate_tags(t), 0))
+        # Raised even with IGNORE_EXCEPTIONS: a failed invalidation left silent would serve
+        # stale values.
+        return int(self._client.invalidate_tags(self._tags(tags) or []))
 
     async def ainvalidate_tags(self, tags: Sequence[str]) -> int:
         return await self._acked(self.invalidate_tags, tags)
@@ -507,8 +514,8 @@ class SurpdbCache(BaseCache):
             escaped = "".join("\\" + c if c in "*?[]\\" else c for c in prefix)
             self.delete_pattern(escaped + "*", version=version)
             return
-        made = self.make_key(prefix, version=version)
-        self._call("delete_prefix", lambda: self._client.delete_prefix(made), None)
+        # Raised even with IGNORE_EXCEPTIONS, as invalidate_tags.
+        self._client.delete_prefix(self.make_key(prefix, version=version))
 
     def get_or_set(
         self,

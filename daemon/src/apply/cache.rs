@@ -177,10 +177,14 @@ impl Store {
             return Reply::status(status::BAD_REQUEST); // a whole namespace: clear it
         }
         if self.seg.prefix_live().count_ones() as usize == MAX_PREFIXES {
-            // Nothing else runs meanwhile: this lap is whole, and frees every entry.
+            // A lap at once. Nothing else runs meanwhile (the sweep's own unlinks move
+            // nothing behind it), so afterwards no slot names a record an entry removed.
             let start = self.sweep_cursor;
             while self.sweep_cursor.wrapping_sub(start) < self.seg.slots {
-                self.sweep_inner(self.seg.slots);
+                self.sweep_inner(self.seg.slots - self.sweep_cursor.wrapping_sub(start));
+            }
+            for i in 0..MAX_PREFIXES {
+                self.seg.prefix_free(i);
             }
         }
         let Some(i) = self.seg.prefix_delete(ns, prefix) else {
@@ -271,13 +275,13 @@ impl Store {
     pub(super) fn sweep_inner(&mut self, budget: u64) -> u64 {
         let now = shm::now_ms();
         if self.seg.sweep_missed.swap(false, Ordering::Relaxed) {
-            // An unlink since the last call moved an entry behind the cursor.
+            // More records were moved behind the cursor than were kept: count again.
             self.lap_from = self.sweep_cursor;
         }
+        let mut n = self.sweep_moved();
         // Tiered mode: records below the minimum version are never served again (a
         // generation bump): reclaimed like expired ones.
         let unproven = self.seg.hdr().up_min_version.load(Ordering::Relaxed);
-        let mut n = 0;
         let mut looked = 0;
         while looked < budget {
             let i = self.sweep_cursor & self.seg.mask;
@@ -289,6 +293,8 @@ impl Store {
                     if rec.version < unproven || !self.seg.alive(&rec, now) {
                         let (size, version) = (rec.size, rec.version);
                         let key = rec.key.to_vec();
+                        // Its own unlink moves nothing behind it (see `Segment::unlink`).
+                        self.seg.sweep_at.store(i, Ordering::Relaxed);
                         self.seg.unlink(i);
                         self.seg.count_removed(&key, version, size);
                         crate::crash::point("expired by the sweep");
@@ -306,6 +312,39 @@ impl Store {
         }
         self.free_swept_prefixes();
         n
+    }
+
+    /// Unlink the records a prefix deletion removed that other unlinks moved from ahead of
+    /// the sweep to behind it since its last look (`Segment::sweep_recheck`): its lap would
+    /// miss them. Returns how many.
+    fn sweep_moved(&mut self) -> u64 {
+        let mut n = 0;
+        loop {
+            let moved = std::mem::take(
+                &mut *self.seg.sweep_recheck.lock().unwrap_or_else(|e| e.into_inner()),
+            );
+            if moved.is_empty() {
+                return n;
+            }
+            for v in moved {
+                let Some(rec) = self.seg.record(slot_off(v)) else { continue };
+                if !crate::prefix::deleted(&self.seg.prefixes(), &self.seg, rec.key, rec.version) {
+                    continue;
+                }
+                let (key, hash, size, version) =
+                    (rec.key.to_vec(), rec.hash, rec.size, rec.version);
+                match self.seg.find_key(&key, hash) {
+                    Some((slot, cur)) if cur.off == slot_off(v) => {
+                        // (This unlink may move others behind the sweep: the loop takes them.)
+                        self.seg.unlink(slot);
+                        self.seg.count_removed(&key, version, size);
+                        crate::crash::point("moved record swept");
+                        n += 1;
+                    }
+                    _ => {}
+                }
+            }
+        }
     }
 
     /// Free the prefix entries a whole lap of the sweep has passed since they were made.

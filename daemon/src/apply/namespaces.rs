@@ -140,7 +140,12 @@ impl Store {
                 kept_at.get_or_insert(pos);
             } else {
                 if let Some(rec) = self.seg.record(off) {
-                    if ns_of(rec.key) == id && !self.seg.ns_cleared(rec.key, rec.version) {
+                    // Tag keys are not the namespace's data: a quota evicting them (they are
+                    // written once, so oldest) would invalidate whole tags.
+                    if ns_of(rec.key) == id
+                        && !self.seg.ns_cleared(rec.key, rec.version)
+                        && !crate::tags::is_tag_key(rec.key)
+                    {
                         let (key, version) = (rec.key.to_vec(), rec.version);
                         if let Some((slot, cur)) = self.seg.find_key(&key, rec.hash) {
                             if cur.off == off {

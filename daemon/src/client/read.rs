@@ -241,7 +241,7 @@ impl Client {
                 if rec.value.first() == Some(&crate::value::TAGGED) {
                     // A tagged value: a miss once one of its tags was invalidated.
                     let touch = |off: u64| ring.touch_hint(off - seg.heap_off);
-                    match seg.untagged(rec.value, now_ms, touch) {
+                    match seg.untagged(key, rec.value, now_ms, &pre, touch) {
                         Some(v) => rec.value = v,
                         None => {
                             count(|c| &c.misses, |h| &h.retired_misses);
