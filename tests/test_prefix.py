@@ -17,13 +17,19 @@ import surpdb
 def _reader(path: str, ready: Any, stop: Any, out: Any) -> None:
     """Read deleted keys until told to stop; report any that came back."""
     c = surpdb.connect(path)
-    ready.set()
     back, reads = [], 0
-    while not stop.is_set():
+
+    def one_pass() -> None:
+        nonlocal reads
         for i in range(0, 5000, 7):
             if c.get(f"gone:{i}") is not None:
                 back.append(i)
             reads += 1
+
+    one_pass()  # at least one whole pass, then the churn starts
+    ready.set()
+    while not stop.is_set():
+        one_pass()
     out.put((back, reads))
 
 
@@ -37,11 +43,13 @@ def test_a_deleted_prefix_stays_gone_for_every_reader_while_entries_churn(
     client.delete_prefix("gone:")
     assert client.stats()["deletes"] == deletes + 1  # one request for 5,000 keys
     ctx = mp.get_context("spawn")
-    ready, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
-    readers = [ctx.Process(target=_reader, args=(server.path, ready, stop, out)) for _ in range(2)]
+    stop, out = ctx.Event(), ctx.Queue()
+    ready = [ctx.Event() for _ in range(2)]
+    readers = [ctx.Process(target=_reader, args=(server.path, r, stop, out)) for r in ready]
     for p in readers:
         p.start()
-    assert ready.wait(30)
+    # Both read before the churn starts (each has attached and set its event).
+    assert all(r.wait(30) for r in ready)
     # Meanwhile: many more deletions than the table holds (it fills, is swept whole, and
     # its entries are freed and reused), and writes and deletes that shift index entries.
     for n in range(60):
