@@ -436,25 +436,34 @@ def test_a_key_written_elsewhere_faster_than_a_round_trip_still_reads(hosts) -> 
     a, b = hosts
     a.set("hot", 0)
     stop = threading.Event()
+    writing = threading.Event()
 
     def write() -> None:
         i = 0
         while not stop.is_set():
             i += 1
             a.set("hot", i)
+            writing.set()
 
     t = threading.Thread(target=write)
     t.start()
     try:
+        # A local hit takes a microsecond and keeps the GIL, so 500 reads can all finish
+        # before the writer thread runs once (CI saw that): start reading after its first
+        # acknowledged write, and read on while it writes.
+        assert writing.wait(timeout=30)
         last = -1
-        for _ in range(500):
+        reads = 0
+        deadline = time.monotonic() + 30
+        while reads < 500 or (last <= 1 and time.monotonic() < deadline):
             v = b.get("hot")  # never Unavailable
             assert isinstance(v, int) and v >= last
             last = v
+            reads += 1
     finally:
         stop.set()
         t.join(timeout=10)
-    assert last > 0
+    assert last > 1, "the reader never saw a write made after it started reading"
 
 
 def test_view_reads_through_in_tiered_mode(hosts, redis) -> None:  # type: ignore[no-untyped-def]
