@@ -47,7 +47,7 @@ pub const SETTINGS: &[(&str, bool)] = &[
     ("flush_interval_ms", true),
     ("group", false),
     ("log_level", true),
-    ("records_size", false),
+    ("records_size", true),
     ("codec", false),
     ("train_after", false),
     ("upstream", false),
@@ -79,7 +79,8 @@ pub struct Config {
     /// Group that owns the files (clients in it may attach); None = the daemon's group.
     pub group: Option<String>,
     pub log_level: Level,
-    /// Size of a new records file (sparse: only what records use takes disk).
+    /// The most the records file grows to (it starts with no chunk and grows 4 MiB at a
+    /// time; record ids address 64 GiB of chunks, the real cap). A reload applies it.
     pub records_size: u64,
     /// Compact codec (smaller, slower to decode) for models trained automatically.
     pub compact: bool,
@@ -127,7 +128,7 @@ impl Config {
             flush_interval: Duration::from_secs(1),
             group: None,
             log_level: Level::Info,
-            records_size: 1 << 30,
+            records_size: 64 << 30,
             compact: false,
             train_after: 2_000,
             ready_fd: None,

@@ -10,8 +10,9 @@
 //! * `ring.surp`, the request ring: [`RingHeader`] | [`BoxCtl`] x nboxes | results | box
 //!   data | access hints. Writable by clients (mode 0660). Version [`RING_VERSION`], its own:
 //!   a ring of another version is replaced (drained first), never the segment refused.
-//! * `records.surp`, the record store: [`RecFileHeader`] | [`ChunkCtl`] x nchunks | table log
-//!   | chunks of records. Written only by the daemon. Version [`RECORDS_VERSION`].
+//! * `records.surp`, the record store: [`RecFileHeader`] | [`ChunkCtl`] x max_chunks | table
+//!   log | chunks of records, growing a chunk at a time. Written only by the daemon. Version
+//!   [`RECORDS_VERSION`].
 //! * `surpd.lock`, the daemon's lock (it also holds an flock on `data.surp`).
 //!
 //! Every field is an atomic so that a `&SegHeader` over shared memory is sound even though
@@ -818,7 +819,14 @@ mod tests {
 // ---------------------------------------------------------------- records.surp
 
 pub const REC_MAGIC: u64 = u64::from_le_bytes(*b"SURPREC\x01");
-pub const RECORDS_VERSION: u32 = 1;
+/// Version of the records file. 2: the file grows a chunk at a time (`nchunks` and `size`
+/// change while it serves; the chunk table has room for [`MAX_AREA`] / [`CHUNK`] chunks,
+/// `max_chunks`). Version 1 files (a chunk table for the size they were made with) are read
+/// and served at that size: [`RECORDS_FIXED_VERSION`].
+pub const RECORDS_VERSION: u32 = 2;
+/// The records file version served as it is, without growing (dump and load move its
+/// records to a growing file).
+pub const RECORDS_FIXED_VERSION: u32 = 1;
 pub const CHUNK_SHIFT: u32 = 22;
 pub const CHUNK: u64 = 1 << CHUNK_SHIFT;
 /// Offsets in ids have 36 bits: the chunk area is at most 64 GiB.
@@ -846,7 +854,10 @@ pub struct RecFileHeader {
     pub magic: AtomicU64,
     pub version: AtomicU32,
     pub layout_sig: AtomicU32,
+    /// Bytes of the file in use: `chunks_off + nchunks * CHUNK` (version 2: published with
+    /// `nchunks` after the file was extended; the file may be longer after a crash between).
     pub size: AtomicU64,
+    /// Chunks the file holds (version 2: grows, Release after the file was extended).
     pub nchunks: AtomicU64,
     pub chunk_tab_off: AtomicU64,
     pub tables_off: AtomicU64,
@@ -858,7 +869,12 @@ pub struct RecFileHeader {
     /// 1 = compact codec for models trained automatically.
     pub compact: AtomicU32,
     pub _r0: AtomicU32,
-    pub _pad0: [AtomicU64; 5],
+    /// Room in the chunk table (version 2; the chunk count it can grow to).
+    pub max_chunks: AtomicU64,
+    /// The most bytes the file may grow to (`records_size`, set by each daemon at attach and
+    /// reload; 0 in version 1 files).
+    pub limit: AtomicU64,
+    pub _pad0: [AtomicU64; 3],
     // ---- daemon state (offset 128) ----
     /// End of the published table log (bytes from tables_off).
     pub tables_end: AtomicU64,

@@ -444,9 +444,9 @@ pub fn outcome(req: &Request<'_>, r: Reply, cx: &Context<'_>) -> Result<Reply> {
     };
     Err(match Status::of(r.status) {
         Status::Ok | Status::NotDone => return Ok(r),
-        Status::SegmentFull if req.is_record_op() => Error::SegmentFull(
-            "the records file is full (records_size); see surpdb stats: records_bytes".into(),
-        ),
+        Status::SegmentFull if req.is_record_op() => {
+            Error::SegmentFull(crate::records::full_message(cx.dir))
+        }
         Status::SegmentFull => Error::SegmentFull(format!(
             "no space for key {}: the segment is full under noeviction, or space is pinned by \
              readers (see surpdb stats: items, bytes, heap_capacity)",

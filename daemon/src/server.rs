@@ -174,7 +174,16 @@ impl Daemon {
             RecFile::create(&rp, cfg.records_size, cfg.data_mode, cfg.compact)?;
             log::info(&format!("created records file path={}", rp.display()));
         }
-        let mut recs = RecStore::attach(RecFile::open(&rp, true)?, cfg.train_after)?;
+        let mut recs =
+            RecStore::attach(RecFile::open(&rp, true)?, cfg.train_after, cfg.records_size)?;
+        if !recs.rf.growable {
+            log::warn(&format!(
+                "the records file is version {} and keeps its size ({} chunks); surpdb dump and \
+                 load move its records to a file that grows",
+                crate::layout::RECORDS_FIXED_VERSION,
+                recs.rf.max_chunks
+            ));
+        }
         if !was_clean {
             recs.recount();
             recs.retire_empty();
@@ -536,6 +545,11 @@ impl Daemon {
                         Err(e) => log::error(&format!("reload: cannot grow the segment: {e}")),
                     }
                 }
+                if new.records_size != self.cfg.records_size {
+                    if let Some(r) = self.store.recs.as_mut() {
+                        r.set_limit(new.records_size);
+                    }
+                }
                 log::set_level(new.log_level);
                 self.store.refuse_pickle = !new.pickle;
                 let c = &mut self.cfg;
@@ -546,6 +560,7 @@ impl Daemon {
                     ("flush_interval_ms", c.flush_interval != new.flush_interval),
                     ("log_level", c.log_level != new.log_level),
                     ("pickle", c.pickle != new.pickle),
+                    ("records_size", c.records_size != new.records_size),
                 ];
                 let changed: Vec<&str> = changed.iter().filter(|x| x.1).map(|x| x.0).collect();
                 c.policy = new.policy;
@@ -554,6 +569,7 @@ impl Daemon {
                 c.flush_interval = new.flush_interval;
                 c.log_level = new.log_level;
                 c.pickle = new.pickle;
+                c.records_size = new.records_size;
                 log::info(&format!(
                     "reloaded settings changed=[{}] policy={} durability={:?}",
                     changed.join(","),

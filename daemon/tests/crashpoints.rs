@@ -49,6 +49,8 @@ enum Op {
     Touch(&'static str),
     Clear,
     Insert(usize),
+    /// Insert record `.0` with a blob of `.1` bytes (fills chunks, so the file grows).
+    InsertBig(usize, usize),
     Update(usize, usize),
     Remove(usize),
     Train,
@@ -118,6 +120,15 @@ fn record_value(n: usize) -> Vec<u8> {
     v.extend(str_value(&format!("https://example.org/item/{n}")));
     v.extend(str_value("title"));
     v.extend(str_value(&format!("Record number {n}")));
+    v
+}
+
+fn big_record_value(n: usize, size: usize) -> Vec<u8> {
+    let mut v = vec![value::DICT, 2];
+    v.extend(str_value("n"));
+    v.extend(str_value(&n.to_string()));
+    v.extend(str_value("blob"));
+    v.extend(bytes_value(&vec![(n % 251) as u8; size]));
     v
 }
 
@@ -191,8 +202,12 @@ impl Model {
                 self.zsets.clear();
                 (t(c.send(&Request::clear())), Expect::Status(status::OK))
             }
-            Op::Insert(n) => {
-                let v = record_value(n);
+            Op::Insert(_) | Op::InsertBig(..) => {
+                let v = match *o {
+                    Op::InsertBig(n, size) => big_record_value(n, size),
+                    Op::Insert(n) => record_value(n),
+                    _ => unreachable!(),
+                };
                 let tk = t(c.send(&Request::insert(&v)));
                 self.records.push((0, Some(v)));
                 (tk, Expect::NewRecord(self.records.len() - 1))
@@ -412,6 +427,18 @@ fn scenarios() -> Vec<Scenario> {
             name: "records",
             setup: vec![Op::Insert(0)],
             ops: vec![Op::Insert(1), Op::Update(0, 2), Op::Remove(1)],
+        },
+        Scenario {
+            // The records file's first chunk nearly full, then inserts that need a second
+            // one: the file grows (extended, then the chunk count published), a removal.
+            name: "records-grow",
+            setup: (0..68).map(|i| Op::InsertBig(i, 60_000)).collect(),
+            ops: vec![
+                Op::InsertBig(68, 60_000),
+                Op::InsertBig(69, 60_000),
+                Op::Remove(3),
+                Op::InsertBig(70, 60_000),
+            ],
         },
         Scenario {
             // The heap full of live records (noeviction), the file grown, then writes that

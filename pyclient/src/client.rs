@@ -39,6 +39,8 @@ pub(crate) struct Client {
 
 /// zstd level of compressed values (see benchmarks/compress_bench.py for the choice).
 const COMPRESS_LEVEL: i32 = 3;
+/// Most record ids one `record_ids` call returns.
+const MAX_SCAN_COUNT: usize = 1_000_000;
 
 /// What get_or_set stores on a miss: `default` (called), for `ttl` ms, with `tags`.
 struct Compute<'a, 'py> {
@@ -1597,6 +1599,35 @@ impl Client {
             return Ok(Bound::new(py, Record { buf: out, fields, rid: id })?.into_any());
         }
         self.decode(py, &out)
+    }
+
+    /// Live record ids in storage order, a page at a time: returns `(cursor, ids)`; pass the
+    /// cursor back until it is 0. Like Redis's SCAN, a record live for the whole walk is
+    /// listed once; one inserted or removed meanwhile may be listed or not.
+    #[pyo3(signature = (cursor = 0, count = 1000))]
+    fn record_ids(&self, py: Python<'_>, cursor: u64, count: usize) -> PyResult<(u64, Vec<u64>)> {
+        if !(1..=MAX_SCAN_COUNT).contains(&count) {
+            return Err(PyValueError::new_err(format!(
+                "count {count} is out of range (1 to {MAX_SCAN_COUNT})"
+            )));
+        }
+        let core = &self.core;
+        py.allow_threads(|| core.record_ids(cursor, count)).map_err(to_py_err)
+    }
+
+    /// A live record's stored value encoding (`surpdb dump`; `decode_value_bytes` reads it).
+    /// KeyError as for `record`.
+    fn _record_raw<'py>(
+        &self,
+        py: Python<'py>,
+        rid: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let id = record_id(rid)?;
+        let mut out = Vec::with_capacity(256);
+        match self.core.record(id, &mut out).map_err(to_py_err)? {
+            Ok(()) => Ok(PyBytes::new(py, &out)),
+            Err(why) => Err(PyKeyError::new_err(format!("{why}: {}", rid.repr()?))),
+        }
     }
 
     /// Remove a record. True if it was there.

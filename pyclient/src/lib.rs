@@ -37,6 +37,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let older: Vec<u32> = surpd::layout::FORMATS_UPGRADABLE.iter().map(|v| v.0).collect();
     m.add("FORMATS_UPGRADABLE", older)?;
     m.add("RECORDS_VERSION", surpd::layout::RECORDS_VERSION)?;
+    m.add("RECORDS_FIXED_VERSION", surpd::layout::RECORDS_FIXED_VERSION)?;
     m.add("RING_VERSION", surpd::layout::RING_VERSION)?;
     Ok(())
 }

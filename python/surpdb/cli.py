@@ -27,7 +27,7 @@ _SETTINGS = [
     ("flush_interval_ms", "msync interval for periodic durability"),
     ("group", "group owning the files (clients must be members)"),
     ("log_level", "error, warn, info or debug"),
-    ("records_size", "size of a new records file (sparse), e.g. 1GiB"),
+    ("records_size", "the most the records file grows to (default 64GiB), e.g. 1GiB"),
     ("codec", "record codec of trained models: fast or compact"),
     ("train_after", "train the record codec once this many records exist (0 = never)"),
     ("upstream", "tiered mode: redis://host:port/db (rediss:// for TLS, unix:///path) in front of"),
@@ -246,12 +246,16 @@ def _read_fraction(f: IO[str]) -> Callable[[], float] | None:
 
 
 def _dump(a: argparse.Namespace) -> int:
-    """JSON lines: {"key": str | {"b64": ...}, "value": json} or {"value_b64": native}, "ttl",
-    and "ns" for a key of a namespace other than the default one."""
+    """JSON lines: each cache item as {"key": str | {"b64": ...}, "value": json} or
+    {"value_b64": native}, "ttl", and "ns" for a key of a namespace other than the default
+    one; then each record as {"rid": id, "record": json} or {"record_b64": native}."""
     base = _native.Client(a.dir, 5.0)
     out = open(a.file, "w") if a.file and a.file != "-" else sys.stdout  # noqa: SIM115
-    n = 0
-    total = base.stats()["items"]
+    n = records = 0
+    st = base.stats()
+    total = st["items"]
+    if isinstance(total, int) and isinstance(st.get("records"), int):
+        total += int(st["records"])
     # (Not when the dump itself goes to the same terminal.)
     progress = _Progress(
         "dump", total if isinstance(total, int) else None, enabled=not out.isatty()
@@ -266,12 +270,40 @@ def _dump(a: argparse.Namespace) -> int:
                 progress.update(n)
                 if cursor == 0:
                     break
+        cursor = 0
+        while True:
+            cursor, ids = base.record_ids(cursor, 1000)
+            records += _dump_records(base, ids, out)
+            progress.update(n + records)
+            if cursor == 0:
+                break
     finally:
         progress.close()
         if out is not sys.stdout:
             out.close()
-    print(f"dumped {n} items", file=sys.stderr)
+    also = f" and {records} records" if records else ""
+    print(f"dumped {n} items{also}", file=sys.stderr)
     return 0
+
+
+def _dump_records(c: _native.Client, ids: list[int], out: IO[str]) -> int:
+    import base64
+
+    n = 0
+    for rid in ids:
+        try:
+            raw = c._record_raw(rid)
+        except KeyError:
+            continue  # removed since it was listed
+        value = _native.decode_value_bytes(raw)
+        rec: dict[str, object] = {"rid": rid}
+        if _json_exact(value):
+            rec["record"] = value
+        else:
+            rec["record_b64"] = base64.b64encode(raw).decode()
+        out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        n += 1
+    return n
 
 
 def _dump_items(items: list[tuple[bytes, bytes, int]], ns: str, out: IO[str]) -> int:
@@ -300,32 +332,69 @@ def _dump_items(items: list[tuple[bytes, bytes, int]], ns: str, out: IO[str]) ->
 
 
 def _load(a: argparse.Namespace) -> int:
+    """Store a dump's items (keys keep their names) and records (inserted in the dump's
+    order, under new ids: ids are offsets; ``--id-map`` writes old -> new)."""
     import base64
 
     base = _native.Client(a.dir, 30.0)
     spaces: dict[str, _native.Client] = {"": base}
-    n = 0
-    with open(a.file) as f, _Progress("load", fraction=_read_fraction(f)) as progress:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                ns = rec.get("ns") or ""
-                c = spaces.get(ns) or spaces.setdefault(ns, base.namespace(ns))
-                k = rec["key"]
-                key = base64.b64decode(k["b64"]) if isinstance(k, dict) else k
-                ttl = rec.get("ttl")
-                if "value_b64" in rec:
-                    c._set_raw(key, base64.b64decode(rec["value_b64"]), ttl)
-                else:
-                    c.set(key, rec["value"], ttl=ttl, wait=False)
-            except (KeyError, ValueError, TypeError) as e:
-                raise Error(f"{a.file}:{lineno}: bad dump line: {e}") from e
-            n += 1
-            progress.update(n)
+    n = records = 0
+    batch: list[tuple[int, object]] = []
+    id_map = open(a.id_map, "w") if a.id_map else None  # noqa: SIM115
+
+    def insert_batch() -> None:
+        nonlocal records
+        new_ids = base.insert_many([v for _, v in batch])
+        if id_map is not None:
+            for (old, _), new in zip(batch, new_ids, strict=True):
+                id_map.write(json.dumps({"old": old, "new": new}) + "\n")
+        records += len(batch)
+        batch.clear()
+
+    try:
+        with open(a.file) as f, _Progress("load", fraction=_read_fraction(f)) as progress:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                    if "rid" in rec:
+                        if "record_b64" in rec:
+                            value = _native.decode_value_bytes(base64.b64decode(rec["record_b64"]))
+                        else:
+                            value = rec["record"]
+                        batch.append((int(rec["rid"]), value))
+                        if len(batch) >= 1000:
+                            insert_batch()
+                        progress.update(n + records + len(batch))
+                        continue
+                    ns = rec.get("ns") or ""
+                    c = spaces.get(ns) or spaces.setdefault(ns, base.namespace(ns))
+                    k = rec["key"]
+                    key = base64.b64decode(k["b64"]) if isinstance(k, dict) else k
+                    ttl = rec.get("ttl")
+                    if "value_b64" in rec:
+                        c._set_raw(key, base64.b64decode(rec["value_b64"]), ttl)
+                    else:
+                        c.set(key, rec["value"], ttl=ttl, wait=False)
+                except (KeyError, ValueError, TypeError) as e:
+                    raise Error(f"{a.file}:{lineno}: bad dump line: {e}") from e
+                n += 1
+                progress.update(n + records)
+            if batch:
+                insert_batch()
+    finally:
+        if id_map is not None:
+            id_map.close()
     base.flush()
-    print(f"loaded {n} items", file=sys.stderr)
+    also = f" and {records} records" if records else ""
+    print(f"loaded {n} items{also}", file=sys.stderr)
+    if records and id_map is None:
+        print(
+            "records have new ids (ids are offsets in the records file); "
+            "pass --id-map FILE to write each old id and its new one",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -445,14 +514,19 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_check)
 
-    s = sub.add_parser("dump", help="write every item as JSON lines (backup, migration)")
+    s = sub.add_parser("dump", help="write every item and record as JSON lines (backup, migration)")
     s.add_argument("dir", nargs="?", default=None)
     s.add_argument("-o", "--file", default="-", help="output file (default: stdout)")
     s.set_defaults(func=_dump)
 
-    s = sub.add_parser("load", help="store the items of a dump (through the running daemon)")
+    s = sub.add_parser(
+        "load", help="store the items and records of a dump (through the running daemon)"
+    )
     s.add_argument("dir")
     s.add_argument("file")
+    s.add_argument(
+        "--id-map", default=None, help="write {old, new} JSON lines: each record's new id"
+    )
     s.set_defaults(func=_load)
 
     s = sub.add_parser("resize", help="grow a running store's segment (up to its max_size)")

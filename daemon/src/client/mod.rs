@@ -246,7 +246,16 @@ impl Client {
             }
             if let Ok(rf) = self.records() {
                 let h = rf.hdr();
+                let size = h.size.load(Ordering::Relaxed);
                 v.extend([
+                    // The file grows a chunk at a time up to records_size (a version 1 file
+                    // keeps the size it was made with).
+                    ("records_file_bytes", size),
+                    (
+                        "records_max_bytes",
+                        if rf.growable { h.limit.load(Ordering::Relaxed) } else { size },
+                    ),
+                    ("records_file_version", h.version.load(Ordering::Relaxed) as u64),
                     ("record_model_sample", h.train_sample.load(Ordering::Relaxed)),
                     // Growth retrains at ten times this (or train_after) many records.
                     ("record_model_trained_at", h.trained_live.load(Ordering::Relaxed)),

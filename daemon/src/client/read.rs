@@ -402,6 +402,14 @@ impl Client {
         Ok(Err("no such record (it kept changing while being read)"))
     }
 
+    /// Live record ids in storage order, a page at a time ([`RecFile::scan`]), under a
+    /// reader pin (a chunk is not reused while a pinned scan reads it).
+    pub fn record_ids(&self, cursor: u64, count: usize) -> Result<(u64, Vec<u64>)> {
+        let rf = self.records()?;
+        let _pin = self.pin()?;
+        Ok(rf.scan(cursor, count))
+    }
+
     /// Walk the index from slot `cursor`, handing up to `count` unexpired items to `f` under
     /// one pin; returns the cursor to continue from (0: the end). Keys changed during a scan
     /// may be seen twice or missed (dump and load use it on a quiet store).

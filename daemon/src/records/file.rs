@@ -2,15 +2,22 @@
 
 use super::*;
 
-/// The mapped records file (readers map it read-only, the daemon read-write).
+/// The mapped records file (readers map it read-only, the daemon read-write). The mapping
+/// reserves address space for every chunk the table has room for; only chunks the header
+/// says the file holds (and the file's length confirms) are ever touched.
 pub struct RecFile {
     pub region: Region,
     pub path: PathBuf,
     /// The open file: the daemon allocates its blocks as chunks and the table log fill up
-    /// (the file is sparse, but a store into a hole on a full disk would be a SIGBUS).
+    /// (a store into a hole on a full disk would be a SIGBUS), and extends it a chunk at a
+    /// time.
     file: File,
     pub seed: u64,
-    pub nchunks: u64,
+    /// Room in the chunk table: the most chunks the file can hold (a version 1 file: the
+    /// chunks it was made with).
+    pub max_chunks: u64,
+    /// Version 2: the file grows. A version 1 file keeps its size.
+    pub growable: bool,
     pub chunk_tab_off: u64,
     pub tables_off: u64,
     pub tables_cap: u64,
@@ -18,31 +25,32 @@ pub struct RecFile {
 }
 
 impl RecFile {
-    /// Create `records.surp` of `size` bytes (sparse) if it does not exist.
-    pub fn create(path: &Path, size: u64, mode: u32, compact: bool) -> Result<()> {
-        let tables_cap = (size / 16).clamp(1 << 20, 256 << 20) & !(PAGE - 1);
-        let rest = size.saturating_sub(PAGE + tables_cap);
-        let nchunks = (rest / (CHUNK + 32)).min(MAX_AREA / CHUNK);
-        if nchunks < 2 {
+    /// Create `records.surp` if it does not exist: a header, a chunk table with room for
+    /// every chunk an id can address, and a table log sized from `limit` (the most the file
+    /// may grow to: `records_size`); no chunk yet (the daemon adds them as records come).
+    pub fn create(path: &Path, limit: u64, mode: u32, compact: bool) -> Result<()> {
+        let tables_cap = (limit / 16).clamp(1 << 20, 256 << 20) & !(PAGE - 1);
+        let max_chunks = MAX_AREA / CHUNK;
+        let chunk_tab_off = PAGE;
+        let tables_off = (chunk_tab_off + max_chunks * 32).div_ceil(PAGE) * PAGE;
+        let chunks_off = (tables_off + tables_cap).div_ceil(CHUNK) * CHUNK;
+        if limit < chunks_off + 2 * CHUNK {
             return Err(Error::Config(format!(
-                "records_size {size} is too small: at least {} bytes",
-                PAGE + (1 << 20) + 3 * CHUNK
+                "records_size {limit} is too small: at least {} bytes",
+                chunks_off + 2 * CHUNK
             )));
         }
-        let chunk_tab_off = PAGE;
-        let tables_off = (chunk_tab_off + nchunks * 32).div_ceil(PAGE) * PAGE;
-        let chunks_off = (tables_off + tables_cap).div_ceil(CHUNK) * CHUNK;
-        let total = chunks_off + nchunks * CHUNK;
-        let nf = shm::NewFile::create(path, mode, total)?;
-        // The header, the chunk table and the start of the table log now; chunks and the
-        // rest of the log as they come into use (RecFile::allocate).
-        nf.allocate(0, (tables_off + TABLES_STEP.min(tables_cap)).min(total))?;
+        let nf = shm::NewFile::create(path, mode, chunks_off)?;
+        // The header, the chunk table and the start of the table log now; the rest of the
+        // log as it comes into use, chunks as the file grows (RecFile::allocate, grow).
+        nf.allocate(0, tables_off + TABLES_STEP.min(tables_cap))?;
         let region = &nf.region;
         let h: &RecFileHeader = region.get(0);
         h.version.store(RECORDS_VERSION, Ordering::Relaxed);
         h.layout_sig.store(REC_LAYOUT_SIG, Ordering::Relaxed);
-        h.size.store(total, Ordering::Relaxed);
-        h.nchunks.store(nchunks, Ordering::Relaxed);
+        h.size.store(chunks_off, Ordering::Relaxed);
+        h.nchunks.store(0, Ordering::Relaxed);
+        h.max_chunks.store(max_chunks, Ordering::Relaxed);
         h.chunk_tab_off.store(chunk_tab_off, Ordering::Relaxed);
         h.tables_off.store(tables_off, Ordering::Relaxed);
         h.tables_cap.store(tables_cap, Ordering::Relaxed);
@@ -66,43 +74,99 @@ impl RecFile {
         if len < PAGE {
             return Err(Error::Incompatible(format!("{} is too short", path.display())));
         }
-        let region = if writable { Region::map_rw(&f) } else { Region::map_ro(&f) }
+        // The header page alone first: the geometry says how much to reserve.
+        let head = Region::map_ro_reserving(&f, PAGE)
             .map_err(|e| Error::io(format!("cannot map {}", path.display()), e))?;
-        let h: &RecFileHeader = region.get(0);
+        let h: &RecFileHeader = head.get(0);
         let (magic, ver, sig) = (
             h.magic.load(Ordering::Acquire),
             h.version.load(Ordering::Relaxed),
             h.layout_sig.load(Ordering::Relaxed),
         );
-        if magic != REC_MAGIC || ver != RECORDS_VERSION || sig != REC_LAYOUT_SIG {
+        let known = ver == RECORDS_VERSION || ver == RECORDS_FIXED_VERSION;
+        if magic != REC_MAGIC || !known || sig != REC_LAYOUT_SIG {
             return Err(Error::Incompatible(format!(
                 "{} is not a records file this surpdb reads (version {ver}, layout {sig:#x}; \
-                 expected {RECORDS_VERSION}, {REC_LAYOUT_SIG:#x})",
+                 expected {RECORDS_VERSION} or {RECORDS_FIXED_VERSION}, {REC_LAYOUT_SIG:#x})",
                 path.display()
             )));
         }
+        let growable = ver == RECORDS_VERSION;
         let size = h.size.load(Ordering::Relaxed);
-        let rf = RecFile {
-            file: f.try_clone().map_err(|e| Error::io("cannot keep the records file open", e))?,
-            seed: h.seed.load(Ordering::Relaxed),
-            nchunks: h.nchunks.load(Ordering::Relaxed),
-            chunk_tab_off: h.chunk_tab_off.load(Ordering::Relaxed),
-            tables_off: h.tables_off.load(Ordering::Relaxed),
-            tables_cap: h.tables_cap.load(Ordering::Relaxed),
-            chunks_off: h.chunks_off.load(Ordering::Relaxed),
+        let nchunks = h.nchunks.load(Ordering::Acquire);
+        let max_chunks = if growable { h.max_chunks.load(Ordering::Relaxed) } else { nchunks };
+        let (chunk_tab_off, tables_off, tables_cap, chunks_off) = (
+            h.chunk_tab_off.load(Ordering::Relaxed),
+            h.tables_off.load(Ordering::Relaxed),
+            h.tables_cap.load(Ordering::Relaxed),
+            h.chunks_off.load(Ordering::Relaxed),
+        );
+        let seed = h.seed.load(Ordering::Relaxed);
+        drop(head);
+        let reserve = chunks_off.checked_add(max_chunks.saturating_mul(CHUNK));
+        let ok = chunk_tab_off == PAGE
+            && max_chunks <= MAX_AREA / CHUNK
+            && nchunks <= max_chunks
+            && tables_off >= chunk_tab_off + max_chunks * 32
+            && tables_off % PAGE == 0
+            && chunks_off >= tables_off.saturating_add(tables_cap)
+            && chunks_off % CHUNK == 0
+            && chunks_off.checked_add(nchunks * CHUNK) == Some(size)
+            // A growing file may be longer than its published size (a crash after the file
+            // was extended, before the size was published); a fixed one is exactly it.
+            && if growable { size <= len } else { size == len };
+        let Some(reserve) = reserve.filter(|_| ok) else {
+            return Err(Error::Corrupted(format!("{}: bad records header", path.display())));
+        };
+        let region = if writable {
+            Region::map_rw_reserving(&f, reserve)
+        } else {
+            Region::map_ro_reserving(&f, reserve)
+        }
+        .map_err(|e| Error::io(format!("cannot map {}", path.display()), e))?;
+        Ok(RecFile {
+            file: f,
+            seed,
+            max_chunks,
+            growable,
+            chunk_tab_off,
+            tables_off,
+            tables_cap,
+            chunks_off,
             region,
             path: path.to_path_buf(),
-        };
-        let ok = size == len
-            && rf.chunk_tab_off == PAGE
-            && rf.nchunks <= MAX_AREA / CHUNK
-            && rf.tables_off >= rf.chunk_tab_off + rf.nchunks * 32
-            && rf.chunks_off >= rf.tables_off + rf.tables_cap
-            && rf.chunks_off.checked_add(rf.nchunks * CHUNK) == Some(len);
-        if !ok {
-            return Err(Error::Corrupted(format!("{}: bad records header", path.display())));
+        })
+    }
+
+    /// Chunks the file holds now. A reader that finds more than it last mapped accepts
+    /// accesses up to them, but never past the file's real length (a page past the end of a
+    /// file is a SIGBUS, whatever the header says).
+    pub fn nchunks(&self) -> u64 {
+        let n = self.hdr().nchunks.load(Ordering::Acquire).min(self.max_chunks);
+        let end = self.chunks_off + n * CHUNK;
+        if end <= self.region.len() {
+            return n;
         }
-        Ok(rf)
+        let flen = self.file.metadata().map(|m| m.len()).unwrap_or(0);
+        let valid = self.region.grow_valid(end.min(flen));
+        n.min(valid.saturating_sub(self.chunks_off) / CHUNK)
+    }
+
+    /// Add one chunk to a growing file (the daemon, when no chunk is free): extend the file
+    /// and give the chunk its blocks, then publish the new count (Release) so that a reader
+    /// who sees the chunk sees a file that holds it. A crash in between leaves a longer file
+    /// than the header says, which the next daemon extends over. Returns the new chunk.
+    pub fn grow(&self) -> Result<u64> {
+        let h = self.hdr();
+        let n = h.nchunks.load(Ordering::Relaxed);
+        debug_assert!(self.growable && n < self.max_chunks);
+        self.allocate(self.chunks_off + n * CHUNK, CHUNK)?;
+        crate::crash::point("records file extended");
+        let end = self.chunks_off + (n + 1) * CHUNK;
+        self.region.grow_valid(end);
+        h.size.store(end, Ordering::Relaxed);
+        h.nchunks.store(n + 1, Ordering::Release);
+        Ok(n)
     }
 
     pub fn hdr(&self) -> &RecFileHeader {
@@ -127,9 +191,22 @@ impl RecFile {
     /// The payload of a live record, its chunk's model (index + 1, 0 = plain) and the
     /// reason when there is none. The caller holds a reader pin.
     pub fn lookup(&self, rid: u64) -> std::result::Result<(&[u8], u32), &'static str> {
+        let (payload, ctl, at) = self.record_at(rid)?;
+        // The live bit is read last (Acquire): a remove before this point is seen.
+        let live = self.region.get::<AtomicU8>(at).load(Ordering::Acquire) & LIVE != 0;
+        if !live {
+            return Err("no such record (removed)");
+        }
+        Ok((payload, ctl.model.load(Ordering::Relaxed)))
+    }
+
+    /// Record `rid`, live or removed, if its chunk is in use with the id's generation and a
+    /// header at its offset, within the chunk's fill, frames a payload its check matches:
+    /// the payload, the chunk, and the offset of the header in the file.
+    fn record_at(&self, rid: u64) -> std::result::Result<(&[u8], &ChunkCtl, u64), &'static str> {
         let (off, gen, check) = (rid >> 28, ((rid >> 20) & 0xff) as u32, (rid & 0xfffff) as u32);
         let chunk = off >> CHUNK_SHIFT;
-        if chunk >= self.nchunks {
+        if chunk >= self.nchunks() {
             return Err("no such record id");
         }
         let ctl = self.ctl(chunk);
@@ -145,19 +222,14 @@ impl RecFile {
         if inner >= fill.min(CHUNK) {
             return Err("no such record id");
         }
-        let base = self.chunks_off + chunk * CHUNK;
-        let avail = self.region.slice(base + inner, fill - inner).ok_or("no such record id")?;
+        let at = self.chunks_off + chunk * CHUNK + inner;
+        let avail = self.region.slice(at, fill - inner).ok_or("no such record id")?;
         let (_, hl, len) = parse_header(avail).ok_or("no such record id")?;
         let payload = avail.get(hl..hl + len).ok_or("no such record id")?;
         if check_of(self.seed, off, gen, payload) != check {
             return Err("no such record id");
         }
-        // The live bit is read last (Acquire): a remove before this point is seen.
-        let live = self.region.get::<AtomicU8>(base + inner).load(Ordering::Acquire) & LIVE != 0;
-        if !live {
-            return Err("no such record (removed)");
-        }
-        Ok((payload, ctl.model.load(Ordering::Relaxed)))
+        Ok((payload, ctl, at))
     }
 
     /// Verify the file (`surpdb check`): the table log parses, every record in a chunk in
@@ -172,7 +244,7 @@ impl RecFile {
         }
         let (mut live, mut live_bytes, mut used) = (0u64, 0u64, 0u64);
         let mut buf = Vec::new();
-        for c in 0..self.nchunks {
+        for c in 0..self.nchunks() {
             let ctl = self.ctl(c);
             let st = ctl.state.load(Ordering::Relaxed);
             if st != C_ACTIVE && st != C_FULL {
@@ -234,33 +306,80 @@ impl RecFile {
         (live, live_bytes)
     }
 
-    /// Every live record id, in storage order (dumps, training samples). Safe beside the
-    /// daemon appending (fills are read with Acquire; a record removed meanwhile may be
-    /// listed, and then fails its lookup).
+    /// Every live record id, in storage order, up to `limit` (training samples). Safe beside
+    /// the daemon appending (see [`RecFile::scan`]).
     pub fn ids(&self, limit: usize) -> Vec<u64> {
         let mut v = Vec::new();
-        for c in 0..self.nchunks {
+        let mut cursor = 0;
+        loop {
+            let (next, got) = self.scan(cursor, (limit - v.len()).min(1 << 16));
+            v.extend(got);
+            if next == 0 || v.len() >= limit {
+                return v;
+            }
+            cursor = next;
+        }
+    }
+
+    /// Live record ids in storage order from `cursor` (0: the start), at most `count` (at
+    /// least one), and the cursor to go on from (0: done). Like Redis's SCAN: a record live
+    /// for the whole scan is listed once; one inserted or removed meanwhile may be listed or
+    /// not. The cursor is the id of the next record to look at, plus one: it resumes only if
+    /// that record's header and check still hold (removed or not), else at the next chunk,
+    /// whose records the lost one's chunk, reused since, no longer holds. So a forged cursor
+    /// never starts a parse inside a record. Records of a chunk reused while it is read are
+    /// dropped (its generation is read again after). Safe beside the daemon appending.
+    pub fn scan(&self, cursor: u64, count: usize) -> (u64, Vec<u64>) {
+        let count = count.max(1);
+        let mut v = Vec::new();
+        let n = self.nchunks();
+        let (mut c, mut inner) = (0, 0);
+        if cursor != 0 {
+            let rid = cursor - 1;
+            let off = rid >> 28;
+            c = off >> CHUNK_SHIFT;
+            if self.record_at(rid).is_ok() {
+                inner = off & (CHUNK - 1);
+            } else {
+                c += 1;
+            }
+        }
+        while c < n {
             let ctl = self.ctl(c);
             let st = ctl.state.load(Ordering::Acquire);
             if st != C_ACTIVE && st != C_FULL {
+                (c, inner) = (c + 1, 0);
                 continue;
             }
             let gen = ctl.gen.load(Ordering::Relaxed);
             let fill = (ctl.fill.load(Ordering::Acquire) as u64).min(CHUNK);
             let base = self.chunks_off + c * CHUNK;
             let data = self.region.slice(base, fill).unwrap_or_default();
-            let mut p = 0usize;
-            while (p as u64) < fill && v.len() < limit {
+            let (mut p, mut got, mut next) = (inner as usize, Vec::new(), 0);
+            while (p as u64) < fill {
                 let Some((live, hl, len)) = parse_header(&data[p..]) else { break };
                 let Some(payload) = data.get(p + hl..p + hl + len) else { break };
                 if live {
                     let off = c * CHUNK + p as u64;
-                    v.push(make_id(off, gen, check_of(self.seed, off, gen & 0xff, payload)));
+                    let rid = make_id(off, gen, check_of(self.seed, off, gen & 0xff, payload));
+                    if v.len() + got.len() == count {
+                        next = rid + 1;
+                        break;
+                    }
+                    got.push(rid);
                 }
                 p += hl + len;
             }
+            std::sync::atomic::fence(Ordering::Acquire);
+            if ctl.gen.load(Ordering::Relaxed) == gen {
+                v.extend(got);
+            }
+            if next != 0 {
+                return (next, v);
+            }
+            (c, inner) = (c + 1, 0);
         }
-        v
+        (0, v)
     }
 
     pub(super) fn tables_bytes(&self, from: u64, to: u64) -> Option<&[u8]> {
@@ -274,8 +393,37 @@ impl RecFile {
     pub fn bytes_used(&self) -> u64 {
         let h = self.hdr();
         self.chunk_tab_off
-            + self.nchunks * 32
+            + self.max_chunks * 32
             + h.tables_end.load(Ordering::Relaxed)
             + h.used_bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// Why the records file takes no more records, with its numbers (the daemon's log, and the
+/// client's SegmentFull error, which reads the file's header).
+pub fn full_message_for(rf: &RecFile) -> String {
+    let n = rf.nchunks();
+    let bytes = rf.chunks_off + n * CHUNK;
+    if rf.growable {
+        format!(
+            "the records file is full: {n} chunks of {} MiB ({bytes} bytes) reach its limit \
+             of {} bytes (records_size; raise it in the config and reload or restart)",
+            CHUNK >> 20,
+            rf.hdr().limit.load(Ordering::Relaxed)
+        )
+    } else {
+        format!(
+            "the records file is full: a version {RECORDS_FIXED_VERSION} records file keeps \
+             the {n} chunks ({bytes} bytes) it was made with; `surpdb dump` and `surpdb load` \
+             move its records to a file that grows"
+        )
+    }
+}
+
+/// [`full_message_for`] the records file of data directory `dir`.
+pub fn full_message(dir: &Path) -> String {
+    match RecFile::open(&records_path(dir), false) {
+        Ok(rf) => full_message_for(&rf),
+        Err(e) => format!("the records file is full ({e})"),
     }
 }

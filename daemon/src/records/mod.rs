@@ -3,6 +3,12 @@
 //! ```text
 //! header (4 KiB) | chunk table (32 B per chunk) | table log | chunk 0 | chunk 1 | ...
 //! ```
+//! - **Growth** (version 2): the chunk table has room for every chunk an id can address
+//!   (64 GiB); the file holds `nchunks` of them and grows by one, up to `records_size`,
+//!   when none is free. The daemon extends the file and allocates the chunk's blocks before
+//!   it publishes the count (Release); readers map the whole reserved range once and accept
+//!   a chunk only below the count they read and the file's length. A version 1 file has a
+//!   chunk table for the chunks it was made with, and keeps that size.
 //! - **Chunks** (4 MiB) are filled by appending; a record is `len-header payload` where the
 //!   header's first byte has a live bit (cleared by `remove`, the only in-place change), an
 //!   extension bit and 6 bits of length (longer lengths continue as a varint). A chunk's
@@ -41,7 +47,7 @@ use crate::value::{put_varint, Reader};
 mod file;
 mod store;
 mod tables;
-pub use file::RecFile;
+pub use file::{full_message, full_message_for, RecFile};
 pub use store::*;
 pub use tables::{decode_payload, LogTables};
 
@@ -53,8 +59,8 @@ const EXT: u8 = REC_EXT;
 pub use crate::layout::files::records_path;
 pub use crate::layout::{
     ChunkCtl, RecFileHeader, CHUNK, CHUNK_SHIFT, C_ACTIVE, C_FREE, C_FULL, C_RETIRED, MAX_AREA,
-    MAX_RECORD, RECORDS_VERSION, REC_EXT, REC_LAYOUT_SIG, REC_LIVE, REC_MAGIC, T_DOMAIN, T_FIELD,
-    T_MODEL,
+    MAX_RECORD, RECORDS_FIXED_VERSION, RECORDS_VERSION, REC_EXT, REC_LAYOUT_SIG, REC_LIVE,
+    REC_MAGIC, T_DOMAIN, T_FIELD, T_MODEL,
 };
 
 /// Pack an id.

@@ -57,6 +57,9 @@ pub struct RecStore {
     worse_before: bool,
     /// `inserted` when the current model was installed.
     inserted_at_model: u64,
+    /// The most chunks the file may grow to (from `records_size`; a version 1 file: the
+    /// chunks it has).
+    pub limit_chunks: u64,
     /// The training running in the background, and TRAIN requests waiting for their turn.
     pub job: Option<TrainJob>,
     pub waiting: std::collections::VecDeque<(bool, TrainRequest)>,
@@ -141,7 +144,7 @@ pub struct Inserted {
 }
 
 impl RecStore {
-    pub fn attach(rf: RecFile, train_after: u64) -> Result<RecStore> {
+    pub fn attach(rf: RecFile, train_after: u64, limit: u64) -> Result<RecStore> {
         let mut tables = LogTables::default();
         tables.refresh(&rf)?;
         // Blocks for what the daemon stores into (a file made before allocation was done as
@@ -151,12 +154,13 @@ impl RecStore {
         let log_end = ((end / TABLES_STEP + 1) * TABLES_STEP).min(rf.tables_cap);
         rf.allocate(0, rf.tables_off + log_end)?;
         let active = rf.hdr().active.load(Ordering::Relaxed);
-        if active > 0 && active <= rf.nchunks {
+        let nchunks = rf.nchunks();
+        if active > 0 && active <= nchunks {
             rf.allocate_chunk(active - 1)?;
         }
         // Retired chunks waiting for readers when the last daemon stopped: wait again (the
         // reclaim pass stamps them with the current epoch).
-        let retired = (0..rf.nchunks)
+        let retired = (0..nchunks)
             .filter(|&c| rf.ctl(c).state.load(Ordering::Relaxed) == C_RETIRED)
             .map(|c| (c, 0))
             .collect();
@@ -170,7 +174,7 @@ impl RecStore {
             rf.hdr().baseline_bpr_milli.load(Ordering::Relaxed)
         };
         let inserted_at_model = rf.hdr().inserted.load(Ordering::Relaxed);
-        Ok(RecStore {
+        let mut st = RecStore {
             rf,
             tables,
             enc: RecordEncoder::new(),
@@ -184,9 +188,26 @@ impl RecStore {
             drifted: false,
             worse_before: false,
             inserted_at_model,
+            limit_chunks: 0,
             job: None,
             waiting: Default::default(),
-        })
+        };
+        st.set_limit(limit);
+        Ok(st)
+    }
+
+    /// The most bytes the file may grow to (`records_size`, at attach and at a reload). A
+    /// limit below what the file holds stops its growth; nothing is removed.
+    pub fn set_limit(&mut self, limit: u64) {
+        let rf = &self.rf;
+        self.limit_chunks = if rf.growable {
+            (limit.saturating_sub(rf.chunks_off) / CHUNK).min(rf.max_chunks)
+        } else {
+            rf.max_chunks
+        };
+        if rf.growable {
+            rf.hdr().limit.store(rf.chunks_off + self.limit_chunks * CHUNK, Ordering::Relaxed);
+        }
     }
 
     /// Keep one sample record sent for the next training (see [`Reservoir`]). Returns how
@@ -370,7 +391,7 @@ impl RecStore {
     /// Recount the header's counters from the chunks (after an unclean stop).
     pub fn recount(&self) {
         let (mut live, mut live_bytes, mut used) = (0u64, 0u64, 0u64);
-        for c in 0..self.rf.nchunks {
+        for c in 0..self.rf.nchunks() {
             let ctl = self.rf.ctl(c);
             let st = ctl.state.load(Ordering::Relaxed);
             if st != C_ACTIVE && st != C_FULL {
@@ -402,7 +423,7 @@ impl RecStore {
     /// Retire full chunks left without live records (a stop between the last remove and the
     /// retirement). Call after [`RecStore::recount`].
     pub fn retire_empty(&mut self) {
-        for c in 0..self.rf.nchunks {
+        for c in 0..self.rf.nchunks() {
             self.maybe_retire(c);
         }
     }
@@ -480,14 +501,12 @@ impl RecStore {
             crate::crash::point("chunk full");
             self.maybe_retire(a - 1);
         }
-        let free =
-            (0..self.rf.nchunks).find(|&c| self.rf.ctl(c).state.load(Ordering::Relaxed) == C_FREE);
-        let Some(c) = free else {
-            return Err(Error::SegmentFull(format!(
-                "the records file is full: {} chunks of {} MiB in use (records_size)",
-                self.rf.nchunks,
-                CHUNK >> 20
-            )));
+        let n = self.rf.nchunks();
+        let free = (0..n).find(|&c| self.rf.ctl(c).state.load(Ordering::Relaxed) == C_FREE);
+        let c = match free {
+            Some(c) => c,
+            None if self.rf.growable && n < self.limit_chunks => self.rf.grow()?,
+            None => return Err(Error::SegmentFull(full_message_for(&self.rf))),
         };
         let ctl = self.rf.ctl(c);
         self.rf.allocate_chunk(c)?;
