@@ -413,6 +413,24 @@ impl Daemon {
             log::warn("a client set the request ring's retired word; cleared");
             self.ring.hdr().retired.store(0, Ordering::Release);
         }
+        // The words that say a daemon serves the ring and what the file is: a group member
+        // who overwrote them would make clients think no daemon runs (they stop waiting for
+        // a box) and refuse to attach. Restored at each pass.
+        let rh = self.ring.hdr();
+        let me = shm::getpid();
+        let words_ok = rh.magic.load(Ordering::Relaxed) == crate::layout::RING_MAGIC
+            && rh.format_version.load(Ordering::Relaxed) == crate::layout::RING_VERSION
+            && rh.layout_sig.load(Ordering::Relaxed) == crate::layout::LAYOUT_SIG
+            && rh.daemon_pid.load(Ordering::Relaxed) == me
+            && rh.ready.load(Ordering::Relaxed) == 1;
+        if !words_ok {
+            log::warn("a client overwrote the request ring's header words; restored");
+            rh.format_version.store(crate::layout::RING_VERSION, Ordering::Relaxed);
+            rh.layout_sig.store(crate::layout::LAYOUT_SIG, Ordering::Relaxed);
+            rh.daemon_pid.store(me, Ordering::Relaxed);
+            rh.ready.store(1, Ordering::Release);
+            rh.magic.store(crate::layout::RING_MAGIC, Ordering::Release);
+        }
         self.store.heap.retired_rings.retain(|(path, old)| {
             let owned = (0..old.nboxes).any(|b| {
                 old.reap(b);

@@ -320,7 +320,10 @@ pub fn futex_wake(word: &AtomicU32, n: i32) {
 /// then existence alone decides). A recycled pid with another start time is not alive, nor
 /// is a zombie (it has exited; only its parent has not collected it yet).
 pub fn process_alive(pid: u32, start: u64) -> bool {
-    if pid == 0 {
+    // Past Linux's largest pid (2^22) it names no process; and as a negative pid_t, kill()
+    // would check a process group (-1: every process) and call the word alive: garbage
+    // owner words such as 0xfffffffe held a ring box forever.
+    if pid == 0 || pid > 1 << 22 {
         return false;
     }
     // SAFETY: kill with signal 0 only checks existence and permission.
@@ -735,6 +738,12 @@ mod tests {
         assert!(process_alive(pid, start));
         assert!(!process_alive(pid, start + 1), "other start time means recycled pid");
         assert!(!process_alive(0, 0));
+        // A word that, as a pid_t, is minus this process's group: kill() would check the
+        // group (alive) and /proc has no such pid. Before: alive.
+        // SAFETY: getpgrp has no preconditions.
+        let group = unsafe { libc::getpgrp() };
+        assert!(!process_alive((-group) as u32, 0));
+        assert!(!process_alive(u32::MAX, 0), "kill(-1) is every process");
     }
 
     pub(crate) fn tempfile_with(len: u64) -> File {

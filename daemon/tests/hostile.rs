@@ -114,6 +114,8 @@ fn random_writes_into_the_ring_never_hang_or_mislead_honest_clients() {
     let dir = shm_dir("hostile");
     let mut d = Surpd::start(&dir, ARGS, &[]).unwrap();
     let survivor = Client::connect(&dir, Duration::from_secs(2)).unwrap();
+    // Opened before the attack, to say who holds the boxes if writes fail after it.
+    let watch = surpd::ring::Ring::open(&dir.join("ring.surp")).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let data_too = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(Seen::default());
@@ -189,9 +191,30 @@ fn random_writes_into_the_ring_never_hang_or_mislead_honest_clients() {
         }
         stored += matches!(r, Ok(r) if r.status == status::OK) as u32;
     }
+    // Who holds the boxes, if the writes failed (the header may be trampled too).
+    let ring = &watch;
+    let boxes = match stored {
+        195.. => String::new(),
+        _ => (0..ring.nboxes)
+            .map(|b| {
+                let c = ring.ctl(b);
+                format!(
+                    "box {b}: owner {} start {} active {} poisoned {} tail {} head {} me {}",
+                    c.owner_pid.load(Ordering::Relaxed),
+                    c.owner_start.load(Ordering::Relaxed),
+                    c.active.load(Ordering::Relaxed),
+                    c.poisoned.load(Ordering::Relaxed),
+                    c.tail.load(Ordering::Relaxed),
+                    c.head.load(Ordering::Relaxed),
+                    std::process::id(),
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+    };
     assert!(
         stored >= 195,
-        "after the attack, only {stored} of 200 writes went through: {failures:?}\n{}",
+        "after the attack, only {stored} of 200 writes went through: {failures:?}\n{boxes}\n{}",
         d.log()
     );
     eprintln!("survivor done at {:?}", start.elapsed());
@@ -248,6 +271,56 @@ fn forged_owner_words_do_not_hold_boxes_forever() {
     assert!(start.elapsed() < Duration::from_secs(5));
     drop(c);
     let log = d.stop();
+    assert!(!log.contains("panicked"), "{log}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn overwritten_ring_header_words_do_not_make_clients_give_up() {
+    // Before: a client whose box was poisoned looked for a new one only while the ring's
+    // `ready` and `daemon_pid` words said a daemon serves it; a group member who overwrote
+    // them (the hostile test above did, about one run in ten) made every claim fail at once,
+    // and nothing restored them. Now the daemon restores them at each housekeeping pass, and
+    // a claim waits longer than one pass before it believes them. Owner words past the
+    // largest pid (0xffffffff is kill()'s "every process") count as dead.
+    let dir = shm_dir("hostile-header");
+    let args =
+        ["--size", "8MiB", "--max-value", "64KiB", "--max-clients", "4", "--log-level", "warn"];
+    let d = Surpd::start(&dir, &args, &[]).unwrap();
+    let c = Client::connect(&dir, Duration::from_secs(5)).unwrap();
+    let v = bytes_value(b"before");
+    assert_eq!(c.send(&Request::set(b"k", &v, 0)).and_then(|t| c.wait(t)).unwrap().status, 0);
+    let ring = surpd::ring::Ring::open(&dir.join("ring.surp")).unwrap();
+    for b in 0..ring.nboxes {
+        let ctl = ring.ctl(b);
+        if ctl.owner_pid.load(Ordering::Relaxed) == 0 {
+            // Boxes this process released: free at the daemon's next pass, not before.
+            let me = std::process::id();
+            ctl.owner_pid.store(me, Ordering::Release);
+            ctl.owner_start.store(surpd::shm::process_start_time(me).unwrap(), Ordering::Relaxed);
+            ctl.active.store(surpd::ring::BOX_RELEASED, Ordering::Release);
+        } else {
+            ctl.poisoned.store(1, Ordering::Release); // the client's own box
+        }
+    }
+    let h = ring.hdr();
+    h.ready.store(0, Ordering::Release);
+    h.daemon_pid.store(0, Ordering::Release);
+    h.magic.store(0, Ordering::Release);
+    let start = Instant::now();
+    let v = bytes_value(b"after");
+    let r = c.send(&Request::set(b"k", &v, 0)).and_then(|t| c.wait(t));
+    assert!(matches!(r, Ok(ref r) if r.status == status::OK), "{r:?} after {:?}", start.elapsed());
+    while h.magic.load(Ordering::Acquire) != surpd::layout::RING_MAGIC {
+        assert!(start.elapsed() < Duration::from_secs(10), "the header was never restored");
+        std::hint::spin_loop();
+    }
+    // A new client attaches again (the header is whole).
+    let c2 = Client::connect(&dir, Duration::from_secs(5)).unwrap();
+    assert_eq!(c2.send(&Request::set(b"k2", &v, 0)).and_then(|t| c2.wait(t)).unwrap().status, 0);
+    drop((c, c2));
+    let log = d.stop();
+    assert!(log.contains("overwrote the request ring's header words; restored"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
