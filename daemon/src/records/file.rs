@@ -29,7 +29,9 @@ impl RecFile {
     /// every chunk an id can address, and a table log sized from `limit` (the most the file
     /// may grow to: `records_size`); no chunk yet (the daemon adds them as records come).
     pub fn create(path: &Path, limit: u64, mode: u32, compact: bool) -> Result<()> {
-        let tables_cap = (limit / 16).clamp(1 << 20, 256 << 20) & !(PAGE - 1);
+        // Room for field names, URL domains and models: a sixteenth of the limit, from 1 to
+        // 64 MiB (sparse; what a 1 GiB version 1 file had).
+        let tables_cap = (limit / 16).clamp(1 << 20, 64 << 20) & !(PAGE - 1);
         let max_chunks = MAX_AREA / CHUNK;
         let chunk_tab_off = PAGE;
         let tables_off = (chunk_tab_off + max_chunks * 32).div_ceil(PAGE) * PAGE;
