@@ -186,8 +186,8 @@ impl Daemon {
         }
         if !was_clean {
             recs.recount();
-            recs.retire_empty();
         }
+        recs.retire_empty();
         set_owner_mode(&rp, gid, cfg.data_mode)?;
         store.recs = Some(recs);
         let h = store.seg.hdr();

@@ -339,16 +339,36 @@ def _load(a: argparse.Namespace) -> int:
     base = _native.Client(a.dir, 30.0)
     spaces: dict[str, _native.Client] = {"": base}
     n = records = 0
-    batch: list[tuple[int, object]] = []
+    batch: list[tuple[int, int, object]] = []  # (line, old id, record)
     id_map = open(a.id_map, "w") if a.id_map else None  # noqa: SIM115
 
     def insert_batch() -> None:
+        """Insert the records waiting; on a failure, map what was stored and name the
+        line of the first record that was not."""
         nonlocal records
-        new_ids = base.insert_many([v for _, v in batch])
-        if id_map is not None:
-            for (old, _), new in zip(batch, new_ids, strict=True):
-                id_map.write(json.dumps({"old": old, "new": new}) + "\n")
-        records += len(batch)
+        if not batch:
+            return
+        try:
+            new_ids: list[int | None] = list(base.insert_many([r for _, _, r in batch]))
+            failure = None
+        except Exception as e:  # noqa: BLE001 (re-raised below, with its line)
+            stored = getattr(e, "ids", None)
+            new_ids = list(stored) if stored is not None else [None] * len(batch)
+            failure = e
+        for (_, old, _), new in zip(batch, new_ids):  # noqa: B905 (ids may be short)
+            if new is not None:
+                records += 1
+                if id_map is not None:
+                    id_map.write(json.dumps({"old": old, "new": new}) + "\n")
+        if failure is not None:
+            gaps = (ln for (ln, _, _), new in zip(batch, new_ids) if new is None)  # noqa: B905
+            line = next(gaps, batch[0][0])
+            batch.clear()
+            raise Error(
+                f"{a.file}:{line}: record not stored: "
+                f"{type(failure).__name__}: {failure}; everything before this line was "
+                "stored (a second load stores those records again)"
+            ) from failure
         batch.clear()
 
     try:
@@ -363,7 +383,7 @@ def _load(a: argparse.Namespace) -> int:
                             value = _native.decode_value_bytes(base64.b64decode(rec["record_b64"]))
                         else:
                             value = rec["record"]
-                        batch.append((int(rec["rid"]), value))
+                        batch.append((lineno, int(rec["rid"]), value))
                         if len(batch) >= 1000:
                             insert_batch()
                         progress.update(n + records + len(batch))
@@ -378,11 +398,15 @@ def _load(a: argparse.Namespace) -> int:
                     else:
                         c.set(key, rec["value"], ttl=ttl, wait=False)
                 except (KeyError, ValueError, TypeError) as e:
-                    raise Error(f"{a.file}:{lineno}: bad dump line: {e}") from e
+                    # What came before this line is stored, records included, then the load
+                    # stops here.
+                    insert_batch()
+                    raise Error(
+                        f"{a.file}:{lineno}: bad dump line: {e}; everything before it was stored"
+                    ) from e
                 n += 1
                 progress.update(n + records)
-            if batch:
-                insert_batch()
+            insert_batch()
     finally:
         if id_map is not None:
             id_map.close()

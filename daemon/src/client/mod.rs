@@ -246,7 +246,11 @@ impl Client {
             }
             if let Ok(rf) = self.records() {
                 let h = rf.hdr();
-                let size = h.size.load(Ordering::Relaxed);
+                let size = if rf.growable {
+                    rf.chunks_off + rf.nchunks() * crate::layout::CHUNK
+                } else {
+                    h.size.load(Ordering::Relaxed)
+                };
                 v.extend([
                     // The file grows a chunk at a time up to records_size (a version 1 file
                     // keeps the size it was made with).

@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// Chunks in use one [`RecFile::scan`] call reads at most (64 MiB).
+pub const SCAN_CHUNKS: u64 = 16;
+
 /// The mapped records file (readers map it read-only, the daemon read-write). The mapping
 /// reserves address space for every chunk the table has room for; only chunks the header
 /// says the file holds (and the file's length confirms) are ever touched.
@@ -113,10 +116,17 @@ impl RecFile {
             && tables_off % PAGE == 0
             && chunks_off >= tables_off.saturating_add(tables_cap)
             && chunks_off % CHUNK == 0
-            && chunks_off.checked_add(nchunks * CHUNK) == Some(size)
-            // A growing file may be longer than its published size (a crash after the file
-            // was extended, before the size was published); a fixed one is exactly it.
-            && if growable { size <= len } else { size == len };
+            // A fixed file is exactly its size. A growing one is read from its chunk count
+            // alone, never against `size` or the length: the daemon may grow it between
+            // this process's loads (extend, then publish), a crash may come between the
+            // two, and after a machine crash the header page may be newer than the length.
+            // Readers accept chunks only up to the file's length (`nchunks()`); the daemon
+            // extends the file to the count when it attaches (`cover_count`).
+            && if growable {
+                len >= chunks_off
+            } else {
+                chunks_off.checked_add(nchunks * CHUNK) == Some(size) && size == len
+            };
         let Some(reserve) = reserve.filter(|_| ok) else {
             return Err(Error::Corrupted(format!("{}: bad records header", path.display())));
         };
@@ -154,6 +164,23 @@ impl RecFile {
         n.min(valid.saturating_sub(self.chunks_off) / CHUNK)
     }
 
+    /// The daemon, at attach: give the file the length and blocks its published chunk count
+    /// says (after a machine crash the header may have reached the disk before the file's
+    /// new length), so that every chunk it counts can be written and read.
+    pub fn cover_count(&self) -> Result<()> {
+        let n = self.hdr().nchunks.load(Ordering::Acquire).min(self.max_chunks);
+        let end = self.chunks_off + n * CHUNK;
+        let len = self.file.metadata().map_err(|e| Error::io("stat records file", e))?.len();
+        if self.growable && end > len {
+            crate::log::warn(&format!(
+                "the records file is {len} bytes but counts {n} chunks ({end} bytes): extended"
+            ));
+            self.allocate(len, end - len)?;
+        }
+        self.region.grow_valid(end);
+        Ok(())
+    }
+
     /// Add one chunk to a growing file (the daemon, when no chunk is free): extend the file
     /// and give the chunk its blocks, then publish the new count (Release) so that a reader
     /// who sees the chunk sees a file that holds it. A crash in between leaves a longer file
@@ -166,8 +193,9 @@ impl RecFile {
         crate::crash::point("records file extended");
         let end = self.chunks_off + (n + 1) * CHUNK;
         self.region.grow_valid(end);
-        h.size.store(end, Ordering::Relaxed);
         h.nchunks.store(n + 1, Ordering::Release);
+        // For stats only (see `open`).
+        h.size.store(end, Ordering::Relaxed);
         Ok(n)
     }
 
@@ -312,6 +340,9 @@ impl RecFile {
     /// the daemon appending (see [`RecFile::scan`]).
     pub fn ids(&self, limit: usize) -> Vec<u64> {
         let mut v = Vec::new();
+        if limit == 0 {
+            return v;
+        }
         let mut cursor = 0;
         loop {
             let (next, got) = self.scan(cursor, (limit - v.len()).min(1 << 16));
@@ -326,34 +357,48 @@ impl RecFile {
     /// Live record ids in storage order from `cursor` (0: the start), at most `count` (at
     /// least one), and the cursor to go on from (0: done). Like Redis's SCAN: a record live
     /// for the whole scan is listed once; one inserted or removed meanwhile may be listed or
-    /// not. The cursor is the id of the next record to look at, plus one: it resumes only if
-    /// that record's header and check still hold (removed or not), else at the next chunk,
-    /// whose records the lost one's chunk, reused since, no longer holds. So a forged cursor
-    /// never starts a parse inside a record. Records of a chunk reused while it is read are
-    /// dropped (its generation is read again after). Safe beside the daemon appending.
+    /// not. A call reads at most [`SCAN_CHUNKS`] chunks in use (a pinned reader holds back
+    /// reclamation), so a page may hold fewer than `count` ids with a cursor that is not 0.
+    ///
+    /// The cursor is a record id plus one: the next record to look at, or the start of the
+    /// next chunk (offset 0 is always a record's start). Resuming inside a chunk re-checks
+    /// that id as a lookup does (header, generation, check; removed or not): a forged cursor,
+    /// or one into a chunk reused since, moves on to the next chunk instead of parsing from
+    /// a point that is not a record's start. A chunk whose generation changed while it was
+    /// read contributes nothing (the daemon fences between a reuse's generation and its
+    /// records). Safe beside the daemon appending: fills are read with Acquire.
     pub fn scan(&self, cursor: u64, count: usize) -> (u64, Vec<u64>) {
         let count = count.max(1);
         let mut v = Vec::new();
         let n = self.nchunks();
-        let (mut c, mut inner) = (0, 0);
+        let (mut c, mut inner, mut resume_gen) = (0, 0, None);
         if cursor != 0 {
             let rid = cursor - 1;
             let off = rid >> 28;
             c = off >> CHUNK_SHIFT;
-            if self.record_at(rid).is_ok() {
-                inner = off & (CHUNK - 1);
-            } else {
-                c += 1;
+            if off & (CHUNK - 1) != 0 {
+                let gen = (c < n).then(|| self.ctl(c).gen.load(Ordering::Acquire));
+                match (gen, self.record_at(rid)) {
+                    (Some(g), Ok(_)) => (inner, resume_gen) = (off & (CHUNK - 1), Some(g)),
+                    _ => c += 1,
+                }
             }
         }
+        let mut read = 0;
         while c < n {
             let ctl = self.ctl(c);
             let st = ctl.state.load(Ordering::Acquire);
-            if st != C_ACTIVE && st != C_FULL {
+            let gen = ctl.gen.load(Ordering::Relaxed);
+            let reused = inner > 0 && resume_gen != Some(gen);
+            if st != C_ACTIVE && st != C_FULL || reused {
                 (c, inner) = (c + 1, 0);
                 continue;
             }
-            let gen = ctl.gen.load(Ordering::Relaxed);
+            if read == SCAN_CHUNKS {
+                // The start of this chunk: resumed without a check.
+                return ((c * CHUNK) << 28 | 1, v);
+            }
+            read += 1;
             let fill = (ctl.fill.load(Ordering::Acquire) as u64).min(CHUNK);
             let base = self.chunks_off + c * CHUNK;
             let data = self.region.slice(base, fill).unwrap_or_default();

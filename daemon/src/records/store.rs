@@ -154,9 +154,19 @@ impl RecStore {
         let log_end = ((end / TABLES_STEP + 1) * TABLES_STEP).min(rf.tables_cap);
         rf.allocate(0, rf.tables_off + log_end)?;
         let active = rf.hdr().active.load(Ordering::Relaxed);
+        rf.cover_count()?;
         let nchunks = rf.nchunks();
         if active > 0 && active <= nchunks {
             rf.allocate_chunk(active - 1)?;
+        }
+        // A crash between a chunk's activation and `active` naming it leaves a second
+        // active chunk that nothing would ever fill or retire: it becomes full (and, empty,
+        // is retired by `retire_empty`).
+        for c in (0..nchunks).filter(|&c| c + 1 != active) {
+            let ctl = rf.ctl(c);
+            if ctl.state.load(Ordering::Relaxed) == C_ACTIVE {
+                ctl.state.store(C_FULL, Ordering::Release);
+            }
         }
         // Retired chunks waiting for readers when the last daemon stopped: wait again (the
         // reclaim pass stamps them with the current epoch).
@@ -513,6 +523,10 @@ impl RecStore {
         // Generation first, then the state (Release): a reader that sees the chunk active
         // sees its new generation, so old ids into it fail.
         ctl.gen.store(ctl.gen.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+        // A boxless scan that read the chunk before this reuse reads the generation again
+        // after its parse (Acquire fence): the new generation is ordered before any record
+        // written into the chunk.
+        std::sync::atomic::fence(Ordering::Release);
         ctl.fill.store(0, Ordering::Relaxed);
         ctl.live.store(0, Ordering::Relaxed);
         ctl.model.store(model, Ordering::Relaxed);
@@ -647,20 +661,33 @@ fn train_in_background(
         let rf = RecFile::open(path, false)?;
         let mut t = LogTables::default();
         t.refresh(&rf)?;
-        let ids = rf.ids(usize::MAX);
-        let step = ids.len().div_ceil(STORED_SAMPLE).max(1);
-        let mut out = Vec::new();
-        let mut bytes = 0u64;
-        for &rid in ids.iter().step_by(step) {
-            // A record removed (or its chunk reused) meanwhile is skipped: the lookup checks.
-            let Ok((payload, model)) = rf.lookup(rid) else { continue };
-            if decode_payload(&t, model, payload, &mut out).is_ok() && rf.lookup(rid).is_ok() {
-                bytes += out.len() as u64;
-                samples.push(out.clone());
-                if bytes > MAX_SAMPLE_BYTES {
-                    break;
+        // Every step-th live record, found page by page (a list of every id would take
+        // 8 bytes per record: gigabytes in a large store).
+        let live = rf.hdr().live.load(Ordering::Relaxed) as usize;
+        let step = live.div_ceil(STORED_SAMPLE).max(1);
+        let (mut out, mut bytes, mut seen, mut cursor) = (Vec::new(), 0u64, 0usize, 0u64);
+        'pages: loop {
+            let (next, page) = rf.scan(cursor, 1 << 16);
+            for rid in page {
+                seen += 1;
+                if (seen - 1) % step != 0 {
+                    continue;
+                }
+                // A record removed (or its chunk reused) meanwhile is skipped: the lookup
+                // checks.
+                let Ok((payload, model)) = rf.lookup(rid) else { continue };
+                if decode_payload(&t, model, payload, &mut out).is_ok() && rf.lookup(rid).is_ok() {
+                    bytes += out.len() as u64;
+                    samples.push(out.clone());
+                    if bytes > MAX_SAMPLE_BYTES {
+                        break 'pages;
+                    }
                 }
             }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
         }
     }
     if samples.is_empty() {
