@@ -266,3 +266,71 @@ def test_a_namespace_quota_evicts_values_not_their_tags(client: surpdb.Client) -
         ns.set(k, k, tags=["t"])
     assert (ns.get("b"), ns.get("c")) == ("b", "c")
     assert ns.get("a") is None  # the oldest value made room
+
+
+def test_aget_or_set_and_memoize_take_tags(server: surpdb.Server, client: surpdb.Client) -> None:
+    """Before: only the sync get_or_set took tags; surpdb.aget_or_set and @memoize stored
+    untagged values that an invalidation never reached."""
+    other = surpdb.connect(server.path)
+    calls: list[int] = []
+
+    async def compute_stale() -> str:
+        other.invalidate_tags(["t"])  # the data changed while this computed
+        return "from old data"
+
+    async def run() -> None:
+        got = await surpdb.aget_or_set(client, "k", compute_stale, 60, tags=["t"])
+        assert got == "from old data"
+        assert client.get("k") is None, "read before the await: stored already stale"
+
+        async def fresh() -> str:
+            return "fresh"
+
+        assert await surpdb.aget_or_set(client, "k", fresh, 60, tags=["t"]) == "fresh"
+        assert client.get("k") == "fresh"
+        assert other.invalidate_tags(["t"]) == 1
+        assert client.get("k") is None
+        # Without a lease (computes, then add): tagged as well.
+        await surpdb.aget_or_set(client, "n", fresh, 60, lease=False, tags=["t"])
+        assert other.invalidate_tags(["t"]) == 1 and client.get("n") is None
+
+    asyncio.run(run())
+
+    @surpdb.memoize(client, ttl=60, tags=lambda uid: [f"user:{uid}"])
+    def profile(uid: int) -> dict[str, int]:
+        calls.append(uid)
+        return {"uid": uid, "n": len(calls)}
+
+    @surpdb.memoize(client, ttl=60, tags=["feeds"])
+    async def feed(uid: int) -> list[int]:
+        calls.append(-uid)
+        return [uid]
+
+    assert profile(1) == profile(1) == {"uid": 1, "n": 1}
+    assert profile(2)["n"] == 2
+    assert other.invalidate_tags(["user:1"]) == 1
+    assert profile(1)["n"] == 3 and profile(2)["n"] == 2  # only user 1 recomputed
+    assert asyncio.run(feed(5)) == asyncio.run(feed(5)) == [5]
+    assert calls.count(-5) == 1
+    assert other.invalidate_tags(["feeds"]) == 1
+    assert asyncio.run(feed(5)) == [5] and calls.count(-5) == 2
+    with pytest.raises(TypeError, match="not one name"):
+        asyncio.run(surpdb.aget_or_set(client, "x", compute_stale, 60, tags="t"))
+    with pytest.raises(ValueError, match="not a tag header"):
+        client._set_with_head("x", 1, b"\x10garbage")
+
+
+def test_django_aget_or_set_takes_tags(server: surpdb.Server) -> None:
+    import django
+    from django.conf import settings
+
+    if not settings.configured:
+        settings.configure(SECRET_KEY="surpdb-tests", USE_TZ=True)
+        django.setup()
+    from surpdb.django import SurpdbCache
+
+    cache = SurpdbCache(server.path, {"KEY_PREFIX": "a"})
+    assert asyncio.run(cache.aget_or_set("feed", lambda: ["x"], tags=["user:7"])) == ["x"]
+    assert cache.get("feed") == ["x"]
+    assert cache.invalidate_tags(["user:7"]) == 1
+    assert cache.get("feed") is None

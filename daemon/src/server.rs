@@ -424,7 +424,12 @@ impl Daemon {
             && rh.daemon_pid.load(Ordering::Relaxed) == me
             && rh.ready.load(Ordering::Relaxed) == 1;
         if !words_ok {
-            log::warn("a client overwrote the request ring's header words; restored");
+            // The first restore and every 300th after it (a line a minute under a steady
+            // attack, which could trip this at every pass).
+            static RESTORES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            if RESTORES.fetch_add(1, Ordering::Relaxed).is_multiple_of(300) {
+                log::warn("a client overwrote the request ring's header words; restored");
+            }
             rh.format_version.store(crate::layout::RING_VERSION, Ordering::Relaxed);
             rh.layout_sig.store(crate::layout::LAYOUT_SIG, Ordering::Relaxed);
             rh.daemon_pid.store(me, Ordering::Relaxed);

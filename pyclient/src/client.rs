@@ -940,6 +940,43 @@ impl Client {
         self.with_key(key, |k| self.submit(py, Request::add(k, &buf, ttl), wait))
     }
 
+    /// The tag header for `tags`, with each tag's token as it is now (surpdb.aget_or_set
+    /// reads it before it awaits the computation, as get_or_set does): pass it to
+    /// `_set_with_head`. Empty for no tags.
+    #[pyo3(signature = (tags = None))]
+    fn _tag_head<'py>(
+        &self,
+        py: Python<'py>,
+        tags: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        Ok(PyBytes::new(py, &self.tag_head(py, tags)?))
+    }
+
+    /// Store `value` under `key` with a tag header from `_tag_head` (add: only if absent).
+    /// True if stored. A value whose tags were invalidated since the header was read is
+    /// stored already stale.
+    #[pyo3(signature = (key, value, head, ttl = None, add = false))]
+    fn _set_with_head(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+        head: &[u8],
+        ttl: Option<f64>,
+        add: bool,
+    ) -> PyResult<PyObject> {
+        let whole = |h: &[u8]| matches!(v::split_tagged(h), Ok((t, rest)) if t.len() == h.len() && rest.is_empty());
+        if !head.is_empty() && !whole(head) {
+            return Err(PyValueError::new_err("not a tag header from _tag_head"));
+        }
+        let buf = self.encode_tagged(py, head.to_vec(), value)?;
+        let ttl = ttl_ms(ttl)?;
+        self.with_key(key, |k| {
+            let r = if add { Request::add(k, &buf, ttl) } else { Request::set(k, &buf, ttl) };
+            self.submit(py, r, true)
+        })
+    }
+
     /// Delete `key`. True if it was present.
     #[pyo3(signature = (key, wait = true))]
     fn delete(&self, py: Python<'_>, key: &Bound<'_, PyAny>, wait: bool) -> PyResult<PyObject> {

@@ -548,9 +548,11 @@ class SurpdbCache(BaseCache):
         default: Any,
         timeout: Any = DEFAULT_TIMEOUT,
         version: int | None = None,
+        tags: Sequence[str] | None = None,
     ) -> Any:
         """``get_or_set`` for async views: the lease is waited for on the loop, never
-        blocking it. A callable ``default`` is called on the loop, as Django's own does."""
+        blocking it. A callable ``default`` is called on the loop, as Django's own does.
+        ``tags`` as for ``get_or_set``."""
         k = self._key(key, version)
         ttl = self.get_backend_timeout(timeout)
         if ttl == 0:
@@ -562,7 +564,7 @@ class SurpdbCache(BaseCache):
         try:
             if self._max_entries is not None:
                 await self._acked(self._cull)
-            return await aget_or_set(self._client, k, compute, ttl)
+            return await aget_or_set(self._client, k, compute, ttl, tags=self._tags(tags))
         except (ValueTooLarge, KeyTooLong, UnsafeValue):
             raise
         except Error as e:

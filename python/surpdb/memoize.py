@@ -8,7 +8,7 @@ import functools
 import hashlib
 import inspect
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 from ._native import Client, encode_value
@@ -48,24 +48,30 @@ async def aget_or_set(
     lease_timeout: float = 30.0,
     stale_ttl: float | None = None,
     early: float = 0.0,
+    tags: Iterable[str | bytes] | None = None,
 ) -> Any:
     """``Client.get_or_set`` for a coroutine: the lease is waited for on the loop (never
     blocking it), with this call's own token (another coroutine of this process is another
     caller). Without a lease, or on a tiered daemon (which keeps none: the upstream is the
     key's home), it computes and stores with ``add`` (the first value stored wins).
-    ``stale_ttl`` and ``early`` as in ``Client.get_or_set``."""
+    ``stale_ttl``, ``early`` and ``tags`` as in ``Client.get_or_set``: the tags' tokens are
+    read before the computation is awaited, so an ``invalidate_tags`` meanwhile leaves the
+    value it stores stale, never current."""
+    if tags is not None and not isinstance(tags, str | bytes):
+        tags = list(tags)  # read once per path below; one name is refused by the binding
     window = _refresh_window(ttl, stale_ttl, early)
     if ttl is not None and stale_ttl:
         ttl += stale_ttl
     got, left = c.get_with_ttl(k, _MISSING)
     if got is not _MISSING:
         if lease and window and left is not None and left <= window:
-            return await _arefresh(c, k, got, compute, ttl, lease_timeout)
+            return await _arefresh(c, k, got, compute, ttl, lease_timeout, tags)
         return got
 
     async def unleased() -> Any:
+        head = c._tag_head(tags)
         value = await compute()
-        c.add(k, value, ttl=ttl)
+        c._set_with_head(k, value, head, ttl, add=True)
         return value
 
     if not lease:
@@ -82,8 +88,9 @@ async def aget_or_set(
         if state == 1:
             # Ours: anything failing before the value is stored gives it back.
             try:
+                head = c._tag_head(tags)
                 value = await compute()
-                c.set(k, value, ttl=ttl)
+                c._set_with_head(k, value, head, ttl)
             except BaseException:
                 c.unlease(k, token)
                 raise
@@ -123,6 +130,7 @@ async def _arefresh(
     compute: Callable[[], Awaitable[Any]],
     ttl: float | None,
     lease_timeout: float,
+    tags: Any = None,
 ) -> Any:
     """One caller recomputes a value in its refresh window; the others return it as it is."""
     rk: str | bytes = k + _REFRESH_SUFFIX if isinstance(k, str) else k + _REFRESH_SUFFIX.encode()
@@ -133,8 +141,9 @@ async def _arefresh(
     except (NotSupported, KeyTooLong):  # tiered (no leases), or no room for the suffix
         return current
     try:
+        head = c._tag_head(tags)
         value = await compute()
-        c.set(k, value, ttl=ttl)
+        c._set_with_head(k, value, head, ttl)
     finally:
         c.unlease(rk, token)
     return value
@@ -148,6 +157,7 @@ def memoize(
     lease_timeout: float = 30.0,
     stale_ttl: float | None = None,
     early: float = 0.0,
+    tags: Iterable[str | bytes] | Callable[..., Iterable[str | bytes]] | None = None,
 ) -> Callable[[F], F]:
     """Cache ``fn(*args, **kwargs)`` under a key made from the function's module, name and
     arguments (the surpdb encoding of ``(args, kwargs)``, hashed: stable across processes
@@ -155,7 +165,9 @@ def memoize(
     from the cache is computed once across all processes; the others wait for it. The
     decorated function gains ``.invalidate(*args, **kwargs)`` and ``.key(*args, **kwargs)``.
     With ``stale_ttl`` or ``early``, one caller recomputes a result near or past its
-    ``ttl`` while the others get it as it is (see ``Client.get_or_set``)."""
+    ``ttl`` while the others get it as it is (see ``Client.get_or_set``). ``tags`` (a list
+    of names, or a function of the call's arguments that returns one) tags each result:
+    ``invalidate_tags`` with any of them makes it a miss."""
     _refresh_window(ttl, stale_ttl, early)  # bad arguments fail at decoration
     client = _client(client_or_path)
 
@@ -170,6 +182,10 @@ def memoize(
             ).hexdigest()
             return f"memoize:{name}:{digest}"
 
+        def tags_of(*args: Any, **kwargs: Any) -> Any:
+            t = tags(*args, **kwargs) if callable(tags) else tags
+            return t if t is None or isinstance(t, str | bytes) else list(t)
+
         def invalidate(*args: Any, **kwargs: Any) -> bool:
             return bool(client().delete(make_key(*args, **kwargs)))
 
@@ -179,7 +195,10 @@ def memoize(
             async def awrapper(*args: Any, **kwargs: Any) -> Any:
                 c, k = client(), make_key(*args, **kwargs)
                 compute = lambda: fn(*args, **kwargs)  # noqa: E731
-                return await aget_or_set(c, k, compute, ttl, lease, lease_timeout, stale_ttl, early)
+                t = tags_of(*args, **kwargs)
+                return await aget_or_set(
+                    c, k, compute, ttl, lease, lease_timeout, stale_ttl, early, tags=t
+                )
 
             awrapper.invalidate = invalidate  # type: ignore[attr-defined]
             awrapper.key = make_key  # type: ignore[attr-defined]
@@ -197,6 +216,7 @@ def memoize(
                 lease_timeout=lease_timeout,
                 stale_ttl=stale_ttl,
                 early=early,
+                tags=tags_of(*args, **kwargs),
             )
 
         wrapper.invalidate = invalidate  # type: ignore[attr-defined]
