@@ -336,24 +336,6 @@ impl RecFile {
         (live, live_bytes)
     }
 
-    /// Every live record id, in storage order, up to `limit` (training samples). Safe beside
-    /// the daemon appending (see [`RecFile::scan`]).
-    pub fn ids(&self, limit: usize) -> Vec<u64> {
-        let mut v = Vec::new();
-        if limit == 0 {
-            return v;
-        }
-        let mut cursor = 0;
-        loop {
-            let (next, got) = self.scan(cursor, (limit - v.len()).min(1 << 16));
-            v.extend(got);
-            if next == 0 || v.len() >= limit {
-                return v;
-            }
-            cursor = next;
-        }
-    }
-
     /// Live record ids in storage order from `cursor` (0: the start), at most `count` (at
     /// least one), and the cursor to go on from (0: done). Like Redis's SCAN: a record live
     /// for the whole scan is listed once; one inserted or removed meanwhile may be listed or

@@ -612,11 +612,6 @@ impl RecStore {
         Ok(true)
     }
 
-    /// Every live record id, in storage order (for dumps and training samples).
-    pub fn ids(&self, limit: usize) -> Vec<u64> {
-        self.rf.ids(limit)
-    }
-
     /// Train a model now, in this thread, and make it current (tools and tests; the daemon
     /// trains in the background: [`RecStore::start_training`]).
     pub fn train(&mut self, compact: bool) -> Result<usize> {
