@@ -345,13 +345,15 @@ def _recent_bpr(c: surpdb.Client, kind: list[dict]) -> float:
 def test_the_daemon_retrains_as_the_store_grows_and_as_its_data_drifts(
     tmp_path: os.PathLike[str],
 ) -> None:
-    """No train() call: a first model at 2,000 records; another at ten times that; and one
+    """No train() call: a first model at 2,000 records; another at four times that; and one
     when records of another kind start compressing worse, after which they compress within
     15% of a store that only ever held their kind."""
     drifting = os.path.join(tmp_path, "drifting")
     with surpdb.Server(drifting, size="32MiB", records_size="1GiB") as srv:
         c = surpdb.connect(drifting)
-        for i in range(0, 30_000, 10_000):
+        # 40,000: past the growth step at 32,000 (four times the one at 8,000), so the model
+        # in use when the other kind comes learned links alone.
+        for i in range(0, 40_000, 10_000):
             c.insert_many(links(10_000, seed=i))
         _trainings_done(srv, "First")
         assert "why=Drift" not in srv.log
@@ -373,7 +375,7 @@ def test_the_daemon_retrains_as_the_store_grows_and_as_its_data_drifts(
         _trainings_done(srv, "First")
         fresh = _recent_bpr(c, ev[40_000:])
     assert drifted <= fresh * 1.15, (drifted, fresh)
-    # Growth: at ten times the records the model was trained at, a new one, on records
+    # Growth: at four times the records the model was trained at, a new one, on records
     # spread over the store; every record stays readable.
     grow = os.path.join(tmp_path, "grow")
     with surpdb.Server(grow, size="32MiB", records_size="1GiB") as srv:
@@ -388,3 +390,23 @@ def test_the_daemon_retrains_as_the_store_grows_and_as_its_data_drifts(
                 c.record(rid)
                 == links(10_000, seed=100 + (i * 997 // 10_000) * 10_000)[(i * 997) % 10_000]
             )
+
+
+def test_a_bulk_load_waits_for_the_first_model_instead_of_storing_plain(
+    server: surpdb.Server,
+) -> None:
+    """No train() call, default settings, one client loading as fast as it can: the records
+    past train_after wait for the first model (a moment) instead of being stored plain, which
+    they keep for good since ids are offsets. Before, the apply loop stored every record that
+    came in while the first model trained (tens of thousands) at several times the size."""
+    c = surpdb.connect(server.path)
+    recs = links(30_000, seed=77)
+    ids = []
+    for i in range(0, len(recs), 10_000):
+        ids += c.insert_many(recs[i : i + 10_000])
+    st = c.stats()
+    assert st["records_inserted_plain"] == 2000, st
+    assert st["record_trainings_waited_for"] >= 1 and st["record_models"] >= 1, st
+    # Nothing was lost or reordered while inserts waited.
+    assert st["records"] == 30_000
+    assert [c.record(r) for r in ids[::97]] == recs[::97]

@@ -897,7 +897,13 @@ pub struct RecFileHeader {
     pub auto_trainings: AtomicU64,
     /// Bytes per record (x1000) of the last measure of records as they came in.
     pub recent_bpr_milli: AtomicU64,
-    pub _pad1: [AtomicU64; 3],
+    /// Drift trainings whose model was not installed, not beating the one in use.
+    pub drift_models_discarded: AtomicU64,
+    /// Trainings that inserts waited for (see `RecStore::insert_should_wait`).
+    pub trainings_waited_for: AtomicU64,
+    /// Records inserted in the plain value encoding, before any model (0 in files made
+    /// before this count).
+    pub plain_inserted: AtomicU64,
 }
 
 #[repr(C)]

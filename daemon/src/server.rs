@@ -295,6 +295,7 @@ impl Daemon {
     /// Apply what is queued in every box, up to `budget` requests per box. Returns the count.
     pub fn poll_once(&mut self, budget: usize) -> usize {
         self.passes += 1;
+        self.store.waiting_for_model = false;
         if self.last_empty || self.passes.is_multiple_of(64) {
             self.refresh_active();
         }
@@ -519,7 +520,9 @@ impl Daemon {
                 sig => LAST_SIGNAL.store(sig, Ordering::SeqCst), // a stop signal: keep for the log
             }
             if n == 0 {
-                self.idle(bell);
+                // Inserts waiting for a model: check the training again soon.
+                let nap = if self.store.waiting_for_model { 2 } else { 50 };
+                self.idle(bell, Duration::from_millis(nap));
             }
         }
         let sig = LAST_SIGNAL.load(Ordering::Relaxed);
@@ -606,7 +609,7 @@ impl Daemon {
 
     /// Spin briefly (a request usually follows soon after another), then sleep on the
     /// doorbell until a producer rings it or housekeeping is due.
-    fn idle(&self, bell: u32) {
+    fn idle(&self, bell: u32, longest: Duration) {
         let h = self.ring.hdr();
         let spin_until = Instant::now() + Duration::from_micros(50);
         while Instant::now() < spin_until {
@@ -621,7 +624,7 @@ impl Daemon {
         // `sleeping` (ring::ring_doorbell): no wake-up is lost.
         h.sleeping.store(1, Ordering::SeqCst);
         if h.doorbell.load(Ordering::SeqCst) == bell && !STOP.load(Ordering::SeqCst) {
-            futex_wait(&h.doorbell, bell, Duration::from_millis(50));
+            futex_wait(&h.doorbell, bell, longest);
         }
         h.sleeping.store(0, Ordering::SeqCst);
     }

@@ -41,6 +41,9 @@ pub struct Store {
     /// Boxes (ring id, box) whose head request is answered later (a training): not polled
     /// until then.
     pub held: Vec<(u64, u32)>,
+    /// An insert was left queued this pass to wait for a model being trained
+    /// ([`crate::records::RecStore::insert_should_wait`]): the loop checks back soon.
+    pub waiting_for_model: bool,
     /// The segment file, open read-write (the daemon grows it; it also holds its lock).
     pub data_file: Option<std::fs::File>,
     /// Per namespace, the log position its last cull or quota eviction stopped at (no live
@@ -65,6 +68,7 @@ impl Store {
             prefix_born: [0; MAX_PREFIXES],
             ctx: None,
             held: Vec::new(),
+            waiting_for_model: false,
             data_file: None,
             ns_cursors: [0; MAX_NAMESPACES],
             refuse_pickle: false,
@@ -73,6 +77,13 @@ impl Store {
 
     /// Apply one request and produce its reply. Never panics on bad input.
     pub fn apply(&mut self, ring: &Ring, req: &Req<'_>) -> Reply {
+        if matches!(req.kind(), Some(Op::Insert | Op::Update))
+            && self.recs.as_mut().is_some_and(|r| r.insert_should_wait())
+        {
+            // Not taken: it stays at its box's head, and nothing of it was applied.
+            self.waiting_for_model = true;
+            return Reply::status(status::LATER);
+        }
         // The previous request is complete (its result is in the ring): the journal is stale.
         self.disarm();
         self.ctx = Some((req.ring_id, req.boxno, req.ticket, req.head_after));

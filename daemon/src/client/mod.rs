@@ -271,6 +271,13 @@ impl Client {
                     // model's first measure (a drift retrains when the first is 15% over).
                     ("record_recent_bpr_milli", h.recent_bpr_milli.load(Ordering::Relaxed)),
                     ("record_baseline_bpr_milli", h.baseline_bpr_milli.load(Ordering::Relaxed)),
+                    (
+                        "record_drift_models_discarded",
+                        h.drift_models_discarded.load(Ordering::Relaxed),
+                    ),
+                    ("record_trainings_waited_for", h.trainings_waited_for.load(Ordering::Relaxed)),
+                    // Inserted before any model, so stored uncompressed.
+                    ("records_inserted_plain", h.plain_inserted.load(Ordering::Relaxed)),
                 ]);
             }
         }
