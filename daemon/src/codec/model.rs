@@ -283,9 +283,9 @@ pub fn ctx3(c: [u8; 3]) -> u32 {
 
 fn train_text(pool: &mut Pool, texts: &[(&str, [u8; 3])], order: u8, min_ctx: u64) -> TextModel {
     let mut c0 = vec![0u64; 257];
-    let mut c1: Vec<HashMap<u16, u64>> = vec![HashMap::new(); 256];
-    let mut c2: HashMap<u32, HashMap<u16, u64>> = HashMap::new();
-    let mut c3: HashMap<u32, HashMap<u16, u64>> = HashMap::new();
+    let mut c1: Vec<Map<u16, u64>> = vec![Map::default(); 256];
+    let mut c2: Map<u32, Map<u16, u64>> = Map::default();
+    let mut c3: Map<u32, Map<u16, u64>> = Map::default();
     for (s, start) in texts {
         let mut c = *start;
         for sym in s.bytes().map(|b| b as u16).chain(std::iter::once(EOS)) {
@@ -301,7 +301,7 @@ fn train_text(pool: &mut Pool, texts: &[(&str, [u8; 3])], order: u8, min_ctx: u6
     // Order 0 holds every symbol, so anything can be coded.
     let counts: Vec<(u16, u64)> = (0..257u16).map(|s| (s, c0[s as usize] * 4 + 1)).collect();
     let o0 = pool.add_counts(&counts);
-    let mut ctx_dist = |m: &HashMap<u16, u64>| -> DistId {
+    let mut ctx_dist = |m: &Map<u16, u64>| -> DistId {
         let total: u64 = m.values().sum();
         if total < min_ctx {
             return NO_DIST;
@@ -317,7 +317,7 @@ fn train_text(pool: &mut Pool, texts: &[(&str, [u8; 3])], order: u8, min_ctx: u6
     };
     // Distributions are laid out most used first, so that the ones most records touch share
     // cache lines and pages (measured: decoding is bound by the first load of each).
-    let mut all: Vec<(u64, u8, u32, &HashMap<u16, u64>)> = Vec::new();
+    let mut all: Vec<(u64, u8, u32, &Map<u16, u64>)> = Vec::new();
     for (k, m) in c1.iter().enumerate() {
         all.push((m.values().sum(), 1, k as u32, m));
     }
