@@ -874,7 +874,10 @@ pub struct RecFileHeader {
     /// The most bytes the file may grow to (`records_size`, set by each daemon at attach and
     /// reload; 0 in version 1 files).
     pub limit: AtomicU64,
-    pub _pad0: [AtomicU64; 3],
+    /// The drift baseline: stored bytes per million bytes of value encoding (0 in files
+    /// made before it, or with no model yet).
+    pub baseline_ppm: AtomicU64,
+    pub _pad0: [AtomicU64; 2],
     // ---- daemon state (offset 128) ----
     /// End of the published table log (bytes from tables_off).
     pub tables_end: AtomicU64,

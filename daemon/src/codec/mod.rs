@@ -25,6 +25,7 @@
 pub mod dist;
 pub mod model;
 pub mod rans;
+pub mod tokens;
 
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -32,6 +33,7 @@ use dist::{DistId, NO_DIST};
 use model::{ctx2, ctx3, last3, TextModel};
 pub use model::{train, FieldModel, Model};
 use rans::{Decoder, Encoder};
+use tokens::TokenText;
 
 use crate::error::{Error, Result};
 use crate::value::{self, put_varint, unzigzag, zigzag, Reader};
@@ -186,6 +188,7 @@ fn bitlen(v: u64) -> u32 {
 /// Encodes values with one model; keeps its buffers between records.
 pub struct RecordEncoder {
     e: Encoder,
+    toks: Vec<u16>,
 }
 
 impl Default for RecordEncoder {
@@ -196,7 +199,7 @@ impl Default for RecordEncoder {
 
 impl RecordEncoder {
     pub fn new() -> Self {
-        RecordEncoder { e: Encoder::new() }
+        RecordEncoder { e: Encoder::new(), toks: Vec::new() }
     }
 
     /// Compress one value (in the value encoding) and append it to `out`.
@@ -209,7 +212,7 @@ impl RecordEncoder {
     ) -> Result<()> {
         self.e.clear();
         let mut r = Reader::new(val);
-        let mut enc = Enc { m, e: &mut self.e };
+        let mut enc = Enc { m, e: &mut self.e, toks: &mut self.toks };
         enc.value(&mut r, GENERIC_FIELD, t, 0)?;
         if !r.at_end() {
             return Err(bad("trailing bytes after the value"));
@@ -222,6 +225,7 @@ impl RecordEncoder {
 struct Enc<'a> {
     m: &'a Model,
     e: &'a mut Encoder,
+    toks: &'a mut Vec<u16>,
 }
 
 impl Enc<'_> {
@@ -285,6 +289,35 @@ impl Enc<'_> {
         Ok(())
     }
 
+    /// A string's text (after its URL prefix): tokens, or bytes from context `c`.
+    fn text_of(&mut self, fm: &FieldModel, s: &[u8], c: [u8; 3]) -> Result<()> {
+        match &fm.tok {
+            Some(t) => self.tokens(t, s),
+            None => self.text(&fm.text, s, c),
+        }
+    }
+
+    fn tokens(&mut self, t: &TokenText, s: &[u8]) -> Result<()> {
+        let mut toks = std::mem::take(self.toks);
+        toks.clear();
+        t.split(s, &mut toks);
+        toks.push(t.eos());
+        let mut prev = t.eos() as usize;
+        let mut r = Ok(());
+        for &tok in &toks {
+            let d = t.o1[prev];
+            if d == NO_DIST || !self.m.pool.put(d, tok, self.e) {
+                if d != NO_DIST {
+                    r = r.and(self.sym(d, t.esc()));
+                }
+                r = r.and(self.sym(t.o0, tok));
+            }
+            prev = tok as usize;
+        }
+        *self.toks = toks;
+        r
+    }
+
     fn string(&mut self, fm: &FieldModel, s: &str, t: &mut dyn Tables) -> Result<()> {
         if fm.sval_dist != NO_DIST {
             if let Some(&i) = fm.svals_map.get(s) {
@@ -293,21 +326,21 @@ impl Enc<'_> {
             self.sym(fm.sval_dist, 0)?;
         }
         if fm.url_dist == NO_DIST {
-            return self.text(&fm.text, s.as_bytes(), [0; 3]);
+            return self.text_of(fm, s.as_bytes(), [0; 3]);
         }
         if !is_url_start(s) {
             self.sym(fm.url_dist, 0)?;
-            return self.text(&fm.text, s.as_bytes(), [0; 3]);
+            return self.text_of(fm, s.as_bytes(), [0; 3]);
         }
         let de = url_domain_end(s);
         if let Some(p) = longest_prefix(s, de, fm) {
             self.sym(fm.url_dist, fm.prefix_map[p] + 2)?;
-            return self.text(&fm.text, &s.as_bytes()[p.len()..], last3(p.as_bytes()));
+            return self.text_of(fm, &s.as_bytes()[p.len()..], last3(p.as_bytes()));
         }
         self.sym(fm.url_dist, 1)?;
         let id = t.domain_id(&s[..de])?;
         self.count(fm.clen, id as u64)?;
-        self.text(&fm.text, &s.as_bytes()[de..], last3(&s.as_bytes()[..de]))
+        self.text_of(fm, &s.as_bytes()[de..], last3(&s.as_bytes()[..de]))
     }
 
     fn value(
@@ -435,6 +468,32 @@ impl Dec<'_> {
         Ok(())
     }
 
+    /// Token text into `self.scratch`.
+    fn tokens(&mut self, t: &TokenText) -> Result<()> {
+        let pool = &self.m.pool;
+        self.scratch.clear();
+        let (eos, esc) = (t.eos(), t.esc());
+        let mut prev = eos as usize;
+        let mut next_check = 4096;
+        loop {
+            let d = t.o1[prev];
+            let mut sym = if d == NO_DIST { esc } else { pool.get(d, &mut self.d) };
+            if sym == esc {
+                sym = pool.get(t.o0, &mut self.d);
+            }
+            // The model's check keeps order 0's symbols at or below the end.
+            if sym >= eos {
+                return if sym == eos { Ok(()) } else { Err(bad("escape in order 0")) };
+            }
+            t.push_token(sym, &mut self.scratch);
+            prev = sym as usize;
+            if self.scratch.len() >= next_check {
+                self.check(&self.scratch)?;
+                next_check += 4096;
+            }
+        }
+    }
+
     /// Text into `self.scratch`.
     fn text(&mut self, tm: &TextModel, mut c: [u8; 3]) -> Result<()> {
         let (m, pool) = (self.m, &self.m.pool);
@@ -507,7 +566,10 @@ impl Dec<'_> {
                 }
             }
         };
-        self.text(&fm.text, c)?;
+        match &fm.tok {
+            Some(tt) => self.tokens(tt)?,
+            None => self.text(&fm.text, c)?,
+        }
         let scratch = std::mem::take(&mut self.scratch);
         if std::str::from_utf8(&scratch).is_err() {
             return Err(bad("invalid UTF-8 in text"));

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 
 use super::dist::{CtxMap, DistId, Pool, NO_DIST};
+use super::tokens::{TokenText, MAX_TOKENS};
 use super::{
     is_url_start, url_domain_end, FxBuild, Tables, EOS, ESC, GENERIC_FIELD, NTAGS, TAG_DICTANY,
 };
@@ -32,6 +33,11 @@ const MIN_REPEAT: usize = 4;
 /// with several times more records than the corpus).
 const MIN_CTX_FAST: u64 = 300;
 const MIN_CTX_COMPACT: u64 = 30;
+/// Token contexts seen fewer times go to order 0 (token text).
+const MIN_CTX_TOKENS: u64 = 30;
+/// `Model::order` of models whose text is tokens ([`super::tokens`]): the default since
+/// model format 4; 3 (the compact codec, and models made before) is the order-3 byte model.
+pub const TOKEN_ORDER: u8 = 4;
 /// A field gets its own model from this many sample values; rarer ones use the generic one.
 const MIN_FIELD: usize = 64;
 
@@ -56,6 +62,8 @@ pub struct FieldModel {
     pub prefix_map: HashMap<Box<str>, u16>,
     pub url_dist: DistId,
     pub text: TextModel,
+    /// Token text (models of [`TOKEN_ORDER`]): used instead of `text`.
+    pub tok: Option<TokenText>,
     pub ivals: Vec<i64>,
     pub ivals_map: Map<i64, u16>,
     pub ival_dist: DistId,
@@ -404,7 +412,12 @@ fn train_field(pool: &mut Pool, fs: &FieldSample, p: (u8, u64), tables: &dyn Tab
         fm.url_dist = NO_DIST;
     }
     let texts: Vec<(&str, [u8; 3])> = rest.iter().map(|s| text_part(s, &fm, tables)).collect();
-    fm.text = train_text(pool, &texts, p.0, p.1);
+    if p.0 == TOKEN_ORDER {
+        let texts: Vec<&[u8]> = texts.iter().map(|t| t.0.as_bytes()).collect();
+        fm.tok = Some(super::tokens::train(pool, &texts, MIN_CTX_TOKENS));
+    } else {
+        fm.text = train_text(pool, &texts, p.0, p.1);
+    }
     let (iv, d) = frequent(&fs.ints, pool);
     fm.ivals = iv;
     fm.ival_dist = d;
@@ -418,7 +431,7 @@ fn train_field(pool: &mut Pool, fs: &FieldSample, p: (u8, u64), tables: &dyn Tab
 /// Train a model from sample values (each in the value encoding), for the default mode or
 /// the compact one. Field names met are added to `tables`.
 pub fn train(samples: &[&[u8]], compact: bool, tables: &mut dyn Tables) -> Result<Model> {
-    let order = 3;
+    let order = if compact { 3 } else { TOKEN_ORDER };
     let p = (order, if compact { MIN_CTX_COMPACT } else { MIN_CTX_FAST });
     let mut col = Collector { tables, fields: HashMap::new(), trans: HashMap::new() };
     for s in samples {
@@ -526,7 +539,7 @@ impl R<'_> {
     }
 }
 
-fn write_field(w: &mut W, f: &FieldModel) {
+fn write_field(w: &mut W, f: &FieldModel, order: u8) {
     w.d(f.tags);
     w.v(f.svals.len() as u64);
     for s in &f.svals {
@@ -538,15 +551,28 @@ fn write_field(w: &mut W, f: &FieldModel) {
         w.s(s);
     }
     w.d(f.url_dist);
-    w.d(f.text.o0);
-    for &d in &f.text.o1 {
-        w.d(d);
-    }
-    for o in [&f.text.o2, &f.text.o3] {
-        w.v(o.len() as u64);
-        for (k, d) in o.iter() {
-            w.v(k as u64);
+    if order == TOKEN_ORDER {
+        let t = f.tok.as_ref().expect("a token model's fields have token text");
+        w.v(t.len() as u64 - 256);
+        for m in t.merged() {
+            w.v(m.len() as u64);
+            w.0.extend_from_slice(m);
+        }
+        w.d(t.o0);
+        for &d in &t.o1 {
             w.d(d);
+        }
+    } else {
+        w.d(f.text.o0);
+        for &d in &f.text.o1 {
+            w.d(d);
+        }
+        for o in [&f.text.o2, &f.text.o3] {
+            w.v(o.len() as u64);
+            for (k, d) in o.iter() {
+                w.v(k as u64);
+                w.d(d);
+            }
         }
     }
     w.v(f.ivals.len() as u64);
@@ -558,7 +584,7 @@ fn write_field(w: &mut W, f: &FieldModel) {
     w.d(f.clen);
 }
 
-fn read_field(r: &mut R<'_>, pool: &Pool) -> Result<FieldModel> {
+fn read_field(r: &mut R<'_>, pool: &Pool, order: u8) -> Result<FieldModel> {
     let mut f = FieldModel { tags: r.dd()?, ..Default::default() };
     let n = r.n(MAX_TABLE as u64)?;
     for _ in 0..n {
@@ -574,6 +600,42 @@ fn read_field(r: &mut R<'_>, pool: &Pool) -> Result<FieldModel> {
     f.url_dist = r.d()?;
     check_table(pool, f.url_dist, f.prefixes.len(), 1)?;
     f.prefix_map = f.prefixes.iter().enumerate().map(|(i, s)| (s.clone(), i as u16)).collect();
+    if order == TOKEN_ORDER {
+        let n = r.n((MAX_TOKENS - 256) as u64)?;
+        let mut merged = Vec::with_capacity(n);
+        for _ in 0..n {
+            merged.push(r.r.lbytes()?.to_vec());
+        }
+        let mut t = TokenText::from_merged(&merged)
+            .ok_or_else(|| Error::Corrupted("model: bad token table".into()))?;
+        t.o0 = r.dd()?;
+        check_syms(pool, t.o0, t.eos() + 1)?;
+        for _ in 0..=t.len() {
+            let d = r.d()?;
+            check_syms(pool, d, t.esc() + 1)?;
+            t.o1.push(d);
+        }
+        f.tok = Some(t);
+    } else {
+        read_text(r, pool, &mut f)?;
+    }
+    let n = r.n(MAX_TABLE as u64)?;
+    for _ in 0..n {
+        f.ivals.push(value::unzigzag(r.v()?));
+    }
+    f.ival_dist = r.d()?;
+    check_table(pool, f.ival_dist, f.ivals.len(), 0)?;
+    f.ivals_map = f.ivals.iter().enumerate().map(|(i, &v)| (v, i as u16)).collect();
+    f.ilen = r.dd()?;
+    f.clen = r.dd()?;
+    check_syms(pool, f.tags, NTAGS as u16)?;
+    check_syms(pool, f.ilen, 65)?;
+    check_syms(pool, f.clen, 65)?;
+    Ok(f)
+}
+
+/// The order-3 byte model of a field (models before [`TOKEN_ORDER`], and compact ones).
+fn read_text(r: &mut R<'_>, pool: &Pool, f: &mut FieldModel) -> Result<()> {
     f.text.o0 = r.dd()?;
     check_syms(pool, f.text.o0, 257)?;
     for _ in 0..256 {
@@ -591,19 +653,7 @@ fn read_field(r: &mut R<'_>, pool: &Pool) -> Result<FieldModel> {
             o.insert(k, d);
         }
     }
-    let n = r.n(MAX_TABLE as u64)?;
-    for _ in 0..n {
-        f.ivals.push(value::unzigzag(r.v()?));
-    }
-    f.ival_dist = r.d()?;
-    check_table(pool, f.ival_dist, f.ivals.len(), 0)?;
-    f.ivals_map = f.ivals.iter().enumerate().map(|(i, &v)| (v, i as u16)).collect();
-    f.ilen = r.dd()?;
-    f.clen = r.dd()?;
-    check_syms(pool, f.tags, NTAGS as u16)?;
-    check_syms(pool, f.ilen, 65)?;
-    check_syms(pool, f.clen, 65)?;
-    Ok(f)
+    Ok(())
 }
 
 /// Every symbol of `d` is below `limit`.
@@ -642,13 +692,13 @@ impl Model {
                 prev = s;
             }
         }
-        write_field(&mut w, &self.generic);
+        write_field(&mut w, &self.generic, self.order);
         let mut ids: Vec<&u32> = self.fields.keys().collect();
         ids.sort_unstable();
         w.v(ids.len() as u64);
         for id in ids {
             w.v(*id as u64);
-            write_field(&mut w, &self.fields[id]);
+            write_field(&mut w, &self.fields[id], self.order);
         }
         let mut prevs: Vec<&u32> = self.trans.keys().collect();
         prevs.sort_unstable();
@@ -671,7 +721,7 @@ impl Model {
             return Err(Error::Corrupted("model: bad magic".into()));
         }
         let mut r = R { r: Reader { buf, pos: 4 }, ids: Vec::new() };
-        let mut m = Model { order: r.n(3)? as u8, ..Default::default() };
+        let mut m = Model { order: r.n(TOKEN_ORDER as u64)? as u8, ..Default::default() };
         if m.order < 2 {
             return Err(Error::Corrupted("model: bad order".into()));
         }
@@ -693,11 +743,11 @@ impl Model {
             m.pool.add_quantized(&entries)?;
         }
         r.ids = m.pool.ids().collect();
-        m.generic = read_field(&mut r, &m.pool)?;
+        m.generic = read_field(&mut r, &m.pool, m.order)?;
         let nf = r.n(1 << 20)?;
         for _ in 0..nf {
             let id = r.n(u32::MAX as u64)? as u32;
-            let f = read_field(&mut r, &m.pool)?;
+            let f = read_field(&mut r, &m.pool, m.order)?;
             m.fields.insert(id, f);
         }
         let nt = r.n(1 << 20)?;

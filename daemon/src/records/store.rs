@@ -15,8 +15,11 @@ pub struct Trained {
     /// Bytes per record (x1000) the model takes for sample records it was not trained on (0:
     /// too small a sample to hold any out).
     held_out_bpr_milli: u64,
+    /// Stored bytes per million bytes of value encoding for those records: drift is judged
+    /// by it, so that records of another size do not pass for better or worse compressed.
+    held_out_ppm: u64,
     /// The same for the model in use, for a drift training (0: not measured).
-    current_bpr_milli: u64,
+    current_ppm: u64,
 }
 
 /// The request a training run answers when it is done: (ring id, box, ticket, head after).
@@ -54,11 +57,14 @@ pub struct RecStore {
     /// Records inserted since the current model was installed, or since drift began: what a
     /// training for drift learns from.
     recent: Reservoir,
-    /// The current measure of records as they come in (encoded bytes, records), the model's
-    /// first full measure (bytes per record x1000, 0: not yet), and whether a measure since
-    /// came out worse than it by more than [`DRIFT_RATIO`].
-    window: (u64, u64),
+    /// The current measure of records as they come in (stored bytes, records, bytes of value
+    /// encoding), the baseline (stored bytes per million of value encoding, 0: not yet; see
+    /// [`RecStore::note_inserted`]), and whether a measure since came out worse than it by
+    /// more than [`DRIFT_RATIO`].
+    window: (u64, u64, u64),
     baseline: u64,
+    /// The ratio (ppm, as [`Trained::held_out_ppm`]) of the last measure.
+    recent_ppm: u64,
     drifted: bool,
     worse_before: bool,
     /// The baseline was measured on records that came in under the model (see
@@ -201,7 +207,7 @@ impl RecStore {
         let baseline = if tables.models.is_empty() {
             0
         } else {
-            rf.hdr().baseline_bpr_milli.load(Ordering::Relaxed)
+            rf.hdr().baseline_ppm.load(Ordering::Relaxed)
         };
         let recent_from = rf.hdr().inserted.load(Ordering::Relaxed);
         let mut st = RecStore {
@@ -213,8 +219,9 @@ impl RecStore {
             train_after,
             samples: Reservoir::new(MAX_SAMPLES, MAX_SAMPLE_BYTES),
             recent: Reservoir::new(RECENT_SAMPLES, RECENT_BYTES),
-            window: (0, 0),
+            window: (0, 0, 0),
             baseline,
+            recent_ppm: 0,
             drifted: false,
             worse_before: false,
             settled: baseline != 0,
@@ -256,11 +263,14 @@ impl RecStore {
         self.recent.add(val);
         self.window.0 += len;
         self.window.1 += 1;
+        self.window.2 += val.len() as u64;
         if self.window.1 < DRIFT_WINDOW {
             return;
         }
         let bpr = self.window.0 * 1000 / self.window.1;
-        self.window = (0, 0);
+        let ppm = self.window.0 * 1_000_000 / self.window.2.max(1);
+        self.window = (0, 0, 0);
+        self.recent_ppm = ppm;
         let h = self.rf.hdr();
         h.recent_bpr_milli.store(bpr, Ordering::Relaxed);
         if !self.settled {
@@ -271,14 +281,15 @@ impl RecStore {
             // records); the upper bound still finds drift when a model met other data from
             // the start (one trained on a sent sample).
             self.baseline = match self.baseline {
-                0 => bpr,
-                b => bpr.clamp(b, b * BASELINE_SLACK / 100),
+                0 => ppm,
+                b => ppm.clamp(b, b * BASELINE_SLACK / 100),
             };
-            h.baseline_bpr_milli.store(self.baseline, Ordering::Relaxed);
+            h.baseline_ppm.store(self.baseline, Ordering::Relaxed);
+            h.baseline_bpr_milli.store(bpr, Ordering::Relaxed);
             self.settled = true;
             return;
         }
-        let worse = bpr * 100 > self.baseline * DRIFT_RATIO;
+        let worse = ppm * 100 > self.baseline * DRIFT_RATIO;
         if worse && !self.worse_before {
             // What a drift training learns from starts here: records of the new kind, not
             // a reservoir over everything since the model, where they would be a few percent.
@@ -370,24 +381,24 @@ impl RecStore {
         }
         let job = self.job.take().expect("checked");
         let result = match job.handle.join() {
-            Ok(Ok(t))
-                if job.drift && t.held_out_bpr_milli * 100 > t.current_bpr_milli * DRIFT_GAIN =>
-            {
+            Ok(Ok(t)) if job.drift && t.held_out_ppm * 100 > t.current_ppm * DRIFT_GAIN => {
                 // Not better enough on what came in: what the model in use does now is its
                 // new baseline (else each measure would find drift again and retrain).
                 crate::log::info(&format!(
                     "trained the record codec in the background sample={} ms={:.0}, not \
-                     installed: it took {:.1} B/record for records it did not learn from, the \
-                     model in use {:.1}",
+                     installed: it took {:.1}% of the value encoding for records it did not \
+                     learn from, the model in use {:.1}%",
                     t.sample,
                     job.started.elapsed().as_secs_f64() * 1e3,
-                    t.held_out_bpr_milli as f64 / 1e3,
-                    t.current_bpr_milli as f64 / 1e3
+                    t.held_out_ppm as f64 / 1e4,
+                    t.current_ppm as f64 / 1e4
                 ));
                 let h = self.rf.hdr();
-                self.baseline = h.recent_bpr_milli.load(Ordering::Relaxed).max(self.baseline);
-                h.baseline_bpr_milli.store(self.baseline, Ordering::Relaxed);
-                (self.window, self.drifted, self.worse_before) = ((0, 0), false, false);
+                self.baseline = self.recent_ppm.max(self.baseline);
+                h.baseline_ppm.store(self.baseline, Ordering::Relaxed);
+                h.baseline_bpr_milli
+                    .store(h.recent_bpr_milli.load(Ordering::Relaxed), Ordering::Relaxed);
+                (self.window, self.drifted, self.worse_before) = ((0, 0, 0), false, false);
                 self.settled = true;
                 self.recent_from = h.inserted.load(Ordering::Relaxed);
                 h.drift_models_discarded.fetch_add(1, Ordering::Relaxed);
@@ -457,8 +468,9 @@ impl RecStore {
         // The baseline: what it takes for records of its kind it was not trained on (else the
         // first measure of what comes in).
         h.baseline_bpr_milli.store(t.held_out_bpr_milli, Ordering::Relaxed);
+        h.baseline_ppm.store(t.held_out_ppm, Ordering::Relaxed);
         self.recent.take();
-        (self.window, self.baseline, self.drifted) = ((0, 0), t.held_out_bpr_milli, false);
+        (self.window, self.baseline, self.drifted) = ((0, 0, 0), t.held_out_ppm, false);
         self.worse_before = false;
         self.settled = false;
         self.recent_from = h.inserted.load(Ordering::Relaxed);
@@ -800,31 +812,33 @@ fn train_in_background(
     let before = names.clone();
     let model = codec::train(&train, compact, &mut names)?;
     let new_fields = names.fields.iter().skip(base_fields as usize).map(str::to_owned).collect();
-    let held_out_bpr_milli = held_out_bpr(&model, names.clone(), &test);
-    let current_bpr_milli = current.map_or(0, |m| held_out_bpr(&m, before, &test));
+    let (held_out_bpr_milli, held_out_ppm) = measure(&model, names.clone(), &test);
+    let current_ppm = current.map_or(0, |m| measure(&m, before, &test).1);
     Ok(Trained {
         model,
         new_fields,
         base_fields,
         sample: samples.len(),
         held_out_bpr_milli,
-        current_bpr_milli,
+        held_out_ppm,
+        current_ppm,
     })
 }
 
-/// Bytes per record (x1000, with the record header) `model` takes for (up to 10,000 of)
-/// `test` (0: none).
-fn held_out_bpr(model: &Model, mut t: MemTables, test: &[&[u8]]) -> u64 {
+/// What `model` takes for (up to 10,000 of) `test`, with the record header: bytes per record
+/// x1000, and bytes per million bytes of value encoding (0, 0: none).
+fn measure(model: &Model, mut t: MemTables, test: &[&[u8]]) -> (u64, u64) {
     let mut enc = codec::RecordEncoder::new();
-    let (mut out, mut bytes, mut n) = (Vec::new(), 0u64, 0u64);
+    let (mut out, mut bytes, mut raw, mut n) = (Vec::new(), 0u64, 0u64, 0u64);
     for rec in test.iter().take(10_000) {
         out.clear();
         if enc.encode(model, &mut t, rec, &mut out).is_ok() {
             let mut hdr = Vec::new();
             put_header(&mut hdr, out.len());
             bytes += (hdr.len() + out.len()) as u64;
+            raw += rec.len() as u64;
             n += 1;
         }
     }
-    (bytes * 1000).checked_div(n).unwrap_or(0)
+    ((bytes * 1000).checked_div(n).unwrap_or(0), (bytes * 1_000_000).checked_div(raw).unwrap_or(0))
 }

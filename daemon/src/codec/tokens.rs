@@ -1,0 +1,306 @@
+//! Token text: a field's text as trained tokens (the 256 bytes, plus byte-pair merges of up
+//! to [`MAX_TOKEN_LEN`] bytes), each coded from a static distribution chosen by the token
+//! before it, with PPM-style escapes to order 0.
+//!
+//! Why (docs/DESIGN.md, "Record codec", `examples/token_eval.rs`): the byte model spends a
+//! chain of dependent loads per byte (context hash, map, distribution), which bounds decoding
+//! by latency; tokens of about 2.7 bytes on average make a third as many steps, and a token's
+//! context is a plain array index. On link titles and URL remainders, 2,040 tokens under
+//! order-1 contexts take 26.3 B/record all-in against the order-3 byte model's 28.5, and
+//! decode in 1.8 µs against 3.3.
+
+use std::collections::HashMap;
+
+use super::dist::{DistId, Pool, NO_DIST};
+use super::FxBuild;
+
+/// Most tokens, the 256 bytes included (a distribution holds at most 2,048 symbols: the
+/// tokens, the end and the escape).
+pub const MAX_TOKENS: usize = 2040;
+/// Longest token.
+pub const MAX_TOKEN_LEN: usize = 16;
+/// Strings the merges are learned from (spread over the field's sample).
+const MERGE_SAMPLE: usize = 20_000;
+/// Merges made per pass over the sample (pairs sharing no token).
+const MERGES_PER_PASS: usize = 64;
+/// A pair seen fewer times than this is not merged.
+const MIN_PAIR: u32 = 8;
+
+type Map<K, V> = HashMap<K, V, FxBuild>;
+
+/// A field's token table and its context model.
+#[derive(Debug, Default)]
+pub struct TokenText {
+    /// Every token's bytes (ids 0..256 are the bytes themselves), back to back, then
+    /// [`MAX_TOKEN_LEN`] zeros, so that any token can be copied as a fixed 16 bytes.
+    flat: Vec<u8>,
+    /// (start in `flat`, length) per token id.
+    spans: Vec<(u32, u8)>,
+    /// Encoding: tokens of two bytes or more by their first two bytes, longest first.
+    by2: Map<u16, Vec<u16>>,
+    /// Every token and the end ([`TokenText::eos`]).
+    pub o0: DistId,
+    /// Per previous token (and, last, the start of the text): its tokens, the end and the
+    /// escape ([`TokenText::esc`]), or NO_DIST to go to order 0 at once.
+    pub o1: Vec<DistId>,
+}
+
+impl TokenText {
+    /// A table from the merged tokens (ids 256 on, each 2 to [`MAX_TOKEN_LEN`] bytes).
+    /// None if one is out of bounds or there are too many.
+    pub fn from_merged(merged: &[Vec<u8>]) -> Option<TokenText> {
+        if merged.len() > MAX_TOKENS - 256 {
+            return None;
+        }
+        let mut t = TokenText { flat: (0..=255u8).collect(), ..Default::default() };
+        t.spans = (0..256u32).map(|b| (b, 1u8)).collect();
+        for m in merged {
+            if m.len() < 2 || m.len() > MAX_TOKEN_LEN {
+                return None;
+            }
+            t.spans.push((t.flat.len() as u32, m.len() as u8));
+            t.flat.extend_from_slice(m);
+        }
+        t.flat.extend_from_slice(&[0; MAX_TOKEN_LEN]);
+        for id in 256..t.spans.len() as u16 {
+            let b = t.token(id);
+            t.by2.entry(u16::from_be_bytes([b[0], b[1]])).or_default().push(id);
+        }
+        for ids in t.by2.values_mut() {
+            let spans = &t.spans;
+            ids.sort_unstable_by(|&a, &b| spans[b as usize].1.cmp(&spans[a as usize].1));
+        }
+        Some(t)
+    }
+
+    /// Tokens (the 256 bytes included).
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// The end-of-text symbol (one past the last token); also the start context's index.
+    pub fn eos(&self) -> u16 {
+        self.spans.len() as u16
+    }
+
+    /// The escape symbol of order-1 distributions.
+    pub fn esc(&self) -> u16 {
+        self.spans.len() as u16 + 1
+    }
+
+    /// The merged tokens (for serialising).
+    pub fn merged(&self) -> impl Iterator<Item = &[u8]> {
+        (256..self.spans.len() as u16).map(|i| self.token(i))
+    }
+
+    #[inline]
+    pub fn token(&self, id: u16) -> &[u8] {
+        let (s, n) = self.spans[id as usize];
+        &self.flat[s as usize..s as usize + n as usize]
+    }
+
+    /// Append token `id`'s bytes to `out`: a fixed-size copy (no call to memcpy for a few
+    /// bytes), cut back to the token's length.
+    #[inline]
+    pub fn push_token(&self, id: u16, out: &mut Vec<u8>) {
+        let (s, n) = self.spans[id as usize];
+        let len = out.len();
+        let block: &[u8; MAX_TOKEN_LEN] =
+            self.flat[s as usize..s as usize + MAX_TOKEN_LEN].try_into().expect("padded");
+        out.extend_from_slice(block);
+        out.truncate(len + n as usize);
+    }
+
+    /// `s` as tokens (greedy, longest first), appended to `out`.
+    pub fn split(&self, s: &[u8], out: &mut Vec<u16>) {
+        let mut i = 0;
+        while i < s.len() {
+            let mut id = s[i] as u16;
+            if i + 1 < s.len() {
+                if let Some(ids) = self.by2.get(&u16::from_be_bytes([s[i], s[i + 1]])) {
+                    if let Some(&t) = ids.iter().find(|&&t| s[i..].starts_with(self.token(t))) {
+                        id = t;
+                    }
+                }
+            }
+            i += self.spans[id as usize].1 as usize;
+            out.push(id);
+        }
+    }
+}
+
+/// Learn a token table for `texts` (the merges from at most [`MERGE_SAMPLE`] of them, spread
+/// over all) and its context model from all of them. Contexts seen fewer than `min_ctx`
+/// times go to order 0.
+pub fn train(pool: &mut Pool, texts: &[&[u8]], min_ctx: u64) -> TokenText {
+    let step = texts.len().div_ceil(MERGE_SAMPLE).max(1);
+    let sample: Vec<&[u8]> = texts.iter().step_by(step).copied().collect();
+    let merged = merges(&sample, MAX_TOKENS);
+    let mut t = TokenText::from_merged(&merged).expect("merges stay within bounds");
+    let n = t.len();
+    let (eos, esc) = (t.eos(), t.esc());
+    // Counts by (previous token or start, token or end): a dense table (16 MiB at most,
+    // for the training's duration) counts several times faster than maps.
+    let w = n + 1;
+    let mut c1 = vec![0u32; w * w];
+    let mut toks = Vec::new();
+    for s in texts {
+        toks.clear();
+        t.split(s, &mut toks);
+        toks.push(eos);
+        let mut prev = eos as usize;
+        for &tok in &toks {
+            c1[prev * w + tok as usize] += 1;
+            prev = tok as usize;
+        }
+    }
+    // Order 0 holds every token, so anything can be coded.
+    let mut c0 = vec![0u64; w];
+    for row in c1.chunks(w) {
+        for (c, &x) in c0.iter_mut().zip(row) {
+            *c += x as u64;
+        }
+    }
+    let all: Vec<(u16, u64)> = (0..=eos).map(|s| (s, c0[s as usize] * 4 + 1)).collect();
+    t.o0 = pool.add_counts(&all);
+    t.o1 = c1
+        .chunks(w)
+        .map(|row| {
+            let total: u64 = row.iter().map(|&x| x as u64).sum();
+            if total < min_ctx {
+                return NO_DIST;
+            }
+            // As the byte model: tokens seen once are left to order 0; the escape weighs
+            // 3/4 of the distinct count.
+            let distinct = row.iter().filter(|&&x| x > 0).count() as u64;
+            let mut kept: Vec<(u16, u64)> =
+                (0..w).filter(|&s| row[s] >= 2).map(|s| (s as u16, row[s] as u64 * 4)).collect();
+            kept.push((esc, (distinct * 3).max(1)));
+            pool.add_counts(&kept)
+        })
+        .collect();
+    t
+}
+
+/// Byte-pair merges: each pass counts adjacent token pairs and merges the most frequent
+/// [`MERGES_PER_PASS`] that share no token (so that merges of one pass never overlap),
+/// until `max` tokens or no pair is seen [`MIN_PAIR`] times.
+fn merges(texts: &[&[u8]], max: usize) -> Vec<Vec<u8>> {
+    const SEP: u16 = u16::MAX;
+    let mut seq: Vec<u16> = Vec::with_capacity(texts.iter().map(|s| s.len() + 1).sum());
+    for s in texts {
+        seq.extend(s.iter().map(|&b| b as u16));
+        seq.push(SEP);
+    }
+    let mut lens: Vec<u8> = vec![1; 256];
+    let mut merged: Vec<Vec<u8>> = Vec::new();
+    let bytes_of = |merged: &Vec<Vec<u8>>, id: u16| -> Vec<u8> {
+        if id < 256 {
+            vec![id as u8]
+        } else {
+            merged[id as usize - 256].clone()
+        }
+    };
+    // Pair counts in a dense table (16 MiB at most, while training), cleared through the
+    // list of pairs a pass touched: no hashing.
+    let mut counts = vec![0u32; max * max];
+    let mut touched: Vec<u32> = Vec::new();
+    while 256 + merged.len() < max {
+        for w in seq.windows(2) {
+            if w[0] != SEP
+                && w[1] != SEP
+                && lens[w[0] as usize] as usize + lens[w[1] as usize] as usize <= MAX_TOKEN_LEN
+            {
+                let k = w[0] as usize * max + w[1] as usize;
+                if counts[k] == 0 {
+                    touched.push(k as u32);
+                }
+                counts[k] += 1;
+            }
+        }
+        let mut top: Vec<(u32, u32)> = Vec::new();
+        for &k in &touched {
+            let c = std::mem::take(&mut counts[k as usize]);
+            if c >= MIN_PAIR {
+                let (a, b) = (k as usize / max, k as usize % max);
+                top.push(((a as u32) << 16 | b as u32, c));
+            }
+        }
+        touched.clear();
+        if top.is_empty() {
+            break;
+        }
+        top.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut used = vec![false; 256 + merged.len()];
+        let mut now: Map<u32, u16> = Map::default();
+        for (pair, _) in top {
+            if now.len() >= MERGES_PER_PASS || 256 + merged.len() >= max {
+                break;
+            }
+            let (a, b) = ((pair >> 16) as u16, pair as u16);
+            if used[a as usize] || used[b as usize] {
+                continue;
+            }
+            used[a as usize] = true;
+            used[b as usize] = true;
+            let id = (256 + merged.len()) as u16;
+            let mut bytes = bytes_of(&merged, a);
+            bytes.extend_from_slice(&bytes_of(&merged, b));
+            lens.push(bytes.len() as u8);
+            merged.push(bytes);
+            now.insert(pair, id);
+        }
+        let (mut r, mut w) = (0usize, 0usize);
+        while r < seq.len() {
+            if r + 1 < seq.len() {
+                if let Some(&id) = now.get(&((seq[r] as u32) << 16 | seq[r + 1] as u32)) {
+                    seq[w] = id;
+                    (r, w) = (r + 2, w + 1);
+                    continue;
+                }
+            }
+            seq[w] = seq[r];
+            (r, w) = (r + 1, w + 1);
+        }
+        seq.truncate(w);
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_covers_every_byte_and_prefers_long_tokens() {
+        let t =
+            TokenText::from_merged(&[b"ab".to_vec(), b"abc".to_vec(), b"xyz".to_vec()]).unwrap();
+        let mut out = Vec::new();
+        t.split(b"abcab\xffxyzx", &mut out);
+        let back: Vec<u8> = out.iter().flat_map(|&i| t.token(i).to_vec()).collect();
+        assert_eq!(back, b"abcab\xffxyzx");
+        assert_eq!(out, vec![257, 256, 0xff, 258, b'x' as u16]);
+    }
+
+    #[test]
+    fn tables_out_of_bounds_are_refused() {
+        assert!(TokenText::from_merged(&[b"a".to_vec()]).is_none());
+        assert!(TokenText::from_merged(&[vec![b'a'; MAX_TOKEN_LEN + 1]]).is_none());
+        assert!(TokenText::from_merged(&vec![b"ab".to_vec(); MAX_TOKENS - 255]).is_none());
+    }
+
+    #[test]
+    fn merges_learn_repeated_words_within_bounds() {
+        let texts: Vec<Vec<u8>> =
+            (0..500).map(|i| format!("the shared cache {i} the records").into_bytes()).collect();
+        let refs: Vec<&[u8]> = texts.iter().map(|t| &t[..]).collect();
+        let m = merges(&refs, 400);
+        assert!(m.iter().all(|t| t.len() >= 2 && t.len() <= MAX_TOKEN_LEN));
+        assert!(m.iter().any(|t| t.starts_with(b"the ")), "{m:?}");
+        assert!(256 + m.len() <= 400);
+    }
+}
