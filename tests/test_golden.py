@@ -139,6 +139,18 @@ def test_golden_records_image_reads_back_every_record(image: Path, tmp_path: Pat
             else:
                 assert c.record(rid) == want, rid
         assert c.record(c.insert({"new": 1})) == {"new": 1}
+        # A model trained now (token text, model order 4) beside the image's (order-3 byte
+        # text): records of both read back, before and after a restart.
+        models = c.stats()["record_models"]
+        c.train(golden_records() * 3)
+        assert c.stats()["record_models"] == models + 1
+        fresh = c.insert_many(golden_records())
+    with surpdb.Server(store, **args):
+        c = surpdb.connect(store)
+        assert [c.record(r) for r in fresh] == golden_records()
+        for rid, want in zip(meta["ids"], golden_records(), strict=True):
+            if rid != meta["removed"]:
+                assert c.record(rid) == want, rid
     assert _native.check(store)["ok"]
 
 
