@@ -302,17 +302,30 @@ impl Enc<'_> {
         toks.clear();
         t.split(s, &mut toks);
         toks.push(t.eos());
-        let mut prev = t.eos() as usize;
+        let (mut p2, mut prev) = (t.eos() as usize, t.eos() as usize);
         let mut r = Ok(());
+        let pool = &self.m.pool;
         for &tok in &toks {
-            let d = t.o1[prev];
-            if d == NO_DIST || !self.m.pool.put(d, tok, self.e) {
+            'coded: {
+                if !t.o2.is_empty() {
+                    let d = t.o2.get(tokens::ctx2(p2, prev));
+                    if d != NO_DIST {
+                        if pool.put(d, tok, self.e) {
+                            break 'coded;
+                        }
+                        r = r.and(self.sym(d, t.esc()));
+                    }
+                }
+                let d = t.o1[prev];
                 if d != NO_DIST {
+                    if pool.put(d, tok, self.e) {
+                        break 'coded;
+                    }
                     r = r.and(self.sym(d, t.esc()));
                 }
                 r = r.and(self.sym(t.o0, tok));
             }
-            prev = tok as usize;
+            (p2, prev) = (prev, tok as usize);
         }
         *self.toks = toks;
         r
@@ -473,11 +486,22 @@ impl Dec<'_> {
         let pool = &self.m.pool;
         self.scratch.clear();
         let (eos, esc) = (t.eos(), t.esc());
-        let mut prev = eos as usize;
+        let (mut p2, mut prev) = (eos as usize, eos as usize);
         let mut next_check = 4096;
         loop {
-            let d = t.o1[prev];
-            let mut sym = if d == NO_DIST { esc } else { pool.get(d, &mut self.d) };
+            let mut sym = esc;
+            if !t.o2.is_empty() {
+                let d = t.o2.get(tokens::ctx2(p2, prev));
+                if d != NO_DIST {
+                    sym = pool.get(d, &mut self.d);
+                }
+            }
+            if sym == esc {
+                let d = t.o1[prev];
+                if d != NO_DIST {
+                    sym = pool.get(d, &mut self.d);
+                }
+            }
             if sym == esc {
                 sym = pool.get(t.o0, &mut self.d);
             }
@@ -486,7 +510,7 @@ impl Dec<'_> {
                 return if sym == eos { Ok(()) } else { Err(bad("escape in order 0")) };
             }
             t.push_token(sym, &mut self.scratch);
-            prev = sym as usize;
+            (p2, prev) = (prev, sym as usize);
             if self.scratch.len() >= next_check {
                 self.check(&self.scratch)?;
                 next_check += 4096;

@@ -38,6 +38,11 @@ const MIN_CTX_TOKENS: u64 = 30;
 /// `Model::order` of models whose text is tokens ([`super::tokens`]): the default since
 /// model format 4; 3 (the compact codec, and models made before) is the order-3 byte model.
 pub const TOKEN_ORDER: u8 = 4;
+/// `Model::order` of compact models since model format 5: token text with order-2 token
+/// contexts too (before, compact models were order 3, the byte model with more contexts).
+pub const TOKEN2_ORDER: u8 = 5;
+/// Pairs of tokens seen fewer times go to order 1 (compact token text).
+const MIN_CTX_TOKENS2: u64 = 60;
 /// A field gets its own model from this many sample values; rarer ones use the generic one.
 const MIN_FIELD: usize = 64;
 
@@ -412,9 +417,10 @@ fn train_field(pool: &mut Pool, fs: &FieldSample, p: (u8, u64), tables: &dyn Tab
         fm.url_dist = NO_DIST;
     }
     let texts: Vec<(&str, [u8; 3])> = rest.iter().map(|s| text_part(s, &fm, tables)).collect();
-    if p.0 == TOKEN_ORDER {
+    if p.0 >= TOKEN_ORDER {
         let texts: Vec<&[u8]> = texts.iter().map(|t| t.0.as_bytes()).collect();
-        fm.tok = Some(super::tokens::train(pool, &texts, MIN_CTX_TOKENS));
+        let min2 = (p.0 == TOKEN2_ORDER).then_some(MIN_CTX_TOKENS2);
+        fm.tok = Some(super::tokens::train(pool, &texts, MIN_CTX_TOKENS, min2));
     } else {
         fm.text = train_text(pool, &texts, p.0, p.1);
     }
@@ -431,7 +437,7 @@ fn train_field(pool: &mut Pool, fs: &FieldSample, p: (u8, u64), tables: &dyn Tab
 /// Train a model from sample values (each in the value encoding), for the default mode or
 /// the compact one. Field names met are added to `tables`.
 pub fn train(samples: &[&[u8]], compact: bool, tables: &mut dyn Tables) -> Result<Model> {
-    let order = if compact { 3 } else { TOKEN_ORDER };
+    let order = if compact { TOKEN2_ORDER } else { TOKEN_ORDER };
     let p = (order, if compact { MIN_CTX_COMPACT } else { MIN_CTX_FAST });
     let mut col = Collector { tables, fields: HashMap::new(), trans: HashMap::new() };
     for s in samples {
@@ -551,7 +557,7 @@ fn write_field(w: &mut W, f: &FieldModel, order: u8) {
         w.s(s);
     }
     w.d(f.url_dist);
-    if order == TOKEN_ORDER {
+    if order >= TOKEN_ORDER {
         let t = f.tok.as_ref().expect("a token model's fields have token text");
         w.v(t.len() as u64 - 256);
         for m in t.merged() {
@@ -561,6 +567,13 @@ fn write_field(w: &mut W, f: &FieldModel, order: u8) {
         w.d(t.o0);
         for &d in &t.o1 {
             w.d(d);
+        }
+        if order == TOKEN2_ORDER {
+            w.v(t.o2.len() as u64);
+            for (k, d) in t.o2.iter() {
+                w.v(k as u64);
+                w.d(d);
+            }
         }
     } else {
         w.d(f.text.o0);
@@ -600,7 +613,7 @@ fn read_field(r: &mut R<'_>, pool: &Pool, order: u8) -> Result<FieldModel> {
     f.url_dist = r.d()?;
     check_table(pool, f.url_dist, f.prefixes.len(), 1)?;
     f.prefix_map = f.prefixes.iter().enumerate().map(|(i, s)| (s.clone(), i as u16)).collect();
-    if order == TOKEN_ORDER {
+    if order >= TOKEN_ORDER {
         let n = r.n((MAX_TOKENS - 256) as u64)?;
         let mut merged = Vec::with_capacity(n);
         for _ in 0..n {
@@ -614,6 +627,17 @@ fn read_field(r: &mut R<'_>, pool: &Pool, order: u8) -> Result<FieldModel> {
             let d = r.d()?;
             check_syms(pool, d, t.esc() + 1)?;
             t.o1.push(d);
+        }
+        if order == TOKEN2_ORDER {
+            let max = super::tokens::ctx2(t.len(), t.len()) as u64;
+            let n = r.n(max + 1)?;
+            t.o2 = CtxMap::with_capacity(n);
+            for _ in 0..n {
+                let k = r.n(max)? as u32;
+                let d = r.dd()?;
+                check_syms(pool, d, t.esc() + 1)?;
+                t.o2.insert(k, d);
+            }
         }
         f.tok = Some(t);
     } else {
@@ -721,7 +745,7 @@ impl Model {
             return Err(Error::Corrupted("model: bad magic".into()));
         }
         let mut r = R { r: Reader { buf, pos: 4 }, ids: Vec::new() };
-        let mut m = Model { order: r.n(TOKEN_ORDER as u64)? as u8, ..Default::default() };
+        let mut m = Model { order: r.n(TOKEN2_ORDER as u64)? as u8, ..Default::default() };
         if m.order < 2 {
             return Err(Error::Corrupted("model: bad order".into()));
         }

@@ -108,7 +108,13 @@ fn links_round_trip_and_compress() {
 
 #[test]
 fn edge_cases_round_trip() {
-    let (m, mut t) = trained(false);
+    for compact in [false, true] {
+        edge_cases_round_trip_with(compact);
+    }
+}
+
+fn edge_cases_round_trip_with(compact: bool) {
+    let (m, mut t) = trained(compact);
     let long = "x".repeat(100_000);
     let cases = vec![
         V::S(""),

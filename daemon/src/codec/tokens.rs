@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use super::dist::{DistId, Pool, NO_DIST};
+use super::dist::{CtxMap, DistId, Pool, NO_DIST};
 use super::FxBuild;
 
 /// Most tokens, the 256 bytes included (a distribution holds at most 2,048 symbols: the
@@ -43,6 +43,15 @@ pub struct TokenText {
     /// Per previous token (and, last, the start of the text): its tokens, the end and the
     /// escape ([`TokenText::esc`]), or NO_DIST to go to order 0 at once.
     pub o1: Vec<DistId>,
+    /// The compact codec: per pair of previous tokens ([`ctx2`]), escaping to `o1`; empty
+    /// in the default one.
+    pub o2: CtxMap,
+}
+
+/// The order-2 context of tokens `p2` then `p1` (each at most [`MAX_TOKENS`]: the start).
+#[inline]
+pub fn ctx2(p2: usize, p1: usize) -> u32 {
+    (p2 * 2048 + p1) as u32
 }
 
 impl TokenText {
@@ -135,8 +144,9 @@ impl TokenText {
 
 /// Learn a token table for `texts` (the merges from at most [`MERGE_SAMPLE`] of them, spread
 /// over all) and its context model from all of them. Contexts seen fewer than `min_ctx`
-/// times go to order 0.
-pub fn train(pool: &mut Pool, texts: &[&[u8]], min_ctx: u64) -> TokenText {
+/// times go to order 0; with `min_ctx2`, pairs of tokens seen that often get order-2
+/// contexts (the compact codec).
+pub fn train(pool: &mut Pool, texts: &[&[u8]], min_ctx: u64, min_ctx2: Option<u64>) -> TokenText {
     let step = texts.len().div_ceil(MERGE_SAMPLE).max(1);
     let sample: Vec<&[u8]> = texts.iter().step_by(step).copied().collect();
     let merged = merges(&sample, MAX_TOKENS);
@@ -147,15 +157,50 @@ pub fn train(pool: &mut Pool, texts: &[&[u8]], min_ctx: u64) -> TokenText {
     // for the training's duration) counts several times faster than maps.
     let w = n + 1;
     let mut c1 = vec![0u32; w * w];
+    // Order 2: (context << 11 | token) per step, sorted and counted in runs.
+    let mut c2: Vec<u64> = Vec::new();
     let mut toks = Vec::new();
     for s in texts {
         toks.clear();
         t.split(s, &mut toks);
         toks.push(eos);
-        let mut prev = eos as usize;
+        let (mut p2, mut prev) = (eos as usize, eos as usize);
         for &tok in &toks {
             c1[prev * w + tok as usize] += 1;
-            prev = tok as usize;
+            if min_ctx2.is_some() {
+                c2.push((ctx2(p2, prev) as u64) << 11 | tok as u64);
+            }
+            (p2, prev) = (prev, tok as usize);
+        }
+    }
+    if let Some(min2) = min_ctx2 {
+        c2.sort_unstable();
+        let mut i = 0;
+        let mut syms: Vec<(u16, u64)> = Vec::new();
+        let mut o2 = Vec::new();
+        while i < c2.len() {
+            let ctx = c2[i] >> 11;
+            syms.clear();
+            while i < c2.len() && c2[i] >> 11 == ctx {
+                let key = c2[i];
+                let mut n = 0u64;
+                while i < c2.len() && c2[i] == key {
+                    n += 1;
+                    i += 1;
+                }
+                syms.push(((key & 0x7ff) as u16, n));
+            }
+            let total: u64 = syms.iter().map(|x| x.1).sum();
+            if total >= min2 {
+                let mut kept: Vec<(u16, u64)> =
+                    syms.iter().filter(|x| x.1 >= 2).map(|&(s, c)| (s, c * 4)).collect();
+                kept.push((esc, (syms.len() as u64 * 3).max(1)));
+                o2.push((total, ctx as u32, pool.add_counts(&kept)));
+            }
+        }
+        t.o2 = CtxMap::with_capacity(o2.len());
+        for (_, ctx, d) in o2 {
+            t.o2.insert(ctx, d);
         }
     }
     // Order 0 holds every token, so anything can be coded.
