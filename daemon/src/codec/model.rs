@@ -516,6 +516,15 @@ impl R<'_> {
     fn v(&mut self) -> Result<u64> {
         self.r.varint()
     }
+    /// A count of entries of at least `per_item` bytes each, at most `max`: bounded by the
+    /// bytes left too, so a forged count cannot make a large allocation.
+    fn entries(&mut self, max: u64, per_item: usize) -> Result<usize> {
+        let n = self.r.count(per_item)?;
+        if n as u64 > max {
+            return Err(Error::Corrupted(format!("model: count {n} over {max}")));
+        }
+        Ok(n)
+    }
     fn n(&mut self, max: u64) -> Result<usize> {
         let n = self.v()?;
         if n > max {
@@ -630,7 +639,7 @@ fn read_field(r: &mut R<'_>, pool: &Pool, order: u8) -> Result<FieldModel> {
         }
         if order == TOKEN2_ORDER {
             let max = super::tokens::ctx2(t.len(), t.len()) as u64;
-            let n = r.n(max + 1)?;
+            let n = r.entries(max + 1, 2)?;
             t.o2 = CtxMap::with_capacity(n);
             for _ in 0..n {
                 let k = r.n(max)? as u32;
@@ -668,7 +677,7 @@ fn read_text(r: &mut R<'_>, pool: &Pool, f: &mut FieldModel) -> Result<()> {
         f.text.o1.push(d);
     }
     for (o, max) in [(&mut f.text.o2, 1u64 << 16), (&mut f.text.o3, 1 << 24)] {
-        let n = r.n(max)?;
+        let n = r.entries(max, 2)?;
         *o = CtxMap::with_capacity(n);
         for _ in 0..n {
             let k = r.n(max - 1)? as u32;
