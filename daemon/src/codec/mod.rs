@@ -11,11 +11,13 @@
 //! - **whole values** that repeat in a field (a source name, an author) are one symbol;
 //! - **URLs**: a trained prefix (scheme + host + first path segment, e.g.
 //!   `https://pypi.org/project/`) is one symbol; other hosts go to the domain table (scheme +
-//!   host -> id); the rest of the URL goes to the byte model;
-//! - **text**: a static PPM byte model per field (contexts of the previous 2 bytes, 3 in
-//!   compact mode; escapes to shorter contexts), driving rANS. A static model decodes several
-//!   times faster than an adaptive one and needs no per-record warm-up, which is what makes
-//!   40-byte strings small. LZMA (lzma-rs) was measured and is not used: its encoder emits
+//!   host -> id); the rest of the URL goes to the text model;
+//! - **text**: tokens learned from the field's sample (byte-pair merges, [`tokens`]), each
+//!   from a static distribution chosen by the token before it (and, in compact mode, by the
+//!   two before it), escaping to order 0; models of order 3, from stores made before, use a
+//!   static PPM byte model instead (contexts of the previous 3 bytes). A static model decodes
+//!   several times faster than an adaptive one and needs no per-record warm-up, which is what
+//!   makes 40-byte strings small. LZMA (lzma-rs) was measured and is not used: its encoder emits
 //!   literals only, so per-string output is larger than the input's UTF-8 for short strings;
 //! - **ints**: repeating values are symbols; others are a bit length symbol plus raw bits.
 //!

@@ -142,7 +142,7 @@ impl TokenText {
     }
 }
 
-/// Learn a token table for `texts` (the merges from at most [`MERGE_SAMPLE`] of them, spread
+/// Learn a token table for `texts` (the merges from at most `MERGE_SAMPLE` of them, spread
 /// over all) and its context model from all of them. Contexts seen fewer than `min_ctx`
 /// times go to order 0; with `min_ctx2`, pairs of tokens seen that often get order-2
 /// contexts (the compact codec).
