@@ -333,7 +333,8 @@ impl RecStore {
             }
             return;
         }
-        let (samples, sent) = match recent.clone() {
+        let drift = recent.is_some();
+        let (samples, sent) = match recent {
             Some(r) => (r, false),
             None => {
                 let s = self.samples.take();
@@ -348,7 +349,6 @@ impl RecStore {
         let learned = if sent { samples.len() as u64 } else { 0 };
         let names = self.tables.names.clone();
         let path = self.rf.path.clone();
-        let drift = recent.is_some();
         let current = if drift { self.tables.models.last().cloned() } else { None };
         let handle = std::thread::Builder::new()
             .name("surpd-train".into())
@@ -398,10 +398,8 @@ impl RecStore {
                 h.baseline_ppm.store(self.baseline, Ordering::Relaxed);
                 h.baseline_bpr_milli
                     .store(h.recent_bpr_milli.load(Ordering::Relaxed), Ordering::Relaxed);
-                (self.window, self.drifted, self.worse_before) = ((0, 0, 0), false, false);
-                self.settled = true;
-                self.recent_from = h.inserted.load(Ordering::Relaxed);
                 h.drift_models_discarded.fetch_add(1, Ordering::Relaxed);
+                self.measure_afresh(true);
                 Ok(0)
             }
             Ok(Ok(t)) => {
@@ -470,11 +468,17 @@ impl RecStore {
         h.baseline_bpr_milli.store(t.held_out_bpr_milli, Ordering::Relaxed);
         h.baseline_ppm.store(t.held_out_ppm, Ordering::Relaxed);
         self.recent.take();
-        (self.window, self.baseline, self.drifted) = ((0, 0, 0), t.held_out_ppm, false);
-        self.worse_before = false;
-        self.settled = false;
-        self.recent_from = h.inserted.load(Ordering::Relaxed);
+        self.baseline = t.held_out_ppm;
+        self.measure_afresh(false);
         Ok(bytes.len())
+    }
+
+    /// Start measuring what comes in over again, no drift seen, from the records inserted
+    /// from now on; `settled`: the baseline stands (else the first measure sets it).
+    fn measure_afresh(&mut self, settled: bool) {
+        (self.window, self.drifted, self.worse_before) = ((0, 0, 0), false, false);
+        self.settled = settled;
+        self.recent_from = self.rf.hdr().inserted.load(Ordering::Relaxed);
     }
 
     /// Recount the header's counters from the chunks (after an unclean stop).
