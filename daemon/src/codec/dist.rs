@@ -36,23 +36,29 @@ pub const NO_DIST: DistId = u32::MAX;
 pub struct Pool {
     w: Vec<u32>,
     count: usize,
-    /// Symbol ranks for the encoder (see [`Rank`]); the header word of a distribution
-    /// that has one holds its index + 1 in its upper 16 bits.
-    ranks: Vec<Rank>,
+    /// Distributions that get a rank index, numbered from 1 in their header word's upper
+    /// 16 bits (more than [`LINEAR_MAX`] entries, every symbol below [`RANK_SYMS`]).
+    ranked: u32,
+    /// The encoder's rank index, built on the first encode (see [`Ranks`]): readers, which
+    /// only decode, never pay for it.
+    ranks: std::sync::OnceLock<Ranks>,
 }
 
-/// Symbols below this get a rank bitmap.
-const RANK_SYMS: usize = 512;
+/// Symbols below this get a rank bitmap (every token id, the end and the escape).
+const RANK_SYMS: usize = 2048;
 
 /// Which entry holds a symbol, for distributions of more than [`LINEAR_MAX`] entries whose
-/// symbols are all below [`RANK_SYMS`] (text and tag distributions): a presence bitmap and
-/// per-word counts, so the encoder finds a symbol with two loads and a popcount. Binary
-/// search over the entries was 35% of encoding time (profiled on the dev corpus). Decoders
-/// never read these.
-#[derive(Debug)]
-struct Rank {
-    bits: [u64; RANK_SYMS / 64],
-    before: [u16; RANK_SYMS / 64],
+/// symbols are all below [`RANK_SYMS`]: a presence bitmap and per-word counts, so the
+/// encoder finds a symbol with two loads and a popcount. Binary search over the entries was
+/// 35% of encoding time (profiled on the dev corpus). Per distribution, the bitmap reaches
+/// its largest symbol only.
+#[derive(Debug, Default)]
+struct Ranks {
+    /// Per ranked distribution: (first word in `bits`, words).
+    at: Vec<(u32, u32)>,
+    bits: Vec<u64>,
+    /// Per word: the distribution's symbols in the words before it.
+    before: Vec<u16>,
 }
 
 /// Quantise counts (symbol, count > 0) to frequencies >= 1 summing to [`TOT`].
@@ -130,17 +136,10 @@ impl Pool {
         let mut header = n;
         if n > LINEAR_MAX
             && entries.iter().all(|e| (e.0 as usize) < RANK_SYMS)
-            && self.ranks.len() < 0xffff
+            && self.ranked < 0xffff
         {
-            let mut r = Rank { bits: [0; RANK_SYMS / 64], before: [0; RANK_SYMS / 64] };
-            for &(s, _) in entries {
-                r.bits[s as usize / 64] |= 1 << (s % 64);
-            }
-            for w in 1..r.bits.len() {
-                r.before[w] = r.before[w - 1] + r.bits[w - 1].count_ones() as u16;
-            }
-            self.ranks.push(r);
-            header |= (self.ranks.len() as u32) << 16;
+            self.ranked += 1;
+            header |= self.ranked << 16;
         }
         self.w.push(header);
         let mut cum = 0u32;
@@ -185,17 +184,49 @@ impl Pool {
         let head = self.w[d as usize];
         let (b, n) = (d as usize + 1, (head & 0xffff) as usize);
         if head >> 16 != 0 {
-            if let Some(r) = self.ranks.get((head >> 16) as usize - 1) {
-                let (w, bit) = (sym as usize / 64, 1u64 << (sym % 64));
-                let word = *r.bits.get(w)?;
+            let r = self.ranks.get_or_init(|| self.build_ranks());
+            if let Some(&(at, words)) = r.at.get((head >> 16) as usize - 1) {
+                let w = sym as usize / 64;
+                if w >= words as usize {
+                    return None;
+                }
+                let (word, bit) = (r.bits[at as usize + w], 1u64 << (sym % 64));
                 if word & bit == 0 {
                     return None;
                 }
-                return Some(b + r.before[w] as usize + (word & (bit - 1)).count_ones() as usize);
+                let before = r.before[at as usize + w] as usize;
+                return Some(b + before + (word & (bit - 1)).count_ones() as usize);
             }
         }
         let e = &self.w[b..b + n];
         e.binary_search_by_key(&sym, |&x| (x >> 16) as u16).ok().map(|i| b + i)
+    }
+
+    /// The rank index of every distribution whose header names one (in id order, as
+    /// numbered by [`Pool::add_quantized`]).
+    fn build_ranks(&self) -> Ranks {
+        let mut r = Ranks::default();
+        for d in self.ids() {
+            let head = self.w[d as usize];
+            if head >> 16 == 0 {
+                continue;
+            }
+            let (b, n) = (d as usize + 1, (head & 0xffff) as usize);
+            let syms = || self.w[b..b + n].iter().map(|&x| (x >> 16) as usize);
+            let words = syms().max().unwrap_or(0) / 64 + 1;
+            let at = r.bits.len();
+            r.bits.resize(at + words, 0);
+            for s in syms() {
+                r.bits[at + s / 64] |= 1 << (s % 64);
+            }
+            let mut before = 0u16;
+            for w in 0..words {
+                r.before.push(before);
+                before += r.bits[at + w].count_ones() as u16;
+            }
+            r.at.push((at as u32, words as u32));
+        }
+        r
     }
 
     /// Encode `sym`; false if the distribution does not contain it.

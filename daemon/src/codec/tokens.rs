@@ -36,8 +36,8 @@ pub struct TokenText {
     flat: Vec<u8>,
     /// (start in `flat`, length) per token id.
     spans: Vec<(u32, u8)>,
-    /// Encoding: tokens of two bytes or more by their first two bytes, longest first.
-    by2: Map<u16, Vec<u16>>,
+    /// Encoding's index (built on the first split: readers never need it).
+    split: std::sync::OnceLock<SplitIndex>,
     /// Every token and the end ([`TokenText::eos`]).
     pub o0: DistId,
     /// Per previous token (and, last, the start of the text): its tokens, the end and the
@@ -71,15 +71,30 @@ impl TokenText {
             t.flat.extend_from_slice(m);
         }
         t.flat.extend_from_slice(&[0; MAX_TOKEN_LEN]);
-        for id in 256..t.spans.len() as u16 {
-            let b = t.token(id);
-            t.by2.entry(u16::from_be_bytes([b[0], b[1]])).or_default().push(id);
-        }
-        for ids in t.by2.values_mut() {
-            let spans = &t.spans;
-            ids.sort_unstable_by(|&a, &b| spans[b as usize].1.cmp(&spans[a as usize].1));
-        }
         Some(t)
+    }
+
+    /// Tokens of two bytes or more by their first two bytes, longest first.
+    fn split_index(&self) -> SplitIndex {
+        let mut by2: Vec<Vec<u16>> = vec![Vec::new(); 1 << 16];
+        for id in 256..self.spans.len() as u16 {
+            let b = self.token(id);
+            by2[u16::from_le_bytes([b[0], b[1]]) as usize].push(id);
+        }
+        let mut x = SplitIndex { first: Vec::with_capacity((1 << 16) + 1), cand: Vec::new() };
+        for ids in &mut by2 {
+            ids.sort_unstable_by_key(|&i| std::cmp::Reverse(self.spans[i as usize].1));
+            x.first.push(x.cand.len() as u32);
+            for &id in ids.iter() {
+                let (s, n) = self.spans[id as usize];
+                let bytes = &self.flat[s as usize..s as usize + MAX_TOKEN_LEN];
+                let word = u128::from_le_bytes(bytes.try_into().expect("padded"));
+                let mask = if n as usize == MAX_TOKEN_LEN { !0 } else { (1u128 << (8 * n)) - 1 };
+                x.cand.push(Cand { word: word & mask, mask, id, len: n });
+            }
+        }
+        x.first.push(x.cand.len() as u32);
+        x
     }
 
     /// Tokens (the 256 bytes included).
@@ -126,20 +141,49 @@ impl TokenText {
 
     /// `s` as tokens (greedy, longest first), appended to `out`.
     pub fn split(&self, s: &[u8], out: &mut Vec<u16>) {
+        let x = self.split.get_or_init(|| self.split_index());
+        // The text in 16-byte windows: one masked compare per candidate token.
         let mut i = 0;
         while i < s.len() {
-            let mut id = s[i] as u16;
-            if i + 1 < s.len() {
-                if let Some(ids) = self.by2.get(&u16::from_be_bytes([s[i], s[i + 1]])) {
-                    if let Some(&t) = ids.iter().find(|&&t| s[i..].starts_with(self.token(t))) {
-                        id = t;
-                    }
+            let left = s.len() - i;
+            let window = if left >= MAX_TOKEN_LEN {
+                u128::from_le_bytes(s[i..i + MAX_TOKEN_LEN].try_into().expect("16 bytes"))
+            } else {
+                let mut pad = [0u8; MAX_TOKEN_LEN];
+                pad[..left].copy_from_slice(&s[i..]);
+                u128::from_le_bytes(pad)
+            };
+            let (mut id, mut len) = (s[i] as u16, 1usize);
+            if left >= 2 {
+                let k = (window & 0xffff) as usize;
+                let cands = &x.cand[x.first[k] as usize..x.first[k + 1] as usize];
+                if let Some(c) =
+                    cands.iter().find(|c| c.len as usize <= left && window & c.mask == c.word)
+                {
+                    (id, len) = (c.id, c.len as usize);
                 }
             }
-            i += self.spans[id as usize].1 as usize;
+            i += len;
             out.push(id);
         }
     }
+}
+
+/// The encoder's index of a token table: candidates by first two bytes.
+#[derive(Debug)]
+struct SplitIndex {
+    /// Per two-byte prefix (little-endian): its candidates in `cand`, to the next entry's.
+    first: Vec<u32>,
+    cand: Vec<Cand>,
+}
+
+/// A token as the splitter compares it: its bytes in the low `len` bytes of a word.
+#[derive(Debug)]
+struct Cand {
+    word: u128,
+    mask: u128,
+    id: u16,
+    len: u8,
 }
 
 /// Learn a token table for `texts` (the merges from at most `MERGE_SAMPLE` of them, spread
@@ -329,6 +373,46 @@ mod tests {
         let back: Vec<u8> = out.iter().flat_map(|&i| t.token(i).to_vec()).collect();
         assert_eq!(back, b"abcab\xffxyzx");
         assert_eq!(out, vec![257, 256, 0xff, 258, b'x' as u16]);
+    }
+
+    /// The indexed split is the plain greedy one: at each position the longest token that
+    /// the rest of the text starts with, near the end of the text too (where the 16-byte
+    /// window reads padding that a token must not match).
+    #[test]
+    fn split_matches_a_plain_longest_match() {
+        let mut merged: Vec<Vec<u8>> = vec![vec![0, 0], vec![0, 0, 0], vec![b'a'; 16]];
+        let mut x = 7u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        while merged.len() < 600 {
+            let n = 2 + (next() % 15) as usize;
+            let t: Vec<u8> = (0..n).map(|_| b"ab\0c"[(next() % 4) as usize]).collect();
+            if !merged.contains(&t) {
+                merged.push(t);
+            }
+        }
+        let t = TokenText::from_merged(&merged).unwrap();
+        for _ in 0..2000 {
+            let n = (next() % 40) as usize;
+            let s: Vec<u8> = (0..n).map(|_| b"ab\0cd"[(next() % 5) as usize]).collect();
+            let mut want = Vec::new();
+            let mut i = 0;
+            while i < s.len() {
+                let id = (0..t.len() as u16)
+                    .filter(|&id| s[i..].starts_with(t.token(id)))
+                    .max_by_key(|&id| t.token(id).len())
+                    .unwrap();
+                want.push(id);
+                i += t.token(id).len();
+            }
+            let mut got = Vec::new();
+            t.split(&s, &mut got);
+            assert_eq!(got, want, "{s:?}");
+        }
     }
 
     #[test]
