@@ -9,6 +9,10 @@ inserted in batches of 10,000 in the order of the file (and again shuffled); the
 by itself (at train_after, 2,000 records, at every tenfold growth, and when records start
 compressing worse than its model did).
 
+Load rates: one client inserting every record, then (trained path) two client processes
+inserting half each into a fresh store; clients compress records themselves and the daemon
+checks and stores them. record ns is the median of random reads, p99 of single timed calls.
+
 Without --links (or if the file is missing) it uses generated link records. surpdb's figure is
 all-in: stats()["bytes_used"] (headers, tables, models, records) of a fresh store after
 train(sample) and insert_many of every record, checked against the files' allocated blocks.
@@ -85,6 +89,53 @@ def median_ns_per_call(fn, ids: list, batch: int = 100, batches: int = 300) -> f
     return statistics.median(runs)
 
 
+def p99_ns_per_call(fn, ids: list, calls: int = 20_000) -> float:
+    """99th percentile of single calls (each timed alone: includes about 50 ns of timer)."""
+    rng = random.Random(9)
+    times = []
+    for _ in range(calls):
+        x = ids[rng.randrange(len(ids))]
+        t0 = time.perf_counter_ns()
+        fn(x)
+        times.append(time.perf_counter_ns() - t0)
+    times.sort()
+    return times[len(times) * 99 // 100]
+
+
+def _load_part(d: str, part: list[dict], barrier) -> None:
+    c = surpdb.connect(d)
+    barrier.wait()
+    for i in range(0, len(part), 10_000):
+        c.insert_many(part[i : i + 10_000])
+
+
+def load_two_clients(records: list[dict], sample: list[dict], compact: bool) -> float:
+    """Records per second from two client processes, each inserting half of the records (in
+    batches of 10,000) into a fresh store trained on the same sample."""
+    import multiprocessing
+
+    d = scratch_dir("surpdb-records-two-")
+    n = len(records)
+    with surpdb.Server(d, size="20MiB", records_size="8GiB", train_after=0):
+        surpdb.connect(d).train(sample, compact=compact)
+        ctx = multiprocessing.get_context("fork")
+        barrier = ctx.Barrier(3)
+        parts = (records[: n // 2], records[n // 2 :])
+        procs = [ctx.Process(target=_load_part, args=(d, p, barrier)) for p in parts]
+        for p in procs:
+            p.start()
+        barrier.wait()
+        t0 = time.perf_counter()
+        for p in procs:
+            p.join()
+        elapsed = time.perf_counter() - t0
+        if any(p.exitcode != 0 for p in procs):
+            raise SystemExit("a loading client failed")
+        if surpdb.connect(d).stats()["records"] != n:
+            raise SystemExit("two clients did not store every record")
+    return n / elapsed
+
+
 def bench_surpdb(records: list[dict], compact: bool, out: dict) -> None:
     d = scratch_dir("surpdb-records-")
     n = len(records)
@@ -108,8 +159,10 @@ def bench_surpdb(records: list[dict], compact: bool, out: dict) -> None:
             if c.record(ids[i]) != records[i]:
                 raise SystemExit(f"record {i} came back different")
         rec_ns = median_ns_per_call(c.record, ids)
+        rec_p99 = p99_ns_per_call(c.record, ids)
         lazy_ns = median_ns_per_call(lambda r: c.record(r, lazy=True)["url"], ids)
         name = "surpdb compact" if compact else "surpdb"
+        encoded_by_clients = st["records_encoded_by_clients"]
         out[name] = {
             "bytes_per_record": st["bytes_used"] / n,
             "allocated_per_record": alloc / n,
@@ -118,8 +171,11 @@ def bench_surpdb(records: list[dict], compact: bool, out: dict) -> None:
             "train_s": train_s,
             "load_per_s": n / load_s,
             "record_ns": rec_ns,
+            "record_p99_ns": rec_p99,
             "lazy_field_ns": lazy_ns,
+            "encoded_by_clients": encoded_by_clients,
         }
+    out[name]["load_2_per_s"] = load_two_clients(records, sample, compact)
 
 
 def bench_surpdb_default(records: list[dict], name: str, out: dict) -> None:
@@ -144,6 +200,7 @@ def bench_surpdb_default(records: list[dict], name: str, out: dict) -> None:
             "records_bytes_per_record": st["records_bytes"] / n,
             "load_per_s": n / load_s,
             "record_ns": rec_ns,
+            "record_p99_ns": p99_ns_per_call(c.record, ids),
             "models": st["record_models"],
             "recent_bpr": st["record_recent_bpr_milli"] / 1000,
         }
@@ -175,11 +232,13 @@ def bench_msgpack_lmdb(records: list[dict], out: dict) -> None:
     with env.begin() as txn:
         get = txn.get
         ns = median_ns_per_call(lambda k: msgpack.unpackb(get(k)), keys)
+        p99 = p99_ns_per_call(lambda k: msgpack.unpackb(get(k)), keys)
     out["py-lmdb + msgpack"] = {
         "bytes_per_record": used / n,
         "allocated_per_record": allocated(os.path.join(d, "data.mdb")) / n,
         "load_per_s": n / load_s,
         "record_ns": ns,
+        "record_p99_ns": p99,
     }
     env.close()
 
@@ -292,7 +351,7 @@ def main() -> None:
     ref = out["surpdb"]
     print(
         f"\n{'store':<22}{'B/record':>10}{'x surpdb':>10}{'alloc B':>10}"
-        f"{'record ns':>11}{'load/s':>11}"
+        f"{'record ns':>11}{'p99 ns':>9}{'load/s':>9}{'2 clients':>11}"
     )
     for name, r in out.items():
         if "skipped" in r:
@@ -301,8 +360,11 @@ def main() -> None:
         ratio = r["bytes_per_record"] / ref["bytes_per_record"]
         alloc = f"{r['allocated_per_record']:.1f}" if "allocated_per_record" in r else "-"
         load = f"{r['load_per_s'] / 1e3:.0f}k" if "load_per_s" in r else "-"
+        load2 = f"{r['load_2_per_s'] / 1e3:.0f}k" if "load_2_per_s" in r else "-"
+        p99 = f"{r['record_p99_ns']:.0f}" if "record_p99_ns" in r else "-"
         print(
-            f"{name:<22}{r['bytes_per_record']:>10.1f}{ratio:>10.2f}{alloc:>10}{r['record_ns']:>11.0f}{load:>11}"
+            f"{name:<22}{r['bytes_per_record']:>10.1f}{ratio:>10.2f}{alloc:>10}"
+            f"{r['record_ns']:>11.0f}{p99:>9}{load:>9}{load2:>11}"
         )
     for name in ("surpdb default, file order", "surpdb default, shuffled"):
         if name in out:
@@ -314,7 +376,8 @@ def main() -> None:
             r = out[name]
             print(
                 f"{name}: model {r['model_bytes']} bytes trained in {r['train_s']:.2f} s; "
-                f"lazy record + one field {r['lazy_field_ns']:.0f} ns"
+                f"lazy record + one field {r['lazy_field_ns']:.0f} ns; "
+                f"{r['encoded_by_clients']} records stored as the client compressed them"
             )
     if a.json:
         with open(a.json, "w") as f:

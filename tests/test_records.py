@@ -134,6 +134,27 @@ def test_trained_records_are_small(client: surpdb.Client) -> None:
     assert [client.record(i) for i in ids[:500]] == recs[:500]
 
 
+def test_clients_compress_records_and_the_daemon_stores_them_as_sent(
+    client: surpdb.Client,
+) -> None:
+    """Once a model exists, a client compresses its records itself and the daemon only checks
+    them (it decodes each in full); a record naming a field or URL host the store has not
+    seen yet goes uncompressed, for the daemon to add the name."""
+    client.train(links(5000, seed=3))
+    assert client.stats()["records_encoded_by_clients"] == 0
+    recs = links(2000, seed=4)
+    ids = client.insert_many(recs)
+    sent = client.stats()["records_encoded_by_clients"]
+    assert 1900 <= sent <= 2000, sent
+    rid = client.insert({"title": recs[0]["title"], "brand-new field": 1})
+    assert client.stats()["records_encoded_by_clients"] == sent
+    rid = client.insert(recs[0])
+    new = client.update(rid, recs[1])
+    assert client.stats()["records_encoded_by_clients"] == sent + 2
+    assert client.record(new) == recs[1]
+    assert [client.record(i) for i in ids] == recs
+
+
 def test_retraining_keeps_old_records_readable(
     server: surpdb.Server, client: surpdb.Client
 ) -> None:

@@ -602,6 +602,10 @@ pub mod flag {
     pub const SAMPLE: u8 = 8;
     /// NS_OPEN: set the namespace's quotas too.
     pub const QUOTA: u8 = 16;
+    /// INSERT / UPDATE: the payload is the record compressed by the client with the model
+    /// whose number (1-based) is the key, 4 bytes little-endian. The daemon decodes it in
+    /// full before storing it, and refuses it if it does not decode.
+    pub const ENCODED: u8 = 32;
 }
 
 /// Result statuses.
@@ -877,7 +881,10 @@ pub struct RecFileHeader {
     /// The drift baseline: stored bytes per million bytes of value encoding (0 in files
     /// made before it, or with no model yet).
     pub baseline_ppm: AtomicU64,
-    pub _pad0: [AtomicU64; 2],
+    /// Records stored as a client compressed them (0 in files made before it; see
+    /// `Client::encode_record`).
+    pub client_encoded: AtomicU64,
+    pub _pad0: [AtomicU64; 1],
     // ---- daemon state (offset 128) ----
     /// End of the published table log (bytes from tables_off).
     pub tables_end: AtomicU64,

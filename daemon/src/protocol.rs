@@ -110,6 +110,18 @@ impl<'a> Request<'a> {
         Self::with_value(op::INSERT, 0, b"", record, 0)
     }
 
+    /// Record store: insert a record compressed with model number `model` (1-based, as
+    /// [`crate::client::Client::encode_record`] gives it; `model` holds it as the key);
+    /// the reply's value is its id.
+    pub fn insert_encoded(model: &'a [u8; 4], record: &'a [u8]) -> Self {
+        Self::with_value(op::INSERT, flag::ENCODED, model, record, 0)
+    }
+
+    /// Record store: [`Request::update`] with a record compressed with model number `model`.
+    pub fn update_encoded(id: u64, model: &'a [u8; 4], record: &'a [u8]) -> Self {
+        Self::with_value(op::UPDATE, flag::ENCODED, model, record, id)
+    }
+
     /// Record store: replace record `id`; the reply's value is the new id.
     pub fn update(id: u64, record: &'a [u8]) -> Self {
         Self::with_value(op::UPDATE, 0, b"", record, id)

@@ -9,6 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyList, PyTuple};
 
 use surpd::client::{Client as Core, Lookup, Pipeline, Ticket};
+use surpd::codec::RecordEncoder;
 use surpd::layout::{op, status, NS_MARK};
 use surpd::protocol::Request;
 use surpd::ring::Reply;
@@ -1559,17 +1560,22 @@ impl Client {
     #[pyo3(signature = (record, wait = true))]
     fn insert(&self, py: Python<'_>, record: &Bound<'_, PyAny>, wait: bool) -> PyResult<u64> {
         let buf = self.encode_value(record)?;
+        let sent = self.encode_record(&buf);
+        let req = match &sent {
+            Some((model, bytes)) => Request::insert_encoded(model, bytes),
+            None => Request::insert(&buf),
+        };
         if !wait {
-            return self.enqueue(Request::insert(&buf));
+            return self.enqueue(req);
         }
-        let r = self.call(py, Request::insert(&buf))?;
+        let r = self.call(py, req)?;
         self.record_reply(r, None)
     }
 
     /// Store many records (pipelined through the ring); their ids, in order. Raises on the
     /// first failure after every request has been answered, naming how many were stored.
     fn insert_many(&self, py: Python<'_>, records: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
-        let replies = self.pipeline_values(py, records, |b| Request::insert(b), false)?;
+        let replies = self.pipeline_records(py, records)?;
         let mut ids: Vec<Option<u64>> = Vec::with_capacity(replies.len());
         let mut first_err: Option<(usize, PyErr)> = None;
         for (i, r) in replies.into_iter().enumerate() {
@@ -1684,7 +1690,12 @@ impl Client {
     ) -> PyResult<u64> {
         let id = record_id(rid)?;
         let buf = self.encode_value(record)?;
-        let r = self.call(py, Request::update(id, &buf))?;
+        let sent = self.encode_record(&buf);
+        let req = match &sent {
+            Some((model, bytes)) => Request::update_encoded(id, model, bytes),
+            None => Request::update(id, &buf),
+        };
+        let r = self.call(py, req)?;
         self.record_reply(r, Some(rid))
     }
 
@@ -1745,19 +1756,7 @@ impl Client {
         skip_oversized: bool,
     ) -> PyResult<Vec<surpd::Result<Reply>>> {
         let mut buf = Vec::with_capacity(256);
-        // A client that refuses pickles checks the whole batch before sending any of it: a
-        // refused value stores nothing, not the values before it.
-        let values = if self.pickle {
-            values.clone()
-        } else {
-            let all = values.try_iter()?.collect::<PyResult<Vec<_>>>()?;
-            for v in &all {
-                buf.clear();
-                encode(v, &mut buf, 0)?;
-                self.refuse_pickle(v, &buf)?;
-            }
-            PyList::new(py, all)?.into_any()
-        };
+        let values = self.checked_batch(py, values)?;
         let mut pipe = Pipeline::new(&self.core);
         for v in values.try_iter()? {
             buf.clear();
@@ -1771,6 +1770,78 @@ impl Client {
             pipe.push(&request(&buf));
         }
         Ok(py.allow_threads(|| pipe.finish()))
+    }
+
+    /// A record (value encoding) compressed here for the daemon to check and store: (model
+    /// number, bytes), or None to send it as it is (see `Core::encode_record`).
+    fn encode_record(&self, val: &[u8]) -> Option<([u8; 4], Vec<u8>)> {
+        with_record_encoder(|enc, out| {
+            let model = self.core.encode_record(val, enc, out).ok().flatten()?;
+            Some((model.to_le_bytes(), out.clone()))
+        })
+    }
+
+    /// Send records to insert, pipelined: converted a slice at a time with the GIL, then
+    /// compressed here (see `encode_record`) and sent without it, so that other threads run
+    /// and the daemon only checks what it stores.
+    fn pipeline_records(
+        &self,
+        py: Python<'_>,
+        values: &Bound<'_, PyAny>,
+    ) -> PyResult<Vec<surpd::Result<Reply>>> {
+        const SLICE: usize = 1024;
+        let values = self.checked_batch(py, values)?;
+        let core = &*self.core;
+        let mut pipe = Pipeline::new(core);
+        let (mut flat, mut ends) = (Vec::with_capacity(SLICE * 256), Vec::with_capacity(SLICE));
+        let mut it = values.try_iter()?;
+        loop {
+            flat.clear();
+            ends.clear();
+            for v in it.by_ref().take(SLICE) {
+                encode(&v?, &mut flat, 0)?;
+                ends.push(flat.len());
+            }
+            if ends.is_empty() {
+                break;
+            }
+            py.allow_threads(|| {
+                with_record_encoder(|enc, out| {
+                    let mut start = 0;
+                    for &end in &ends {
+                        let val = &flat[start..end];
+                        start = end;
+                        match core.encode_record(val, enc, out) {
+                            Ok(Some(model)) => {
+                                pipe.push(&Request::insert_encoded(&model.to_le_bytes(), out))
+                            }
+                            _ => pipe.push(&Request::insert(val)),
+                        }
+                    }
+                })
+            });
+        }
+        Ok(py.allow_threads(|| pipe.finish()))
+    }
+
+    /// The values of a batch to send: a client that refuses pickles checks the whole batch
+    /// before sending any of it, so a refused value stores nothing, not the values before it.
+    fn checked_batch<'py>(
+        &self,
+        py: Python<'py>,
+        values: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        if self.pickle {
+            return Ok(values.clone());
+        }
+        let mut buf = Vec::with_capacity(256);
+        let all = values.try_iter()?.collect::<PyResult<Vec<_>>>()?;
+        for v in &all {
+            buf.clear();
+            encode(v, &mut buf, 0)?;
+            self.refuse_pickle(v, &buf)?;
+        }
+        Ok(PyList::new(py, all)?.into_any())
     }
 
     /// Result of a record-store request: the reply's value, or the exception for its status.
@@ -1844,4 +1915,22 @@ fn pickled_type(value: &Bound<'_, PyAny>) -> String {
         Some(o.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "object".into()))
     }
     find(value, 0).unwrap_or_else(|| "object".into())
+}
+
+thread_local! {
+    /// This thread's record encoder and its output buffer (see `Core::encode_record`).
+    static RECORD_ENCODER: std::cell::RefCell<(RecordEncoder, Vec<u8>)> =
+        std::cell::RefCell::new((RecordEncoder::new(), Vec::new()));
+}
+
+/// Run `f` with this thread's record encoder and output buffer (a fresh pair if they are
+/// in use: `f` never runs Python code, but nothing is left to that).
+fn with_record_encoder<T>(f: impl FnOnce(&mut RecordEncoder, &mut Vec<u8>) -> T) -> T {
+    RECORD_ENCODER.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut pair) => {
+            let (enc, out) = &mut *pair;
+            f(enc, out)
+        }
+        Err(_) => f(&mut RecordEncoder::new(), &mut Vec::new()),
+    })
 }

@@ -51,6 +51,8 @@ pub struct Store {
     ns_cursors: [u64; MAX_NAMESPACES],
     /// `pickle = false`: values holding a pickle are refused (loading one runs code).
     pub refuse_pickle: bool,
+    /// A record sent compressed, decoded (kept between requests for its capacity).
+    scratch: Vec<u8>,
 }
 
 /// Largest TTL accepted (about 100 years), so that expiry arithmetic never overflows.
@@ -72,6 +74,7 @@ impl Store {
             data_file: None,
             ns_cursors: [0; MAX_NAMESPACES],
             refuse_pickle: false,
+            scratch: Vec::new(),
         }
     }
 
@@ -114,6 +117,8 @@ impl Store {
             return false;
         }
         let value = match req.kind() {
+            // A record sent compressed is checked once decoded (`Store::insert`).
+            Some(Op::Insert | Op::Update) if req.flags & flag::ENCODED != 0 => return false,
             Some(Op::Set | Op::Add | Op::Append | Op::Merge | Op::Insert | Op::Update) => {
                 req.payload
             }

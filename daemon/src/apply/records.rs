@@ -9,10 +9,29 @@ use crate::ring::{Reply, Req};
 use crate::value;
 
 impl Store {
-    /// Record store: insert (or update: insert, then remove the old id).
+    /// Record store: insert (or update: insert, then remove the old id). A record the
+    /// client sent compressed ([`flag::ENCODED`]) is decoded in full first: one that does not
+    /// decode, or decodes to more than `max_value`, is refused (BAD_REQUEST, TOO_LARGE) and
+    /// nothing is stored; one compressed with an older model is compressed again with the
+    /// current one.
     pub(super) fn insert(&mut self, req: &Req<'_>) -> Reply {
-        if req.arg2 != req.payload.len() as u64 || req.payload.len() as u64 > self.seg.max_value {
-            return Reply::status(if req.payload.len() as u64 > self.seg.max_value {
+        let mut decoded = std::mem::take(&mut self.scratch);
+        decoded.clear();
+        let r = self.insert_with(req, &mut decoded);
+        self.scratch = decoded;
+        r
+    }
+
+    fn insert_with(&mut self, req: &Req<'_>, decoded: &mut Vec<u8>) -> Reply {
+        let encoded = req.flags & flag::ENCODED != 0;
+        let model = match <[u8; 4]>::try_from(req.key) {
+            Ok(k) if encoded => u32::from_le_bytes(k),
+            _ if encoded || !req.key.is_empty() => return Reply::status(status::BAD_REQUEST),
+            _ => 0,
+        };
+        let max_value = self.seg.max_value;
+        if req.arg2 != req.payload.len() as u64 || req.payload.len() as u64 > max_value {
+            return Reply::status(if req.payload.len() as u64 > max_value {
                 status::TOO_LARGE
             } else {
                 status::BAD_REQUEST
@@ -23,7 +42,24 @@ impl Store {
         if old != 0 && !rs.is_live(old) {
             return Reply::status(status::NOT_DONE);
         }
-        let ins = match rs.prepare(req.payload) {
+        let (val, sent) = if encoded {
+            match rs.decode_sent(model, req.payload, max_value, decoded) {
+                Ok(()) => {}
+                Err(crate::Error::ValueTooLarge { .. }) => return Reply::status(status::TOO_LARGE),
+                Err(e) => {
+                    crate::log::warn(&format!("encoded record refused: {e}"));
+                    return Reply::status(status::BAD_REQUEST);
+                }
+            }
+            if self.refuse_pickle && value::has_pickle_within(decoded, max_value) {
+                return Reply::status(status::PICKLE_REFUSED);
+            }
+            (&decoded[..], Some((model, req.payload)))
+        } else {
+            (req.payload, None)
+        };
+        let rs = self.recs.as_mut().expect("checked above");
+        let ins = match rs.prepare(val, sent) {
             Ok(i) => i,
             Err(crate::Error::SegmentFull(m)) => {
                 crate::log::warn(&m);
@@ -46,7 +82,7 @@ impl Store {
         if old != 0 {
             rs.remove(old);
         }
-        rs.note_inserted(req.payload, ins.len);
+        rs.note_inserted(val, ins.len);
         if let Some(why) = rs.auto_train_due() {
             let compact = rs.rf.hdr().compact.load(Ordering::Relaxed) != 0;
             rs.start_auto_training(compact, why);

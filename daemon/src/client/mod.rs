@@ -278,6 +278,8 @@ impl Client {
                     ("record_trainings_waited_for", h.trainings_waited_for.load(Ordering::Relaxed)),
                     // Inserted before any model, so stored uncompressed.
                     ("records_inserted_plain", h.plain_inserted.load(Ordering::Relaxed)),
+                    // Compressed by the client that sent them; the daemon checked them.
+                    ("records_encoded_by_clients", h.client_encoded.load(Ordering::Relaxed)),
                 ]);
             }
         }

@@ -4,6 +4,7 @@
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 
 use super::{Client, Endpoint};
+use crate::codec::RecordEncoder;
 use crate::error::{Error, Result};
 use crate::index::Probe;
 use crate::layout::*;
@@ -400,6 +401,31 @@ impl Client {
             return Ok(Ok(()));
         }
         Ok(Err("no such record (it kept changing while being read)"))
+    }
+
+    /// Compress record `val` (value encoding) for the record store in this process, with
+    /// the store's current model, into `out`: the model number to send it with
+    /// ([`Request::insert_encoded`]), or None to send it as it is (no model yet, or it names a
+    /// field or URL host the table log does not have yet, which only the daemon adds; or
+    /// it is not a valid value, which the daemon reports). Encoding here takes the daemon's
+    /// largest cost off its one writer thread: it only decodes the record to check it.
+    ///
+    /// [`Request::insert_encoded`]: crate::protocol::Request::insert_encoded
+    pub fn encode_record(
+        &self,
+        val: &[u8],
+        enc: &mut RecordEncoder,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<u32>> {
+        let rf = self.records()?;
+        let mut t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        if rf.hdr().tables_end.load(Ordering::Acquire) != t.parsed {
+            t.refresh(rf)?;
+        }
+        let Some(m) = t.models.last().cloned() else { return Ok(None) };
+        let model = t.models.len() as u32;
+        out.clear();
+        Ok(enc.encode(&m, &mut *t, val, out).ok().map(|()| model))
     }
 
     /// Live record ids in storage order, a page at a time ([`RecFile::scan`]), under a

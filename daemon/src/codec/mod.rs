@@ -451,15 +451,36 @@ impl Enc<'_> {
 
 /// Decompress a record into the value encoding (appended to `out`).
 pub fn decode(m: &Model, t: &dyn Tables, payload: &[u8], out: &mut Vec<u8>) -> Result<()> {
-    let mut d = Dec { m, d: Decoder::new(payload), scratch: Vec::new() };
+    decode_within(m, t, payload, out, MAX_DECODED)
+}
+
+/// [`decode`], refusing a record that decodes to more than `limit` bytes (a record sent
+/// encoded by a client, checked against `max_value`), before it holds much more than twice
+/// that much memory.
+pub fn decode_within(
+    m: &Model,
+    t: &dyn Tables,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+    limit: usize,
+) -> Result<()> {
+    let start = out.len();
+    let limit = limit.min(MAX_DECODED);
+    let mut d = Dec { m, d: Decoder::new(payload), scratch: Vec::new(), limit: start + limit };
     d.value(out, GENERIC_FIELD, t, 0)?;
-    d.d.finish()
+    d.d.finish()?;
+    if out.len() - start > limit {
+        return Err(Error::ValueTooLarge { size: (out.len() - start) as u64, max: limit as u64 });
+    }
+    Ok(())
 }
 
 struct Dec<'a> {
     m: &'a Model,
     d: Decoder<'a>,
     scratch: Vec<u8>,
+    /// Most bytes `out` (or one string being decoded) may reach.
+    limit: usize,
 }
 
 impl Dec<'_> {
@@ -477,8 +498,11 @@ impl Dec<'_> {
     }
 
     fn check(&self, out: &[u8]) -> Result<()> {
-        if self.d.overrun() || out.len() > MAX_DECODED {
+        if self.d.overrun() {
             return Err(bad("stream ends early"));
+        }
+        if out.len() > self.limit {
+            return Err(Error::ValueTooLarge { size: out.len() as u64, max: self.limit as u64 });
         }
         Ok(())
     }
@@ -674,8 +698,9 @@ impl Dec<'_> {
             }
             value::BIGINT | value::FLOAT | value::BYTES | value::PICKLE | value::ZSET => {
                 let n = self.count(fm.clen)?;
-                if n > (MAX_DECODED - out.len()) as u64 {
-                    return Err(bad("raw value too long"));
+                if n > self.limit.saturating_sub(out.len()) as u64 {
+                    let size = (out.len() as u64).saturating_add(n);
+                    return Err(Error::ValueTooLarge { size, max: self.limit as u64 });
                 }
                 for i in 0..n {
                     let b = self.d.peek(8);

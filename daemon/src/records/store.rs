@@ -125,11 +125,23 @@ pub struct Reservoir {
     seen: u64,
     max_items: usize,
     max_bytes: u64,
+    /// The state of its random choices (splitmix64, seeded once: a getrandom call per
+    /// record was a tenth of the daemon's time during a load).
+    rng: u64,
 }
 
 impl Reservoir {
     pub fn new(max_items: usize, max_bytes: u64) -> Reservoir {
-        Reservoir { items: Vec::new(), bytes: 0, seen: 0, max_items, max_bytes }
+        let rng = shm::random_u64();
+        Reservoir { items: Vec::new(), bytes: 0, seen: 0, max_items, max_bytes, rng }
+    }
+
+    fn random(&mut self) -> u64 {
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
     }
 
     /// Offer one record; returns how many are kept.
@@ -139,12 +151,13 @@ impl Reservoir {
             self.bytes += rec.len() as u64;
             self.items.push(rec.to_vec());
         } else if !self.items.is_empty() {
-            let j = shm::random_u64() % self.seen;
+            let j = self.random() % self.seen;
             if (j as usize) < self.items.len() {
                 let old = &mut self.items[j as usize];
                 if self.bytes - old.len() as u64 + rec.len() as u64 <= self.max_bytes {
                     self.bytes = self.bytes - old.len() as u64 + rec.len() as u64;
-                    *old = rec.to_vec();
+                    old.clear();
+                    old.extend_from_slice(rec);
                 }
             }
         }
@@ -167,6 +180,8 @@ pub struct Inserted {
     pub len: u64,
     /// Stored in the plain value encoding (no model yet).
     plain: bool,
+    /// Stored as the client compressed it.
+    as_sent: bool,
 }
 
 impl RecStore {
@@ -525,11 +540,38 @@ impl RecStore {
         self.tables.models.len() as u32
     }
 
-    /// Compress `val` and write it after the active chunk's fill, unpublished.
-    pub fn prepare(&mut self, val: &[u8]) -> Result<Inserted> {
+    /// Decode a record a client sent compressed with model number `model` into `out`,
+    /// refusing one that does not decode in full to a valid value of at most `limit` bytes.
+    pub fn decode_sent(
+        &self,
+        model: u32,
+        payload: &[u8],
+        limit: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        out.clear();
+        let m = (model as usize).checked_sub(1).and_then(|i| self.tables.models.get(i));
+        let m = m.ok_or_else(|| {
+            Error::Corrupted(format!(
+                "compressed with model {model}; the store has {}",
+                self.tables.models.len()
+            ))
+        })?;
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        codec::decode_within(m, &self.tables, payload, out, limit)?;
+        crate::value::validate(out)
+    }
+
+    /// Compress `val` and write it after the active chunk's fill, unpublished. `sent`: the
+    /// record as a client compressed it (model number, bytes), already decoded to `val`;
+    /// stored as sent if that model is the current one.
+    pub fn prepare(&mut self, val: &[u8], sent: Option<(u32, &[u8])>) -> Result<Inserted> {
         let model = self.current_model();
         self.buf.clear();
-        if model == 0 {
+        let as_sent = sent.filter(|s| s.0 == model && model != 0);
+        if let Some((_, bytes)) = as_sent {
+            self.buf.extend_from_slice(bytes);
+        } else if model == 0 {
             crate::value::validate(val)?;
             self.buf.extend_from_slice(val);
         } else {
@@ -563,6 +605,7 @@ impl RecStore {
             publish: (chunk, (fill + total) as u32),
             len: total,
             plain: model == 0,
+            as_sent: as_sent.is_some(),
         })
     }
 
@@ -580,6 +623,9 @@ impl RecStore {
         h.inserted.fetch_add(1, Ordering::Relaxed);
         if ins.plain {
             h.plain_inserted.fetch_add(1, Ordering::Relaxed);
+        }
+        if ins.as_sent {
+            h.client_encoded.fetch_add(1, Ordering::Relaxed);
         }
     }
 
