@@ -29,6 +29,11 @@ fn main() {
         t0.elapsed(),
         model_bytes
     );
+    for level in [3, 9, 19] {
+        let t1 = Instant::now();
+        let z = zstd::bulk::compress(&m.to_bytes(), level).unwrap();
+        println!("model with zstd -{level}: {} bytes in {:.2?}", z.len(), t1.elapsed());
+    }
     let mut enc = RecordEncoder::new();
     let mut comp: Vec<Vec<u8>> = Vec::with_capacity(vals.len());
     let t0 = Instant::now();

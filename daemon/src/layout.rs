@@ -846,6 +846,12 @@ pub const REC_EXT: u8 = 0x40;
 pub const T_FIELD: u8 = 1;
 pub const T_DOMAIN: u8 = 2;
 pub const T_MODEL: u8 = 3;
+/// A model compressed with zstd: varint(its length), then one zstd frame (30% smaller on
+/// the development corpus; version 2 files from this version on).
+pub const T_MODEL_ZSTD: u8 = 4;
+/// Largest model a table log entry may hold once decompressed (a forged length cannot make
+/// a reader allocate more).
+pub const MAX_MODEL_BYTES: u64 = 64 << 20;
 
 /// Chunk states.
 pub const C_FREE: u32 = 0;

@@ -42,7 +42,21 @@ pub struct Pool {
     /// The encoder's rank index, built on the first encode (see [`Ranks`]): readers, which
     /// only decode, never pay for it.
     ranks: std::sync::OnceLock<Ranks>,
+    /// Decoding distributions of more than [`BUCKET_MAX`] entries (token contexts): per
+    /// ranked distribution (by rank number - 1), where its [`WIDE_BUCKETS`] bucket entries
+    /// start in `wide` (u32::MAX: none, bisection). Outside `w`, whose offsets are the ids
+    /// stored in models.
+    wide_at: Vec<u32>,
+    /// Per bucket of `TOT / WIDE_BUCKETS` slots: the index of the entry holding its first
+    /// slot. A decode step scans at most one bucket's entries (one or two cache lines)
+    /// instead of bisecting over up to 2,048 (eleven dependent loads, unpredictable
+    /// branches).
+    wide: Vec<u16>,
 }
+
+/// Buckets of a wide distribution's table.
+const WIDE_BUCKETS: usize = 256;
+const WIDE_SHIFT: u32 = SCALE - 8;
 
 /// Symbols below this get a rank bitmap (every token id, the end and the escape).
 const RANK_SYMS: usize = 2048;
@@ -140,6 +154,20 @@ impl Pool {
         {
             self.ranked += 1;
             header |= self.ranked << 16;
+            let mut at = u32::MAX;
+            if n > BUCKET_MAX {
+                at = self.wide.len() as u32;
+                let (mut i, mut cum) = (0usize, 0u32);
+                for k in 0..WIDE_BUCKETS as u32 {
+                    // The entry holding slot k << WIDE_SHIFT: the last whose start is <= it.
+                    while cum + entries[i].1 as u32 <= k << WIDE_SHIFT {
+                        cum += entries[i].1 as u32;
+                        i += 1;
+                    }
+                    self.wide.push(i as u16);
+                }
+            }
+            self.wide_at.push(at);
         }
         self.w.push(header);
         let mut cum = 0u32;
@@ -245,13 +273,23 @@ impl Pool {
     /// Decode one symbol.
     #[inline(always)]
     pub fn get(&self, d: DistId, dec: &mut Decoder<'_>) -> u16 {
-        let (b, n) = (d as usize + 1, self.w[d as usize] & 0xffff);
+        let head = self.w[d as usize];
+        let (b, n) = (d as usize + 1, head & 0xffff);
         let slot = dec.peek(SCALE);
         let mut i = b;
         if n > LINEAR_MAX {
+            let wide = || {
+                let at = *self.wide_at.get(((head >> 16) as usize).wrapping_sub(1))?;
+                (at != u32::MAX).then_some(at as usize)
+            };
             if n <= BUCKET_MAX {
                 let word = self.w[b + n as usize + 1 + (slot as usize >> 8)];
                 i = b + (word >> (((slot >> 6) & 3) * 8)) as u8 as usize;
+                while self.w[i + 1] & 0xffff <= slot {
+                    i += 1;
+                }
+            } else if let Some(at) = wide() {
+                i = b + self.wide[at + (slot >> WIDE_SHIFT) as usize] as usize;
                 while self.w[i + 1] & 0xffff <= slot {
                     i += 1;
                 }

@@ -237,7 +237,7 @@ pub fn train(pool: &mut Pool, texts: &[&[u8]], min_ctx: u64, min_ctx2: Option<u6
             let total: u64 = syms.iter().map(|x| x.1).sum();
             if total >= min2 {
                 let mut kept: Vec<(u16, u64)> =
-                    syms.iter().filter(|x| x.1 >= 2).map(|&(s, c)| (s, c * 4)).collect();
+                    syms.iter().filter(|x| x.1 >= 5).map(|&(s, c)| (s, c * 4)).collect();
                 kept.push((esc, (syms.len() as u64 * 3).max(1)));
                 o2.push((total, ctx as u32, pool.add_counts(&kept)));
             }
@@ -263,11 +263,12 @@ pub fn train(pool: &mut Pool, texts: &[&[u8]], min_ctx: u64, min_ctx2: Option<u6
             if total < min_ctx {
                 return NO_DIST;
             }
-            // As the byte model: tokens seen once are left to order 0; the escape weighs
-            // 3/4 of the distinct count.
+            // As the byte model, tokens seen less than 3 times are left to order 0 (about
+            // as many bits there, and a smaller model); the escape weighs 3/4 of the distinct
+            // count.
             let distinct = row.iter().filter(|&&x| x > 0).count() as u64;
             let mut kept: Vec<(u16, u64)> =
-                (0..w).filter(|&s| row[s] >= 2).map(|s| (s as u16, row[s] as u64 * 4)).collect();
+                (0..w).filter(|&s| row[s] >= 3).map(|s| (s as u16, row[s] as u64 * 4)).collect();
             kept.push((esc, (distinct * 3).max(1)));
             pool.add_counts(&kept)
         })

@@ -46,9 +46,11 @@ impl RecFile {
             )));
         }
         let nf = shm::NewFile::create(path, mode, chunks_off)?;
-        // The header, the chunk table and the start of the table log now; the rest of the
-        // log as it comes into use, chunks as the file grows (RecFile::allocate, grow).
-        nf.allocate(0, tables_off + TABLES_STEP.min(tables_cap))?;
+        // The header and the start of the table log now; the rest of the log as it comes
+        // into use, chunks and their pages of the chunk table as the file grows
+        // (RecFile::allocate, grow).
+        nf.allocate(0, chunk_tab_off)?;
+        nf.allocate(tables_off, TABLES_STEP.min(tables_cap))?;
         let region = &nf.region;
         let h: &RecFileHeader = region.get(0);
         h.version.store(RECORDS_VERSION, Ordering::Relaxed);
@@ -189,6 +191,7 @@ impl RecFile {
         let h = self.hdr();
         let n = h.nchunks.load(Ordering::Relaxed);
         debug_assert!(self.growable && n < self.max_chunks);
+        self.allocate(self.chunk_tab_off + n * 32 / PAGE * PAGE, PAGE)?;
         self.allocate(self.chunks_off + n * CHUNK, CHUNK)?;
         crate::crash::point("records file extended");
         let end = self.chunks_off + (n + 1) * CHUNK;
@@ -201,6 +204,17 @@ impl RecFile {
 
     pub fn hdr(&self) -> &RecFileHeader {
         self.region.get(0)
+    }
+
+    /// Bytes of the chunk table in use for `n` chunks: a growing file's table gets its
+    /// pages as chunks are added (16,384 entries, 512 KiB, would be 0.9 B per record of a
+    /// 560,000-record store); a fixed one had its whole table from the start.
+    pub fn chunk_table_bytes(&self, n: u64) -> u64 {
+        if self.growable {
+            (n * 32).div_ceil(PAGE) * PAGE
+        } else {
+            self.max_chunks * 32
+        }
     }
 
     /// Give `[off, off + len)` of the file real blocks before the daemon stores into it.
@@ -422,7 +436,7 @@ impl RecFile {
     pub fn bytes_used(&self) -> u64 {
         let h = self.hdr();
         self.chunk_tab_off
-            + self.max_chunks * 32
+            + self.chunk_table_bytes(self.nchunks())
             + h.tables_end.load(Ordering::Relaxed)
             + h.used_bytes.load(Ordering::Relaxed)
     }

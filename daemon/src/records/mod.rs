@@ -20,9 +20,9 @@
 //!   the generation, and a forged id fails the check (or the header bounds), so it raises
 //!   KeyError instead of returning other data (odds of a forged id passing: 2^-20 per try).
 //! - **Table log**: append-only entries `kind varint(len) bytes` (field names, URL domains,
-//!   trained models), published by `tables_end`. Ids are positions per kind, so they never
-//!   change; a chunk names the model its records were encoded with, so retraining never makes
-//!   an old record unreadable.
+//!   trained models, zstd-compressed when that is smaller), published by `tables_end`. Ids
+//!   are positions per kind, so they never change; a chunk names the model its records were
+//!   encoded with, so retraining never makes an old record unreadable.
 //! - A chunk whose records are all removed is retired at the current reader epoch and reused
 //!   (generation + 1) once no reader can still be inside it.
 //!
@@ -60,7 +60,7 @@ pub use crate::layout::files::records_path;
 pub use crate::layout::{
     ChunkCtl, RecFileHeader, CHUNK, CHUNK_SHIFT, C_ACTIVE, C_FREE, C_FULL, C_RETIRED, MAX_AREA,
     MAX_RECORD, RECORDS_FIXED_VERSION, RECORDS_VERSION, REC_EXT, REC_LAYOUT_SIG, REC_LIVE,
-    REC_MAGIC, T_DOMAIN, T_FIELD, T_MODEL,
+    REC_MAGIC, T_DOMAIN, T_FIELD, T_MODEL, T_MODEL_ZSTD,
 };
 
 /// Pack an id.

@@ -193,7 +193,9 @@ impl RecStore {
         // chunk being filled.
         let end = rf.hdr().tables_end.load(Ordering::Relaxed);
         let log_end = ((end / TABLES_STEP + 1) * TABLES_STEP).min(rf.tables_cap);
-        rf.allocate(0, rf.tables_off + log_end)?;
+        let counted = rf.hdr().nchunks.load(Ordering::Relaxed).min(rf.max_chunks);
+        rf.allocate(0, rf.chunk_tab_off + rf.chunk_table_bytes(counted))?;
+        rf.allocate(rf.tables_off, log_end)?;
         let active = rf.hdr().active.load(Ordering::Relaxed);
         rf.cover_count()?;
         let nchunks = rf.nchunks();
@@ -470,7 +472,8 @@ impl RecStore {
         }
         t.model.remap_fields(&map);
         let bytes = t.model.to_bytes();
-        ap.append(T_MODEL, &bytes)?;
+        let (kind, entry) = super::tables::model_entry(&bytes);
+        ap.append(kind, &entry)?;
         self.tables.models.push(Arc::new(t.model));
         let h = self.rf.hdr();
         h.nmodels.store(self.tables.models.len() as u64, Ordering::Relaxed);
