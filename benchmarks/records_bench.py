@@ -6,12 +6,13 @@ py-lmdb and msgpack, in one run.
 
 --default also measures the path a user gets: default settings, no train() call, the records
 inserted in batches of 10,000 in the order of the file (and again shuffled); the daemon trains
-by itself (at train_after, 2,000 records, at every tenfold growth, and when records start
-compressing worse than its model did).
+by itself (at train_after, 2,000 records, at 4x growth steps up to 128k records, then at
+every tenfold growth, and when records start compressing worse than its model did).
 
-Load rates: one client inserting every record, then (trained path) two client processes
-inserting half each into a fresh store; clients compress records themselves and the daemon
-checks and stores them. record ns is the median of random reads, p99 of single timed calls.
+Load rates: one client inserting every record, then two client processes inserting half
+each (the first and the second half, in batches of 10,000) into a fresh store; clients
+compress records themselves and the daemon checks and stores them. record ns is the median
+of random reads, p99 of single timed calls.
 
 Without --links (or if the file is missing) it uses generated link records. surpdb's figure is
 all-in: stats()["bytes_used"] (headers, tables, models, records) of a fresh store after
@@ -109,15 +110,18 @@ def _load_part(d: str, part: list[dict], barrier) -> None:
         c.insert_many(part[i : i + 10_000])
 
 
-def load_two_clients(records: list[dict], sample: list[dict], compact: bool) -> float:
+def load_two_clients(records: list[dict], sample: list[dict] | None, compact: bool) -> float:
     """Records per second from two client processes, each inserting half of the records (in
-    batches of 10,000) into a fresh store trained on the same sample."""
+    batches of 10,000) into a fresh store trained on the same sample (no sample: the default
+    path, the daemon training by itself)."""
     import multiprocessing
 
     d = scratch_dir("surpdb-records-two-")
     n = len(records)
-    with surpdb.Server(d, size="20MiB", records_size="8GiB", train_after=0):
-        surpdb.connect(d).train(sample, compact=compact)
+    settings = {"train_after": 0} if sample is not None else {}
+    with surpdb.Server(d, size="20MiB", records_size="8GiB", **settings):
+        if sample is not None:
+            surpdb.connect(d).train(sample, compact=compact)
         ctx = multiprocessing.get_context("fork")
         barrier = ctx.Barrier(3)
         parts = (records[: n // 2], records[n // 2 :])
@@ -204,6 +208,7 @@ def bench_surpdb_default(records: list[dict], name: str, out: dict) -> None:
             "models": st["record_models"],
             "recent_bpr": st["record_recent_bpr_milli"] / 1000,
         }
+    out[name]["load_2_per_s"] = load_two_clients(records, None, False)
 
 
 def bench_msgpack_lmdb(records: list[dict], out: dict) -> None:

@@ -343,7 +343,11 @@ pub struct RingHeader {
     pub retired: AtomicU32,
     _pad1: AtomicU32,
     pub daemon_generation: AtomicU64,
-    _pad2: [u64; 13],
+    /// What the daemon serving the ring accepts beyond the base protocol: `daemon_generation
+    /// << 16 | bits` ([`features`]), stored before `ready`. A daemon of an earlier version
+    /// leaves a stale word whose generation is not its own, which clients read as no bits.
+    pub daemon_features: AtomicU64,
+    _pad2: [u64; 12],
 
     // ---- offset 256: doorbell, on its own cache line ----
     /// Futex word: producers increment it after publishing a request.
@@ -588,6 +592,29 @@ pub mod op {
     /// Every key of the key's namespace starting with the rest of `key` (its stored form:
     /// the namespace prefix, then the key prefix) is gone, in O(1).
     pub const DELETE_PREFIX: u8 = 24;
+}
+
+/// Feature bits a daemon advertises in [`RingHeader::daemon_features`].
+pub mod features {
+    /// Records sent compressed by clients ([`super::flag::ENCODED`]).
+    pub const ENCODED_RECORDS: u64 = 1;
+    /// Every bit this version sets.
+    pub const ALL: u64 = ENCODED_RECORDS;
+
+    /// The word for a daemon of generation `gen` with `bits`.
+    pub fn word(gen: u64, bits: u64) -> u64 {
+        gen << 16 | bits
+    }
+
+    /// The bits a word grants to the daemon of generation `gen` (none if another
+    /// daemon wrote it).
+    pub fn of(word: u64, gen: u64) -> u64 {
+        if word >> 16 == gen & ((1 << 48) - 1) {
+            word & 0xffff
+        } else {
+            0
+        }
+    }
 }
 
 /// Request flags.

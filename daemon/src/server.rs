@@ -239,6 +239,7 @@ impl Daemon {
             let h = r.hdr();
             h.daemon_pid.store(shm::getpid(), Ordering::Relaxed);
             h.daemon_generation.store(gen, Ordering::Relaxed);
+            h.daemon_features.store(features::word(gen, features::ALL), Ordering::Relaxed);
             h.ready.store(1, Ordering::Release);
         }
         store.heap.retired_rings = retired;
@@ -247,6 +248,7 @@ impl Daemon {
         let rh = ring.hdr();
         rh.daemon_pid.store(shm::getpid(), Ordering::Relaxed);
         rh.daemon_generation.store(gen, Ordering::Relaxed);
+        rh.daemon_features.store(features::word(gen, features::ALL), Ordering::Relaxed);
         rh.ready.store(1, Ordering::Release);
         store.set_tiered(cfg.upstream.is_some());
         store.refuse_pickle = !cfg.pickle;

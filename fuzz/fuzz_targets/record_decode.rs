@@ -1,5 +1,6 @@
 //! Arbitrary bytes through the record codec's decoders: a compressed record decoded with a
-//! trained model (default and compact), and a model parsed from bytes. Errors, never a panic;
+//! trained model (default and compact), with and without a limit (the daemon's check of a
+//! record a client compressed), and a model parsed from bytes. Errors, never a panic;
 //! whatever decodes cleanly is a well-formed value.
 #![no_main]
 use std::sync::OnceLock;
@@ -48,8 +49,19 @@ fuzz_target!(|data: &[u8]| {
         0 | 1 => {
             let m = if sel % 3 == 0 { fast } else { compact };
             let mut out = Vec::new();
-            if codec::decode(m, t, rest, &mut out).is_ok() {
+            let full = codec::decode(m, t, rest, &mut out);
+            if full.is_ok() {
                 value::validate(&out).expect("a clean decode is a well-formed value");
+            }
+            // The daemon's check of a record a client compressed: within a limit, the same
+            // value or an error, never more than the limit.
+            let mut within = Vec::new();
+            match codec::decode_within(m, t, rest, &mut within, 200) {
+                Ok(()) => {
+                    assert!(within.len() <= 200);
+                    assert!(full.is_ok() && within == out, "decode_within differs from decode");
+                }
+                Err(_) => assert!(full.is_err() || out.len() > 200),
             }
         }
         _ => {

@@ -1789,7 +1789,9 @@ impl Client {
         py: Python<'_>,
         values: &Bound<'_, PyAny>,
     ) -> PyResult<Vec<surpd::Result<Reply>>> {
+        // At most this many records, or about this many bytes, converted at a time.
         const SLICE: usize = 1024;
+        const SLICE_BYTES: usize = 4 << 20;
         let values = self.checked_batch(py, values)?;
         let core = &*self.core;
         let mut pipe = Pipeline::new(core);
@@ -1798,9 +1800,12 @@ impl Client {
         loop {
             flat.clear();
             ends.clear();
-            for v in it.by_ref().take(SLICE) {
+            for v in it.by_ref() {
                 encode(&v?, &mut flat, 0)?;
                 ends.push(flat.len());
+                if ends.len() == SLICE || flat.len() >= SLICE_BYTES {
+                    break;
+                }
             }
             if ends.is_empty() {
                 break;

@@ -18,6 +18,10 @@ impl Store {
         let mut decoded = std::mem::take(&mut self.scratch);
         decoded.clear();
         let r = self.insert_with(req, &mut decoded);
+        // A large record (or a refused bomb) does not keep its memory for good.
+        if decoded.capacity() > 1 << 20 {
+            decoded = Vec::new();
+        }
         self.scratch = decoded;
         r
     }

@@ -407,7 +407,8 @@ impl Client {
     /// the store's current model, into `out`: the model number to send it with
     /// ([`Request::insert_encoded`]), or None to send it as it is (no model yet, or it names a
     /// field or URL host the table log does not have yet, which only the daemon adds; or
-    /// it is not a valid value, which the daemon reports). Encoding here takes the daemon's
+    /// it is not a valid value, which the daemon reports; or it does not get smaller; or the
+    /// daemon serving the ring is of a version that does not accept compressed records). Encoding here takes the daemon's
     /// largest cost off its one writer thread: it only decodes the record to check it.
     ///
     /// [`Request::insert_encoded`]: crate::protocol::Request::insert_encoded
@@ -417,6 +418,13 @@ impl Client {
         enc: &mut RecordEncoder,
         out: &mut Vec<u8>,
     ) -> Result<Option<u32>> {
+        // A daemon of an earlier version would take the bytes for a plain value.
+        let rh = self.ring().hdr();
+        let gen = rh.daemon_generation.load(Ordering::Acquire);
+        let word = rh.daemon_features.load(Ordering::Acquire);
+        if features::of(word, gen) & features::ENCODED_RECORDS == 0 {
+            return Ok(None);
+        }
         let rf = self.records()?;
         let mut t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
         if rf.hdr().tables_end.load(Ordering::Acquire) != t.parsed {
@@ -425,7 +433,15 @@ impl Client {
         let Some(m) = t.models.last().cloned() else { return Ok(None) };
         let model = t.models.len() as u32;
         out.clear();
-        Ok(enc.encode(&m, &mut *t, val, out).ok().map(|()| model))
+        if enc.encode(&m, &mut *t, val, out).is_err() {
+            return Ok(None);
+        }
+        // Text unlike the model's can come out larger than it went in, even over max_value:
+        // such a record goes as it is (the daemon stores it as well as it can).
+        if out.len() >= val.len() || out.len() as u64 > self.max_value() {
+            return Ok(None);
+        }
+        Ok(Some(model))
     }
 
     /// Live record ids in storage order, a page at a time ([`RecFile::scan`]), under a

@@ -466,7 +466,13 @@ pub fn decode_within(
 ) -> Result<()> {
     let start = out.len();
     let limit = limit.min(MAX_DECODED);
-    let mut d = Dec { m, d: Decoder::new(payload), scratch: Vec::new(), limit: start + limit };
+    let mut d = Dec {
+        m,
+        d: Decoder::new(payload),
+        scratch: Vec::new(),
+        limit: start + limit,
+        text_limit: limit,
+    };
     d.value(out, GENERIC_FIELD, t, 0)?;
     d.d.finish()?;
     if out.len() - start > limit {
@@ -479,8 +485,10 @@ struct Dec<'a> {
     m: &'a Model,
     d: Decoder<'a>,
     scratch: Vec<u8>,
-    /// Most bytes `out` (or one string being decoded) may reach.
+    /// Most bytes `out` may reach.
     limit: usize,
+    /// Most bytes one string being decoded (in `scratch`) may reach.
+    text_limit: usize,
 }
 
 impl Dec<'_> {
@@ -498,13 +506,33 @@ impl Dec<'_> {
     }
 
     fn check(&self, out: &[u8]) -> Result<()> {
+        self.check_len(out.len(), self.limit)
+    }
+
+    /// [`Dec::check`] for the string being decoded.
+    fn check_text(&self) -> Result<()> {
+        self.check_len(self.scratch.len(), self.text_limit)
+    }
+
+    fn check_len(&self, len: usize, limit: usize) -> Result<()> {
         if self.d.overrun() {
             return Err(bad("stream ends early"));
         }
-        if out.len() > self.limit {
-            return Err(Error::ValueTooLarge { size: out.len() as u64, max: self.limit as u64 });
+        if len > limit {
+            return Err(Error::ValueTooLarge { size: len as u64, max: limit as u64 });
         }
         Ok(())
+    }
+
+    /// A count of items about to be decoded into `out`: each takes a byte at least, so
+    /// more than the room left is refused before the loop (a forged count of 2^63 items
+    /// would otherwise overflow `2 * n`).
+    fn items(&self, n: u64, per_item: u64, out: &[u8]) -> Result<u64> {
+        let room = self.limit.saturating_sub(out.len()) as u64;
+        match n.checked_mul(per_item) {
+            Some(total) if total <= room => Ok(total),
+            _ => Err(Error::ValueTooLarge { size: n, max: room }),
+        }
     }
 
     /// Token text into `self.scratch`.
@@ -538,7 +566,7 @@ impl Dec<'_> {
             t.push_token(sym, &mut self.scratch);
             (p2, prev) = (prev, sym as usize);
             if self.scratch.len() >= next_check {
-                self.check(&self.scratch)?;
+                self.check_text()?;
                 next_check += 4096;
             }
         }
@@ -577,7 +605,7 @@ impl Dec<'_> {
             self.scratch.push(sym as u8);
             c = [sym as u8, c[0], c[1]];
             if self.scratch.len() & 0xfff == 0 {
-                self.check(&self.scratch)?;
+                self.check_text()?;
             }
         }
     }
@@ -661,6 +689,7 @@ impl Dec<'_> {
             }
             value::LIST | value::TUPLE => {
                 let n = self.count(fm.clen)?;
+                self.items(n, 1, out)?;
                 put_varint(out, n);
                 for _ in 0..n {
                     self.value(out, field, t, depth + 1)?;
@@ -668,13 +697,15 @@ impl Dec<'_> {
             }
             TAG_DICTANY => {
                 let n = self.count(fm.clen)?;
+                let items = self.items(n, 2, out)?;
                 put_varint(out, n);
-                for _ in 0..2 * n {
+                for _ in 0..items {
                     self.value(out, GENERIC_FIELD, t, depth + 1)?;
                 }
             }
             value::DICT => {
                 let n = self.count(fm.clen)?;
+                self.items(n, 2, out)?;
                 put_varint(out, n);
                 let mut prev = 0u32;
                 for _ in 0..n {

@@ -156,8 +156,14 @@ impl Reservoir {
                 let old = &mut self.items[j as usize];
                 if self.bytes - old.len() as u64 + rec.len() as u64 <= self.max_bytes {
                     self.bytes = self.bytes - old.len() as u64 + rec.len() as u64;
-                    old.clear();
-                    old.extend_from_slice(rec);
+                    // The buffer is reused only if it is not much larger: `bytes`
+                    // counts lengths, and kept capacity would add up unseen.
+                    if old.capacity() <= 2 * rec.len() {
+                        old.clear();
+                        old.extend_from_slice(rec);
+                    } else {
+                        *old = rec.to_vec();
+                    }
                 }
             }
         }
@@ -472,7 +478,7 @@ impl RecStore {
         }
         t.model.remap_fields(&map);
         let bytes = t.model.to_bytes();
-        let (kind, entry) = super::tables::model_entry(&bytes);
+        let (kind, entry) = super::tables::model_entry(&bytes)?;
         ap.append(kind, &entry)?;
         self.tables.models.push(Arc::new(t.model));
         let h = self.rf.hdr();

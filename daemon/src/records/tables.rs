@@ -63,8 +63,16 @@ fn decompress_model(body: &[u8]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// The model entry to append for model bytes `m`: compressed if that is smaller.
-pub(super) fn model_entry(m: &[u8]) -> (u8, Vec<u8>) {
+/// The model entry to append for model bytes `m`: compressed if that is smaller. A model
+/// over [`crate::layout::MAX_MODEL_BYTES`] is refused (no reader would load it).
+pub(super) fn model_entry(m: &[u8]) -> Result<(u8, Vec<u8>)> {
+    if m.len() as u64 > crate::layout::MAX_MODEL_BYTES {
+        return Err(Error::Config(format!(
+            "the trained model is {} bytes, over the {} a records file takes",
+            m.len(),
+            crate::layout::MAX_MODEL_BYTES
+        )));
+    }
     // Level 3: 4-8 ms for a 0.6-1.3 MB model, in the apply loop at each install (level 19
     // takes 3% less in 30 times as long).
     match zstd::bulk::compress(m, 3) {
@@ -72,9 +80,9 @@ pub(super) fn model_entry(m: &[u8]) -> (u8, Vec<u8>) {
             let mut e = Vec::with_capacity(z.len() + 10);
             put_varint(&mut e, m.len() as u64);
             e.extend_from_slice(&z);
-            (T_MODEL_ZSTD, e)
+            Ok((T_MODEL_ZSTD, e))
         }
-        _ => (T_MODEL, m.to_vec()),
+        _ => Ok((T_MODEL, m.to_vec())),
     }
 }
 
@@ -192,7 +200,7 @@ mod tests {
     #[test]
     fn compressed_model_entries_round_trip_and_forged_ones_are_refused() {
         let model: Vec<u8> = (0..50_000u32).map(|i| (i % 7 + i / 1000) as u8).collect();
-        let (kind, e) = model_entry(&model);
+        let (kind, e) = model_entry(&model).unwrap();
         assert_eq!(kind, T_MODEL_ZSTD);
         assert!(e.len() * 4 < model.len());
         assert_eq!(decompress_model(&e).unwrap(), model);
@@ -206,7 +214,7 @@ mod tests {
                 (x >> 24) as u8
             })
             .collect();
-        assert_eq!(model_entry(&noise).0, T_MODEL);
+        assert_eq!(model_entry(&noise).unwrap().0, T_MODEL);
         let frame = &e[3..]; // varint(50,000) is 3 bytes
         let with_len = |n: u64| {
             let mut f = Vec::new();
