@@ -733,6 +733,7 @@ impl Dec<'_> {
                     let size = (out.len() as u64).saturating_add(n);
                     return Err(Error::ValueTooLarge { size, max: self.limit as u64 });
                 }
+                let at = out.len() - 1; // the tag
                 for i in 0..n {
                     let b = self.d.peek(8);
                     self.d.advance(b, 1, 8);
@@ -740,6 +741,14 @@ impl Dec<'_> {
                     if i & 0xfff == 0 {
                         self.check(out)?;
                     }
+                }
+                // The bytes are the value's own encoding after its tag: a forged stream
+                // could give a length that does not match them (found by fuzzing), which
+                // must not decode cleanly.
+                let mut r = Reader::new(&out[at..]);
+                value::skip(&mut r, depth)?;
+                if !r.at_end() {
+                    return Err(bad("a raw value's bytes do not match its encoding"));
                 }
             }
             _ => return Err(bad("unknown value tag")),
