@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import random
+import re
 import subprocess
 import sys
 import time
@@ -387,7 +388,11 @@ def test_the_daemon_retrains_as_the_store_grows_and_as_its_data_drifts(
         drifted = _recent_bpr(c, ev[40_000:])
         st = c.stats()
         assert st["record_models_trained_automatically"] == st["record_models"] > models
-        assert st["record_model_sample"] > 10_000
+        # It learned from the new kind (what came in since drift began) and as many stored
+        # records spread over the store beside them.
+        recent = int(re.search(r"why=Drift records=\d+ sample=(\d+)", srv.log).group(1))
+        assert recent > 10_000
+        assert st["record_model_sample"] >= recent * 1.5, (st["record_model_sample"], recent)
     alone = os.path.join(tmp_path, "alone")
     with surpdb.Server(alone, size="32MiB", records_size="1GiB") as srv:
         c = surpdb.connect(alone)

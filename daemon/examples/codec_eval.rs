@@ -2,6 +2,8 @@
 //! [SAMPLE]` where FILE holds values in the value encoding, each preceded by a u32 LE length
 //! (benchmarks/records_bench.py --dump writes one from the links corpus). Trains on every
 //! SAMPLE-th value, compresses all, checks every round trip, prints bytes and decode time.
+//! Environment: SURP_TRAIN_FIRST=N samples only the first N values; SURP_TRAIN_FILE=F trains
+//! on every value of F (same format) instead; SURP_DUMP_MODEL=F writes the model's bytes to F.
 use std::time::Instant;
 
 use surpd::codec::{self, MemTables, RecordEncoder};
@@ -18,11 +20,27 @@ fn main() {
         vals.push(&data[p + 4..p + 4 + n]);
         p += 4 + n;
     }
-    let sample: Vec<&[u8]> = vals.iter().step_by(every).copied().collect();
+    let first: usize = std::env::var("SURP_TRAIN_FIRST").map_or(vals.len(), |s| s.parse().unwrap());
+    let tdata =
+        std::env::var("SURP_TRAIN_FILE").map(|p| std::fs::read(p).unwrap()).unwrap_or_default();
+    let mut sample: Vec<&[u8]> =
+        vals[..first.min(vals.len())].iter().step_by(every).copied().collect();
+    if !tdata.is_empty() {
+        sample.clear();
+        let mut p = 0;
+        while p + 4 <= tdata.len() {
+            let n = u32::from_le_bytes(tdata[p..p + 4].try_into().unwrap()) as usize;
+            sample.push(&tdata[p + 4..p + 4 + n]);
+            p += 4 + n;
+        }
+    }
     let mut t = MemTables::default();
     let t0 = Instant::now();
     let m = codec::train(&sample, compact, &mut t).unwrap();
     let model_bytes = m.to_bytes().len();
+    if let Ok(p) = std::env::var("SURP_DUMP_MODEL") {
+        std::fs::write(p, m.to_bytes()).unwrap();
+    }
     println!(
         "trained on {} values in {:.2?}; model {} bytes",
         sample.len(),

@@ -142,3 +142,51 @@ fn the_daemon_checks_every_record_a_client_compressed() {
     let log = d.stop();
     assert!(!log.contains("panic"), "{log}");
 }
+
+#[test]
+fn threads_of_one_client_read_and_compress_records_while_models_arrive() {
+    let dir = shm_dir("encoded-threads");
+    let d = Surpd::start(&dir, &["--size", "4MiB", "--max-value", "64KiB"], &[]).unwrap();
+    let c = Client::connect(&dir, Duration::from_secs(20)).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..2500 {
+        let r = c.call(&Request::insert(&link(i))).unwrap();
+        assert_eq!(r.status, status::OK);
+        ids.push(r.value);
+    }
+    let trained = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..4u64)
+            .map(|w| {
+                let (c, ids, trained) = (&c, &ids, &trained);
+                s.spawn(move || {
+                    let (mut enc, mut bytes, mut rng) = (RecordEncoder::new(), Vec::new(), Rng(w));
+                    let mut rounds = 0u64;
+                    // Until the models below are in, and a few hundred rounds at least.
+                    while rounds < 300 || !trained.load(Ordering::Acquire) {
+                        let i = rng.below(ids.len() as u64) as usize;
+                        assert_eq!(read(c, ids[i]), Some(link(i)), "record {i}");
+                        let model = c.encode_record(&link(i), &mut enc, &mut bytes).unwrap();
+                        assert!(model.is_some_and(|m| m >= 1), "{model:?}");
+                        rounds += 1;
+                    }
+                    rounds
+                })
+            })
+            .collect();
+        // Each model the daemon appends makes the threads parse the table log again.
+        for _ in 0..3 {
+            assert_eq!(c.call(&Request::train(false)).unwrap().status, status::OK);
+        }
+        trained.store(true, Ordering::Release);
+        for w in workers {
+            assert!(w.join().unwrap() >= 300);
+        }
+    });
+    let mut t = LogTables::default();
+    t.refresh(c.records().unwrap()).unwrap();
+    assert_eq!(t.models.len(), 4);
+    drop(c);
+    let log = d.stop();
+    assert!(!log.contains("panic"), "{log}");
+}

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -94,9 +94,11 @@ pub struct Client {
     /// Epochs of this process's live zero-copy views (epoch -> count); the oldest is
     /// published in the current box's `view_epoch`.
     views: Mutex<BTreeMap<u64, usize>>,
-    /// The records file (opened on first use) and its tables as read so far.
+    /// The records file (opened on first use) and its tables as read so far: read-locked
+    /// to decode or encode records (threads side by side), write-locked only while entries
+    /// the daemon appended are parsed ([`Client::tables`]).
     recs: std::sync::OnceLock<RecFile>,
-    tables: Mutex<LogTables>,
+    tables: RwLock<LogTables>,
 }
 
 impl Client {
@@ -119,7 +121,7 @@ impl Client {
             reader_gen: AtomicU64::new(gen),
             views: Mutex::new(BTreeMap::new()),
             recs: std::sync::OnceLock::new(),
-            tables: Mutex::new(LogTables::default()),
+            tables: RwLock::new(LogTables::default()),
         })
     }
 

@@ -2,13 +2,14 @@
 //! unpin. No syscall and no lock on a hit.
 
 use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::RwLockReadGuard;
 
 use super::{Client, Endpoint};
 use crate::codec::RecordEncoder;
 use crate::error::{Error, Result};
 use crate::index::Probe;
 use crate::layout::*;
-use crate::records::{decode_payload, records_path, RecFile};
+use crate::records::{decode_payload, records_path, LogTables, RecFile};
 use crate::segment::{Rec, Segment};
 use crate::shm;
 
@@ -372,6 +373,23 @@ impl Client {
         Ok(self.recs.get_or_init(|| rf))
     }
 
+    /// The record file's tables, brought up to what the daemon has appended: a read lock,
+    /// taken by many threads at once; the write lock only to parse new entries.
+    fn tables(&self, rf: &RecFile) -> Result<RwLockReadGuard<'_, LogTables>> {
+        let current = |t: &LogTables| t.parsed == rf.hdr().tables_end.load(Ordering::Acquire);
+        let t = self.tables.read().unwrap_or_else(|e| e.into_inner());
+        if current(&t) {
+            return Ok(t);
+        }
+        drop(t);
+        let mut w = self.tables.write().unwrap_or_else(|e| e.into_inner());
+        if !current(&w) {
+            w.refresh(rf)?;
+        }
+        drop(w);
+        Ok(self.tables.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// Read record `rid` into `out` (value encoding). Err(reason) when there is no such
     /// live record (a bad, removed or stale id); other failures are errors.
     pub fn record(
@@ -386,11 +404,9 @@ impl Client {
                 Ok(x) => x,
                 Err(why) => return Ok(Err(why)),
             };
-            let mut t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
-            if rf.hdr().tables_end.load(Ordering::Acquire) != t.parsed {
-                t.refresh(rf)?;
-            }
+            let t = self.tables(rf)?;
             let r = decode_payload(&t, model, payload, out);
+            drop(t);
             // A boxless read: the record's chunk may have been reused meanwhile; looking the
             // id up again proves it was not (reuse changes the generation, which the id's
             // check covers).
@@ -404,12 +420,17 @@ impl Client {
     }
 
     /// Compress record `val` (value encoding) for the record store in this process, with
-    /// the store's current model, into `out`: the model number to send it with
-    /// ([`Request::insert_encoded`]), or None to send it as it is (no model yet, or it names a
-    /// field or URL host the table log does not have yet, which only the daemon adds; or
-    /// it is not a valid value, which the daemon reports; or it does not get smaller; or the
-    /// daemon serving the ring is of a version that does not accept compressed records). Encoding here takes the daemon's
-    /// largest cost off its one writer thread: it only decodes the record to check it.
+    /// the store's current model, into `out`. Returns the model number to send it with
+    /// ([`Request::insert_encoded`]), or None to send it as it is:
+    /// - no model yet;
+    /// - it names a field or URL host the table log does not have yet (only the daemon adds
+    ///   names);
+    /// - it is not a valid value (the daemon reports it);
+    /// - it does not get smaller;
+    /// - the daemon serving the ring is of a version that does not accept compressed records.
+    ///
+    /// Encoding here takes the daemon's largest cost off its one writer thread: it only
+    /// decodes the record to check it.
     ///
     /// [`Request::insert_encoded`]: crate::protocol::Request::insert_encoded
     pub fn encode_record(
@@ -426,14 +447,11 @@ impl Client {
             return Ok(None);
         }
         let rf = self.records()?;
-        let mut t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
-        if rf.hdr().tables_end.load(Ordering::Acquire) != t.parsed {
-            t.refresh(rf)?;
-        }
-        let Some(m) = t.models.last().cloned() else { return Ok(None) };
+        let t = self.tables(rf)?;
+        let Some(m) = t.models.last() else { return Ok(None) };
         let model = t.models.len() as u32;
         out.clear();
-        if enc.encode(&m, &mut *t, val, out).is_err() {
+        if enc.encode(m, &mut &*t, val, out).is_err() {
             return Ok(None);
         }
         // Text unlike the model's can come out larger than it went in, even over max_value:

@@ -117,6 +117,23 @@ impl Tables for LogTables {
     }
 }
 
+/// The same, through a shared reference: clients encode under a read lock of their tables,
+/// several threads at once.
+impl Tables for &LogTables {
+    fn field_id(&mut self, name: &str) -> Result<u32> {
+        self.names.fields.id(name).ok_or_else(|| Error::Corrupted("read-only tables".into()))
+    }
+    fn domain_id(&mut self, d: &str) -> Result<u32> {
+        self.names.domains.id(d).ok_or_else(|| Error::Corrupted("read-only tables".into()))
+    }
+    fn field_name(&self, id: u32) -> Option<&str> {
+        self.names.field_name(id)
+    }
+    fn domain(&self, id: u32) -> Option<&str> {
+        self.names.domain(id)
+    }
+}
+
 /// Decode a payload stored with `model` (index + 1; 0 = plain value encoding).
 pub fn decode_payload(t: &LogTables, model: u32, payload: &[u8], out: &mut Vec<u8>) -> Result<()> {
     out.clear();
