@@ -104,8 +104,8 @@ def test_edge_cases_round_trip_before_and_after_training(
     before = client.insert_many(EDGE_CASES)
     client.insert_many(links(3000))
     client.train(compact=compact)
-    # This one, after the one the daemon trained by itself at 2,000 records.
-    assert client.stats()["record_models"] == 2
+    # This one, after those the daemon trained by itself at 250 and 2,000 records.
+    assert client.stats()["record_models"] == 3
     after = client.insert_many(EDGE_CASES)
     for ids in (before, after):
         for rid, want in zip(ids, EDGE_CASES, strict=True):
@@ -165,7 +165,8 @@ def test_retraining_keeps_old_records_readable(
     idb = client.insert_many(b)
     client.train(links(4000, seed=14), compact=True)
     idc = client.insert_many(c)
-    assert client.stats()["record_models"] == 2
+    # The daemon's own small first model (at 250 records), then the two asked for.
+    assert client.stats()["record_models"] == 3
     # A second client process-wide view: a fresh connection loads every model from the log.
     fresh = surpdb.connect(server.path)
     for ids, recs in ((ida, a), (idb, b), (idc, c)):
@@ -254,11 +255,12 @@ def test_bad_input_gets_clear_errors(client: surpdb.Client) -> None:
 
 def test_emptied_chunks_are_reused_and_old_ids_stay_dead(client: surpdb.Client) -> None:
     rng = random.Random(5)
-    # Incompressible 3 KiB records: about 1,400 fill one 4 MiB chunk.
+    # Incompressible 3 KiB records (about 1,400 would fill one 4 MiB chunk): the first 250,
+    # stored before the first model, fill the first chunk; that model starts another.
     blob = [bytes(rng.getrandbits(8) for _ in range(3000)) for _ in range(64)]
     first = client.insert_many([{"i": i, "b": blob[i % 64]} for i in range(2000)])
     chunk0 = [r for r in first if (r >> 28) < (4 << 20)]
-    assert 1000 < len(chunk0) < len(first)
+    assert 200 <= len(chunk0) < len(first)
     used = client.stats()["records_bytes"]
     for r in chunk0:
         assert client.remove(r)
@@ -422,17 +424,20 @@ def test_a_bulk_load_waits_for_the_first_model_instead_of_storing_plain(
     server: surpdb.Server,
 ) -> None:
     """No train() call, default settings, one client loading as fast as it can: the records
-    past train_after wait for the first model (a moment) instead of being stored plain, which
-    they keep for good since ids are offsets. Before, the apply loop stored every record that
-    came in while the first model trained (tens of thousands) at several times the size."""
+    past the first 250 wait for the first model (a moment) instead of being stored plain,
+    which they keep for good since ids are offsets; so do those past 2,000 and 8,000 for the
+    models of those steps, instead of going under a model of a quarter as many. Before, the
+    apply loop stored every record that came in while the first model trained (tens of
+    thousands) at several times the size, and 30,000 past 8,000 under the model of 2,000."""
     c = surpdb.connect(server.path)
     recs = links(30_000, seed=77)
     ids = []
     for i in range(0, len(recs), 10_000):
         ids += c.insert_many(recs[i : i + 10_000])
     st = c.stats()
-    assert st["records_inserted_plain"] == 2000, st
-    assert st["record_trainings_waited_for"] >= 1 and st["record_models"] >= 1, st
+    assert st["records_inserted_plain"] == 250, st
+    # The trainings at 250, 2,000 and 8,000 records.
+    assert st["record_trainings_waited_for"] >= 3 and st["record_models"] >= 3, st
     # Nothing was lost or reordered while inserts waited.
     assert st["records"] == 30_000
     assert [c.record(r) for r in ids[::97]] == recs[::97]

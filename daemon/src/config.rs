@@ -84,6 +84,8 @@ pub struct Config {
     pub records_size: u64,
     /// Compact codec (smaller, slower to decode) for models trained automatically.
     pub compact: bool,
+    /// Train the record codec automatically at this many records (a small model at an eighth
+    /// of it; 0 = never): see `RecStore::auto_train_due`.
     pub train_after: u64,
     /// Write "READY=1\n" to this descriptor once serving (used by surpdb.Server).
     pub ready_fd: Option<i32>,

@@ -34,9 +34,15 @@ fn read(c: &Client, rid: u64) -> Option<Vec<u8>> {
 #[test]
 fn the_daemon_checks_every_record_a_client_compressed() {
     let dir = shm_dir("encoded");
-    let d = Surpd::start(&dir, &["--size", "4MiB", "--max-value", "64KiB"], &[]).unwrap();
+    let d = Surpd::start(
+        &dir,
+        &["--size", "4MiB", "--max-value", "64KiB", "--train-after", "700"],
+        &[],
+    )
+    .unwrap();
     let c = Client::connect(&dir, Duration::from_secs(20)).unwrap();
-    // Model 1: trained by the daemon at 2,000 records; model 2: asked for.
+    // Model 1: trained by the daemon at 700 records (too few for a small first model before
+    // it); model 2: asked for.
     for i in 0..2500 {
         assert_eq!(c.call(&Request::insert(&link(i))).unwrap().status, status::OK);
     }
@@ -146,7 +152,12 @@ fn the_daemon_checks_every_record_a_client_compressed() {
 #[test]
 fn threads_of_one_client_read_and_compress_records_while_models_arrive() {
     let dir = shm_dir("encoded-threads");
-    let d = Surpd::start(&dir, &["--size", "4MiB", "--max-value", "64KiB"], &[]).unwrap();
+    let d = Surpd::start(
+        &dir,
+        &["--size", "4MiB", "--max-value", "64KiB", "--train-after", "700"],
+        &[],
+    )
+    .unwrap();
     let c = Client::connect(&dir, Duration::from_secs(20)).unwrap();
     let mut ids = Vec::new();
     for i in 0..2500 {
