@@ -29,7 +29,7 @@ _SETTINGS = [
     ("log_level", "error, warn, info or debug"),
     ("records_size", "the most the records file grows to (default 64GiB), e.g. 1GiB"),
     ("codec", "record codec of trained models: fast or compact"),
-    ("train_after", "train the record codec at this many records, a small model at 1/8 (0 = never)"),
+    ("train_after", "train the record codec at this many records, a small model at 1/8; 0: never"),
     ("upstream", "tiered mode: redis://host:port/db (rediss:// for TLS, unix:///path) in front of"),
     ("upstream_prefix", "tiered mode: the upstream key space every host shares, e.g. app:"),
     ("upstream_timeout_ms", "tiered mode: upstream answer timeout and staleness bound (500)"),
