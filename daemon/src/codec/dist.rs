@@ -52,6 +52,11 @@ pub struct Pool {
     /// instead of bisecting over up to 2,048 (eleven dependent loads, unpredictable
     /// branches).
     wide: Vec<u16>,
+    /// The counts of distributions learned from at most [`TOT`] observations, in entry
+    /// order: a model stores these instead of the frequencies (smaller numbers: links'
+    /// models 9% smaller compressed), and readers quantise them again ([`quantize`] is
+    /// exact and deterministic).
+    counted: std::collections::HashMap<DistId, Box<[u16]>>,
 }
 
 /// Buckets of a wide distribution's table.
@@ -135,7 +140,36 @@ impl Pool {
     pub fn add_counts(&mut self, counts: &[(u16, u64)]) -> DistId {
         let mut c: Vec<(u16, u64)> = counts.iter().copied().filter(|c| c.1 > 0).collect();
         c.sort_unstable_by_key(|x| x.0);
-        self.add_quantized(&quantize(&c)).expect("quantize produces a valid distribution")
+        let d = self.add_quantized(&quantize(&c)).expect("quantize produces a valid distribution");
+        if c.iter().map(|x| x.1).sum::<u64>() <= TOT as u64 {
+            self.counted.insert(d, c.iter().map(|x| x.1 as u16).collect());
+        }
+        d
+    }
+
+    /// Add a distribution from stored counts (symbol, count), as [`Pool::add_counts`] made
+    /// it, checking them: ascending symbols, counts of at least 1 summing to at most
+    /// [`TOT`], at most `TOT / 2` entries.
+    pub fn add_counted(&mut self, entries: &[(u16, u16)]) -> Result<DistId> {
+        let total: u32 = entries.iter().map(|e| e.1 as u32).sum();
+        let sorted = entries.windows(2).all(|w| w[0].0 < w[1].0);
+        if entries.is_empty()
+            || entries.len() > TOT as usize / 2
+            || total > TOT
+            || !sorted
+            || entries.iter().any(|e| e.1 == 0)
+        {
+            return Err(Error::Corrupted("model: bad distribution counts".into()));
+        }
+        let c: Vec<(u16, u64)> = entries.iter().map(|&(s, n)| (s, n as u64)).collect();
+        let d = self.add_quantized(&quantize(&c))?;
+        self.counted.insert(d, entries.iter().map(|e| e.1).collect());
+        Ok(d)
+    }
+
+    /// The counts `d` was quantised from, if it came from at most [`TOT`] observations.
+    pub fn counts(&self, d: DistId) -> Option<&[u16]> {
+        self.counted.get(&d).map(|c| &c[..])
     }
 
     /// Add a quantised distribution (as stored in a model), checking it.

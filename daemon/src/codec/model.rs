@@ -18,7 +18,11 @@ use crate::value::{self, put_varint, zigzag, Reader};
 
 type Map<K, V> = HashMap<K, V, FxBuild>;
 
-pub const MODEL_MAGIC: &[u8; 4] = b"SRM1";
+/// Models as written since distributions learned from few observations store their counts
+/// (a flag in each distribution's entry count); [`MODEL_MAGIC_V1`] ones are still read.
+pub const MODEL_MAGIC: &[u8; 4] = b"SRM2";
+/// Models whose distributions all store quantised frequencies.
+pub const MODEL_MAGIC_V1: &[u8; 4] = b"SRM1";
 /// Whole values kept per field at most (each needs a 12-bit frequency >= 1).
 const MAX_TABLE: usize = 1500;
 /// A string or int is kept as a whole value if it occurs at least this often in the sample.
@@ -711,17 +715,31 @@ fn check_table(pool: &Pool, d: DistId, n: usize, extra: u16) -> Result<()> {
 
 impl Model {
     pub fn to_bytes(&self) -> Vec<u8> {
+        self.write(false)
+    }
+
+    /// The model as the previous version wrote it ([`MODEL_MAGIC_V1`]: frequencies only).
+    #[cfg(test)]
+    pub(crate) fn to_bytes_v1(&self) -> Vec<u8> {
+        self.write(true)
+    }
+
+    fn write(&self, v1: bool) -> Vec<u8> {
         let mut w = W(Vec::new());
-        w.0.extend_from_slice(MODEL_MAGIC);
+        w.0.extend_from_slice(if v1 { MODEL_MAGIC_V1 } else { MODEL_MAGIC });
         w.v(self.order as u64);
         w.v(self.pool.len() as u64);
         for d in self.pool.ids() {
             let e = self.pool.entries(d);
-            w.v(e.len() as u64);
+            let counts = self.pool.counts(d).filter(|_| !v1);
+            match v1 {
+                true => w.v(e.len() as u64),
+                false => w.v((e.len() as u64) << 1 | counts.is_some() as u64),
+            }
             let mut prev = 0u16;
-            for (s, f) in e {
+            for (i, (s, f)) in e.into_iter().enumerate() {
                 w.v((s - prev) as u64);
-                w.v(f as u64);
+                w.v(counts.map_or(f, |c| c[i]) as u64);
                 prev = s;
             }
         }
@@ -750,9 +768,11 @@ impl Model {
     }
 
     pub fn from_bytes(buf: &[u8]) -> Result<Model> {
-        if buf.get(..4) != Some(MODEL_MAGIC) {
-            return Err(Error::Corrupted("model: bad magic".into()));
-        }
+        let v1 = match buf.get(..4) {
+            Some(m) if m == MODEL_MAGIC => false,
+            Some(m) if m == MODEL_MAGIC_V1 => true,
+            _ => return Err(Error::Corrupted("model: bad magic".into())),
+        };
         let mut r = R { r: Reader { buf, pos: 4 }, ids: Vec::new() };
         let mut m = Model { order: r.n(TOKEN2_ORDER as u64)? as u8, ..Default::default() };
         if m.order < 2 {
@@ -761,7 +781,13 @@ impl Model {
         let nd = r.n(1 << 22)?;
         let mut entries = Vec::new();
         for _ in 0..nd {
-            let n = r.n(4096)?;
+            let (n, counted) = match v1 {
+                true => (r.n(4096)?, false),
+                false => {
+                    let h = r.n(4096 << 1 | 1)?;
+                    (h >> 1, h & 1 == 1)
+                }
+            };
             entries.clear();
             let mut s = 0u64;
             for i in 0..n {
@@ -773,7 +799,11 @@ impl Model {
                 let f = r.n(4096)?;
                 entries.push((s as u16, f as u16));
             }
-            m.pool.add_quantized(&entries)?;
+            if counted {
+                m.pool.add_counted(&entries)?;
+            } else {
+                m.pool.add_quantized(&entries)?;
+            }
         }
         r.ids = m.pool.ids().collect();
         m.generic = read_field(&mut r, &m.pool, m.order)?;

@@ -177,6 +177,39 @@ fn model_serialises_exactly() {
 }
 
 #[test]
+fn models_store_counts_and_models_of_frequencies_still_read() {
+    for compact in [false, true] {
+        let (m, mut t) = trained(compact);
+        let (b2, b1) = (m.to_bytes(), m.to_bytes_v1());
+        let z = |b: &[u8]| zstd::bulk::compress(b, 3).unwrap().len();
+        assert!(z(&b2) < z(&b1), "counts {} >= frequencies {}", z(&b2), z(&b1));
+        let v = link(4_242);
+        let mut c = Vec::new();
+        RecordEncoder::new().encode(&m, &mut t, &v, &mut c).unwrap();
+        for b in [&b2, &b1] {
+            let m2 = Model::from_bytes(b).unwrap();
+            let mut out = Vec::new();
+            decode(&m2, &t, &c, &mut out).unwrap();
+            assert_eq!(out, v);
+            if b == &b2 {
+                assert_eq!(m2.to_bytes(), b2);
+            }
+        }
+    }
+    // Stored counts are checked before they are quantised again.
+    let mut p = crate::codec::dist::Pool::default();
+    let d = p.add_counts(&[(3, 5), (9, 1), (40, 250)]);
+    let e = p.add_counted(&[(3, 5), (9, 1), (40, 250)]).unwrap();
+    assert_eq!((p.entries(d), p.counts(d)), (p.entries(e), p.counts(e)));
+    let many: Vec<(u16, u16)> = (0..2049).map(|s| (s, 1)).collect();
+    for bad in
+        [&[][..], &[(3, 5), (3, 1)], &[(9, 1), (3, 5)], &[(3, 0)], &[(3, 4000), (4, 97)], &many]
+    {
+        assert!(p.add_counted(bad).is_err(), "{:?}", &bad[..bad.len().min(3)]);
+    }
+}
+
+#[test]
 fn garbage_never_panics_and_is_usually_rejected() {
     let (m, t) = trained(false);
     let mut x: u64 = 0x1234_5678;
