@@ -190,7 +190,8 @@ impl Heap {
         // The access hints of the new space (the ring's hint array covers the largest heap;
         // its blocks are allocated as the heap grows).
         if let Err(e) = ring.allocate_hints(next) {
-            crate::log::warn(&format!("growth waits: {e}"));
+            static L: crate::log::Limited = crate::log::Limited::new();
+            L.warn(|| format!("growth waits: {e}"));
             return false;
         }
         let lap_start = self.head - seg.lap_offset(self.head);

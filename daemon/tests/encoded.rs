@@ -34,6 +34,7 @@ fn read(c: &Client, rid: u64) -> Option<Vec<u8>> {
 #[test]
 fn the_daemon_checks_every_record_a_client_compressed() {
     let dir = shm_dir("encoded");
+    let started = std::time::Instant::now();
     let d = Surpd::start(
         &dir,
         &["--size", "4MiB", "--max-value", "64KiB", "--train-after", "700"],
@@ -147,6 +148,11 @@ fn the_daemon_checks_every_record_a_client_compressed() {
     drop(c);
     let log = d.stop();
     assert!(!log.contains("panic"), "{log}");
+    // Hundreds refused, a warning a second at most: a client sending garbage cannot flood
+    // the log (before, one line each).
+    let lines = log.matches("encoded record refused").count() as u64;
+    assert!(refused > 200 && lines >= 1, "{refused} refused, {lines} lines");
+    assert!(lines <= 1 + started.elapsed().as_secs(), "{lines} lines in {:?}", started.elapsed());
 }
 
 #[test]

@@ -51,7 +51,8 @@ impl Store {
             Ok(x) => x,
             Err(e) => {
                 // The record is in the log but unreachable: dead space for the cleaner.
-                crate::log::error(&format!("set refused: {e}"));
+                static L: crate::log::Limited = crate::log::Limited::new();
+                L.error(|| format!("set refused: {e}"));
                 return Reply::status(status::SEGMENT_FULL);
             }
         };

@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 
 use super::Store;
 use crate::layout::*;
+use crate::log::Limited;
 use crate::ring::{Reply, Req};
 use crate::value;
 
@@ -51,7 +52,8 @@ impl Store {
                 Ok(()) => {}
                 Err(crate::Error::ValueTooLarge { .. }) => return Reply::status(status::TOO_LARGE),
                 Err(e) => {
-                    crate::log::warn(&format!("encoded record refused: {e}"));
+                    static L: Limited = Limited::new();
+                    L.warn(|| format!("encoded record refused: {e}"));
                     return Reply::status(status::BAD_REQUEST);
                 }
             }
@@ -66,16 +68,19 @@ impl Store {
         let ins = match rs.prepare(val, sent) {
             Ok(i) => i,
             Err(crate::Error::SegmentFull(m)) => {
-                crate::log::warn(&m);
+                static L: Limited = Limited::new();
+                L.warn(|| m);
                 return Reply::status(status::SEGMENT_FULL);
             }
             Err(e @ crate::Error::Io { .. }) => {
-                crate::log::error(&format!("insert refused: {e}"));
+                static L: Limited = Limited::new();
+                L.error(|| format!("insert refused: {e}"));
                 return Reply::status(status::NO_DISK_SPACE);
             }
             Err(crate::Error::ValueTooLarge { .. }) => return Reply::status(status::TOO_LARGE),
             Err(e) => {
-                crate::log::warn(&format!("insert refused: {e}"));
+                static L: Limited = Limited::new();
+                L.warn(|| format!("insert refused: {e}"));
                 return Reply::status(status::BAD_REQUEST);
             }
         };

@@ -273,10 +273,13 @@ impl Ring {
 
     pub(super) fn poison(&self, b: u32, tail: u64, why: &str) {
         let c = self.ctl(b);
-        crate::log::warn(&format!(
-            "malformed request, skipping the client's queue owner_pid={} why={why}",
-            c.owner_pid.load(Ordering::Relaxed)
-        ));
+        static L: crate::log::Limited = crate::log::Limited::new();
+        L.warn(|| {
+            format!(
+                "malformed request, skipping the client's queue owner_pid={} why={why}",
+                c.owner_pid.load(Ordering::Relaxed)
+            )
+        });
         c.poisoned.store(1, Ordering::Release);
         let st = self.consumer(b);
         st.head.store(tail, Ordering::Relaxed);
