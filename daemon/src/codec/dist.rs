@@ -16,18 +16,31 @@ const LINEAR_MAX: u32 = 16;
 const BUCKET_MAX: u32 = 255;
 const BUCKET_WORDS: usize = 16;
 
+/// Bucket words of a distribution of `n` entries, between its header and its entries.
 #[inline(always)]
 fn extra_words(n: u32) -> usize {
-    if n > LINEAR_MAX && n <= BUCKET_MAX {
+    if n <= LINEAR_MAX {
+        0
+    } else if n <= BUCKET_MAX {
         BUCKET_WORDS
     } else {
-        0
+        WIDE_WORDS
     }
 }
-/// A distribution's id is its offset in the pool: one word holding the entry count, then
-/// one word per entry (cumulative frequency | symbol << 16), then a sentinel (4096). A decode
-/// step touches one short contiguous run (the measured cost of decoding is cache misses:
-/// separate arrays and 4 KiB slot tables made it 3x slower over a 2 MB model).
+
+/// Where the model format before `SRM2` (whose ids were pool offsets) placed the next
+/// distribution after one of `n` entries at `d`: its ids are mapped to this pool's.
+pub fn v1_next(d: u32, n: u32) -> u32 {
+    d + n + 2 + if n > LINEAR_MAX && n <= BUCKET_MAX { BUCKET_WORDS as u32 } else { 0 }
+}
+/// A distribution's id is its offset in the pool: one word holding the entry count (and
+/// rank number, see [`Ranks`]), then its bucket table if it has more than [`LINEAR_MAX`]
+/// entries (64 u8 buckets up to [`BUCKET_MAX`], 256 u16 ones past it), then one word per
+/// entry (cumulative frequency | symbol << 16), then a sentinel (4096). A decode step
+/// touches one short contiguous run (the measured cost of decoding is cache misses:
+/// separate arrays and 4 KiB slot tables made it 3x slower over a 2 MB model); the bucket
+/// word's address depends on the id and the slot only, not on the header, so both loads
+/// start at once. Models store ids as ordinals, so this layout is free to change.
 pub type DistId = u32;
 pub const NO_DIST: DistId = u32::MAX;
 
@@ -42,16 +55,6 @@ pub struct Pool {
     /// The encoder's rank index, built on the first encode (see [`Ranks`]): readers, which
     /// only decode, never pay for it.
     ranks: std::sync::OnceLock<Ranks>,
-    /// Decoding distributions of more than [`BUCKET_MAX`] entries (token contexts): per
-    /// ranked distribution (by rank number - 1), where its [`WIDE_BUCKETS`] bucket entries
-    /// start in `wide` (u32::MAX: none, bisection). Outside `w`, whose offsets are the ids
-    /// stored in models.
-    wide_at: Vec<u32>,
-    /// Per bucket of `TOT / WIDE_BUCKETS` slots: the index of the entry holding its first
-    /// slot. A decode step scans at most one bucket's entries (one or two cache lines)
-    /// instead of bisecting over up to 2,048 (eleven dependent loads, unpredictable
-    /// branches).
-    wide: Vec<u16>,
     /// The counts of distributions learned from at most [`TOT`] observations, in entry
     /// order: a model stores these instead of the frequencies (smaller numbers: links'
     /// models 9% smaller compressed), and readers quantise them again ([`quantize`] is
@@ -59,8 +62,13 @@ pub struct Pool {
     counted: std::collections::HashMap<DistId, Box<[u16]>>,
 }
 
-/// Buckets of a wide distribution's table.
+/// Buckets of a wide distribution's table (more than [`BUCKET_MAX`] entries: token
+/// contexts), per `TOT / WIDE_BUCKETS` slots the index of the entry holding its first slot,
+/// two u16 per word. A decode step scans at most one bucket's entries (one or two cache
+/// lines) instead of bisecting over up to 2,048 (eleven dependent loads, unpredictable
+/// branches).
 const WIDE_BUCKETS: usize = 256;
+const WIDE_WORDS: usize = WIDE_BUCKETS / 2;
 const WIDE_SHIFT: u32 = SCALE - 8;
 
 /// Symbols below this get a rank bitmap (every token id, the end and the escape).
@@ -188,51 +196,39 @@ impl Pool {
         {
             self.ranked += 1;
             header |= self.ranked << 16;
-            let mut at = u32::MAX;
-            if n > BUCKET_MAX {
-                at = self.wide.len() as u32;
-                let (mut i, mut cum) = (0usize, 0u32);
-                for k in 0..WIDE_BUCKETS as u32 {
-                    // The entry holding slot k << WIDE_SHIFT: the last whose start is <= it.
-                    while cum + entries[i].1 as u32 <= k << WIDE_SHIFT {
-                        cum += entries[i].1 as u32;
-                        i += 1;
-                    }
-                    self.wide.push(i as u16);
-                }
-            }
-            self.wide_at.push(at);
         }
         self.w.push(header);
+        // The bucket table: per bucket of slots, the index of the entry holding its first
+        // slot (the last entry whose start is at or below it).
+        let mut starts = Vec::with_capacity(entries.len());
         let mut cum = 0u32;
-        for &(s, f) in entries {
-            self.w.push(cum | (s as u32) << 16);
-            cum += f as u32;
+        for e in entries {
+            starts.push(cum);
+            cum += e.1 as u32;
         }
-        self.w.push(TOT);
-        if extra_words(n) > 0 {
-            // bucket[k] = the entry holding slot 64 k.
-            let mut buckets = [0u8; 64];
-            let mut i = 0usize;
-            let cums: Vec<u32> =
-                (0..=n as usize).map(|j| self.w[base as usize + 1 + j] & 0xffff).collect();
-            for (k, b) in buckets.iter_mut().enumerate() {
-                while cums[i + 1] <= (k as u32) * 64 {
-                    i += 1;
-                }
-                *b = i as u8;
+        let holding = |slot: u32| starts.partition_point(|&c| c <= slot) - 1;
+        if n > BUCKET_MAX {
+            for k in (0..WIDE_BUCKETS as u32).step_by(2) {
+                let (lo, hi) = (holding(k << WIDE_SHIFT), holding((k + 1) << WIDE_SHIFT));
+                self.w.push(lo as u32 | (hi as u32) << 16);
             }
+        } else if n > LINEAR_MAX {
+            let buckets: Vec<u8> = (0..64u32).map(|k| holding(k * 64) as u8).collect();
             for c in buckets.chunks(4) {
                 self.w.push(u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
             }
         }
+        for (&(s, _), &c) in entries.iter().zip(&starts) {
+            self.w.push(c | (s as u32) << 16);
+        }
+        self.w.push(TOT);
         self.count += 1;
         Ok(base)
     }
 
     /// The quantised entries of a distribution (for serialising).
     pub fn entries(&self, d: DistId) -> Vec<(u16, u16)> {
-        let (b, n) = (d as usize + 1, (self.w[d as usize] & 0xffff) as usize);
+        let (b, n) = self.span(d);
         (0..n)
             .map(|i| {
                 let (e, next) = (self.w[b + i], self.w[b + i + 1]);
@@ -241,10 +237,17 @@ impl Pool {
             .collect()
     }
 
+    /// Where `d`'s entries start in `w`, and how many there are.
+    #[inline]
+    fn span(&self, d: DistId) -> (usize, usize) {
+        let n = self.w[d as usize] & 0xffff;
+        (d as usize + 1 + extra_words(n), n as usize)
+    }
+
     #[inline]
     fn find(&self, d: DistId, sym: u16) -> Option<usize> {
         let head = self.w[d as usize];
-        let (b, n) = (d as usize + 1, (head & 0xffff) as usize);
+        let (b, n) = self.span(d);
         if head >> 16 != 0 {
             let r = self.ranks.get_or_init(|| self.build_ranks());
             if let Some(&(at, words)) = r.at.get((head >> 16) as usize - 1) {
@@ -273,7 +276,7 @@ impl Pool {
             if head >> 16 == 0 {
                 continue;
             }
-            let (b, n) = (d as usize + 1, (head & 0xffff) as usize);
+            let (b, n) = self.span(d);
             let syms = || self.w[b..b + n].iter().map(|&x| (x >> 16) as usize);
             let words = syms().max().unwrap_or(0) / 64 + 1;
             let at = r.bits.len();
@@ -310,40 +313,20 @@ impl Pool {
         let head = self.w[d as usize];
         let (b, n) = (d as usize + 1, head & 0xffff);
         let slot = dec.peek(SCALE);
-        let mut i = b;
-        if n > LINEAR_MAX {
-            let wide = || {
-                let at = *self.wide_at.get(((head >> 16) as usize).wrapping_sub(1))?;
-                (at != u32::MAX).then_some(at as usize)
-            };
-            if n <= BUCKET_MAX {
-                let word = self.w[b + n as usize + 1 + (slot as usize >> 8)];
-                i = b + (word >> (((slot >> 6) & 3) * 8)) as u8 as usize;
-                while self.w[i + 1] & 0xffff <= slot {
-                    i += 1;
-                }
-            } else if let Some(at) = wide() {
-                i = b + self.wide[at + (slot >> WIDE_SHIFT) as usize] as usize;
-                while self.w[i + 1] & 0xffff <= slot {
-                    i += 1;
-                }
-            } else {
-                let (mut lo, mut hi) = (0usize, n as usize);
-                // Largest entry whose cumulative frequency is <= slot.
-                while hi - lo > 1 {
-                    let mid = (lo + hi) / 2;
-                    if self.w[b + mid] & 0xffff <= slot {
-                        lo = mid;
-                    } else {
-                        hi = mid;
-                    }
-                }
-                i = b + lo;
-            }
+        // The bucket word's address needs only `d` and the slot: on the predicted branch it
+        // loads beside the header, not after it.
+        let mut i = if n <= LINEAR_MAX {
+            b
+        } else if n <= BUCKET_MAX {
+            let word = self.w[b + (slot as usize >> 8)];
+            b + BUCKET_WORDS + (word >> (((slot >> 6) & 3) * 8)) as u8 as usize
         } else {
-            while self.w[i + 1] & 0xffff <= slot {
-                i += 1;
-            }
+            let word = self.w[b + (slot as usize >> (WIDE_SHIFT + 1))];
+            let k = (slot >> WIDE_SHIFT) & 1;
+            b + WIDE_WORDS + ((word >> (k * 16)) & 0xffff) as usize
+        };
+        while self.w[i + 1] & 0xffff <= slot {
+            i += 1;
         }
         let (e, next) = (self.w[i], self.w[i + 1] & 0xffff);
         let cum = e & 0xffff;

@@ -495,14 +495,21 @@ pub fn train(samples: &[&[u8]], compact: bool, tables: &mut dyn Tables) -> Resul
 // ---------------------------------------------------------------------------------------
 // Serialisation
 
-struct W(Vec<u8>);
+/// A model being written: its bytes, the pool's distribution ids (ascending) and what is
+/// written for each (its ordinal; in the previous format, its offset there).
+struct W(Vec<u8>, Vec<DistId>, Vec<u32>);
 
 impl W {
     fn v(&mut self, x: u64) {
         put_varint(&mut self.0, x);
     }
     fn d(&mut self, d: DistId) {
-        self.v(if d == NO_DIST { 0 } else { d as u64 + 1 });
+        let x = match self.1.binary_search(&d) {
+            _ if d == NO_DIST => 0,
+            Ok(k) => self.2[k] as u64 + 1,
+            Err(_) => unreachable!("a distribution of another pool"),
+        };
+        self.v(x);
     }
     fn s(&mut self, s: &str) {
         self.v(s.len() as u64);
@@ -510,10 +517,26 @@ impl W {
     }
 }
 
+/// The ids the previous model format gave distributions of these sizes, in order: their
+/// offsets in its pool layout.
+fn v1_offsets(sizes: impl Iterator<Item = u32>) -> Vec<u32> {
+    let mut at = 0u32;
+    sizes
+        .map(|n| {
+            let d = at;
+            at = super::dist::v1_next(d, n);
+            d
+        })
+        .collect()
+}
+
 struct R<'a> {
     r: Reader<'a>,
-    /// Valid distribution ids, ascending.
+    /// The pool's distribution ids, ascending.
     ids: Vec<DistId>,
+    /// What the model's bytes call each of them, ascending: ordinals (0, 1, ...), or in the
+    /// previous format their offsets in that format's pool.
+    written: Vec<u32>,
 }
 
 impl R<'_> {
@@ -539,10 +562,10 @@ impl R<'_> {
     fn d(&mut self) -> Result<DistId> {
         match self.v()? {
             0 => Ok(NO_DIST),
-            x if x <= u32::MAX as u64 && self.ids.binary_search(&(x as u32 - 1)).is_ok() => {
-                Ok(x as u32 - 1)
-            }
-            x => Err(Error::Corrupted(format!("model: no distribution {x}"))),
+            x => match u32::try_from(x - 1).map(|x| self.written.binary_search(&x)) {
+                Ok(Ok(k)) => Ok(self.ids[k]),
+                _ => Err(Error::Corrupted(format!("model: no distribution {x}"))),
+            },
         }
     }
     fn dd(&mut self) -> Result<DistId> {
@@ -725,7 +748,12 @@ impl Model {
     }
 
     fn write(&self, v1: bool) -> Vec<u8> {
-        let mut w = W(Vec::new());
+        let ids: Vec<DistId> = self.pool.ids().collect();
+        let written = match v1 {
+            true => v1_offsets(ids.iter().map(|&d| self.pool.entries(d).len() as u32)),
+            false => (0..ids.len() as u32).collect(),
+        };
+        let mut w = W(Vec::new(), ids, written);
         w.0.extend_from_slice(if v1 { MODEL_MAGIC_V1 } else { MODEL_MAGIC });
         w.v(self.order as u64);
         w.v(self.pool.len() as u64);
@@ -773,13 +801,13 @@ impl Model {
             Some(m) if m == MODEL_MAGIC_V1 => true,
             _ => return Err(Error::Corrupted("model: bad magic".into())),
         };
-        let mut r = R { r: Reader { buf, pos: 4 }, ids: Vec::new() };
+        let mut r = R { r: Reader { buf, pos: 4 }, ids: Vec::new(), written: Vec::new() };
         let mut m = Model { order: r.n(TOKEN2_ORDER as u64)? as u8, ..Default::default() };
         if m.order < 2 {
             return Err(Error::Corrupted("model: bad order".into()));
         }
         let nd = r.n(1 << 22)?;
-        let mut entries = Vec::new();
+        let (mut entries, mut sizes) = (Vec::new(), Vec::new());
         for _ in 0..nd {
             let (n, counted) = match v1 {
                 true => (r.n(4096)?, false),
@@ -804,8 +832,13 @@ impl Model {
             } else {
                 m.pool.add_quantized(&entries)?;
             }
+            sizes.push(n as u32);
         }
         r.ids = m.pool.ids().collect();
+        r.written = match v1 {
+            true => v1_offsets(sizes.into_iter()),
+            false => (0..r.ids.len() as u32).collect(),
+        };
         m.generic = read_field(&mut r, &m.pool, m.order)?;
         let nf = r.n(1 << 20)?;
         for _ in 0..nf {
