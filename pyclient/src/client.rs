@@ -1755,19 +1755,32 @@ impl Client {
         request: for<'b> fn(&'b [u8]) -> Request<'b>,
         skip_oversized: bool,
     ) -> PyResult<Vec<surpd::Result<Reply>>> {
-        let mut buf = Vec::with_capacity(256);
-        let values = self.checked_batch(py, values)?;
         let mut pipe = Pipeline::new(&self.core);
-        for v in values.try_iter()? {
-            buf.clear();
-            encode(&v?, &mut buf, 0)?;
-            if skip_oversized && buf.len() as u64 > self.core.max_value() {
-                continue;
+        let mut send = |val: &[u8]| {
+            if skip_oversized && val.len() as u64 > self.core.max_value() {
+                return;
             }
             if pipe.full() {
                 py.allow_threads(|| pipe.make_room());
             }
-            pipe.push(&request(&buf));
+            pipe.push(&request(val));
+        };
+        match self.checked_batch(values)? {
+            Some((flat, ends)) => {
+                let mut start = 0;
+                for &end in &ends {
+                    send(&flat[start..end]);
+                    start = end;
+                }
+            }
+            None => {
+                let mut buf = Vec::with_capacity(256);
+                for v in values.try_iter()? {
+                    buf.clear();
+                    encode(&v?, &mut buf, 0)?;
+                    send(&buf);
+                }
+            }
         }
         Ok(py.allow_threads(|| pipe.finish()))
     }
@@ -1792,28 +1805,14 @@ impl Client {
         // At most this many records, or about this many bytes, converted at a time.
         const SLICE: usize = 1024;
         const SLICE_BYTES: usize = 4 << 20;
-        let values = self.checked_batch(py, values)?;
         let core = &*self.core;
         let mut pipe = Pipeline::new(core);
-        let (mut flat, mut ends) = (Vec::with_capacity(SLICE * 256), Vec::with_capacity(SLICE));
-        let mut it = values.try_iter()?;
-        loop {
-            flat.clear();
-            ends.clear();
-            for v in it.by_ref() {
-                encode(&v?, &mut flat, 0)?;
-                ends.push(flat.len());
-                if ends.len() == SLICE || flat.len() >= SLICE_BYTES {
-                    break;
-                }
-            }
-            if ends.is_empty() {
-                break;
-            }
+        // Compress and send converted records (`flat[from..ends[0]]`, ...) without the GIL.
+        let mut send = |flat: &[u8], ends: &[usize], from: usize| {
             py.allow_threads(|| {
                 with_record_encoder(|enc, out| {
-                    let mut start = 0;
-                    for &end in &ends {
+                    let mut start = from;
+                    for &end in ends {
                         let val = &flat[start..end];
                         start = end;
                         match core.encode_record(val, enc, out) {
@@ -1824,29 +1823,53 @@ impl Client {
                         }
                     }
                 })
-            });
+            })
+        };
+        if let Some((flat, ends)) = self.checked_batch(values)? {
+            let mut from = 0;
+            for slice in ends.chunks(SLICE) {
+                send(&flat, slice, from);
+                from = *slice.last().expect("chunks are not empty");
+            }
+        } else {
+            let (mut flat, mut ends) = (Vec::with_capacity(SLICE * 256), Vec::with_capacity(SLICE));
+            let mut it = values.try_iter()?;
+            loop {
+                flat.clear();
+                ends.clear();
+                for v in it.by_ref() {
+                    encode(&v?, &mut flat, 0)?;
+                    ends.push(flat.len());
+                    if ends.len() == SLICE || flat.len() >= SLICE_BYTES {
+                        break;
+                    }
+                }
+                if ends.is_empty() {
+                    break;
+                }
+                send(&flat, &ends, 0);
+            }
         }
         Ok(py.allow_threads(|| pipe.finish()))
     }
 
-    /// The values of a batch to send: a client that refuses pickles checks the whole batch
-    /// before sending any of it, so a refused value stores nothing, not the values before it.
-    fn checked_batch<'py>(
-        &self,
-        py: Python<'py>,
-        values: &Bound<'py, PyAny>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    /// A client that refuses pickles converts and checks the whole batch before sending any
+    /// of it, so a refused value stores nothing, not the values before it: the values in the
+    /// value encoding back to back, and where each ends (sent from there, not converted
+    /// again). None for a client that takes pickles: it converts values as it sends them.
+    fn checked_batch(&self, values: &Bound<'_, PyAny>) -> PyResult<Option<(Vec<u8>, Vec<usize>)>> {
         if self.pickle {
-            return Ok(values.clone());
+            return Ok(None);
         }
-        let mut buf = Vec::with_capacity(256);
-        let all = values.try_iter()?.collect::<PyResult<Vec<_>>>()?;
-        for v in &all {
-            buf.clear();
-            encode(v, &mut buf, 0)?;
-            self.refuse_pickle(v, &buf)?;
+        let (mut flat, mut ends) = (Vec::new(), Vec::new());
+        for v in values.try_iter()? {
+            let v = v?;
+            let start = flat.len();
+            encode(&v, &mut flat, 0)?;
+            self.refuse_pickle(&v, &flat[start..])?;
+            ends.push(flat.len());
         }
-        Ok(PyList::new(py, all)?.into_any())
+        Ok(Some((flat, ends)))
     }
 
     /// Result of a record-store request: the reply's value, or the exception for its status.
