@@ -263,7 +263,8 @@ impl Client {
                     ),
                     ("records_file_version", h.version.load(Ordering::Relaxed) as u64),
                     ("record_model_sample", h.train_sample.load(Ordering::Relaxed)),
-                    // Growth retrains at ten times this (or train_after) many records.
+                    // Growth retrains at four or ten times this many records (at
+                    // train_after if under it).
                     ("record_model_trained_at", h.trained_live.load(Ordering::Relaxed)),
                     (
                         "record_models_trained_automatically",

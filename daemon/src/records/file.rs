@@ -447,6 +447,17 @@ impl RecFile {
 pub fn full_message_for(rf: &RecFile) -> String {
     let n = rf.nchunks();
     let bytes = rf.chunks_off + n * CHUNK;
+    let limit = rf.hdr().limit.load(Ordering::Relaxed);
+    if rf.growable && bytes + CHUNK <= limit.min(rf.chunks_off + rf.max_chunks * CHUNK) {
+        // Room for chunks: what is full is the table log (field names, URL hosts, models).
+        return format!(
+            "the records file's table log is full ({} of {} bytes: field names, URL hosts \
+             and models; it is sized at creation from records_size, a sixteenth of it, 1 to \
+             64 MiB)",
+            rf.hdr().tables_end.load(Ordering::Relaxed),
+            rf.tables_cap
+        );
+    }
     if rf.growable {
         format!(
             "the records file is full: {n} chunks of {} MiB ({bytes} bytes) reach its limit \

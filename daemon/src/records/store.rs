@@ -80,6 +80,10 @@ pub struct RecStore {
     /// The training running in the background, and TRAIN requests waiting for their turn.
     pub job: Option<TrainJob>,
     pub waiting: std::collections::VecDeque<(bool, TrainRequest)>,
+    /// Live records when a training no one asked for last failed (its model could not be
+    /// installed: the table log full, say): the next waits for twice as many, and inserts
+    /// do not wait for it. None once a model is installed.
+    auto_failed: Option<u64>,
 }
 
 /// Most sample records kept for one training.
@@ -257,6 +261,7 @@ impl RecStore {
             limit_chunks: 0,
             job: None,
             waiting: Default::default(),
+            auto_failed: None,
         };
         st.set_limit(limit);
         Ok(st)
@@ -463,6 +468,9 @@ impl RecStore {
             crate::log::warn(&format!("training failed: {e}"));
             e.to_string()
         });
+        if job.request.is_none() && result.is_err() {
+            self.auto_failed = Some(self.rf.hdr().live.load(Ordering::Relaxed).max(1));
+        }
         if let Some((compact, r)) = self.waiting.pop_front() {
             self.start_training(compact, Some(r));
         }
@@ -511,6 +519,7 @@ impl RecStore {
         self.recent.take();
         self.baseline = t.held_out_ppm;
         self.measure_afresh(false);
+        self.auto_failed = None;
         Ok(bytes.len())
     }
 
@@ -799,7 +808,8 @@ impl RecStore {
         // No model, drift, or a young one (the first growth steps).
         let young = h.trained_live.load(Ordering::Relaxed) < self.train_after.saturating_mul(16);
         let bad = self.tables.models.is_empty() || self.worse_before || young;
-        let wait = bad && job.started.elapsed() < MAX_HOLD;
+        // A retry after a failed training does not hold inserts (it may well fail again).
+        let wait = bad && self.auto_failed.is_none() && job.started.elapsed() < MAX_HOLD;
         if wait && !job.waited {
             job.waited = true;
             h.trainings_waited_for.fetch_add(1, Ordering::Relaxed);
@@ -819,6 +829,10 @@ impl RecStore {
         }
         let h = self.rf.hdr();
         let live = h.live.load(Ordering::Relaxed);
+        // After a failure, not again until the store doubled (each try trains in full).
+        if self.auto_failed.is_some_and(|at| live < at.saturating_mul(2)) {
+            return None;
+        }
         if self.tables.models.is_empty() {
             return (live >= self.first_training_at()).then_some(TrainWhy::First);
         }
@@ -859,7 +873,19 @@ fn train_in_background(
         (false, true) => {
             let bytes: u64 = samples.iter().map(|s| s.len() as u64).sum();
             let room = MAX_SAMPLE_BYTES.saturating_sub(bytes);
-            let extra = read_stored(path, samples.len(), room)?;
+            // The new kind's records are stored too: those read again are left out, else
+            // some held-out records would be learned from and judge the model too kindly.
+            let extra = match read_stored(path, samples.len(), room) {
+                Ok(stored) => {
+                    let own: std::collections::HashSet<&[u8]> =
+                        samples.iter().map(|s| s.as_slice()).collect();
+                    stored.into_iter().filter(|s| !own.contains(s.as_slice())).collect()
+                }
+                Err(e) => {
+                    crate::log::warn(&format!("drift training without stored records: {e}"));
+                    Vec::new()
+                }
+            };
             (samples, extra)
         }
         (false, false) => (samples, Vec::new()),
